@@ -1,0 +1,17 @@
+"""minivit: the Vision Transformer written out by hand on NumPy (CPU) or CuPy (GPU)."""
+from .activations import dropout_backward, dropout_forward, gelu_backward, gelu_forward
+from .attention import (attention_backward, attention_forward, mhsa_backward, mhsa_forward,
+                        softmax, softmax_backward)
+from .backend import BackendError, backend_name, get_array_module, to_device, to_numpy, use_backend
+from .block import block_backward, block_forward, mlp_backward, mlp_forward
+from .config import PRESETS, ConfigError, ViTConfig
+from .conv import (col2im, conv2d_backward, conv2d_forward, im2col, patch_embed_backward,
+                   patch_embed_forward)
+from .linear import linear_backward, linear_forward
+from .loss import cross_entropy
+from .model import backward, check_input, count_params, forward, init_params, param_shapes, sincos_pos_embed
+from .norm import layernorm_backward, layernorm_forward
+from .optim import SGD, AdamW, clip_grad_norm, global_norm, warmup_cosine
+from .timm import from_timm, to_timm
+
+__version__ = "0.1.0"

@@ -1,0 +1,80 @@
+"""Softmax and multi-head self-attention. Derivation: docs/derivations/attention.md.
+
+Attention is the only layer of the ViT that mixes information across tokens;
+every other layer acts on each token alone.
+"""
+import math
+
+from .activations import dropout_backward, dropout_forward
+from .backend import get_array_module
+from .linear import linear_backward, linear_forward
+
+
+def softmax(x, axis=-1):
+    """Numerically stable softmax: subtracting the row maximum leaves the result
+    unchanged (it cancels between numerator and denominator) and keeps exp() <= 1."""
+    xp = get_array_module(x)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def softmax_backward(dp, p, axis=-1):
+    """Given p = softmax(s) and dL/dp, return dL/ds = p * (dp - sum(dp * p))."""
+    return p * (dp - (dp * p).sum(axis=axis, keepdims=True))
+
+
+def attention_forward(q, k, v, scale=None, p_drop=0.0, rng=None, train=False):
+    """Scaled dot-product attention softmax(q k^T * scale) v over the last two axes.
+
+    q, k, v (..., N, d) -> out (..., N, d); scale defaults to 1/sqrt(d) (paper eq. 5-6,
+    "Attention Is All You Need" eq. 1).
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = (q @ k.swapaxes(-1, -2)) * scale            # (..., N, N)
+    attn = softmax(scores)                                # (..., N, N): each row sums to 1
+    attn_d, mask = dropout_forward(attn, p_drop, rng, train)
+    out = attn_d @ v                                      # (..., N, d)
+    return out, (q, k, v, attn, attn_d, mask, scale)
+
+
+def attention_backward(dout, cache):
+    """dout (..., N, d) -> dq, dk, dv (..., N, d)."""
+    q, k, v, attn, attn_d, mask, scale = cache
+    dv = attn_d.swapaxes(-1, -2) @ dout                   # (..., N, d)
+    dattn = dropout_backward(dout @ v.swapaxes(-1, -2), mask)  # (..., N, N)
+    dscores = softmax_backward(dattn, attn) * scale       # (..., N, N)
+    dq = dscores @ k                                      # (..., N, d)
+    dk = dscores.swapaxes(-1, -2) @ q                     # (..., N, d)
+    return dq, dk, dv
+
+
+def mhsa_forward(x, w_qkv, b_qkv, w_proj, b_proj, heads, attn_dropout=0.0, rng=None, train=False):
+    """Multi-head self-attention with one fused qkv projection.
+
+    x (B, N, D), w_qkv (D, 3D), b_qkv (3D,), w_proj (D, D), b_proj (D,) -> (B, N, D).
+    The 3D outputs are read as (3, H, d), q first, the layout of timm's Attention.
+    """
+    B, N, D = x.shape
+    d = D // heads
+    qkv, c_qkv = linear_forward(x, w_qkv, b_qkv)                 # (B, N, 3D)
+    qkv = qkv.reshape(B, N, 3, heads, d).transpose(2, 0, 3, 1, 4)  # (3, B, H, N, d)
+    ctx, c_att = attention_forward(qkv[0], qkv[1], qkv[2], p_drop=attn_dropout, rng=rng, train=train)  # (B, H, N, d)
+    ctx = ctx.transpose(0, 2, 1, 3).reshape(B, N, D)             # (B, N, D): heads concatenated
+    out, c_proj = linear_forward(ctx, w_proj, b_proj)            # (B, N, D)
+    return out, (c_qkv, c_att, c_proj, heads)
+
+
+def mhsa_backward(dout, cache):
+    """dout (B, N, D) -> dx (B, N, D), dw_qkv, db_qkv, dw_proj, db_proj."""
+    c_qkv, c_att, c_proj, heads = cache
+    B, N, D = dout.shape
+    d = D // heads
+    dctx, dw_proj, db_proj = linear_backward(dout, c_proj)       # (B, N, D)
+    dctx = dctx.reshape(B, N, heads, d).transpose(0, 2, 1, 3)    # (B, H, N, d)
+    dq, dk, dv = attention_backward(dctx, c_att)                 # (B, H, N, d) each
+    xp = get_array_module(dout)
+    dqkv = xp.stack([dq, dk, dv])                                # (3, B, H, N, d)
+    dqkv = dqkv.transpose(1, 3, 0, 2, 4).reshape(B, N, 3 * D)    # (B, N, 3D)
+    dx, dw_qkv, db_qkv = linear_backward(dqkv, c_qkv)            # (B, N, D)
+    return dx, dw_qkv, db_qkv, dw_proj, db_proj

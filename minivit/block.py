@@ -1,0 +1,70 @@
+"""The MLP and the pre-LN Transformer encoder block (paper eq. 2-3).
+
+    x = x + MSA(LN(x))
+    x = x + MLP(LN(x))
+
+Parameters are read from the model's flat dict under a prefix such as
+"blocks.3."; gradients come back under the same keys.
+"""
+from .activations import dropout_backward, dropout_forward, gelu_backward, gelu_forward
+from .attention import mhsa_backward, mhsa_forward
+from .linear import linear_backward, linear_forward
+from .norm import layernorm_backward, layernorm_forward
+
+
+def mlp_forward(x, w1, b1, w2, b2, gelu="exact", p_drop=0.0, rng=None, train=False):
+    """x (B, N, D) -> fc1 -> GELU -> dropout -> fc2 -> dropout -> (B, N, D)."""
+    h, c1 = linear_forward(x, w1, b1)           # (B, N, M)
+    h, cg = gelu_forward(h, gelu)               # (B, N, M)
+    h, m1 = dropout_forward(h, p_drop, rng, train)
+    y, c2 = linear_forward(h, w2, b2)           # (B, N, D)
+    y, m2 = dropout_forward(y, p_drop, rng, train)
+    return y, (c1, cg, m1, c2, m2)
+
+
+def mlp_backward(dy, cache):
+    c1, cg, m1, c2, m2 = cache
+    dy = dropout_backward(dy, m2)
+    dh, dw2, db2 = linear_backward(dy, c2)      # (B, N, M)
+    dh = dropout_backward(dh, m1)
+    dh = gelu_backward(dh, cg)
+    dx, dw1, db1 = linear_backward(dh, c1)      # (B, N, D)
+    return dx, dw1, db1, dw2, db2
+
+
+def block_forward(x, params, prefix, cfg, rng=None, train=False):
+    """One encoder block: x (B, N, D) -> (B, N, D)."""
+    p = lambda name: params[prefix + name]
+    h, c_ln1 = layernorm_forward(x, p("norm1.w"), p("norm1.b"), cfg.ln_eps)
+    h, c_att = mhsa_forward(h, p("attn.qkv.w"), p("attn.qkv.b"), p("attn.proj.w"), p("attn.proj.b"),
+                            cfg.heads, cfg.attn_dropout, rng, train)
+    h, m_att = dropout_forward(h, cfg.dropout, rng, train)
+    x = x + h                                   # residual around attention
+    h, c_ln2 = layernorm_forward(x, p("norm2.w"), p("norm2.b"), cfg.ln_eps)
+    h, c_mlp = mlp_forward(h, p("mlp.fc1.w"), p("mlp.fc1.b"), p("mlp.fc2.w"), p("mlp.fc2.b"),
+                           cfg.gelu, cfg.dropout, rng, train)
+    x = x + h                                   # residual around the MLP
+    return x, (prefix, c_ln1, c_att, m_att, c_ln2, c_mlp)
+
+
+def block_backward(dx, cache, grads):
+    """dx (B, N, D) -> dx (B, N, D); writes this block's parameter gradients into `grads`."""
+    prefix, c_ln1, c_att, m_att, c_ln2, c_mlp = cache
+    # x = x + MLP(LN2(x)): the residual passes dx through unchanged and adds the branch's gradient.
+    dh, dw1, db1, dw2, db2 = mlp_backward(dx, c_mlp)
+    dh, dln_w, dln_b = layernorm_backward(dh, c_ln2)
+    _put(grads, prefix, {"mlp.fc1.w": dw1, "mlp.fc1.b": db1, "mlp.fc2.w": dw2, "mlp.fc2.b": db2,
+                         "norm2.w": dln_w, "norm2.b": dln_b})
+    dx = dx + dh
+    # x = x + drop(MSA(LN1(x)))
+    dh = dropout_backward(dx, m_att)
+    dh, dwqkv, dbqkv, dwproj, dbproj = mhsa_backward(dh, c_att)
+    dh, dln_w, dln_b = layernorm_backward(dh, c_ln1)
+    _put(grads, prefix, {"attn.qkv.w": dwqkv, "attn.qkv.b": dbqkv, "attn.proj.w": dwproj, "attn.proj.b": dbproj,
+                         "norm1.w": dln_w, "norm1.b": dln_b})
+    return dx + dh
+
+
+def _put(grads, prefix, named):
+    for name, value in named.items():
+        grads[prefix + name] = value

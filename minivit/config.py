@@ -1,0 +1,102 @@
+"""Model configuration: one dataclass and named presets.
+
+Presets follow the ViT paper's Table 1 (at 224x224 with 1000 classes, as timm's
+`vit_*_patch16_224`), small CIFAR-10 models (32x32, patch 4), and a tiny model
+for tests.
+"""
+from dataclasses import asdict, dataclass, fields, replace
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot describe a ViT."""
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    image_size: int = 32        # input height = width, pixels
+    patch_size: int = 4         # P: side of a square patch; image_size must be a multiple
+    in_channels: int = 3        # C: colour channels of the input
+    num_classes: int = 10       # K: classes of the head
+    dim: int = 128              # D: token width ("Hidden size D" in Table 1)
+    depth: int = 6              # number of encoder blocks ("Layers")
+    heads: int = 4              # H: attention heads; dim must be a multiple
+    mlp_dim: int = 256          # hidden width of each block's MLP ("MLP size")
+    pool: str = "token"         # "token": head reads the class token; "gap": mean of patch tokens
+    pos_embed: str = "learned"  # "learned": 1D learnable; "sincos": fixed 2D sine-cosine
+    gelu: str = "exact"         # "exact": x*Phi(x) with erf; "tanh": the tanh approximation
+    dropout: float = 0.0        # dropout after embeddings, attention output and MLP layers
+    attn_dropout: float = 0.0   # dropout on the attention weights
+    ln_eps: float = 1e-6        # LayerNorm epsilon (1e-6 as in the original ViT code)
+
+    def __post_init__(self):
+        for name in ("image_size", "patch_size", "in_channels", "num_classes", "dim", "depth", "heads", "mlp_dim"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
+        if self.dim % self.heads:
+            raise ConfigError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.pool not in ("token", "gap"):
+            raise ConfigError(f"pool must be 'token' or 'gap', got {self.pool!r}")
+        if self.pos_embed not in ("learned", "sincos"):
+            raise ConfigError(f"pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}")
+        if self.pos_embed == "sincos" and self.dim % 4:
+            raise ConfigError(f"pos_embed 'sincos' needs dim divisible by 4, got dim {self.dim}")
+        if self.gelu not in ("exact", "tanh"):
+            raise ConfigError(f"gelu must be 'exact' or 'tanh', got {self.gelu!r}")
+        for name in ("dropout", "attn_dropout"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {v!r}")
+        if not self.ln_eps > 0:
+            raise ConfigError(f"ln_eps must be positive, got {self.ln_eps!r}")
+
+    @property
+    def grid(self):
+        """Patches per side of the image."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self):
+        """N: patch tokens per image (the class token makes N + 1)."""
+        return self.grid ** 2
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        """A named preset, with any field overridden: ViTConfig.preset("vit-b16", num_classes=10)."""
+        key = name.lower().replace("/", "").replace("_", "-")
+        if key not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return replace(PRESETS[key], **overrides)
+
+
+def _paper(dim, depth, heads, mlp_dim, patch=16):
+    return ViTConfig(image_size=224, patch_size=patch, num_classes=1000, dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim)
+
+
+PRESETS = {
+    # The ViT paper's Table 1 (Ti/16 and S/16 are from DeiT, as in timm).
+    "vit-ti16": _paper(192, 12, 3, 768),
+    "vit-s16": _paper(384, 12, 6, 1536),
+    "vit-b16": _paper(768, 12, 12, 3072),
+    "vit-l16": _paper(1024, 24, 16, 4096),
+    "vit-h14": _paper(1280, 32, 16, 5120, patch=14),
+    # CIFAR-10: 32x32 images, patch 4 -> 8x8 = 64 patch tokens.
+    "cifar-tiny": ViTConfig(dim=64, depth=4, heads=4, mlp_dim=128),
+    "cifar-small": ViTConfig(dim=128, depth=6, heads=4, mlp_dim=256),
+    "cifar-base": ViTConfig(dim=192, depth=8, heads=6, mlp_dim=384),
+    # For tests: 8x8 images, 4 patches, two thin blocks.
+    "test": ViTConfig(image_size=8, patch_size=4, in_channels=3, num_classes=5, dim=8, depth=2, heads=2, mlp_dim=16),
+}

@@ -1,0 +1,20 @@
+"""Dense layer y = x W + b. Derivation: docs/derivations/linear.md."""
+
+
+def linear_forward(x, w, b):
+    """x (..., Din), w (Din, Dout), b (Dout,) -> y (..., Dout)."""
+    lead = x.shape[:-1]
+    # One 2D matrix product over all leading dimensions: BLAS is fastest on one large GEMM.
+    y = x.reshape(-1, x.shape[-1]) @ w + b  # (M, Dout), M = prod(lead)
+    return y.reshape(*lead, w.shape[1]), (x, w)
+
+
+def linear_backward(dy, cache):
+    """dy (..., Dout) -> dx (..., Din), dw (Din, Dout), db (Dout,)."""
+    x, w = cache
+    x2 = x.reshape(-1, x.shape[-1])     # (M, Din)
+    dy2 = dy.reshape(-1, dy.shape[-1])  # (M, Dout)
+    dx = (dy2 @ w.T).reshape(x.shape)   # (..., Din)
+    dw = x2.T @ dy2                     # (Din, Dout)
+    db = dy2.sum(axis=0)                # (Dout,)
+    return dx, dw, db

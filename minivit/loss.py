@@ -1,0 +1,32 @@
+"""Softmax cross-entropy with optional label smoothing. Derivation: docs/derivations/cross_entropy.md."""
+from .backend import get_array_module
+
+
+def cross_entropy(logits, labels, label_smoothing=0.0):
+    """logits (B, K), integer labels (B,) -> (mean loss as a 0-d array, dlogits (B, K)).
+
+    The target is q = (1 - eps) * onehot(label) + eps / K (as torch F.cross_entropy's
+    label_smoothing); loss = -sum_k q_k log softmax(z)_k, averaged over the batch.
+    log-softmax is z - max - log(sum exp(z - max)): finite for any finite logits.
+    """
+    xp = get_array_module(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be (B, K), got shape {tuple(logits.shape)}")
+    B, K = logits.shape
+    labels = xp.asarray(labels)
+    if labels.shape != (B,):
+        raise ValueError(f"labels must have shape ({B},) to match logits, got {tuple(labels.shape)}")
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if B and (int(labels.min()) < 0 or int(labels.max()) >= K):
+        raise ValueError(f"labels out of range: must be in [0, {K}), got min {int(labels.min())}, max {int(labels.max())}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    shifted = logits - logits.max(axis=1, keepdims=True)            # (B, K), max 0
+    logsumexp = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))  # (B, 1)
+    logp = shifted - logsumexp                                      # (B, K) log-probabilities
+    q = xp.full((B, K), label_smoothing / K, dtype=logits.dtype)    # (B, K) smoothed targets
+    q[xp.arange(B), labels] += 1.0 - label_smoothing                # labels are distinct rows: no repeats
+    loss = -(q * logp).sum() / B
+    dlogits = (xp.exp(logp) - q) / B                                # (B, K): softmax - target
+    return loss, dlogits

@@ -1,0 +1,174 @@
+"""The Vision Transformer: parameters, forward and backward (paper section 3.1, eq. 1-4).
+
+    z0 = [x_class; x_p^1 E; ...; x_p^N E] + E_pos      patch embedding, class token, positions
+    z_l = blocks(z_{l-1}), l = 1..L                    pre-LN encoder blocks (block.py)
+    y = head(pool(LN(z_L)))                            class token or mean of patch tokens
+
+Parameter names follow timm's VisionTransformer with `w`/`b` for weight/bias
+(`blocks.3.attn.qkv.w`); dense kernels are stored (in, out) so a layer reads x @ w,
+the patch projection (D, C, P, P) as torch F.conv2d. minivit.timm converts.
+"""
+import math
+
+import numpy as np
+
+from .activations import dropout_backward, dropout_forward
+from .backend import get_array_module, xp as backend_xp
+from .block import block_backward, block_forward
+from .config import ViTConfig
+from .conv import patch_embed_backward, patch_embed_forward
+from .linear import linear_backward, linear_forward
+from .norm import layernorm_backward, layernorm_forward
+
+
+def param_shapes(cfg):
+    """Name -> shape of every parameter, in a fixed order, without allocating anything."""
+    D, C, P, M, K, N = cfg.dim, cfg.in_channels, cfg.patch_size, cfg.mlp_dim, cfg.num_classes, cfg.num_patches
+    shapes = {"patch_embed.w": (D, C, P, P), "patch_embed.b": (D,), "cls_token": (1, 1, D)}
+    if cfg.pos_embed == "learned":
+        shapes["pos_embed"] = (1, N + 1, D)
+    for i in range(cfg.depth):
+        p = f"blocks.{i}."
+        shapes.update({
+            p + "norm1.w": (D,), p + "norm1.b": (D,),
+            p + "attn.qkv.w": (D, 3 * D), p + "attn.qkv.b": (3 * D,),
+            p + "attn.proj.w": (D, D), p + "attn.proj.b": (D,),
+            p + "norm2.w": (D,), p + "norm2.b": (D,),
+            p + "mlp.fc1.w": (D, M), p + "mlp.fc1.b": (M,),
+            p + "mlp.fc2.w": (M, D), p + "mlp.fc2.b": (D,),
+        })
+    shapes.update({"norm.w": (D,), "norm.b": (D,), "head.w": (D, K), "head.b": (K,)})
+    return shapes
+
+
+def count_params(cfg):
+    """Number of trainable parameters of a configuration (nothing is allocated)."""
+    return sum(math.prod(s) for s in param_shapes(cfg).values())
+
+
+def _truncated_normal(rng, shape, std):
+    """Normal(0, std) truncated to +-2 std, by resampling what falls outside."""
+    z = rng.standard_normal(shape)
+    while True:
+        bad = np.abs(z) > 2.0
+        if not bad.any():
+            return z * std / 0.87962566103423978  # the std of N(0,1) truncated to [-2, 2]
+        z[bad] = rng.standard_normal(int(bad.sum()))
+
+
+def init_params(cfg, seed=0, dtype="float32"):
+    """Fresh parameters as the original ViT code initialises them (google-research/vision_transformer).
+
+    Class token and head zeros; position embedding N(0, 0.02); dense kernels Xavier
+    uniform (the fused qkv kernel as three D x D kernels, as Flax's separate q, k, v);
+    MLP biases N(0, 1e-6); patch projection LeCun normal (Flax's default for nn.Conv);
+    LayerNorm w = 1, b = 0. Drawn on the host with NumPy, then moved to the backend.
+    """
+    if not isinstance(cfg, ViTConfig):
+        raise TypeError(f"cfg must be a ViTConfig, got {type(cfg).__name__}")
+    rng = np.random.default_rng(seed)
+    xavier = lambda fan_in, fan_out, shape: rng.uniform(-1, 1, shape) * math.sqrt(6.0 / (fan_in + fan_out))
+    D = cfg.dim
+    params = {}
+    for name, shape in param_shapes(cfg).items():
+        leaf = name.rsplit(".", 1)[-1]
+        if name == "patch_embed.w":
+            fan_in = math.prod(shape[1:])
+            v = _truncated_normal(rng, shape, 1.0 / math.sqrt(fan_in))
+        elif name == "pos_embed":
+            v = rng.normal(0.0, 0.02, shape)
+        elif name.startswith("head.") or name == "cls_token":
+            v = np.zeros(shape)
+        elif ".norm" in name or name.startswith("norm."):
+            v = np.ones(shape) if leaf == "w" else np.zeros(shape)
+        elif name.endswith("attn.qkv.w"):
+            v = xavier(D, D, shape)
+        elif leaf == "w":
+            v = xavier(shape[0], shape[1], shape)
+        elif ".mlp." in name:
+            v = rng.normal(0.0, 1e-6, shape)
+        else:
+            v = np.zeros(shape)
+        params[name] = v
+    xp = backend_xp()
+    return {k: xp.asarray(v, dtype=dtype) for k, v in params.items()}
+
+
+def sincos_pos_embed(cfg, xp=np, dtype="float32"):
+    """Fixed 2D sine-cosine position embedding (1, N + 1, D), zeros for the class token.
+
+    A quarter of the channels each for sin and cos of the row and of the column,
+    with frequencies 1 / 10000^(i / (D/4)), as in MoCo v3 and MAE.
+    """
+    g, D = cfg.grid, cfg.dim
+    omega = 1.0 / 10000.0 ** (np.arange(D // 4) / (D // 4))  # (D/4,)
+    rows, cols = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
+    out_r = rows.reshape(-1, 1) * omega  # (N, D/4)
+    out_c = cols.reshape(-1, 1) * omega  # (N, D/4)
+    pe = np.concatenate([np.sin(out_c), np.cos(out_c), np.sin(out_r), np.cos(out_r)], axis=1)  # (N, D)
+    pe = np.concatenate([np.zeros((1, D)), pe], axis=0)[None]  # (1, N + 1, D)
+    return xp.asarray(pe, dtype=dtype)
+
+
+def check_input(x, cfg, params=None):
+    """Raise a clear ValueError unless x is a float (B, C, H, W) batch this model accepts."""
+    C, S = cfg.in_channels, cfg.image_size
+    shape = tuple(getattr(x, "shape", ()))
+    if len(shape) != 4:
+        raise ValueError(f"input must be a 4-D batch (B, C, H, W) = (B, {C}, {S}, {S}), got shape {shape}")
+    if shape[1] != C:
+        raise ValueError(f"input has {shape[1]} channels, the model expects {C} (shape (B, C, H, W), got {shape})")
+    if shape[2:] != (S, S):
+        raise ValueError(f"input images are {shape[2]}x{shape[3]}, the model expects {S}x{S} (got shape {shape})")
+    if getattr(x, "dtype", None) is None or x.dtype.kind != "f":
+        raise ValueError(f"input must be a floating-point array, got dtype {getattr(x, 'dtype', type(x))}; "
+                         "normalise images to floats first")
+    if params is not None and get_array_module(x) is not get_array_module(params["cls_token"]):
+        raise ValueError("input and parameters live on different backends; move the batch with minivit.to_device")
+
+
+def forward(params, x, cfg, train=False, rng=None):
+    """x (B, C, H, W) -> logits (B, K), cache for backward.
+
+    train=True enables dropout, whose masks are drawn from `rng` (needed when any
+    dropout rate is non-zero). Nothing else differs between training and evaluation.
+    """
+    check_input(x, cfg, params)
+    x = x.astype(params["cls_token"].dtype, copy=False)
+    xp = get_array_module(x)
+    B = x.shape[0]
+    tok, c_patch = patch_embed_forward(x, params["patch_embed.w"], params["patch_embed.b"])  # (B, N, D)
+    cls = xp.broadcast_to(params["cls_token"], (B, 1, cfg.dim))                           # (B, 1, D)
+    pos = params["pos_embed"] if cfg.pos_embed == "learned" else sincos_pos_embed(cfg, xp, x.dtype)
+    z = xp.concatenate([cls, tok], axis=1) + pos                                           # (B, N+1, D)
+    z, m_emb = dropout_forward(z, cfg.dropout, rng, train)
+    c_blocks = []
+    for i in range(cfg.depth):
+        z, c = block_forward(z, params, f"blocks.{i}.", cfg, rng, train)                  # (B, N+1, D)
+        c_blocks.append(c)
+    z, c_norm = layernorm_forward(z, params["norm.w"], params["norm.b"], cfg.ln_eps)       # (B, N+1, D)
+    pooled = z[:, 0] if cfg.pool == "token" else z[:, 1:].mean(axis=1)                    # (B, D)
+    logits, c_head = linear_forward(pooled, params["head.w"], params["head.b"])            # (B, K)
+    return logits, (cfg, z.shape, c_patch, m_emb, c_blocks, c_norm, c_head)
+
+
+def backward(dlogits, cache):
+    """dlogits (B, K) -> grads: a dict with the same keys and shapes as params."""
+    cfg, z_shape, c_patch, m_emb, c_blocks, c_norm, c_head = cache
+    xp = get_array_module(dlogits)
+    grads = {}
+    dpooled, grads["head.w"], grads["head.b"] = linear_backward(dlogits, c_head)  # (B, D)
+    dz = xp.zeros(z_shape, dtype=dlogits.dtype)                                    # (B, N+1, D)
+    if cfg.pool == "token":
+        dz[:, 0] = dpooled
+    else:  # the mean spreads its gradient evenly over the N patch tokens
+        dz[:, 1:] = dpooled[:, None, :] / (z_shape[1] - 1)
+    dz, grads["norm.w"], grads["norm.b"] = layernorm_backward(dz, c_norm)
+    for c in reversed(c_blocks):
+        dz = block_backward(dz, c, grads)
+    dz = dropout_backward(dz, m_emb)
+    if cfg.pos_embed == "learned":
+        grads["pos_embed"] = dz.sum(axis=0, keepdims=True)                         # (1, N+1, D)
+    grads["cls_token"] = dz[:, :1].sum(axis=0, keepdims=True)                      # (1, 1, D)
+    _, grads["patch_embed.w"], grads["patch_embed.b"] = patch_embed_backward(dz[:, 1:], c_patch, need_dx=False)
+    return {k: grads[k] for k in param_shapes(cfg)}  # the order of params

@@ -1,0 +1,125 @@
+"""Optimisers (AdamW, SGD with momentum), clipping by global norm, warmup + cosine schedule.
+
+Optimiser state lives in flat dicts keyed like the parameters, so a step is a
+loop over names and a checkpoint stores the state next to the parameters.
+"""
+import math
+
+from .backend import get_array_module
+
+
+def decays(name, value):
+    """timm's rule: weight-decay tensors with 2+ dimensions, never biases, LayerNorm
+    gains, the class token or the position embedding."""
+    return value.ndim >= 2 and name not in ("cls_token", "pos_embed")
+
+
+class AdamW:
+    """Adam with decoupled weight decay (Loshchilov & Hutter), as torch.optim.AdamW.
+
+    p <- p - lr * wd * p                       (decoupled decay, for names where decays() holds)
+    m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2
+    p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    Adam is AdamW with weight_decay = 0. Assign `opt.lr` to follow a schedule.
+    """
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"AdamW: invalid lr={lr}, betas={betas}, eps={eps} or weight_decay={weight_decay}")
+        self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
+        self.t = 0          # steps taken; bias corrections use it, so it must advance every step
+        self.m, self.v = {}, {}
+
+    def step(self, params, grads):
+        """Update every array in `params` in place from the same-named `grads`."""
+        self.t += 1
+        b1, b2 = self.betas
+        bc1, bc2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
+        for name, p in params.items():
+            g = grads[name]
+            xp = get_array_module(p)
+            if name not in self.m:
+                self.m[name], self.v[name] = xp.zeros_like(p), xp.zeros_like(p)
+            m, v = self.m[name], self.v[name]
+            if self.weight_decay and decays(name, p):
+                p *= 1.0 - self.lr * self.weight_decay
+            m *= b1
+            m += (1.0 - b1) * g
+            v *= b2
+            v += (1.0 - b2) * (g * g)
+            p -= (self.lr / bc1) * m / (xp.sqrt(v / bc2) + self.eps)
+
+    def state_dict(self):
+        """Flat dict of arrays: 'm.<name>', 'v.<name>' and the step count 't'."""
+        state = {"t": self.t}
+        state.update({"m." + k: v for k, v in self.m.items()})
+        state.update({"v." + k: v for k, v in self.v.items()})
+        return state
+
+    def load_state_dict(self, state):
+        self.t = int(state["t"])
+        self.m = {k[2:]: v for k, v in state.items() if k.startswith("m.")}
+        self.v = {k[2:]: v for k, v in state.items() if k.startswith("v.")}
+
+
+class SGD:
+    """SGD with momentum, as torch.optim.SGD (dampening 0): the paper's fine-tuning optimiser.
+
+    g <- g + wd * p (coupled L2 decay, for names where decays() holds);  u <- mu u + g;  p <- p - lr u
+    """
+
+    def __init__(self, lr=0.01, momentum=0.9, weight_decay=0.0):
+        if lr < 0 or not 0.0 <= momentum < 1.0 or weight_decay < 0:
+            raise ValueError(f"SGD: invalid lr={lr}, momentum={momentum} or weight_decay={weight_decay}")
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.t = 0
+        self.u = {}
+
+    def step(self, params, grads):
+        self.t += 1
+        for name, p in params.items():
+            g = grads[name]
+            if self.weight_decay and decays(name, p):
+                g = g + self.weight_decay * p
+            if self.momentum:
+                if name not in self.u:
+                    self.u[name] = g.copy()  # torch starts the buffer at the first gradient
+                else:
+                    self.u[name] *= self.momentum
+                    self.u[name] += g
+                g = self.u[name]
+            p -= self.lr * g
+
+    def state_dict(self):
+        state = {"t": self.t}
+        state.update({"u." + k: v for k, v in self.u.items()})
+        return state
+
+    def load_state_dict(self, state):
+        self.t = int(state["t"])
+        self.u = {k[2:]: v for k, v in state.items() if k.startswith("u.")}
+
+
+def global_norm(grads):
+    """sqrt of the sum of squares of every gradient entry, as a Python float (one host sync)."""
+    return math.sqrt(sum(float((g.astype("float64") ** 2).sum()) for g in grads.values()))
+
+
+def clip_grad_norm(grads, max_norm):
+    """Scale all gradients in place so their global norm is at most max_norm (as torch's
+    clip_grad_norm_, which the paper uses at 1). Returns the norm before clipping."""
+    norm = global_norm(grads)
+    if norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for g in grads.values():
+            g *= scale
+    return norm
+
+
+def warmup_cosine(step, total_steps, warmup_steps, base_lr, min_lr=0.0):
+    """Learning rate at `step` (0-based): linear warmup to base_lr, then cosine decay to min_lr."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(progress, 1.0)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))

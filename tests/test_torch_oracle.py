@@ -1,0 +1,192 @@
+"""PyTorch as an oracle: every layer, the whole model and the optimisers in float64.
+
+Skipped when torch is not installed; CI installs the CPU build so these run."""
+import numpy as np
+import pytest
+
+import minivit as mv
+from helpers import rel_error
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+TOL = 1e-10
+rng = np.random.default_rng(0)
+
+
+def T(a, grad=True):
+    return torch.tensor(np.asarray(a), dtype=torch.float64, requires_grad=grad)
+
+
+def randn(*shape):
+    return rng.standard_normal(shape)
+
+
+def agree(ours, theirs):
+    theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else theirs
+    assert np.shape(ours) == np.shape(theirs)
+    assert rel_error(ours, theirs) < TOL, rel_error(ours, theirs)
+
+
+def test_linear():
+    x, w, b = randn(2, 3, 5), randn(5, 4), randn(4)
+    y, cache = mv.linear_forward(x, w, b)
+    tx, tw, tb = T(x), T(w.T), T(b)
+    ty = F.linear(tx, tw, tb)
+    R = randn(*y.shape)
+    ty.backward(T(R, False))
+    dx, dw, db = mv.linear_backward(R, cache)
+    agree(y, ty); agree(dx, tx.grad); agree(dw, tw.grad.T); agree(db, tb.grad)
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 1), (2, 0), (2, 2), (4, 0)])
+def test_conv2d(stride, pad):
+    x, w, b = randn(2, 3, 9, 8), randn(5, 3, 4, 4), randn(5)
+    y, cache = mv.conv2d_forward(x, w, b, stride, pad)
+    tx, tw, tb = T(x), T(w), T(b)
+    ty = F.conv2d(tx, tw, tb, stride=stride, padding=pad)
+    R = randn(*y.shape)
+    ty.backward(T(R, False))
+    dx, dw, db = mv.conv2d_backward(R, cache)
+    agree(y, ty); agree(dx, tx.grad); agree(dw, tw.grad); agree(db, tb.grad)
+
+
+def test_layernorm():
+    x, w, b = randn(3, 4, 7) * 2 + 1, randn(7), randn(7)
+    y, cache = mv.layernorm_forward(x, w, b, 1e-6)
+    tx, tw, tb = T(x), T(w), T(b)
+    ty = F.layer_norm(tx, (7,), tw, tb, 1e-6)
+    R = randn(*y.shape)
+    ty.backward(T(R, False))
+    dx, dw, db = mv.layernorm_backward(R, cache)
+    agree(y, ty); agree(dx, tx.grad); agree(dw, tw.grad); agree(db, tb.grad)
+
+
+@pytest.mark.parametrize("approximate,torch_name", [("exact", "none"), ("tanh", "tanh")])
+def test_gelu(approximate, torch_name):
+    x = randn(5, 6) * 3
+    y, cache = mv.gelu_forward(x, approximate)
+    tx = T(x)
+    ty = F.gelu(tx, approximate=torch_name)
+    R = randn(*y.shape)
+    ty.backward(T(R, False))
+    agree(y, ty); agree(mv.gelu_backward(R, cache), tx.grad)
+
+
+def test_attention_against_sdpa():
+    q, k, v = randn(2, 3, 6, 4), randn(2, 3, 6, 4), randn(2, 3, 6, 4)
+    y, cache = mv.attention_forward(q, k, v)
+    tq, tk, tv = T(q), T(k), T(v)
+    ty = F.scaled_dot_product_attention(tq, tk, tv)
+    R = randn(*y.shape)
+    ty.backward(T(R, False))
+    dq, dk, dv = mv.attention_backward(R, cache)
+    agree(y, ty); agree(dq, tq.grad); agree(dk, tk.grad); agree(dv, tv.grad)
+
+
+def test_mhsa_against_nn_multiheadattention():
+    D, H = 8, 2
+    x, wq, bq, wp, bp = randn(2, 5, D), randn(D, 3 * D) * 0.3, randn(3 * D), randn(D, D), randn(D)
+    y, cache = mv.mhsa_forward(x, wq, bq, wp, bp, H)
+    mha = torch.nn.MultiheadAttention(D, H, batch_first=True, dtype=torch.float64)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.tensor(wq.T))
+        mha.in_proj_bias.copy_(torch.tensor(bq))
+        mha.out_proj.weight.copy_(torch.tensor(wp.T))
+        mha.out_proj.bias.copy_(torch.tensor(bp))
+    tx = T(x)
+    ty, _ = mha(tx, tx, tx, need_weights=False)
+    R = randn(*y.shape)
+    ty.backward(T(R, False))
+    dx, dwq, dbq, dwp, dbp = mv.mhsa_backward(R, cache)
+    agree(y, ty); agree(dx, tx.grad)
+    agree(dwq, mha.in_proj_weight.grad.T); agree(dbq, mha.in_proj_bias.grad)
+    agree(dwp, mha.out_proj.weight.grad.T); agree(dbp, mha.out_proj.bias.grad)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy(smoothing):
+    z, y = randn(6, 10) * 5, rng.integers(0, 10, 6)
+    loss, dz = mv.cross_entropy(z, y, smoothing)
+    tz = T(z)
+    tl = F.cross_entropy(tz, torch.tensor(y), label_smoothing=smoothing)
+    tl.backward()
+    agree(loss, tl); agree(dz, tz.grad)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(pool="gap", gelu="tanh"), dict(pos_embed="sincos")],
+                         ids=["token-exact", "gap-tanh", "sincos"])
+def test_whole_model_forward_and_backward(overrides):
+    from torch_ref import torch_vit
+    cfg = mv.ViTConfig.preset("test", dim=12, heads=3, **overrides)
+    params = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in mv.init_params(cfg, dtype="float64").items()}
+    x, y = randn(3, 3, 8, 8), np.array([0, 4, 2])
+    logits, cache = mv.forward(params, x, cfg)
+    loss, dlogits = mv.cross_entropy(logits, y, 0.1)
+    grads = mv.backward(dlogits, cache)
+    sd = {k: T(v) for k, v in mv.to_timm(params, cfg).items()}
+    tlogits = torch_vit(sd, T(x, False), cfg)
+    tloss = F.cross_entropy(tlogits, torch.tensor(y), label_smoothing=0.1)
+    tloss.backward()
+    agree(logits, tlogits); agree(loss, tloss)
+    ours = mv.to_timm(grads, cfg)  # the same conversion maps gradient dicts
+    for key, t in sd.items():
+        if key == "pos_embed" and cfg.pos_embed == "sincos":
+            continue  # fixed, not a parameter
+        assert rel_error(ours[key], t.grad.numpy()) < TOL, key
+
+
+def _tiny_problem():
+    cfg = mv.ViTConfig.preset("test")
+    params = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in mv.init_params(cfg, dtype="float64").items()}
+    grads_seq = [{k: rng.standard_normal(v.shape) for k, v in params.items()} for _ in range(5)]
+    return params, grads_seq
+
+
+def test_adamw_against_torch_over_several_steps():
+    params, grads_seq = _tiny_problem()
+    tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
+    decay = [p for k, p in tparams.items() if mv.optim.decays(k, params[k])]
+    no_decay = [p for k, p in tparams.items() if not mv.optim.decays(k, params[k])]
+    assert decay and no_decay
+    topt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
+    opt = mv.AdamW(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05)
+    for step, grads in enumerate(grads_seq):
+        lr = 1e-2 * (0.5 + step / 10)  # a changing learning rate, as a schedule sets it
+        opt.lr = lr
+        for group in topt.param_groups:
+            group["lr"] = lr
+        opt.step(params, grads)
+        for k, p in tparams.items():
+            p.grad = torch.tensor(grads[k])
+        topt.step()
+    for k in params:
+        assert rel_error(params[k], tparams[k].detach().numpy()) < TOL, k
+
+
+def test_sgd_against_torch():
+    params, grads_seq = _tiny_problem()
+    tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
+    decay = [p for k, p in tparams.items() if mv.optim.decays(k, params[k])]
+    no_decay = [p for k, p in tparams.items() if not mv.optim.decays(k, params[k])]
+    topt = torch.optim.SGD([{"params": decay, "weight_decay": 1e-3}, {"params": no_decay, "weight_decay": 0.0}],
+                           lr=0.05, momentum=0.9)
+    opt = mv.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3)
+    for grads in grads_seq:
+        opt.step(params, grads)
+        for k, p in tparams.items():
+            p.grad = torch.tensor(grads[k])
+        topt.step()
+    for k in params:
+        assert rel_error(params[k], tparams[k].detach().numpy()) < TOL, k
+
+
+def test_clip_grad_norm_against_torch():
+    grads = {"a": randn(3, 4), "b": randn(5)}
+    tgrads = [torch.tensor(grads["a"].copy(), requires_grad=True), torch.tensor(grads["b"].copy(), requires_grad=True)]
+    for t, k in zip(tgrads, grads):
+        t.grad = torch.tensor(grads[k].copy())
+    tnorm = torch.nn.utils.clip_grad_norm_(tgrads, 1.0)
+    norm = mv.clip_grad_norm(grads, 1.0)
+    assert rel_error(norm, tnorm.item()) < TOL
+    agree(grads["a"], tgrads[0].grad); agree(grads["b"], tgrads[1].grad)
