@@ -16,7 +16,7 @@ def gelu_forward(x, approximate="exact"):
         return x * phi, (x, phi, approximate)
     if approximate == "tanh":
         xp = get_array_module(x)
-        t = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x ** 3))  # tanh(u)
+        t = xp.tanh(_SQRT_2_OVER_PI * x * (1.0 + _GELU_C * x * x))  # tanh(u); x*x, not x**3 (float pow is slow)
         return 0.5 * x * (1.0 + t), (x, t, approximate)
     raise ValueError(f"gelu approximate must be 'exact' or 'tanh', got {approximate!r}")
 

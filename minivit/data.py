@@ -1,0 +1,332 @@
+"""Datasets: the official CIFAR-10 python archive, image folders, and the shipped subset.
+
+Every loader returns a `Dataset`: uint8 images (N, C, H, W), integer labels (N,)
+and class names, for a train and a test split. Decoding happens once; the arrays
+are cached as .npz in the cache folder (MINIVIT_CACHE, default ~/.cache/minivit).
+"""
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SUBSET_PATH = Path(__file__).parent / "assets" / "cifar10-subset.tar.gz"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+class DataError(ValueError):
+    """Data that is missing, corrupted or not in a format minivit reads."""
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, C, H, W) uint8
+    labels: np.ndarray  # (N,) int64
+
+
+@dataclass
+class Dataset:
+    train: Split
+    test: Split
+    classes: tuple
+    name: str
+
+    @property
+    def image_shape(self):
+        return tuple(self.train.images.shape[1:])  # (C, H, W)
+
+
+def cache_dir():
+    d = Path(os.environ.get("MINIVIT_CACHE", Path.home() / ".cache" / "minivit"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def file_md5(path, chunk=1 << 20):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- official CIFAR-10 (python version)
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Accepts only what the CIFAR-10 batches contain: dicts, lists, bytes, ints and
+    NumPy arrays. Any other global (os.system, builtins.eval, ...) is refused, so a
+    tampered file cannot run code while it loads."""
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: not part of the CIFAR-10 format")
+
+
+def _load_cifar_batch(data, where):
+    try:
+        d = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise DataError(f"{where}: {e}") from None
+    except Exception as e:  # truncated or garbled pickle
+        raise DataError(f"{where}: not a readable CIFAR-10 batch ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        raise DataError(f"{where}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
+    x = np.asarray(d[b"data"], dtype=np.uint8)
+    y = np.asarray(d[b"labels"], dtype=np.int64)
+    if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
+        raise DataError(f"{where}: data has shape {x.shape} for {len(y)} labels; expected (N, 3072)")
+    return x.reshape(-1, 3, 32, 32), y
+
+
+def load_cifar10_python(path):
+    """The official `cifar-10-python.tar.gz`, or the `cifar-10-batches-py` folder extracted from it."""
+    path = Path(path)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    blobs = {}
+    if path.is_dir():
+        root = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+        for n in names:
+            if not (root / n).is_file():
+                raise DataError(f"{root}: missing {n}; expected the cifar-10-batches-py folder")
+            blobs[n] = (root / n).read_bytes()
+    else:
+        try:
+            with tarfile.open(path, "r:gz") as tar:
+                for m in tar.getmembers():
+                    base = m.name.rsplit("/", 1)[-1]
+                    if base in names and m.isfile():
+                        blobs[base] = tar.extractfile(m).read()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise DataError(f"{path}: truncated or corrupted archive ({e}); delete it and download again") from None
+        missing = [n for n in names if n not in blobs]
+        if missing:
+            raise DataError(f"{path}: not the CIFAR-10 python archive (missing {', '.join(missing)})")
+    train = [_load_cifar_batch(blobs[n], f"{path}:{n}") for n in names[:5]]
+    test = _load_cifar_batch(blobs["test_batch"], f"{path}:test_batch")
+    tr = Split(np.concatenate([a for a, _ in train]), np.concatenate([b for _, b in train]))
+    return Dataset(tr, Split(*test), CIFAR10_CLASSES, "cifar10")
+
+
+def download_cifar10(dest=None, url=CIFAR10_URL, md5=CIFAR10_MD5):
+    """Download the official archive (with a progress bar) unless a verified copy is cached."""
+    dest = Path(dest) if dest else cache_dir() / "cifar-10-python.tar.gz"
+    if dest.exists() and file_md5(dest) == md5:
+        return dest
+    from tqdm import tqdm
+    tmp = dest.with_suffix(".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc="downloading CIFAR-10") as bar:
+                for block in iter(lambda: r.read(1 << 16), b""):
+                    f.write(block)
+                    bar.update(len(block))
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"could not download CIFAR-10 from {url} ({e}). Without network, copy "
+                        f"cifar-10-python.tar.gz to {dest} or pass its path with --data PATH") from None
+    if file_md5(tmp) != md5:
+        tmp.unlink()
+        raise DataError(f"downloaded CIFAR-10 archive has the wrong md5 (expected {md5}); try again")
+    os.replace(tmp, dest)
+    return dest
+
+
+def load_cifar10(path=None):
+    """Official CIFAR-10: from `path` (archive or folder), else the cache, else downloaded."""
+    if path is None:
+        path = download_cifar10()
+    elif Path(path).is_file():
+        digest = file_md5(path)
+        if digest != CIFAR10_MD5:
+            raise DataError(f"{path}: md5 {digest} does not match the official CIFAR-10 archive "
+                            f"({CIFAR10_MD5}); the file is corrupted or not cifar-10-python.tar.gz")
+    return load_cifar10_python(path)
+
+
+# ---------------------------------------------------------------- image folders (train/<class>/*.jpg)
+
+def _decode(data, where):
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"unreadable image {where} ({e})") from None
+
+
+def _iter_files(path):
+    """(relative path parts, bytes) for every file in a folder, .tar.gz or .zip."""
+    path = Path(path)
+    if path.is_dir():
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                yield f.relative_to(path).parts, f.read_bytes()
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            for name in sorted(z.namelist()):
+                if not name.endswith("/"):
+                    yield tuple(Path(name).parts), z.read(name)
+    else:
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                for m in tar:
+                    if m.isfile():
+                        yield tuple(Path(m.name).parts), tar.extractfile(m).read()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise DataError(f"{path}: truncated or corrupted archive ({e})") from None
+
+
+def _folder_key(path):
+    p = Path(path).resolve()
+    if p.is_dir():
+        stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.rglob("*")) if f.is_file()]
+        return hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{p}:{file_md5(p)}".encode()).hexdigest()[:16]
+
+
+def load_image_folder(path, use_cache=True):
+    """`train/<class>/*` and `test/<class>/*` (any leading folder) from a folder, .tar.gz or .zip.
+
+    Classes are the sorted folder names under train/. Images are decoded once with Pillow;
+    the arrays are cached by the archive's content hash.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    cache = cache_dir() / f"imagefolder-{_folder_key(path)}.npz"
+    if use_cache and cache.exists():
+        with np.load(cache) as z:
+            return Dataset(Split(z["train_x"], z["train_y"]), Split(z["test_x"], z["test_y"]),
+                           tuple(z["classes"].tolist()), path.name)
+    found = {"train": [], "test": []}
+    for parts, data in _iter_files(path):
+        if Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES or len(parts) < 3:
+            continue
+        split, cls = parts[-3], parts[-2]
+        if split in found:
+            found[split].append((cls, "/".join(parts), data))
+    classes = sorted({c for c, _, _ in found["train"]})
+    if not classes:
+        raise DataError(f"{path}: no classes found; expected images under train/<class>/ and test/<class>/")
+    if not found["test"]:
+        raise DataError(f"{path}: no test images found under test/<class>/")
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for split, items in found.items():
+        unknown = sorted({c for c, _, _ in items} - set(index))
+        if unknown:
+            raise DataError(f"{path}: test classes {unknown} do not appear under train/")
+        images = [_decode(data, name) for _, name, data in items]
+        shapes = {im.shape for im in images}
+        if len(shapes) > 1:
+            raise DataError(f"{path}: images of different sizes in {split}/ ({sorted(shapes)[:3]}); resize them first")
+        x = np.stack(images).transpose(0, 3, 1, 2)  # (N, 3, H, W)
+        y = np.array([index[c] for c, _, _ in items], dtype=np.int64)
+        splits[split] = Split(np.ascontiguousarray(x), y)
+    if splits["train"].images.shape[1:] != splits["test"].images.shape[1:]:
+        raise DataError(f"{path}: train and test images differ in size")
+    if use_cache:
+        tmp = cache.with_name(cache.name + ".tmp.npz")
+        np.savez(tmp, train_x=splits["train"].images, train_y=splits["train"].labels,
+                 test_x=splits["test"].images, test_y=splits["test"].labels, classes=np.array(classes))
+        os.replace(tmp, cache)
+    return Dataset(splits["train"], splits["test"], tuple(classes), path.name)
+
+
+def load_dataset(spec=None):
+    """'subset' (default, shipped in the package), 'cifar10' (official, downloaded once) or a PATH
+    to the official archive/folder or to an image folder/archive."""
+    if spec in (None, "subset"):
+        if not SUBSET_PATH.exists():
+            raise DataError(f"the shipped CIFAR-10 subset is missing ({SUBSET_PATH}); reinstall minivit")
+        return load_image_folder(SUBSET_PATH)
+    if spec == "cifar10":
+        return load_cifar10()
+    p = Path(spec)
+    if not p.exists():
+        raise DataError(f"--data {spec}: no such file or folder (use 'subset', 'cifar10' or a path)")
+    is_official = (p.is_dir() and ((p / "cifar-10-batches-py").is_dir() or (p / "data_batch_1").is_file())) \
+        or p.name.startswith("cifar-10-python")
+    return load_cifar10(p) if is_official else load_image_folder(p)
+
+
+def make_subset(source, dest=SUBSET_PATH, train_per_class=500, test_per_class=100, seed=0):
+    """Write a class-balanced image-folder .tar.gz drawn from an image-folder archive,
+    keeping the JPEG bytes as they are (no second lossy encoding)."""
+    rng = np.random.default_rng(seed)
+    by_key = {}
+    for parts, data in _iter_files(source):
+        if len(parts) >= 3 and parts[-3] in ("train", "test") and Path(parts[-1]).suffix.lower() in IMAGE_SUFFIXES:
+            by_key.setdefault((parts[-3], parts[-2]), []).append((parts[-1], data))
+    if not by_key:
+        raise DataError(f"{source}: no train/<class>/ images found")
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    # gzip stream with no name and mtime 0, tar entries with mtime 0: same input, same bytes
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, filename="", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:
+        for (split, cls), files in sorted(by_key.items()):
+            files.sort()
+            n = train_per_class if split == "train" else test_per_class
+            for i in sorted(rng.choice(len(files), min(n, len(files)), replace=False)):
+                name, data = files[i]
+                info = tarfile.TarInfo(f"cifar10-subset/{split}/{cls}/{name}")
+                info.size, info.mtime = len(data), 0
+                tar.addfile(info, io.BytesIO(data))
+    os.replace(tmp, dest)
+    return dest
+
+
+# ---------------------------------------------------------------- normalisation and augmentation
+
+def channel_stats(images):
+    """Per-channel mean and std of uint8 images (N, C, H, W), on the 0..1 scale."""
+    x = images.astype(np.float64) / 255.0
+    return x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
+
+
+def normalize(images, mean, std, xp=np, dtype="float32"):
+    """uint8 (B, C, H, W) -> float (B, C, H, W), per-channel (x/255 - mean) / std, on backend xp."""
+    x = xp.asarray(images).astype(dtype) / 255.0
+    m = xp.asarray(mean, dtype=dtype).reshape(1, -1, 1, 1)
+    s = xp.asarray(std, dtype=dtype).reshape(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def augment(images, rng, pad=4, flip=True):
+    """Random crop with zero padding and random horizontal flip of a whole uint8 batch (B, C, H, W).
+
+    One gather with broadcast index arrays does every crop at once: image b takes rows
+    oy[b] .. oy[b]+H and columns ox[b] .. ox[b]+W of its padded copy (flipped when asked).
+    """
+    B, C, H, W = images.shape
+    xpad = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oy = rng.integers(0, 2 * pad + 1, B)
+    ox = rng.integers(0, 2 * pad + 1, B)
+    rows = oy[:, None] + np.arange(H)                     # (B, H)
+    cols = ox[:, None] + np.arange(W)                     # (B, W)
+    if flip:
+        flipped = rng.random(B) < 0.5
+        cols = np.where(flipped[:, None], cols[:, ::-1], cols)
+    b = np.arange(B)[:, None, None, None]
+    c = np.arange(C)[None, :, None, None]
+    return xpad[b, c, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)

@@ -1,0 +1,55 @@
+"""Training curves and confusion matrices as PNG files (matplotlib, no display needed)."""
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(history, path):
+    """Loss and accuracy per epoch, train and test, side by side."""
+    plt = _pyplot()
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    a.plot(ep, [h["test_loss"] for h in history], "o-", label="test")
+    a.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    b.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
+    b.plot(ep, [h["test_acc"] for h in history], "o-", label="test")
+    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def confusion_matrix(labels, preds, k):
+    """Counts (K, K): row = true class, column = predicted class."""
+    m = np.zeros((k, k), dtype=np.int64)
+    np.add.at(m, (np.asarray(labels), np.asarray(preds)), 1)
+    return m
+
+
+def plot_confusion(labels, preds, classes, path, title=None):
+    plt = _pyplot()
+    k = len(classes)
+    m = confusion_matrix(labels, preds, k)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(k), classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, m[i, j], ha="center", va="center", fontsize=7,
+                    color="white" if m[i, j] > m.max() / 2 else "black")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return m

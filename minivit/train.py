@@ -1,0 +1,277 @@
+"""The training loop: batches, data-parallel gradient steps, evaluation, checkpoints, metrics.
+
+Every random choice is derived from (seed, epoch) or (seed, step): the shuffle of
+epoch e from default_rng([seed, e]), augmentation and dropout of step s from
+default_rng([seed, s, ...]). A checkpoint's step therefore fixes all later
+randomness, and a resumed run continues exactly as an uninterrupted one.
+"""
+import json
+import math
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import plots
+from .backend import backend_name, to_numpy, xp as backend_xp
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import augment, channel_stats, normalize
+from .loss import cross_entropy
+from .model import backward, forward, init_params
+from .optim import AdamW, clip_grad_norm, warmup_cosine
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10              # passes over the training set
+    batch_size: int = 128         # images per optimiser step
+    lr: float = 1e-3              # peak learning rate (AdamW)
+    min_lr: float = 1e-5          # learning rate at the end of the cosine decay
+    warmup_epochs: float = 1.0    # linear warmup length, in epochs
+    weight_decay: float = 0.05    # AdamW decoupled decay (2-D+ tensors only)
+    label_smoothing: float = 0.1  # cross-entropy target smoothing
+    clip_norm: float = 1.0        # clip gradients to this global norm (0: off)
+    augment: bool = True          # random crop (pad 4) and horizontal flip
+    seed: int = 0                 # seeds init, shuffling, augmentation and dropout
+    threads: int = 2              # data-parallel threads on NumPy (one BLAS thread each)
+    eval_batch_size: int = 500    # images per evaluation batch
+
+    def __post_init__(self):
+        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
+                  ("lr", self.lr > 0), ("min_lr", self.min_lr >= 0), ("warmup_epochs", self.warmup_epochs >= 0),
+                  ("weight_decay", self.weight_decay >= 0), ("label_smoothing", 0 <= self.label_smoothing < 1),
+                  ("clip_norm", self.clip_norm >= 0), ("threads", self.threads >= 1),
+                  ("eval_batch_size", self.eval_batch_size >= 1)]
+        bad = [name for name, ok in checks if not ok]
+        if bad:
+            raise ValueError(f"invalid training setting(s): " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+
+
+def _blas_single_thread(threads):
+    """With several data-parallel threads, each should run BLAS on one core (else 2 x 2 threads fight)."""
+    if threads <= 1:
+        return nullcontext()
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(1, user_api="blas")
+
+
+class Engine:
+    """Runs forward/backward over a batch split into shards, one per thread.
+
+    NumPy releases the GIL inside ufuncs and matrix products, so two threads each
+    working on half the batch keep both cores busy even in the elementwise layers,
+    which NumPy runs on one core. Shard gradients are summed in a fixed order, so the
+    result does not depend on thread timing.
+    """
+
+    def __init__(self, cfg, threads=1):
+        self.cfg = cfg
+        self.threads = threads if backend_name() == "numpy" else 1
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def _map(self, fn, shards):
+        return list(self.pool.map(fn, shards)) if self.pool else [fn(s) for s in shards]
+
+    def _shards(self, n):
+        k = min(self.threads, n)
+        bounds = [n * i // k for i in range(k + 1)]  # Python ints: a NumPy scalar here would
+        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]  # promote float32 math to float64
+
+    def loss_and_grads(self, params, x, y, label_smoothing, seed, step):
+        """Mean loss over the batch, number correct, gradients of the mean loss."""
+        B = len(y)
+
+        def shard(sl):
+            i = sl.start
+            rng = np.random.default_rng([seed, step, 1, i]) if (self.cfg.dropout or self.cfg.attn_dropout) else None
+            logits, cache = forward(params, x[sl], self.cfg, train=True, rng=rng)
+            loss, dlogits = cross_entropy(logits, y[sl], label_smoothing)
+            n = sl.stop - sl.start
+            grads = backward(dlogits * (n / B), cache)  # each shard's share of the batch mean
+            return loss * (n / B), (logits.argmax(axis=1) == y[sl]).sum(), grads
+
+        results = self._map(shard, self._shards(B))
+        loss = sum(r[0] for r in results)
+        correct = sum(r[1] for r in results)
+        grads = results[0][2]
+        for r in results[1:]:
+            for k, g in r[2].items():
+                grads[k] += g
+        return loss, correct, grads
+
+    def predict_logits(self, params, x):
+        def shard(sl):
+            return forward(params, x[sl], self.cfg)[0]
+        xp = backend_xp()
+        return xp.concatenate(self._map(shard, self._shards(len(x))))
+
+
+def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smoothing=0.0):
+    """-> dict(loss, accuracy, predictions (N,) numpy) over a Split, in eval mode."""
+    engine = Engine(cfg, threads)
+    xp = backend_xp()
+    total, preds = 0.0, []
+    with _blas_single_thread(engine.threads):
+        for a in range(0, len(split.labels), batch_size):
+            x = normalize(split.images[a:a + batch_size], mean, std, xp, params["cls_token"].dtype)
+            y = xp.asarray(split.labels[a:a + batch_size])
+            logits = engine.predict_logits(params, x)
+            loss, _ = cross_entropy(logits, y, label_smoothing)
+            total += float(loss) * len(y)
+            preds.append(to_numpy(logits.argmax(axis=1)))
+    preds = np.concatenate(preds)
+    return {"loss": total / len(split.labels), "accuracy": float((preds == split.labels).mean()), "predictions": preds}
+
+
+class Trainer:
+    def __init__(self, cfg, tcfg, dataset, out_dir, resume=False, progress=True, log=print):
+        self.cfg, self.tcfg, self.data = cfg, tcfg, dataset
+        self.out = Path(out_dir)
+        self.progress, self.log = progress, log
+        if dataset.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
+            C, H, W = dataset.image_shape
+            raise ValueError(f"the data's images are {C}x{H}x{W} (C x H x W) but the model expects "
+                             f"{cfg.in_channels}x{cfg.image_size}x{cfg.image_size}; choose a matching "
+                             "preset or --image-size")
+        if len(dataset.classes) != cfg.num_classes:
+            raise ValueError(f"the data has {len(dataset.classes)} classes but the model has "
+                             f"num_classes={cfg.num_classes}")
+        self.steps_per_epoch = math.ceil(len(dataset.train.labels) / tcfg.batch_size)
+        self.total_steps = tcfg.epochs * self.steps_per_epoch
+        self.ckpt_path = self.out / "checkpoint.npz"
+        self.opt = AdamW(lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        if resume and self.ckpt_path.exists():
+            self.params, _, opt_state, meta = load_checkpoint(self.ckpt_path, cfg)
+            saved = TrainConfig(**meta["train_config"])
+            if asdict(saved) != asdict(tcfg):
+                diff = [k for k in asdict(tcfg) if getattr(saved, k) != getattr(tcfg, k)]
+                raise ValueError(f"--resume: {self.ckpt_path} was trained with different settings ({', '.join(diff)}); "
+                                 "resume with the same flags or start a new --out folder")
+            self.opt.load_state_dict(opt_state)
+            self.step, self.mean, self.std = meta["step"], np.array(meta["mean"]), np.array(meta["std"])
+            self.history = meta.get("history", [])
+            self.elapsed = meta.get("elapsed", 0.0)
+            self.log(f"resuming from {self.ckpt_path} at step {self.step} (epoch {self.step // self.steps_per_epoch + 1})")
+        else:
+            if resume:
+                self.log(f"--resume: no checkpoint in {self.out}; starting a new run")
+            self.params = init_params(cfg, seed=tcfg.seed)
+            self.step = 0
+            self.mean, self.std = channel_stats(dataset.train.images)
+            self.history, self.elapsed = [], 0.0
+        self.engine = Engine(cfg, tcfg.threads)
+        self.interrupted = None
+
+    def meta(self):
+        return {"step": self.step, "epoch": self.step / self.steps_per_epoch, "seed": self.tcfg.seed,
+                "rng": {"seed": self.tcfg.seed, "step": self.step,
+                        "streams": "shuffle default_rng([seed, epoch]); augment default_rng([seed, step, 0]); "
+                                   "dropout default_rng([seed, step, 1, shard_start])"},
+                "train_config": asdict(self.tcfg), "mean": list(map(float, self.mean)), "std": list(map(float, self.std)),
+                "classes": list(self.data.classes), "history": self.history, "elapsed": self.elapsed,
+                "backend": backend_name(), "data": getattr(self, "data_spec", None) or self.data.name}
+
+    def save(self):
+        save_checkpoint(self.ckpt_path, self.params, self.cfg, self.opt.state_dict(), self.meta())
+
+    def _batch(self, epoch, index):
+        t = self.tcfg
+        order = np.random.default_rng([t.seed, epoch]).permutation(len(self.data.train.labels))
+        idx = np.sort(order[index * t.batch_size:(index + 1) * t.batch_size])
+        images = self.data.train.images[idx]
+        if t.augment:
+            images = augment(images, np.random.default_rng([t.seed, self.step, 0]))
+        xp = backend_xp()
+        return normalize(images, self.mean, self.std, xp, self.params["cls_token"].dtype), xp.asarray(self.data.train.labels[idx])
+
+    def fit(self):
+        """Train to the end (or until interrupted), evaluating every epoch. Returns the history."""
+        from tqdm import tqdm
+        t = self.tcfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.json").write_text(json.dumps({"model": self.cfg.to_dict(), "train": asdict(t)}, indent=2))
+        warmup = int(round(t.warmup_epochs * self.steps_per_epoch))
+        interrupted = []  # set by Ctrl-C or SIGTERM; the step in progress finishes first
+        handlers = _catch_signals(lambda name: interrupted.append(name))
+        try:
+            with _blas_single_thread(self.engine.threads):
+                while self.step < self.total_steps and not interrupted:
+                    epoch = self.step // self.steps_per_epoch
+                    first = self.step % self.steps_per_epoch
+                    bar = tqdm(range(first, self.steps_per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}",
+                               disable=not self.progress, leave=True, dynamic_ncols=True)
+                    seen, loss_sum, correct_sum, t0 = 0, 0.0, 0, time.perf_counter()
+                    for index in bar:
+                        x, y = self._batch(epoch, index)
+                        self.opt.lr = warmup_cosine(self.step, self.total_steps, warmup, t.lr, t.min_lr)
+                        loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step)
+                        loss = float(loss)  # the one host sync per step: the NaN guard needs it
+                        if not math.isfinite(loss):
+                            raise TrainingDiverged(
+                                f"loss became {loss} at step {self.step} (epoch {epoch + 1}); parameters were not "
+                                f"updated and the last good checkpoint is kept at {self.ckpt_path}. "
+                                "Lower --lr or raise --warmup")
+                        if t.clip_norm:
+                            clip_grad_norm(grads, t.clip_norm)
+                        self.opt.step(self.params, grads)
+                        self.step += 1
+                        n = len(y)
+                        seen, loss_sum, correct_sum = seen + n, loss_sum + loss * n, correct_sum + int(correct)
+                        dt = time.perf_counter() - t0
+                        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct_sum / seen:.3f}",
+                                        img_s=f"{seen / dt:.0f}", lr=f"{self.opt.lr:.2e}")
+                        if interrupted:
+                            break
+                    bar.close()
+                    self.elapsed += time.perf_counter() - t0
+                    if self.step % self.steps_per_epoch == 0:  # a whole epoch: evaluate and record it
+                        self._end_epoch(epoch, loss_sum / max(seen, 1), correct_sum / max(seen, 1), seen / max(dt, 1e-9))
+                    self.save()
+        finally:
+            _restore_signals(handlers)
+        if interrupted:
+            self.log(f"interrupted ({interrupted[0]}) at step {self.step}; saved {self.ckpt_path}. "
+                     "Continue with the same command and --resume")
+            self.interrupted = interrupted[0]
+        return self.history
+
+    def _end_epoch(self, epoch, train_loss, train_acc, images_per_s):
+        t = self.tcfg
+        ev = evaluate(self.params, self.cfg, self.data.test, self.mean, self.std, t.eval_batch_size,
+                      self.engine.threads, t.label_smoothing)
+        row = {"epoch": epoch + 1, "step": self.step, "lr": self.opt.lr, "train_loss": train_loss,
+               "train_acc": train_acc, "test_loss": ev["loss"], "test_acc": ev["accuracy"],
+               "images_per_s": images_per_s, "elapsed_s": self.elapsed}
+        self.history.append(row)
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        self.log(f"epoch {epoch + 1}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
+                 f"test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f} | {images_per_s:.0f} img/s, {self.elapsed:.0f} s")
+        plots.plot_curves(self.history, self.out / "curves.png")
+        plots.plot_confusion(self.data.test.labels, ev["predictions"], self.data.classes, self.out / "confusion.png",
+                             title=f"test accuracy {ev['accuracy']:.1%} after epoch {epoch + 1}")
+
+
+def _catch_signals(on_signal):
+    """Turn Ctrl-C (SIGINT) and SIGTERM into a flag, so a step is never cut in half.
+    Only the main thread may install handlers; elsewhere nothing is installed."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for sig, name in ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")):
+        old[sig] = signal.signal(sig, lambda *_, name=name: on_signal(name))
+    return old
+
+
+def _restore_signals(old):
+    for sig, handler in old.items():
+        signal.signal(sig, handler)

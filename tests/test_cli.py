@@ -1,0 +1,103 @@
+"""End-to-end: the command line as a user runs it, on a tiny image folder."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from datagen import image_folder_files, png_bytes, write_folder
+
+
+def run(*args, env_extra=None, cwd=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "minivit", *args], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """8x8 images in 5 classes (the 'test' preset's size), and a private cache."""
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    files = image_folder_files(classes=("a", "b", "c", "d", "e"), size=8, per_class=(6, 2))
+    return write_folder(tmp_path / "data", files)
+
+
+def test_train_evaluate_predict(tmp_path, toy):
+    out = tmp_path / "run"
+    r = run("train", "--data", str(toy), "--preset", "test", "--epochs", "2", "--batch-size", "8",
+            "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "done: test accuracy" in r.stdout
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    for f in ("checkpoint.npz", "curves.png", "confusion.png", "command.txt"):
+        assert (out / f).exists(), f
+
+    r = run("evaluate", str(out / "checkpoint.npz"), "--confusion", str(tmp_path / "cm.png"))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.splitlines()[0])
+    assert result["images"] == 10 and abs(result["accuracy"] - rows[-1]["test_acc"]) < 1e-9
+    assert (tmp_path / "cm.png").exists()
+
+    img = tmp_path / "x.png"
+    img.write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    r = run("predict", str(out / "checkpoint.npz"), str(img), "--top-k", "2")
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip()
+    assert line.startswith(str(img)) and len(line.split(",")) == 2
+    probs = [float(part.split()[-1]) for part in line.split(":", 1)[1].split(",")]
+    assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs)
+
+
+def test_existing_run_is_not_overwritten_and_resume_continues(tmp_path, toy):
+    out = tmp_path / "run"
+    base = ["train", "--data", str(toy), "--preset", "test", "--batch-size", "8", "--out", str(out), "--no-progress"]
+    assert run(*base, "--epochs", "1").returncode == 0
+    before = (out / "checkpoint.npz").read_bytes()
+    r = run(*base, "--epochs", "1")
+    assert r.returncode == 1 and "already holds a checkpoint; pass --resume" in r.stderr
+    assert (out / "checkpoint.npz").read_bytes() == before
+    r = run(*base, "--epochs", "1", "--resume", "--preset", "test", "--dim", "16")
+    assert r.returncode == 1 and "different model" in r.stderr and "dim" in r.stderr
+    assert (out / "checkpoint.npz").read_bytes() == before
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    (["train", "--preset", "vit-z"], "unknown preset"),
+    (["train", "--data", "/nonexistent"], "no such file or folder"),
+    (["train", "--preset", "test", "--heads", "3"], "dim 8 is not divisible by heads 3"),
+    (["train", "--backend", "cupy"], "cupy"),
+    (["evaluate", "/nonexistent.npz"], "no such checkpoint"),
+])
+def test_bad_input_is_one_clear_line(args, msg, toy):
+    if args[:2] == ["train", "--backend"]:
+        try:
+            import cupy  # noqa: F401
+            pytest.skip("CuPy is installed here")
+        except ImportError:
+            pass
+    r = run(*args)
+    assert r.returncode != 0
+    assert msg in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_wrong_image_size_for_the_model(tmp_path, toy):
+    r = run("train", "--data", str(toy), "--preset", "cifar-tiny", "--out", str(tmp_path / "r"))
+    assert r.returncode == 1
+    assert "images are 3x8x8" in r.stderr and "expects 3x32x32" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_predict_refuses_wrong_size_unless_resized(tmp_path, toy):
+    out = tmp_path / "run"
+    assert run("train", "--data", str(toy), "--preset", "test", "--epochs", "1", "--batch-size", "8",
+               "--out", str(out), "--no-progress").returncode == 0
+    big = tmp_path / "big.png"
+    big.write_bytes(png_bytes(np.zeros((20, 12, 3), np.uint8)))
+    r = run("predict", str(out / "checkpoint.npz"), str(big))
+    assert r.returncode == 1 and "image is 12x20, the model expects 8x8; pass --resize" in r.stderr
+    assert run("predict", str(out / "checkpoint.npz"), str(big), "--resize").returncode == 0
+    r = run("predict", str(out / "checkpoint.npz"), str(tmp_path / "missing.png"))
+    assert r.returncode == 1 and "cannot read image" in r.stderr

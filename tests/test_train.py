@@ -1,0 +1,154 @@
+"""Checkpoints, exact resume after a real Ctrl-C, the NaN guard, and the training engine."""
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import minivit as mv
+from minivit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minivit.data import Dataset, Split
+from minivit.train import Engine, TrainConfig, Trainer, TrainingDiverged
+
+
+def toy_dataset(n_train=24, n_test=10, seed=0):
+    rng = np.random.default_rng(seed)
+    cfg = mv.ViTConfig.preset("test")
+    mk = lambda n: Split(rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), rng.integers(0, cfg.num_classes, n))
+    return Dataset(mk(n_train), mk(n_test), tuple("abcde"), "toy")
+
+
+def small_run(tmp_path, name, **kw):
+    cfg = mv.ViTConfig.preset("test", dropout=0.1)
+    tcfg = TrainConfig(epochs=2, batch_size=8, lr=3e-3, warmup_epochs=0.5, seed=3, threads=2, **kw)
+    return Trainer(cfg, tcfg, toy_dataset(), tmp_path / name, progress=False, log=lambda *_: None)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    cfg = mv.ViTConfig.preset("test")
+    params = mv.init_params(cfg, seed=1)
+    opt = mv.AdamW(lr=1e-3)
+    opt.step(params, {k: np.ones_like(v) for k, v in params.items()})
+    path = save_checkpoint(tmp_path / "c.npz", params, cfg, opt.state_dict(), {"step": 7, "note": "x"})
+    p2, cfg2, state, meta = load_checkpoint(path, cfg)
+    assert cfg2 == cfg and meta["step"] == 7 and state["t"] == 1
+    assert all(np.array_equal(p2[k], params[k]) for k in params)
+    assert all(np.array_equal(state["m." + k], opt.m[k]) for k in params)
+    with np.load(path, allow_pickle=False) as z:  # readable without pickle
+        assert "meta" in z.files
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    cfg = mv.ViTConfig.preset("test")
+    path = save_checkpoint(tmp_path / "c.npz", mv.init_params(cfg, seed=1), cfg, meta={"step": 1})
+    before = path.read_bytes()
+
+    def crash(f, **arrays):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, mv.init_params(cfg, seed=2), cfg, meta={"step": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert load_checkpoint(path)[3]["step"] == 1
+
+
+def test_checkpoint_from_a_different_config(tmp_path):
+    cfg = mv.ViTConfig.preset("test")
+    path = save_checkpoint(tmp_path / "c.npz", mv.init_params(cfg), cfg)
+    with pytest.raises(CheckpointError, match="different model.*dim: checkpoint 8, requested 16"):
+        load_checkpoint(path, mv.ViTConfig.preset("test", dim=16))
+
+
+def test_corrupted_checkpoint(tmp_path):
+    bad = tmp_path / "c.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CheckpointError, match="not a readable minivit checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.npz")
+
+
+def test_engine_shards_give_the_full_batch_gradient():
+    """Two data-parallel shards must reproduce the one-shard gradient of the batch mean, in float32."""
+    cfg = mv.ViTConfig.preset("test")
+    params = mv.init_params(cfg, seed=0)
+    params["head.w"] += 0.05
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((10, 3, 8, 8)).astype(np.float32), rng.integers(0, 5, 10)
+    l1, c1, g1 = Engine(cfg, 1).loss_and_grads(params, x, y, 0.1, 0, 0)
+    l2, c2, g2 = Engine(cfg, 3).loss_and_grads(params, x, y, 0.1, 0, 0)
+    assert c1 == c2 and abs(float(l1) - float(l2)) < 1e-6
+    for k in g1:
+        assert g2[k].dtype == np.float32, k  # no silent promotion to float64
+        np.testing.assert_allclose(g1[k], g2[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_same_seed_same_run(tmp_path):
+    a, b = small_run(tmp_path, "a"), small_run(tmp_path, "b")
+    a.fit(), b.fit()
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    assert a.history == [dict(h, elapsed_s=a.history[i]["elapsed_s"], images_per_s=a.history[i]["images_per_s"])
+                         for i, h in enumerate(b.history)]
+
+
+def test_ctrl_c_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
+    full = small_run(tmp_path, "full")
+    full.fit()
+    part = small_run(tmp_path, "part")
+    original = part.engine.loss_and_grads
+
+    def interrupt_at_step_4(params, x, y, ls, seed, step):
+        if step == 4:  # mid-epoch (3 steps an epoch): a real SIGINT, as Ctrl-C sends
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(params, x, y, ls, seed, step)
+    part.engine.loss_and_grads = interrupt_at_step_4
+    part.fit()
+    assert part.interrupted == "Ctrl-C" and part.step == 5 < full.step
+    resumed = Trainer(part.cfg, part.tcfg, toy_dataset(), tmp_path / "part", resume=True, progress=False,
+                      log=lambda *_: None)
+    assert resumed.step == 5
+    resumed.fit()
+    assert resumed.step == full.step
+    for k in full.params:
+        np.testing.assert_array_equal(resumed.params[k], full.params[k], err_msg=k)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    run = small_run(tmp_path, "nan")
+    original = run.engine.loss_and_grads
+
+    def nan_at_step_4(params, x, y, ls, seed, step):
+        loss, correct, grads = original(params, x, y, ls, seed, step)
+        return (np.float32("nan") if step == 4 else loss), correct, grads
+    run.engine.loss_and_grads = nan_at_step_4
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 4 .*epoch 2"):
+        run.fit()
+    params, _, _, meta = load_checkpoint(run.ckpt_path)
+    assert meta["step"] == 3  # the end of epoch 1, saved before the bad step
+    assert all(np.isfinite(v).all() for v in params.values())
+
+
+def test_resume_with_different_settings_is_refused(tmp_path):
+    run = small_run(tmp_path, "r")
+    run.fit()
+    with pytest.raises(ValueError, match="different settings \\(lr\\)"):
+        Trainer(run.cfg, TrainConfig(**{**run.tcfg.__dict__, "lr": 1.0}), toy_dataset(), tmp_path / "r",
+                resume=True, progress=False, log=lambda *_: None)
+
+
+def test_wrong_image_size_for_the_model(tmp_path):
+    with pytest.raises(ValueError, match="images are 3x8x8 .* model expects 3x32x32"):
+        Trainer(mv.ViTConfig.preset("cifar-tiny", num_classes=5), TrainConfig(), toy_dataset(), tmp_path / "x")
+
+
+def test_history_and_outputs(tmp_path):
+    run = small_run(tmp_path, "h")
+    hist = run.fit()
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert all(0.0 <= h["test_acc"] <= 1.0 and np.isfinite(h["train_loss"]) for h in hist)
+    for f in ("checkpoint.npz", "metrics.jsonl", "curves.png", "confusion.png", "config.json"):
+        assert (tmp_path / "h" / f).stat().st_size > 0, f
+    assert len((tmp_path / "h" / "metrics.jsonl").read_text().splitlines()) == 2
