@@ -13,5 +13,6 @@ from .model import backward, check_input, count_params, forward, init_params, pa
 from .norm import layernorm_backward, layernorm_forward
 from .optim import SGD, AdamW, clip_grad_norm, global_norm, warmup_cosine
 from .timm import from_timm, to_timm
+from . import data, gradcheck, visualize  # noqa: F401  (minivit.data, minivit.gradcheck, minivit.visualize)
 
 __version__ = "0.1.0"

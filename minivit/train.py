@@ -63,6 +63,18 @@ def _blas_single_thread(threads):
     return threadpool_limits(1, user_api="blas")
 
 
+def make_batch(split, tcfg, mean, std, epoch, index, step, dtype="float32"):
+    """Batch `index` of `epoch`: its images augmented with the stream of `step` and normalised,
+    on the configured backend. Shuffle: default_rng([seed, epoch]); augmentation: default_rng([seed, step, 0])."""
+    order = np.random.default_rng([tcfg.seed, epoch]).permutation(len(split.labels))
+    idx = np.sort(order[index * tcfg.batch_size:(index + 1) * tcfg.batch_size])
+    images = split.images[idx]
+    if tcfg.augment:
+        images = augment(images, np.random.default_rng([tcfg.seed, step, 0]))
+    xp = backend_xp()
+    return normalize(images, mean, std, xp, dtype), xp.asarray(split.labels[idx])
+
+
 class Engine:
     """Runs forward/backward over a batch split into shards, one per thread.
 
@@ -132,8 +144,9 @@ def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smo
 
 
 class Trainer:
-    def __init__(self, cfg, tcfg, dataset, out_dir, resume=False, progress=True, log=print):
+    def __init__(self, cfg, tcfg, dataset, out_dir, resume=False, progress=True, log=print, on_epoch_end=None):
         self.cfg, self.tcfg, self.data = cfg, tcfg, dataset
+        self.on_epoch_end = on_epoch_end  # called with the history after each evaluated epoch (live plots)
         self.out = Path(out_dir)
         self.progress, self.log = progress, log
         if dataset.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
@@ -183,18 +196,12 @@ class Trainer:
         save_checkpoint(self.ckpt_path, self.params, self.cfg, self.opt.state_dict(), self.meta())
 
     def _batch(self, epoch, index):
-        t = self.tcfg
-        order = np.random.default_rng([t.seed, epoch]).permutation(len(self.data.train.labels))
-        idx = np.sort(order[index * t.batch_size:(index + 1) * t.batch_size])
-        images = self.data.train.images[idx]
-        if t.augment:
-            images = augment(images, np.random.default_rng([t.seed, self.step, 0]))
-        xp = backend_xp()
-        return normalize(images, self.mean, self.std, xp, self.params["cls_token"].dtype), xp.asarray(self.data.train.labels[idx])
+        return make_batch(self.data.train, self.tcfg, self.mean, self.std, epoch, index, self.step,
+                          self.params["cls_token"].dtype)
 
     def fit(self):
         """Train to the end (or until interrupted), evaluating every epoch. Returns the history."""
-        from tqdm import tqdm
+        from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
         t = self.tcfg
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.json").write_text(json.dumps({"model": self.cfg.to_dict(), "train": asdict(t)}, indent=2))
@@ -258,6 +265,8 @@ class Trainer:
         plots.plot_curves(self.history, self.out / "curves.png")
         plots.plot_confusion(self.data.test.labels, ev["predictions"], self.data.classes, self.out / "confusion.png",
                              title=f"test accuracy {ev['accuracy']:.1%} after epoch {epoch + 1}")
+        if self.on_epoch_end:
+            self.on_epoch_end(self.history)
 
 
 def _catch_signals(on_signal):

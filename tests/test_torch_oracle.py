@@ -1,6 +1,9 @@
 """PyTorch as an oracle: every layer, the whole model and the optimisers in float64.
 
 Skipped when torch is not installed; CI installs the CPU build so these run."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -8,6 +11,8 @@ import minivit as mv
 from helpers import rel_error
 
 torch = pytest.importorskip("torch")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+from torch_vit import torch_vit  # noqa: E402  the same reference model the benchmark trains
 F = torch.nn.functional
 TOL = 1e-10
 rng = np.random.default_rng(0)
@@ -116,7 +121,6 @@ def test_cross_entropy(smoothing):
 @pytest.mark.parametrize("overrides", [dict(), dict(pool="gap", gelu="tanh"), dict(pos_embed="sincos")],
                          ids=["token-exact", "gap-tanh", "sincos"])
 def test_whole_model_forward_and_backward(overrides):
-    from torch_ref import torch_vit
     cfg = mv.ViTConfig.preset("test", dim=12, heads=3, **overrides)
     params = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in mv.init_params(cfg, dtype="float64").items()}
     x, y = randn(3, 3, 8, 8), np.array([0, 4, 2])
@@ -142,14 +146,30 @@ def _tiny_problem():
     return params, grads_seq
 
 
-def test_adamw_against_torch_over_several_steps():
-    params, grads_seq = _tiny_problem()
+def _torch_copy(params, weight_decay):
+    """Torch copies of params, in two groups split by minivit's decay rule."""
     tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
     decay = [p for k, p in tparams.items() if mv.optim.decays(k, params[k])]
     no_decay = [p for k, p in tparams.items() if not mv.optim.decays(k, params[k])]
     assert decay and no_decay
-    topt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
+    return tparams, [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _torch_step(topt, tparams, grads):
+    for k, p in tparams.items():
+        p.grad = torch.tensor(grads[k])
+    topt.step()
+
+
+def _assert_same_params(params, tparams):
+    for k in params:
+        assert rel_error(params[k], tparams[k].detach().numpy()) < TOL, k
+
+
+def test_adamw_against_torch_over_several_steps():
+    params, grads_seq = _tiny_problem()
+    tparams, groups = _torch_copy(params, 0.05)
+    topt = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.99), eps=1e-8)
     opt = mv.AdamW(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05)
     for step, grads in enumerate(grads_seq):
         lr = 1e-2 * (0.5 + step / 10)  # a changing learning rate, as a schedule sets it
@@ -157,28 +177,19 @@ def test_adamw_against_torch_over_several_steps():
         for group in topt.param_groups:
             group["lr"] = lr
         opt.step(params, grads)
-        for k, p in tparams.items():
-            p.grad = torch.tensor(grads[k])
-        topt.step()
-    for k in params:
-        assert rel_error(params[k], tparams[k].detach().numpy()) < TOL, k
+        _torch_step(topt, tparams, grads)
+    _assert_same_params(params, tparams)
 
 
 def test_sgd_against_torch():
     params, grads_seq = _tiny_problem()
-    tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
-    decay = [p for k, p in tparams.items() if mv.optim.decays(k, params[k])]
-    no_decay = [p for k, p in tparams.items() if not mv.optim.decays(k, params[k])]
-    topt = torch.optim.SGD([{"params": decay, "weight_decay": 1e-3}, {"params": no_decay, "weight_decay": 0.0}],
-                           lr=0.05, momentum=0.9)
+    tparams, groups = _torch_copy(params, 1e-3)
+    topt = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
     opt = mv.SGD(lr=0.05, momentum=0.9, weight_decay=1e-3)
     for grads in grads_seq:
         opt.step(params, grads)
-        for k, p in tparams.items():
-            p.grad = torch.tensor(grads[k])
-        topt.step()
-    for k in params:
-        assert rel_error(params[k], tparams[k].detach().numpy()) < TOL, k
+        _torch_step(topt, tparams, grads)
+    _assert_same_params(params, tparams)
 
 
 def test_clip_grad_norm_against_torch():

@@ -1,4 +1,8 @@
-"""A reference ViT in PyTorch, written from the timm state_dict layout (tests only)."""
+"""A reference ViT in PyTorch, written from timm's state_dict layout.
+
+The oracle of tests/test_torch_oracle.py and the model of benchmarks/train_torch.py:
+pre-LN blocks, fused qkv, exact or tanh GELU, token or mean pooling, as minivit.
+"""
 import torch
 import torch.nn.functional as F
 

@@ -1,0 +1,34 @@
+"""The docs' code snippets run, and the docs link to files that exist."""
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+PAGES = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
+SNIPPETS = [(p, i, code) for p in PAGES
+            for i, code in enumerate(re.findall(r"```python\n(.*?)```", p.read_text(), re.S))]
+
+
+def test_there_are_snippets():
+    assert len(SNIPPETS) >= 3
+
+
+@pytest.mark.parametrize("page,index,code", SNIPPETS,
+                         ids=[f"{p.relative_to(ROOT)}#{i}" for p, i, _ in SNIPPETS])
+def test_snippet_runs(page, index, code):
+    exec(compile(code, f"{page.name} snippet {index}", "exec"), {"__name__": "__snippet__"})
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_relative_links_exist(page):
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+        assert (page.parent / target).exists(), f"{page.name} links to missing {target}"
+
+
+def test_readme_api_names_exist():
+    import minivit
+    for name in ["ViTConfig", "init_params", "forward", "backward", "cross_entropy", "AdamW", "to_timm",
+                 "from_timm", "use_backend", "SGD", "clip_grad_norm", "warmup_cosine", "count_params"]:
+        assert hasattr(minivit, name), name
+        assert f"`{name}" in (ROOT / "README.md").read_text(), name
