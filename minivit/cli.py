@@ -44,7 +44,6 @@ def _parser():
     t.add_argument("--seed", type=int, default=defaults.seed)
     t.add_argument("--threads", type=int, default=defaults.threads, help="data-parallel threads (NumPy backend)")
     t.add_argument("--backend", choices=["numpy", "cupy"], default=None, help="default: $MINIVIT_BACKEND or numpy")
-    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--out", default=None, help="output folder (default: runs/<time>)")
     t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
@@ -84,14 +83,11 @@ def cmd_train(a):
     data = load_dataset(a.data)
     print(f"data: {a.data} ({len(data.train.labels)} train, {len(data.test.labels)} test, {len(data.classes)} classes); "
           f"model: {a.preset} {overrides or ''}; output: {out}")
-    trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=not a.no_progress)
-    if a.dtype == "float64":
-        trainer.params = {k: v.astype("float64") for k, v in trainer.params.items()}
+    trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=not a.no_progress, data_spec=a.data)
     from .model import count_params
     print(f"{count_params(cfg):,} parameters; {trainer.total_steps} steps of {tcfg.batch_size} images")
-    (out).mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "command.txt").write_text(" ".join(["minivit"] + sys.argv[1:]) + "\n")
-    trainer.data_spec = a.data
     history = trainer.fit()
     if trainer.interrupted:
         return 130
@@ -102,16 +98,11 @@ def cmd_train(a):
     return 0
 
 
-def _load_for_inference(path):
-    params, cfg, _, meta = load_checkpoint(path)
-    return params, cfg, meta
-
-
 def cmd_evaluate(a):
     from .data import load_dataset
     from .plots import plot_confusion
     from .train import evaluate
-    params, cfg, meta = _load_for_inference(a.checkpoint)
+    params, cfg, _, meta = load_checkpoint(a.checkpoint)
     spec = a.data or meta.get("data", "subset")
     data = load_dataset(spec)
     if data.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
@@ -135,7 +126,7 @@ def cmd_predict(a):
     from .backend import xp
     from .data import normalize
     from .model import forward
-    params, cfg, meta = _load_for_inference(a.checkpoint)
+    params, cfg, _, meta = load_checkpoint(a.checkpoint)
     S = cfg.image_size
     batch = []
     for f in a.images:

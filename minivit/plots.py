@@ -1,19 +1,22 @@
-"""Training curves and confusion matrices as PNG files (matplotlib, no display needed)."""
+"""Training curves and confusion matrices as PNG files.
+
+Figures are drawn with matplotlib's object API (matplotlib.figure.Figure), which needs no
+display and leaves pyplot's backend alone, so saving a plot during training does not stop
+a notebook's own plt.show() from displaying.
+"""
 import numpy as np
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _figure(**kw):
+    from matplotlib.figure import Figure
+    return Figure(**kw)
 
 
 def plot_curves(history, path):
     """Loss and accuracy per epoch, train and test, side by side."""
-    plt = _pyplot()
     ep = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _figure(figsize=(10, 4))
+    a, b = fig.subplots(1, 2)
     a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
     a.plot(ep, [h["test_loss"] for h in history], "o-", label="test")
     a.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
@@ -25,7 +28,6 @@ def plot_curves(history, path):
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def confusion_matrix(labels, preds, k):
@@ -36,10 +38,10 @@ def confusion_matrix(labels, preds, k):
 
 
 def plot_confusion(labels, preds, classes, path, title=None):
-    plt = _pyplot()
     k = len(classes)
     m = confusion_matrix(labels, preds, k)
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig = _figure(figsize=(7, 6))
+    ax = fig.subplots()
     im = ax.imshow(m, cmap="Blues")
     ax.set_xticks(range(k), classes, rotation=45, ha="right")
     ax.set_yticks(range(k), classes)
@@ -51,5 +53,4 @@ def plot_confusion(labels, preds, classes, path, title=None):
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return m

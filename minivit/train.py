@@ -144,8 +144,10 @@ def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smo
 
 
 class Trainer:
-    def __init__(self, cfg, tcfg, dataset, out_dir, resume=False, progress=True, log=print, on_epoch_end=None):
+    def __init__(self, cfg, tcfg, dataset, out_dir, resume=False, progress=True, log=print, on_epoch_end=None,
+                 data_spec=None):
         self.cfg, self.tcfg, self.data = cfg, tcfg, dataset
+        self.data_spec = data_spec or dataset.name  # recorded so `minivit evaluate` can reload the same data
         self.on_epoch_end = on_epoch_end  # called with the history after each evaluated epoch (live plots)
         self.out = Path(out_dir)
         self.progress, self.log = progress, log
@@ -190,7 +192,7 @@ class Trainer:
                                    "dropout default_rng([seed, step, 1, shard_start])"},
                 "train_config": asdict(self.tcfg), "mean": list(map(float, self.mean)), "std": list(map(float, self.std)),
                 "classes": list(self.data.classes), "history": self.history, "elapsed": self.elapsed,
-                "backend": backend_name(), "data": getattr(self, "data_spec", None) or self.data.name}
+                "backend": backend_name(), "data": self.data_spec}
 
     def save(self):
         save_checkpoint(self.ckpt_path, self.params, self.cfg, self.opt.state_dict(), self.meta())

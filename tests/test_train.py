@@ -145,8 +145,11 @@ def test_wrong_image_size_for_the_model(tmp_path):
 
 
 def test_history_and_outputs(tmp_path):
+    import matplotlib
+    backend = matplotlib.get_backend()
     run = small_run(tmp_path, "h")
     hist = run.fit()
+    assert matplotlib.get_backend() == backend  # saving plots must not switch a notebook's backend
     assert [h["epoch"] for h in hist] == [1, 2]
     assert all(0.0 <= h["test_acc"] <= 1.0 and np.isfinite(h["train_loss"]) for h in hist)
     for f in ("checkpoint.npz", "metrics.jsonl", "curves.png", "confusion.png", "config.json"):
