@@ -119,6 +119,11 @@ class Engine:
                 grads[k] += g
         return loss, correct, grads
 
+    def close(self):
+        """Stop the worker threads (an Engine that is only dropped keeps them until exit)."""
+        if self.pool:
+            self.pool.shutdown()
+
     def predict_logits(self, params, x):
         def shard(sl):
             return forward(params, x[sl], self.cfg)[0]
@@ -126,9 +131,12 @@ class Engine:
         return xp.concatenate(self._map(shard, self._shards(len(x))))
 
 
-def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smoothing=0.0):
-    """-> dict(loss, accuracy, predictions (N,) numpy) over a Split, in eval mode."""
-    engine = Engine(cfg, threads)
+def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smoothing=0.0, engine=None):
+    """-> dict(loss, accuracy, predictions (N,) numpy) over a Split, in eval mode.
+
+    Pass the trainer's `engine` to reuse its threads; otherwise one is made and closed here."""
+    own = engine is None
+    engine = engine or Engine(cfg, threads)
     xp = backend_xp()
     total, preds = 0.0, []
     with _blas_single_thread(engine.threads):
@@ -139,6 +147,8 @@ def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smo
             loss, _ = cross_entropy(logits, y, label_smoothing)
             total += float(loss) * len(y)
             preds.append(to_numpy(logits.argmax(axis=1)))
+    if own:
+        engine.close()
     preds = np.concatenate(preds)
     return {"loss": total / len(split.labels), "accuracy": float((preds == split.labels).mean()), "predictions": preds}
 
@@ -255,7 +265,7 @@ class Trainer:
     def _end_epoch(self, epoch, train_loss, train_acc, images_per_s):
         t = self.tcfg
         ev = evaluate(self.params, self.cfg, self.data.test, self.mean, self.std, t.eval_batch_size,
-                      self.engine.threads, t.label_smoothing)
+                      label_smoothing=t.label_smoothing, engine=self.engine)
         row = {"epoch": epoch + 1, "step": self.step, "lr": self.opt.lr, "train_loss": train_loss,
                "train_acc": train_acc, "test_loss": ev["loss"], "test_acc": ev["accuracy"],
                "images_per_s": images_per_s, "elapsed_s": self.elapsed}
