@@ -52,7 +52,6 @@ def use_backend(name):
 
 def backend_name():
     """Name of the configured backend ('numpy' unless chosen otherwise)."""
-    global _current
     if _current is None:
         use_backend(os.environ.get("MINIVIT_BACKEND", "numpy").strip().lower() or "numpy")
     return _current

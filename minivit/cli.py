@@ -4,7 +4,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -101,13 +100,11 @@ def cmd_train(a):
 def cmd_evaluate(a):
     from .data import load_dataset
     from .plots import plot_confusion
-    from .train import evaluate
+    from .train import check_images_fit, evaluate
     params, cfg, _, meta = load_checkpoint(a.checkpoint)
     spec = a.data or meta.get("data", "subset")
     data = load_dataset(spec)
-    if data.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
-        raise DataError(f"{spec}: images are {'x'.join(map(str, data.image_shape))}, the checkpoint's model expects "
-                        f"{cfg.in_channels}x{cfg.image_size}x{cfg.image_size}")
+    check_images_fit(cfg, data)
     ev = evaluate(params, cfg, data.test, np.array(meta["mean"]), np.array(meta["std"]))
     per_class = [(c, float((ev["predictions"][data.test.labels == i] == i).mean())) for i, c in enumerate(data.classes)]
     print(json.dumps({"data": spec, "images": len(data.test.labels), "loss": round(ev["loss"], 5),

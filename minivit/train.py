@@ -52,7 +52,7 @@ class TrainConfig:
                   ("eval_batch_size", self.eval_batch_size >= 1)]
         bad = [name for name, ok in checks if not ok]
         if bad:
-            raise ValueError(f"invalid training setting(s): " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+            raise ValueError("invalid training setting(s): " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
 
 
 def _blas_single_thread(threads):
@@ -153,6 +153,15 @@ def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smo
     return {"loss": total / len(split.labels), "accuracy": float((preds == split.labels).mean()), "predictions": preds}
 
 
+def check_images_fit(cfg, dataset):
+    """Raise a clear ValueError unless the dataset's images have the model's (C, H, W)."""
+    if dataset.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
+        C, H, W = dataset.image_shape
+        raise ValueError(f"the data's images are {C}x{H}x{W} (C x H x W) but the model expects "
+                         f"{cfg.in_channels}x{cfg.image_size}x{cfg.image_size}; choose a matching "
+                         "preset or --image-size")
+
+
 class Trainer:
     def __init__(self, cfg, tcfg, dataset, out_dir, resume=False, progress=True, log=print, on_epoch_end=None,
                  data_spec=None):
@@ -161,11 +170,7 @@ class Trainer:
         self.on_epoch_end = on_epoch_end  # called with the history after each evaluated epoch (live plots)
         self.out = Path(out_dir)
         self.progress, self.log = progress, log
-        if dataset.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
-            C, H, W = dataset.image_shape
-            raise ValueError(f"the data's images are {C}x{H}x{W} (C x H x W) but the model expects "
-                             f"{cfg.in_channels}x{cfg.image_size}x{cfg.image_size}; choose a matching "
-                             "preset or --image-size")
+        check_images_fit(cfg, dataset)
         if len(dataset.classes) != cfg.num_classes:
             raise ValueError(f"the data has {len(dataset.classes)} classes but the model has "
                              f"num_classes={cfg.num_classes}")

@@ -101,3 +101,6 @@ def test_predict_refuses_wrong_size_unless_resized(tmp_path, toy):
     assert run("predict", str(out / "checkpoint.npz"), str(big), "--resize").returncode == 0
     r = run("predict", str(out / "checkpoint.npz"), str(tmp_path / "missing.png"))
     assert r.returncode == 1 and "cannot read image" in r.stderr
+    r = run("evaluate", str(out / "checkpoint.npz"), "--data", "subset")   # 32x32 images, an 8x8 model
+    assert r.returncode == 1 and "images are 3x32x32" in r.stderr and "expects 3x8x8" in r.stderr
+    assert "Traceback" not in r.stderr
