@@ -1,19 +1,30 @@
-"""Training-step throughput: minivit (1 or N data-parallel threads) against PyTorch, same model and batch.
+"""Training-step (or inference) throughput of minivit or PyTorch, same model and batch, in this process.
 
 Each implementation does `--warmup` steps, then `--steps` timed steps of forward, loss, backward,
-clipping and AdamW on random float32 images; the median step time gives images/s.
+clipping and AdamW on random float32 images (`--mode eval`: forward only, as `evaluate` runs it,
+with torch.no_grad() for PyTorch); the median step time gives images/s. The step's memory is the
+growth of the process's peak resident set over the steps (ru_maxrss after them minus the resident
+set before the first one), so the libraries' own code and data are not counted.
+To compare the two frameworks, run them in turn in separate processes: benchmarks/compare_step.py.
 
     python benchmarks/step_throughput.py --impl minivit --threads 2 --preset cifar-tiny --batch-size 256
     python benchmarks/step_throughput.py --impl minivit --threads 1 --preset cifar-tiny --batch-size 256
     python benchmarks/step_throughput.py --impl torch --threads 2 --preset cifar-tiny --batch-size 256
 """
 import argparse
+import json
+import resource
 import statistics
 import time
+
+import os
+import sys
 
 import numpy as np
 
 import minivit as mv
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_vit, beside this file
 
 
 def minivit_step(cfg, x, y, threads):
@@ -32,12 +43,36 @@ def minivit_step(cfg, x, y, threads):
     return step
 
 
+def minivit_eval(cfg, x, y, threads):
+    from minivit.train import Engine, _blas_single_thread
+    params = mv.init_params(cfg, seed=0)
+    engine = Engine(cfg, threads)
+    _blas_single_thread(threads).__enter__()
+    return lambda i: engine.predict_logits(params, x).argmax(axis=1)
+
+
+def torch_eval(cfg, x, y, threads):
+    import torch
+    from torch_vit import torch_vit
+    torch.set_num_threads(threads)
+    sd = {k: torch.tensor(v) for k, v in mv.to_timm(mv.init_params(cfg, seed=0), cfg).items()}
+    tx = torch.from_numpy(x)
+
+    def step(i):
+        with torch.no_grad():
+            return torch_vit(sd, tx, cfg).argmax(dim=1)
+    return step
+
+
+def rss_mb():
+    """Current resident set of this process, in MB (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+
+
 def torch_step(cfg, x, y, threads):
-    import os
-    import sys
     import torch
     import torch.nn.functional as F
-    sys.path.insert(0, os.path.dirname(__file__))
     from torch_vit import torch_vit
     torch.set_num_threads(threads)
     sd = {k: torch.tensor(v, requires_grad=True) for k, v in mv.to_timm(mv.init_params(cfg, seed=0), cfg).items()}
@@ -62,12 +97,17 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--mode", choices=["train", "eval"], default="train")
+    p.add_argument("--json", action="store_true", help="print one JSON line (for compare_step.py)")
     a = p.parse_args()
     cfg = mv.ViTConfig.preset(a.preset)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((a.batch_size, cfg.in_channels, cfg.image_size, cfg.image_size)).astype(np.float32)
     y = rng.integers(0, cfg.num_classes, a.batch_size)
-    step = (minivit_step if a.impl == "minivit" else torch_step)(cfg, x, y, a.threads)
+    make = {("minivit", "train"): minivit_step, ("torch", "train"): torch_step,
+            ("minivit", "eval"): minivit_eval, ("torch", "eval"): torch_eval}[a.impl, a.mode]
+    step = make(cfg, x, y, a.threads)
+    rss0 = rss_mb()
     for i in range(a.warmup):
         step(i)
     times = []
@@ -76,8 +116,15 @@ def main():
         step(a.warmup + i)
         times.append(time.perf_counter() - t0)
     med = statistics.median(times)
-    print(f"{a.impl} threads={a.threads} preset={a.preset} batch={a.batch_size}: median step {med * 1e3:.1f} ms, "
-          f"{a.batch_size / med:.0f} images/s (min {a.batch_size / max(times):.0f}, max {a.batch_size / min(times):.0f})")
+    step_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
+    if a.json:
+        print(json.dumps({"impl": a.impl, "mode": a.mode, "preset": a.preset, "batch": a.batch_size,
+                          "threads": a.threads, "images_per_s": a.batch_size / med, "step_ms": med * 1e3,
+                          "step_mb": step_mb}))
+        return
+    print(f"{a.impl} {a.mode} threads={a.threads} preset={a.preset} batch={a.batch_size}: median step {med * 1e3:.1f} ms, "
+          f"{a.batch_size / med:.0f} images/s (min {a.batch_size / max(times):.0f}, max {a.batch_size / min(times):.0f}), "
+          f"step memory {step_mb:.0f} MB")
 
 
 if __name__ == "__main__":

