@@ -14,6 +14,6 @@ from .norm import layernorm_backward, layernorm_forward
 from .optim import SGD, AdamW, clip_grad_norm, global_norm, warmup_cosine
 from .timm import from_timm, to_timm
 from .checkpoint import load_checkpoint, save_checkpoint
-from . import checkpoint, data, gradcheck, plots, train, visualize  # noqa: F401  (minivit.data, minivit.train, ...)
+from . import allocator, checkpoint, data, gradcheck, plots, profile, train, visualize  # noqa: F401  (minivit.data, ...)
 
 __version__ = "0.1.0"

@@ -8,6 +8,7 @@ import math
 from .activations import dropout_backward, dropout_forward
 from .backend import get_array_module
 from .linear import linear_backward, linear_forward
+from .rows import sum_last
 
 
 def softmax(x, axis=-1, out=None):
@@ -17,7 +18,8 @@ def softmax(x, axis=-1, out=None):
     xp = get_array_module(x)
     e = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
     xp.exp(e, out=e)
-    e /= e.sum(axis=axis, keepdims=True)
+    # over the last axis, the row sums as a matrix-vector product (minivit/rows.py)
+    e /= sum_last(e) if axis in (-1, x.ndim - 1) else e.sum(axis=axis, keepdims=True)
     return e
 
 
@@ -54,7 +56,7 @@ def attention_backward(dout, cache):
     qs, k, v, attn, attn_d, mask, out, scale = cache
     dv = attn_d.swapaxes(-1, -2) @ dout                   # (..., N, d)
     dattn = dropout_backward(dout @ v.swapaxes(-1, -2), mask)  # (..., N, N)
-    rowdot = (dout * out).sum(axis=-1, keepdims=True)     # (..., N, 1) = rowsum(dattn * attn)
+    rowdot = sum_last(dout * out)                         # (..., N, 1) = rowsum(dattn * attn)
     dscores = dattn
     dscores -= rowdot
     dscores *= attn                                       # (..., N, N) = softmax_backward(dattn, attn)

@@ -1,4 +1,4 @@
-"""Command line: `minivit train | evaluate | predict | make-subset` (also `python -m minivit`)."""
+"""Command line: `minivit train | evaluate | predict | profile | make-subset` (also `python -m minivit`)."""
 import argparse
 import json
 import os
@@ -59,6 +59,15 @@ def _parser():
     r.add_argument("--top-k", type=int, default=3)
     r.add_argument("--resize", action="store_true", help="resize images to the model's size instead of refusing")
     r.add_argument("--backend", choices=["numpy", "cupy"], default=None)
+
+    f = sub.add_parser("profile", help="time each layer's forward and backward in a training step",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f.add_argument("--preset", default="cifar-small", help=f"model preset: {', '.join(PRESETS)}")
+    for name, typ in MODEL_FLAGS.items():
+        f.add_argument("--" + name.replace("_", "-"), type=typ, default=None, help=f"override the preset's {name}")
+    f.add_argument("--batch-size", type=int, default=128)
+    f.add_argument("--steps", type=int, default=3, help="profiled steps (after one warm-up step)")
+    f.add_argument("--backend", choices=["numpy", "cupy"], default=None)
 
     m = sub.add_parser("make-subset", help="build the shipped class-balanced CIFAR-10 subset from an image-folder archive")
     m.add_argument("source", help="e.g. ../shared/datasets/cifar10-jpeg.tar.gz")
@@ -148,6 +157,13 @@ def cmd_predict(a):
     return 0
 
 
+def cmd_profile(a):
+    from .profile import profile_step
+    overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
+    print(profile_step(ViTConfig.preset(a.preset, **overrides), batch_size=a.batch_size, steps=a.steps))
+    return 0
+
+
 def cmd_make_subset(a):
     from .data import SUBSET_PATH, make_subset
     dest = make_subset(a.source, a.dest or SUBSET_PATH, a.train_per_class, a.test_per_class)
@@ -161,7 +177,7 @@ def main(argv=None):
         if getattr(a, "backend", None):
             use_backend(a.backend)
         return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                "make-subset": cmd_make_subset}[a.command](a)
+                "profile": cmd_profile, "make-subset": cmd_make_subset}[a.command](a)
     except (DataError, CheckpointError, ConfigError, BackendError, TrainingDiverged, ValueError) as e:
         if os.environ.get("MINIVIT_DEBUG"):
             raise

@@ -1,0 +1,34 @@
+"""The per-layer profiler: its FLOP counts follow from the shapes, and it leaves the model untouched."""
+import minivit as mv
+from minivit.cli import main
+from minivit.profile import profile_step
+
+
+def test_profile_counts_flops_per_layer_and_restores_the_model():
+    cfg = mv.ViTConfig.preset("test")
+    B, T, D, M, L = 4, cfg.num_patches + 1, cfg.dim, cfg.mlp_dim, cfg.depth
+    d = D // cfg.heads
+    originals = (mv.block.layernorm_forward, mv.attention.linear_forward, mv.model.block_backward)
+    report = profile_step(cfg, batch_size=B, steps=2, warmup=1)
+    rows = {(r["layer"], r["direction"]): r for r in report.rows}
+    # a linear layer is 2 M Din Dout forward and twice that backward (dx and dw), over all L blocks
+    assert rows["attn.qkv", "forward"]["flops"] == 2 * B * T * D * 3 * D * L
+    assert rows["attn.qkv", "backward"]["flops"] == 4 * B * T * D * 3 * D * L
+    assert rows["mlp.fc1", "forward"]["flops"] == 2 * B * T * D * M * L
+    assert rows["head", "forward"]["flops"] == 2 * B * D * cfg.num_classes
+    # q k^T and attn v: 2 T T d each per head
+    assert rows["attention", "forward"]["flops"] == 4 * B * cfg.heads * T * T * d * L
+    assert rows["norm1", "forward"]["calls"] == L and rows["norm", "backward"]["calls"] == 1
+    assert rows["gelu", "forward"]["flops"] == 0
+    assert all(r["ms"] >= 0 for r in report.rows)
+    assert (mv.block.layernorm_forward, mv.attention.linear_forward, mv.model.block_backward) == originals
+    assert mv.block.layernorm_forward is mv.norm.layernorm_forward
+    text = str(report)
+    assert "attn.qkv" in text and "GFLOP/s" in text and "peak during a step" in text
+    assert report.peak_mb > 0 and report.param_mb > 0
+
+
+def test_cli_profile(capsys):
+    assert main(["profile", "--preset", "test", "--batch-size", "4", "--steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "ms per training step" in out and "mlp.fc2" in out and "backward" in out

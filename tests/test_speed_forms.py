@@ -1,0 +1,150 @@
+"""The fast forms of the layers agree with the textbook lines they replace.
+
+Each optimised layer keeps its formula in a docstring or derivation page; here the textbook
+form is written out once more, naively, and the two must agree in float64 to 1e-12. The
+float32 erf is pinned against SciPy's, and the allocator tuning against page-fault counts.
+"""
+import math
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from scipy.special import erf
+
+import minivit as mv
+from minivit.activations import normal_cdf_as
+from minivit.rows import mean_last, sum_last
+from helpers import rel_error
+
+rng = np.random.default_rng(0)
+TIGHT = 1e-12
+
+
+def randn(*shape):
+    return rng.standard_normal(shape)
+
+
+def textbook_softmax(s):
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_row_reductions_are_sums():
+    x = randn(3, 5, 7)
+    assert rel_error(sum_last(x), x.sum(axis=-1, keepdims=True)) < TIGHT
+    assert rel_error(mean_last(x), x.mean(axis=-1, keepdims=True)) < TIGHT
+    assert rel_error(sum_last(x, 0.25), 0.25 * x.sum(axis=-1, keepdims=True)) < TIGHT
+    assert mean_last(x).shape == (3, 5, 1)
+
+
+def test_layernorm_matches_textbook():
+    x, w, b, dy = randn(4, 6, 16) * 3 + 2, randn(16), randn(16), randn(4, 6, 16)
+    eps = 1e-6
+    y, cache = mv.layernorm_forward(x, w, b, eps)
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    xhat = (x - mean) / np.sqrt(var + eps)
+    assert rel_error(y, xhat * w + b) < TIGHT
+    dx, dw, db = mv.layernorm_backward(dy, cache)
+    g = dy * w
+    ref = (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True)) / np.sqrt(var + eps)
+    assert rel_error(dx, ref) < TIGHT
+    assert rel_error(dw, (dy * xhat).sum(axis=(0, 1))) < TIGHT
+    assert rel_error(db, dy.sum(axis=(0, 1))) < TIGHT
+
+
+def test_softmax_in_place_matches_textbook_and_overwrites():
+    s = randn(3, 4, 9) * 5
+    ref = textbook_softmax(s)
+    assert rel_error(mv.softmax(s), ref) < TIGHT
+    buf = s.copy()
+    out = mv.softmax(buf, out=buf)
+    assert out is buf and rel_error(buf, ref) < TIGHT
+    assert rel_error(mv.softmax(s, axis=1), np.exp(s - s.max(1, keepdims=True)) /
+                     np.exp(s - s.max(1, keepdims=True)).sum(1, keepdims=True)) < TIGHT
+
+
+@pytest.mark.parametrize("p_drop", [0.0, 0.3])
+def test_attention_matches_textbook(p_drop):
+    """Scale on q, in-place softmax and the rowsum(dout * out) identity, against the chain of
+    docs/derivations/attention.md written out naively."""
+    B, H, N, d = 2, 3, 7, 5
+    q, k, v, dout = randn(B, H, N, d), randn(B, H, N, d), randn(B, H, N, d), randn(B, H, N, d)
+    out, cache = mv.attention_forward(q, k, v, p_drop=p_drop, rng=np.random.default_rng(1), train=True)
+    A = textbook_softmax(q @ k.swapaxes(-1, -2) / math.sqrt(d))
+    mask = cache[5] if p_drop else np.ones_like(A)  # the mask forward drew
+    assert rel_error(cache[3], A) < TIGHT
+    assert rel_error(out, (A * mask) @ v) < TIGHT
+    dq, dk, dv = mv.attention_backward(dout, cache)
+    dA = (dout @ v.swapaxes(-1, -2)) * mask
+    dS = mv.softmax_backward(dA, A)          # the textbook softmax backward, sum over N x N
+    assert rel_error(dv, (A * mask).swapaxes(-1, -2) @ dout) < TIGHT
+    assert rel_error(dq, dS @ k / math.sqrt(d)) < TIGHT
+    assert rel_error(dk, dS.swapaxes(-1, -2) @ q / math.sqrt(d)) < TIGHT
+
+
+@pytest.mark.parametrize("approximate", ["exact", "tanh"])
+def test_gelu_cached_derivative_matches_textbook(approximate):
+    x, dy = randn(50) * 3, randn(50)
+    y, cache = mv.gelu_forward(x, approximate)
+    if approximate == "exact":
+        phi = 0.5 * (1 + erf(x / math.sqrt(2)))
+        ref_y, ref_d = x * phi, phi + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    else:
+        t = np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))
+        ref_y = 0.5 * x * (1 + t)
+        ref_d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x * x)
+    assert rel_error(y, ref_y) < TIGHT
+    assert rel_error(mv.gelu_backward(dy, cache), dy * ref_d) < TIGHT
+
+
+def test_float32_erf_error_against_scipy():
+    """A&S 7.1.26 bounds |erf error| by 1.5e-7, so Phi = (1 + erf)/2 is off by at most 7.5e-8
+    when the formula is evaluated in float64. In float32, about ten roundings of numbers below
+    1 (at most 3e-8 each) come on top: 7.5e-8 + 3e-7 < 4e-7."""
+    xs = np.linspace(-12, 12, 480_001)
+    ref = 0.5 * (1 + erf(xs / math.sqrt(2)))
+    for dtype, bound in ((np.float64, 7.5e-8), (np.float32, 4e-7)):
+        x = xs.astype(dtype)
+        exact = 0.5 * (1 + erf(x.astype(np.float64) / math.sqrt(2)))
+        got = normal_cdf_as(x, np.exp(-0.5 * x * x))
+        assert got.dtype == dtype
+        assert np.abs(got - exact).max() <= bound, (dtype, np.abs(got - exact).max())
+    assert np.abs(normal_cdf_as(xs, np.exp(-0.5 * xs * xs)) - ref).max() > 1e-8  # an approximation, not SciPy
+
+
+def test_gelu_float32_uses_the_hand_written_erf_and_stays_close():
+    x = (randn(1000) * 4).astype(np.float32)
+    y, d = mv.gelu_forward(x)
+    assert y.dtype == d.dtype == np.float32
+    y64, d64 = mv.gelu_forward(x.astype(np.float64))
+    assert np.abs(y - y64).max() < 4e-7 * 16 + 1e-6  # |x| <= ~16: x times the Phi error, plus rounding
+    assert np.abs(d - d64).max() < 1e-5
+
+
+def test_keep_freed_memory_stops_page_faults():
+    """Freeing and re-allocating an 8 MB array faults in every page again under glibc's
+    defaults (mmap/munmap per array); after keep_freed_memory() the heap keeps and reuses it."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's malloc only")
+    code = textwrap.dedent("""
+        import resource, sys
+        import numpy as np
+        from minivit.allocator import keep_freed_memory
+        if sys.argv[1] == "tuned":
+            assert keep_freed_memory() and keep_freed_memory()  # idempotent
+        np.ones(2 ** 21, np.float32)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(40):
+            a = np.ones(2 ** 21, np.float32)  # 8 MB, written in full
+            del a
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """)
+    faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], check=True, capture_output=True,
+                                       text=True).stdout) for mode in ("default", "tuned")}
+    # At least the four 2 MiB pages of each array (NumPy asks for huge pages for large arrays;
+    # with 4 KiB pages it is 2048 per array).
+    assert faults["default"] >= 40 * 4, faults
+    assert faults["tuned"] < faults["default"] / 10, faults
