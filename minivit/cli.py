@@ -148,7 +148,7 @@ def cmd_predict(a):
         except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
             raise DataError(f"{f}: cannot read image ({e})") from None
     x = normalize(np.stack(batch), np.array(meta["mean"]), np.array(meta["std"]), xp(), params["cls_token"].dtype)
-    probs = to_numpy(softmax(forward(params, x, cfg)[0]))
+    probs = to_numpy(softmax(forward(params, x, cfg, keep_cache=False)[0]))
     classes = meta.get("classes") or [str(i) for i in range(cfg.num_classes)]
     k = max(1, min(a.top_k, cfg.num_classes))
     for f, p in zip(a.images, probs):

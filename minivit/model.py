@@ -127,11 +127,14 @@ def check_input(x, cfg, params=None):
         raise ValueError("input and parameters live on different backends; move the batch with minivit.to_device")
 
 
-def forward(params, x, cfg, train=False, rng=None):
+def forward(params, x, cfg, train=False, rng=None, keep_cache=True):
     """x (B, C, H, W) -> logits (B, K), cache for backward.
 
     train=True enables dropout, whose masks are drawn from `rng` (needed when any
     dropout rate is non-zero). Nothing else differs between training and evaluation.
+    keep_cache=False is for inference: each block's cache is dropped as soon as the next
+    block runs, so memory holds one block's activations, not the whole model's; the
+    cache returned is then None.
     """
     check_input(x, cfg, params)
     x = x.astype(params["cls_token"].dtype, copy=False)
@@ -145,10 +148,13 @@ def forward(params, x, cfg, train=False, rng=None):
     c_blocks = []
     for i in range(cfg.depth):
         z, c = block_forward(z, params, f"blocks.{i}.", cfg, rng, train)                  # (B, N+1, D)
-        c_blocks.append(c)
+        if keep_cache:
+            c_blocks.append(c)
     z, c_norm = layernorm_forward(z, params["norm.w"], params["norm.b"], cfg.ln_eps)       # (B, N+1, D)
     pooled = z[:, 0] if cfg.pool == "token" else z[:, 1:].mean(axis=1)                    # (B, D)
     logits, c_head = linear_forward(pooled, params["head.w"], params["head.b"])            # (B, K)
+    if not keep_cache:
+        return logits, None
     return logits, (cfg, z.shape, c_patch, m_emb, c_blocks, c_norm, c_head)
 
 

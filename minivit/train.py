@@ -128,7 +128,7 @@ class Engine:
 
     def predict_logits(self, params, x):
         def shard(sl):
-            return forward(params, x[sl], self.cfg)[0]
+            return forward(params, x[sl], self.cfg, keep_cache=False)[0]
         xp = backend_xp()
         return xp.concatenate(self._map(shard, self._shards(len(x))))
 

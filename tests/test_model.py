@@ -132,3 +132,13 @@ def test_float32_forward_keeps_dtype():
     assert logits.dtype == np.float32
     grads = mv.backward(np.ones_like(logits), cache)
     assert all(g.dtype == np.float32 for g in grads.values())
+
+
+def test_inference_without_cache_gives_the_same_logits():
+    cfg = mv.ViTConfig.preset("test")
+    params = mv.init_params(cfg, seed=1, dtype="float64")
+    x = np.random.default_rng(2).standard_normal((3, 3, 8, 8))
+    logits, cache = mv.forward(params, x, cfg)
+    fast, none = mv.forward(params, x, cfg, keep_cache=False)
+    assert none is None and cache is not None
+    np.testing.assert_array_equal(fast, logits)
