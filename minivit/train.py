@@ -94,8 +94,9 @@ class Engine:
     def _map(self, fn, shards):
         return list(self.pool.map(fn, shards)) if self.pool else [fn(s) for s in shards]
 
-    def _shards(self, n):
-        k = min(self.threads, n)
+    def _shards(self, n, size=None):
+        """Slices of n rows: one per thread, or (with size) pieces of at most `size` rows, at least one per thread."""
+        k = min(max(self.threads, -(-n // size)) if size else self.threads, n)
         bounds = [n * i // k for i in range(k + 1)]  # Python ints: a NumPy scalar here would
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]  # promote float32 math to float64
 
@@ -126,11 +127,19 @@ class Engine:
         if self.pool:
             self.pool.shutdown()
 
+    # Inference keeps nothing for a backward pass, so it can run in small pieces whose
+    # activations stay in the CPU's caches: 1.3-1.4x faster than one piece per thread and a
+    # seventh of the memory (docs/results.md). About 2,048 tokens: 31 CIFAR images, 10 at 224x224.
+    EVAL_TOKENS_PER_SHARD = 2048
+
     def predict_logits(self, params, x):
         def shard(sl):
             return forward(params, x[sl], self.cfg, keep_cache=False)[0]
         xp = backend_xp()
-        return xp.concatenate(self._map(shard, self._shards(len(x))))
+        per_shard = None  # on a GPU, the whole batch at once
+        if backend_name() == "numpy":
+            per_shard = max(1, self.EVAL_TOKENS_PER_SHARD // (self.cfg.num_patches + 1))
+        return xp.concatenate(self._map(shard, self._shards(len(x), per_shard)))
 
 
 def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smoothing=0.0, engine=None):

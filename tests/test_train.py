@@ -155,3 +155,15 @@ def test_history_and_outputs(tmp_path):
     for f in ("checkpoint.npz", "metrics.jsonl", "curves.png", "confusion.png", "config.json"):
         assert (tmp_path / "h" / f).stat().st_size > 0, f
     assert len((tmp_path / "h" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_inference_in_small_shards_matches_one_forward():
+    from minivit.train import Engine
+    cfg = mv.ViTConfig.preset("test")
+    params = mv.init_params(cfg, seed=3, dtype="float64")
+    x = np.random.default_rng(4).standard_normal((11, 3, 8, 8))
+    engine = Engine(cfg, threads=2)
+    engine.EVAL_TOKENS_PER_SHARD = 2 * (cfg.num_patches + 1)  # two images a shard: six shards
+    assert len(engine._shards(11, 2)) == 6
+    np.testing.assert_allclose(engine.predict_logits(params, x), mv.forward(params, x, cfg)[0], rtol=1e-12)
+    engine.close()
