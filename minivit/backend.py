@@ -86,8 +86,10 @@ def erf(x):
     """Elementwise error function of an array, on the array's backend.
 
     NumPy has no erf. Its accurate evaluation is a solved numerical problem and not
-    what minivit teaches, so we take SciPy's (and CuPy's port of it on a GPU); the
-    GELU that uses it, and its derivative, are written out in minivit.activations.
+    what minivit teaches, so we take SciPy's (and CuPy's port of it on a GPU) for float64
+    and on the GPU. SciPy computes its float32 erf in float64, too slow for training, so the
+    float32 NumPy GELU uses a rational approximation written out in
+    minivit.activations.normal_cdf_as instead.
     """
     if get_array_module(x) is np:
         from scipy.special import erf as _erf
