@@ -28,7 +28,6 @@ def save_checkpoint(path, params, cfg, opt_state=None, meta=None):
     (os.replace), so a crash mid-write leaves the previous checkpoint intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"param/" + k: to_numpy(v) for k, v in params.items()}
     scalars = {}
     for k, v in (opt_state or {}).items():
@@ -38,12 +37,18 @@ def save_checkpoint(path, params, cfg, opt_state=None, meta=None):
             scalars[k] = int(v) if float(v).is_integer() else float(v)
     info = {"format": FORMAT, "config": cfg.to_dict(), "opt_scalars": scalars, **(meta or {})}
     arrays["meta"] = np.array(json.dumps(info))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # the PID: no two writers share a temporary
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk, a read-only folder, a file where the folder should be
+        tmp.unlink(missing_ok=True)  # never leave a partial file behind to fill the disk
+        kept = "; the previous checkpoint is kept" if path.is_file() else ""
+        raise CheckpointError(f"could not write checkpoint {path} ({e.strerror or e}){kept}") from None
     return path
 
 

@@ -12,10 +12,30 @@ from .backend import BackendError, to_numpy, use_backend
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import PRESETS, ConfigError, ViTConfig
 from .data import DataError
+from .runlock import RunFolderBusy
 from .train import TrainConfig, TrainingDiverged
 
-MODEL_FLAGS = {"image_size": int, "patch_size": int, "dim": int, "depth": int, "heads": int, "mlp_dim": int,
-               "pool": str, "pos_embed": str, "gelu": str, "dropout": float, "attn_dropout": float}
+# Model flags: name -> (type, help, allowed values or None). Unset flags keep the preset's value.
+MODEL_FLAGS = {
+    "image_size": (int, "input height = width in pixels", None),
+    "patch_size": (int, "side P of the square patches; image_size must be a multiple", None),
+    "num_classes": (int, "classes of the head (default: the number of classes in --data)", None),
+    "dim": (int, "token width D", None),
+    "depth": (int, "number of encoder blocks", None),
+    "heads": (int, "attention heads; dim must be a multiple", None),
+    "mlp_dim": (int, "hidden width of each block's MLP", None),
+    "pool": (str, "what the head reads: the class token or the mean of the patch tokens", ("token", "gap")),
+    "pos_embed": (str, "position embedding: learned 1-D table or fixed 2-D sine-cosine", ("learned", "sincos")),
+    "gelu": (str, "GELU form: exact (erf) or the tanh approximation", ("exact", "tanh")),
+    "dropout": (float, "dropout after embeddings, attention output and MLP layers", None),
+    "attn_dropout": (float, "dropout on the attention weights", None),
+}
+
+
+def _add_model_flags(parser):
+    for name, (typ, text, choices) in MODEL_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=typ, default=None, choices=choices,
+                            help=f"{text} (default: the preset's)%(default).0s")  # .0s: no "(default: None)"
 
 
 def _parser():
@@ -28,44 +48,47 @@ def _parser():
                    help="'subset' (shipped, offline), 'cifar10' (official archive, downloaded once), or a path to "
                         "cifar-10-python.tar.gz / an image folder or its .tar.gz/.zip")
     t.add_argument("--preset", default="cifar-tiny", help=f"model preset: {', '.join(PRESETS)}")
-    for name, typ in MODEL_FLAGS.items():
-        t.add_argument("--" + name.replace("_", "-"), type=typ, default=None, help=f"override the preset's {name}")
+    _add_model_flags(t)
     defaults = TrainConfig()
-    t.add_argument("--epochs", type=int, default=defaults.epochs)
-    t.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    t.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
-    t.add_argument("--min-lr", type=float, default=defaults.min_lr)
-    t.add_argument("--warmup", type=float, default=defaults.warmup_epochs, help="warmup epochs")
-    t.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    t.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    t.add_argument("--clip-norm", type=float, default=defaults.clip_norm, help="0 disables clipping")
+    t.add_argument("--epochs", type=int, default=defaults.epochs,
+                   help="passes over the training set (with --resume, a larger value extends a finished run)")
+    t.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per optimiser step")
+    t.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (AdamW)")
+    t.add_argument("--min-lr", type=float, default=defaults.min_lr, help="learning rate at the end of the cosine decay")
+    t.add_argument("--warmup", type=float, default=defaults.warmup_epochs, help="linear warmup length, in epochs")
+    t.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                   help="AdamW decoupled weight decay (matrices only)")
+    t.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
+                   help="cross-entropy target smoothing during training (the test loss is reported without it)")
+    t.add_argument("--clip-norm", type=float, default=defaults.clip_norm, help="clip gradients to this global norm; 0 disables")
     t.add_argument("--no-augment", action="store_true", help="disable random crop and flip")
-    t.add_argument("--seed", type=int, default=defaults.seed)
+    t.add_argument("--seed", type=int, default=defaults.seed, help="seeds initialisation, shuffling, augmentation, dropout")
     t.add_argument("--threads", type=int, default=defaults.threads, help="data-parallel threads (NumPy backend)")
     t.add_argument("--backend", choices=["numpy", "cupy"], default=None, help="default: $MINIVIT_BACKEND or numpy")
-    t.add_argument("--out", default=None, help="output folder (default: runs/<time>)")
+    t.add_argument("--out", default=None, help="output folder (default: a new runs/<time>)")
     t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (they are off anyway when the output is not a terminal)")
 
     e = sub.add_parser("evaluate", help="test accuracy of a checkpoint")
     e.add_argument("checkpoint")
     e.add_argument("--data", default=None, help="default: the data the checkpoint was trained on")
     e.add_argument("--backend", choices=["numpy", "cupy"], default=None)
     e.add_argument("--confusion", default=None, help="write the confusion matrix to this PNG")
+    e.add_argument("--json", action="store_true", help="print one JSON object (per-class accuracy included), nothing else")
 
     r = sub.add_parser("predict", help="top-k classes for image files")
     r.add_argument("checkpoint")
     r.add_argument("images", nargs="+")
-    r.add_argument("--top-k", type=int, default=3)
+    r.add_argument("--top-k", type=int, default=3, help="how many classes to print per image (at least 1)")
     r.add_argument("--resize", action="store_true", help="resize images to the model's size instead of refusing")
     r.add_argument("--backend", choices=["numpy", "cupy"], default=None)
 
     f = sub.add_parser("profile", help="time each layer's forward and backward in a training step",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     f.add_argument("--preset", default="cifar-small", help=f"model preset: {', '.join(PRESETS)}")
-    for name, typ in MODEL_FLAGS.items():
-        f.add_argument("--" + name.replace("_", "-"), type=typ, default=None, help=f"override the preset's {name}")
-    f.add_argument("--batch-size", type=int, default=128)
+    _add_model_flags(f)
+    f.add_argument("--batch-size", type=int, default=128, help="images in the profiled step")
     f.add_argument("--steps", type=int, default=3, help="profiled steps (after one warm-up step)")
     f.add_argument("--backend", choices=["numpy", "cupy"], default=None)
 
@@ -77,28 +100,59 @@ def _parser():
     return p
 
 
+def _new_run_folder():
+    """runs/<time>, or runs/<time>-2, -3 ... when runs start within the same second: created here,
+    atomically, so two runs can never pick the same folder."""
+    base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1, 1000):
+        out = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            out.mkdir(parents=True)
+            return out
+        except FileExistsError:
+            continue
+    raise OSError(f"could not create a new run folder next to {base}")
+
+
+def _check_out_folder(out, resume):
+    """Fail before any data is loaded: a file in the way, a folder that cannot be written, a busy folder."""
+    from .runlock import RunLock
+    if out.exists() and not out.is_dir():
+        raise OSError(f"--out {out} is a file, not a folder")
+    if (out / "checkpoint.npz").exists() and not resume:
+        raise CheckpointError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"cannot write to --out {out} ({e.strerror or e})") from None
+    with RunLock(out):  # raises RunFolderBusy, naming the PID, if another run trains here
+        pass
+
+
 def cmd_train(a):
     from .data import load_dataset
     from .train import Trainer
-    overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
-    cfg = ViTConfig.preset(a.preset, **overrides)
+    out = Path(a.out) if a.out else _new_run_folder()
+    _check_out_folder(out, a.resume)
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, min_lr=a.min_lr, warmup_epochs=a.warmup,
                        weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, clip_norm=a.clip_norm,
                        augment=not a.no_augment, seed=a.seed, threads=a.threads)
-    out = Path(a.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    if (out / "checkpoint.npz").exists() and not a.resume:
-        raise CheckpointError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
     data = load_dataset(a.data)
+    overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
+    cfg = ViTConfig.preset(a.preset, **{"num_classes": len(data.classes), **overrides})
     print(f"data: {a.data} ({len(data.train.labels)} train, {len(data.test.labels)} test, {len(data.classes)} classes); "
           f"model: {a.preset} {overrides or ''}; output: {out}")
-    trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=not a.no_progress, data_spec=a.data)
+    progress = not a.no_progress and sys.stderr.isatty()  # no \r-flooded logs when redirected
+    trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=progress, data_spec=a.data)
     from .model import count_params
     print(f"{count_params(cfg):,} parameters; {trainer.total_steps} steps of {tcfg.batch_size} images")
-    out.mkdir(parents=True, exist_ok=True)
     (out / "command.txt").write_text(" ".join(["minivit"] + sys.argv[1:]) + "\n")
     history = trainer.fit()
     if trainer.interrupted:
-        return 130
+        return 143 if trainer.interrupted == "SIGTERM" else 130  # 128 + the signal's number, as shells do
     if history:
         h = history[-1]
         print(f"done: test accuracy {h['test_acc']:.4f} after {h['epoch']} epochs, {h['elapsed_s']:.0f} s of training; "
@@ -106,51 +160,61 @@ def cmd_train(a):
     return 0
 
 
+def _by_model_class(data, model_classes):
+    """The data's test split with labels renumbered into the model's classes, matched by name."""
+    from .data import Split
+    index = {c: i for i, c in enumerate(model_classes)}
+    unknown = [c for c in data.classes if c not in index]
+    if unknown:
+        raise DataError(f"the data has classes the model was not trained on: {', '.join(unknown)} "
+                        f"(the model knows {', '.join(model_classes)})")
+    remap = np.array([index[c] for c in data.classes], dtype=np.int64)
+    return Split(data.test.images, remap[data.test.labels])
+
+
 def cmd_evaluate(a):
     from .data import load_dataset
     from .plots import plot_confusion
     from .train import check_images_fit, evaluate
+    if a.confusion and not Path(a.confusion).resolve().parent.is_dir():
+        raise OSError(f"--confusion {a.confusion}: the folder {Path(a.confusion).parent} does not exist")
     params, cfg, _, meta = load_checkpoint(a.checkpoint)
     spec = a.data or meta.get("data", "subset")
     data = load_dataset(spec)
     check_images_fit(cfg, data)
-    ev = evaluate(params, cfg, data.test, np.array(meta["mean"]), np.array(meta["std"]))
-    per_class = [(c, float((ev["predictions"][data.test.labels == i] == i).mean())) for i, c in enumerate(data.classes)]
-    print(json.dumps({"data": spec, "images": len(data.test.labels), "loss": round(ev["loss"], 5),
-                      "accuracy": round(ev["accuracy"], 5)}))
-    for c, acc in per_class:
-        print(f"  {c:>12s} {acc:.3f}")
+    classes = list(meta.get("classes") or [str(i) for i in range(cfg.num_classes)])
+    test = _by_model_class(data, classes)
+    ev = evaluate(params, cfg, test, np.array(meta["mean"]), np.array(meta["std"]))
+    present = [i for i, c in enumerate(classes) if (test.labels == i).any()]  # only classes the data has
+    per_class = {classes[i]: round(float((ev["predictions"][test.labels == i] == i).mean()), 5) for i in present}
+    finite = lambda v: round(v, 5) if np.isfinite(v) else None  # JSON has no NaN
+    result = {"data": spec, "images": len(test.labels), "loss": finite(ev["loss"]), "accuracy": finite(ev["accuracy"])}
+    if a.json:
+        print(json.dumps({**result, "per_class": per_class}))
+    else:
+        print(json.dumps(result))
+        for c, acc in per_class.items():
+            print(f"  {c:>12s} {acc:.3f}")
     if a.confusion:
-        plot_confusion(data.test.labels, ev["predictions"], data.classes, a.confusion,
+        plot_confusion(test.labels, ev["predictions"], classes, a.confusion,
                        title=f"{Path(a.checkpoint).name}: test accuracy {ev['accuracy']:.1%}")
     return 0
 
 
 def cmd_predict(a):
-    from PIL import Image, UnidentifiedImageError
     from .attention import softmax
     from .backend import xp
-    from .data import normalize
+    from .data import normalize, read_image
     from .model import forward
+    if a.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {a.top_k}")
     params, cfg, _, meta = load_checkpoint(a.checkpoint)
     S = cfg.image_size
-    batch = []
-    for f in a.images:
-        try:
-            with Image.open(f) as im:
-                im = im.convert("RGB")
-                if im.size != (S, S):
-                    if not a.resize:
-                        raise DataError(f"{f}: image is {im.size[0]}x{im.size[1]}, the model expects {S}x{S}; "
-                                        "pass --resize to resize it")
-                    im = im.resize((S, S), Image.BILINEAR)
-                batch.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
-        except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{f}: cannot read image ({e})") from None
+    batch = [read_image(f, size=S, resize=a.resize) for f in a.images]  # (3, S, S) uint8 each
     x = normalize(np.stack(batch), np.array(meta["mean"]), np.array(meta["std"]), xp(), params["cls_token"].dtype)
     probs = to_numpy(softmax(forward(params, x, cfg, keep_cache=False)[0]))
     classes = meta.get("classes") or [str(i) for i in range(cfg.num_classes)]
-    k = max(1, min(a.top_k, cfg.num_classes))
+    k = min(a.top_k, cfg.num_classes)
     for f, p in zip(a.images, probs):
         top = np.argsort(-p)[:k]
         print(f"{f}: " + ", ".join(f"{classes[i]} {p[i]:.3f}" for i in top))
@@ -178,11 +242,15 @@ def main(argv=None):
             use_backend(a.backend)
         return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
                 "profile": cmd_profile, "make-subset": cmd_make_subset}[a.command](a)
-    except (DataError, CheckpointError, ConfigError, BackendError, TrainingDiverged, ValueError) as e:
+    except (DataError, CheckpointError, ConfigError, BackendError, TrainingDiverged, RunFolderBusy, ValueError,
+            OSError) as e:
         if os.environ.get("MINIVIT_DEBUG"):
             raise
         print(f"minivit: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C outside training (loading data, evaluating): no traceback
+        print("minivit: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -163,13 +163,55 @@ def load_cifar10(path=None):
 
 # ---------------------------------------------------------------- image folders (train/<class>/*.jpg)
 
-def _decode(data, where):
+MAX_IMAGE_PIXELS = 50_000_000  # about 7000 x 7000: far beyond any ViT input, and 150 MB once decoded
+
+
+def _to_rgb_array(im, where):
+    """A Pillow image -> (H, W, 3) uint8. 16-bit images ('I;16*', 'I') are scaled to 8 bits:
+    convert('RGB') would clip their 0..65535 values at 255 and turn the image white."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        v = np.asarray(im).astype(np.float64)
+        hi = 65535.0 if im.mode != "I" or v.max() > 255 else 255.0
+        g = np.clip(np.rint(v * (255.0 / hi)), 0, 255).astype(np.uint8)  # (H, W)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def read_image(source, size=None, resize=False, where=None):
+    """An image file (a path or its bytes) -> (3, H, W) uint8, refusing huge or unreadable files.
+
+    The pixel count is read from the header and checked before anything is decoded, so a
+    decompression bomb costs nothing. With `size`, an image of another size is resized when
+    `resize` is set and refused otherwise.
+    """
     from PIL import Image, UnidentifiedImageError
+    where = where or str(source)
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"unreadable image {where} ({e})") from None
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise DataError(f"{where}: image is {w}x{h} pixels, more than minivit reads "
+                                f"({MAX_IMAGE_PIXELS:,}); resize it first")
+            if size is not None and (w, h) != (size, size):
+                if not resize:
+                    raise DataError(f"{where}: image is {w}x{h}, the model expects {size}x{size}; "
+                                    "pass --resize to resize it")
+                im = im.convert("RGB") if not (im.mode.startswith("I;16") or im.mode == "I") else im
+                im = im.resize((size, size), Image.BILINEAR)
+            return _to_rgb_array(im, where).transpose(2, 0, 1)
+    except DataError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{where}: cannot read image ({e})") from None
+
+
+def _decode(data, where):
+    return read_image(data, where=f"unreadable image {where}").transpose(1, 2, 0)  # (H, W, 3)
+
+
+def _is_metadata(parts):
+    """macOS archive litter: __MACOSX/ folders and ._name resource forks are not images."""
+    return "__MACOSX" in parts or parts[-1].startswith("._")
 
 
 def _iter_files(path):
@@ -213,12 +255,15 @@ def load_image_folder(path, use_cache=True):
         raise DataError(f"{path}: no such file or folder")
     cache = cache_dir() / f"imagefolder-{_folder_key(path)}.npz"
     if use_cache and cache.exists():
-        with np.load(cache) as z:
-            return Dataset(Split(z["train_x"], z["train_y"]), Split(z["test_x"], z["test_y"]),
-                           tuple(z["classes"].tolist()), path.name)
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                return Dataset(Split(z["train_x"], z["train_y"]), Split(z["test_x"], z["test_y"]),
+                               tuple(z["classes"].tolist()), path.name)
+        except Exception:  # truncated or corrupted (a full disk, a killed writer): decode again
+            cache.unlink(missing_ok=True)
     found = {"train": [], "test": []}
     for parts, data in _iter_files(path):
-        if Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES or len(parts) < 3:
+        if Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES or len(parts) < 3 or _is_metadata(parts):
             continue
         split, cls = parts[-3], parts[-2]
         if split in found:
@@ -243,11 +288,14 @@ def load_image_folder(path, use_cache=True):
         splits[split] = Split(np.ascontiguousarray(x), y)
     if splits["train"].images.shape[1:] != splits["test"].images.shape[1:]:
         raise DataError(f"{path}: train and test images differ in size")
-    if use_cache:
-        tmp = cache.with_name(cache.name + ".tmp.npz")
-        np.savez(tmp, train_x=splits["train"].images, train_y=splits["train"].labels,
-                 test_x=splits["test"].images, test_y=splits["test"].labels, classes=np.array(classes))
-        os.replace(tmp, cache)
+    if use_cache:  # a temporary of this process's own, renamed in one step: concurrent first runs cannot collide
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp.npz")
+        try:
+            np.savez(tmp, train_x=splits["train"].images, train_y=splits["train"].labels,
+                     test_x=splits["test"].images, test_y=splits["test"].labels, classes=np.array(classes))
+            os.replace(tmp, cache)
+        except OSError:  # a cache that cannot be written costs time, not the run
+            tmp.unlink(missing_ok=True)
     return Dataset(splits["train"], splits["test"], tuple(classes), path.name)
 
 
@@ -274,7 +322,8 @@ def make_subset(source, dest=SUBSET_PATH, train_per_class=500, test_per_class=10
     rng = np.random.default_rng(seed)
     by_key = {}
     for parts, data in _iter_files(source):
-        if len(parts) >= 3 and parts[-3] in ("train", "test") and Path(parts[-1]).suffix.lower() in IMAGE_SUFFIXES:
+        if len(parts) >= 3 and parts[-3] in ("train", "test") and Path(parts[-1]).suffix.lower() in IMAGE_SUFFIXES \
+                and not _is_metadata(parts):
             by_key.setdefault((parts[-3], parts[-2]), []).append((parts[-1], data))
     if not by_key:
         raise DataError(f"{source}: no train/<class>/ images found")

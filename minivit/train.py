@@ -5,8 +5,10 @@ epoch e from default_rng([seed, e]), augmentation and dropout of step s from
 default_rng([seed, s, ...]). A checkpoint's step therefore fixes all later
 randomness, and a resumed run continues exactly as an uninterrupted one.
 """
+import hashlib
 import json
 import math
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,7 @@ from .data import augment, channel_stats, normalize
 from .loss import cross_entropy
 from .model import backward, forward, init_params
 from .optim import AdamW, clip_grad_norm, warmup_cosine
+from .runlock import RunLock
 
 
 class TrainingDiverged(RuntimeError):
@@ -164,6 +167,27 @@ def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smo
     return {"loss": total / len(split.labels), "accuracy": float((preds == split.labels).mean()), "predictions": preds}
 
 
+def data_fingerprint(dataset):
+    """A short hash of the training images and labels: the data's identity, whatever its path."""
+    h = hashlib.blake2b(digest_size=8)
+    for a in (dataset.train.images, dataset.train.labels):
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).data)
+    h.update("\n".join(dataset.classes).encode())
+    return h.hexdigest()
+
+
+def write_atomic(path, text):
+    """Write a text file through a temporary beside it, so a failed write leaves the old file whole."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def check_images_fit(cfg, dataset):
     """Raise a clear ValueError unless the dataset's images have the model's (C, H, W)."""
     if dataset.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
@@ -189,13 +213,24 @@ class Trainer:
         self.total_steps = tcfg.epochs * self.steps_per_epoch
         self.ckpt_path = self.out / "checkpoint.npz"
         self.opt = AdamW(lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        self.fingerprint = data_fingerprint(dataset)
         if resume and self.ckpt_path.exists():
             self.params, _, opt_state, meta = load_checkpoint(self.ckpt_path, cfg)
             saved = TrainConfig(**meta["train_config"])
-            if asdict(saved) != asdict(tcfg):
-                diff = [k for k in asdict(tcfg) if getattr(saved, k) != getattr(tcfg, k)]
+            diff = [k for k in asdict(tcfg) if getattr(saved, k) != getattr(tcfg, k) and k != "epochs"]
+            if diff:
                 raise ValueError(f"--resume: {self.ckpt_path} was trained with different settings ({', '.join(diff)}); "
                                  "resume with the same flags or start a new --out folder")
+            if meta.get("data_fingerprint", self.fingerprint) != self.fingerprint:
+                raise ValueError(f"--resume: {self.ckpt_path} was trained on other data ({meta.get('data')!r}, "
+                                 f"fingerprint {meta['data_fingerprint']}) than --data {self.data_spec!r} "
+                                 f"(fingerprint {self.fingerprint}); resume with the same data or start a new --out folder")
+            if tcfg.epochs < saved.epochs and meta["step"] > self.total_steps:
+                raise ValueError(f"--resume: {self.ckpt_path} has already trained {meta['step']} steps, more than "
+                                 f"--epochs {tcfg.epochs} allows")
+            if tcfg.epochs != saved.epochs:
+                log(f"--resume: training to {tcfg.epochs} epochs instead of {saved.epochs}; "
+                    "the learning-rate schedule is stretched to the new length from here on")
             self.opt.load_state_dict(opt_state)
             self.step, self.mean, self.std = meta["step"], np.array(meta["mean"]), np.array(meta["std"])
             self.history = meta.get("history", [])
@@ -218,7 +253,7 @@ class Trainer:
                                    "dropout default_rng([seed, step, 1, shard_start])"},
                 "train_config": asdict(self.tcfg), "mean": list(map(float, self.mean)), "std": list(map(float, self.std)),
                 "classes": list(self.data.classes), "history": self.history, "elapsed": self.elapsed,
-                "backend": backend_name(), "data": self.data_spec}
+                "backend": backend_name(), "data": self.data_spec, "data_fingerprint": self.fingerprint}
 
     def save(self):
         save_checkpoint(self.ckpt_path, self.params, self.cfg, self.opt.state_dict(), self.meta())
@@ -229,10 +264,14 @@ class Trainer:
 
     def fit(self):
         """Train to the end (or until interrupted), evaluating every epoch. Returns the history."""
+        with RunLock(self.out):  # one run per folder (minivit/runlock.py)
+            return self._fit()
+
+    def _fit(self):
         from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
         t = self.tcfg
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.json").write_text(json.dumps({"model": self.cfg.to_dict(), "train": asdict(t)}, indent=2))
+        write_atomic(self.out / "config.json", json.dumps({"model": self.cfg.to_dict(), "train": asdict(t)}, indent=2))
         warmup = int(round(t.warmup_epochs * self.steps_per_epoch))
         interrupted = []  # set by Ctrl-C or SIGTERM; the step in progress finishes first
         handlers = _catch_signals(lambda name: interrupted.append(name))
@@ -250,10 +289,11 @@ class Trainer:
                         loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step)
                         loss = float(loss)  # the one host sync per step: the NaN guard needs it
                         if not math.isfinite(loss):
+                            kept = (f"the last good checkpoint is kept at {self.ckpt_path}" if self.ckpt_path.exists()
+                                    else "no checkpoint had been saved yet (one is written at the end of every epoch)")
                             raise TrainingDiverged(
                                 f"loss became {loss} at step {self.step} (epoch {epoch + 1}); parameters were not "
-                                f"updated and the last good checkpoint is kept at {self.ckpt_path}. "
-                                "Lower --lr or raise --warmup")
+                                f"updated and {kept}. Lower --lr or raise --warmup")
                         if t.clip_norm:
                             clip_grad_norm(grads, t.clip_norm)
                         self.opt.step(self.params, grads)
@@ -269,7 +309,8 @@ class Trainer:
                     self.elapsed += time.perf_counter() - t0
                     if self.step % self.steps_per_epoch == 0:  # a whole epoch: evaluate and record it
                         self._end_epoch(epoch, loss_sum / max(seen, 1), correct_sum / max(seen, 1), seen / max(dt, 1e-9))
-                    self.save()
+                    else:
+                        self.save()
         finally:
             _restore_signals(handlers)
         if interrupted:
@@ -279,15 +320,18 @@ class Trainer:
         return self.history
 
     def _end_epoch(self, epoch, train_loss, train_acc, images_per_s):
+        """Evaluate, then commit the epoch: the checkpoint first, metrics.jsonl (rewritten from the
+        checkpoint's history) and the plots after it, so no record shows an epoch the checkpoint lacks."""
         t = self.tcfg
-        ev = evaluate(self.params, self.cfg, self.data.test, self.mean, self.std, t.eval_batch_size,
-                      label_smoothing=t.label_smoothing, engine=self.engine)
+        # The test loss is plain cross-entropy, as `minivit evaluate` reports it; the train loss is
+        # the objective being minimised, with label smoothing.
+        ev = evaluate(self.params, self.cfg, self.data.test, self.mean, self.std, t.eval_batch_size, engine=self.engine)
         row = {"epoch": epoch + 1, "step": self.step, "lr": self.opt.lr, "train_loss": train_loss,
                "train_acc": train_acc, "test_loss": ev["loss"], "test_acc": ev["accuracy"],
                "images_per_s": images_per_s, "elapsed_s": self.elapsed}
         self.history.append(row)
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self.save()
+        write_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         self.log(f"epoch {epoch + 1}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
                  f"test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f} | {images_per_s:.0f} img/s, {self.elapsed:.0f} s")
         plots.plot_curves(self.history, self.out / "curves.png")

@@ -47,10 +47,11 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         f.write(b"half a checkpoint")
         raise OSError("disk full")
     monkeypatch.setattr(np, "savez", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match="disk full.*previous checkpoint is kept"):
         save_checkpoint(path, mv.init_params(cfg, seed=2), cfg, meta={"step": 2})
     monkeypatch.undo()
     assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]  # no partial file left behind
     assert load_checkpoint(path)[3]["step"] == 1
 
 
