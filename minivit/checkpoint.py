@@ -52,10 +52,38 @@ def save_checkpoint(path, params, cfg, opt_state=None, meta=None):
     return path
 
 
-def load_checkpoint(path, cfg=None):
+def _meta_problems(meta, cfg, require):
+    """What is wrong with the metadata: a list of messages (empty when it is well-formed)."""
+    problems = [f"missing {k!r}" for k in require if k not in meta]
+    is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    for k in ("mean", "std"):
+        v = meta.get(k)
+        if k in meta and not (isinstance(v, list) and len(v) == cfg.in_channels and all(is_num(x) for x in v)):
+            problems.append(f"{k!r} must be a list of {cfg.in_channels} numbers, got {v!r}")
+    if "std" in meta and not problems and not all(x > 0 for x in meta["std"]):
+        problems.append(f"'std' must be positive, got {meta['std']!r}")
+    if "step" in meta and not (isinstance(meta["step"], int) and not isinstance(meta["step"], bool) and meta["step"] >= 0):
+        problems.append(f"'step' must be a whole number >= 0, got {meta['step']!r}")
+    if "classes" in meta:
+        c = meta["classes"]
+        if not (isinstance(c, list) and len(c) == cfg.num_classes and all(isinstance(x, str) for x in c)):
+            problems.append(f"'classes' must be a list of {cfg.num_classes} names, got {c!r}")
+    if "train_config" in meta:
+        from .train import TrainConfig
+        try:
+            TrainConfig(**meta["train_config"])
+        except (TypeError, ValueError) as e:
+            problems.append(f"'train_config' is not a training configuration ({e})")
+    return problems
+
+
+def load_checkpoint(path, cfg=None, require=()):
     """-> (params on the configured backend, ViTConfig, optimiser state dict, meta dict).
 
     With `cfg`, refuses a checkpoint whose model configuration differs, naming the fields.
+    Every part is validated (parameters: shape, floating dtype, finite values; optimiser state:
+    shapes; metadata: types), and `require` names metadata keys the caller needs; each problem
+    found is listed in one CheckpointError.
     """
     path = Path(path)
     if not path.is_file():
@@ -76,12 +104,33 @@ def load_checkpoint(path, cfg=None):
         diff = [f"{k}: checkpoint {v!r}, requested {getattr(cfg, k)!r}"
                 for k, v in saved.to_dict().items() if getattr(cfg, k) != v]
         raise CheckpointError(f"{path}: checkpoint is for a different model ({'; '.join(diff)})")
-    params = {}
-    for name, shape in param_shapes(saved).items():
+    shapes = param_shapes(saved)
+    problems = []
+    for name, shape in shapes.items():
         a = arrays.get("param/" + name)
         if a is None or a.shape != shape:
             raise CheckpointError(f"{path}: parameter {name!r} missing or of the wrong shape")
-        params[name] = to_device(a)
+        if a.dtype.kind != "f":
+            problems.append(f"parameter {name!r} has dtype {a.dtype}, not a floating-point type")
+        elif not np.isfinite(a).all():
+            problems.append(f"parameter {name!r} holds NaN or infinite values")
+    unknown = sorted(k for k in arrays if k.startswith("param/") and k[6:] not in shapes)
+    if unknown:
+        problems.append(f"unknown parameters {', '.join(k[6:] for k in unknown)}")
+    for k, v in arrays.items():
+        if k.startswith("opt/"):
+            kind, _, name = k[4:].partition(".")
+            if name not in shapes or v.shape != shapes[name] or v.dtype.kind != "f":
+                problems.append(f"optimiser state {k[4:]!r} does not fit parameter {name!r} "
+                                f"(shape {v.shape}, dtype {v.dtype})")
+    scalars = meta.pop("opt_scalars", {})
+    if not isinstance(scalars, dict) or not all(isinstance(v, (int, float)) for v in scalars.values()):
+        problems.append(f"optimiser scalars must be numbers, got {scalars!r}")
+        scalars = {}
+    problems += _meta_problems(meta, saved, require)
+    if problems:
+        raise CheckpointError(f"{path}: invalid checkpoint: " + "; ".join(problems))
+    params = {name: to_device(arrays["param/" + name]) for name in shapes}
     opt_state = {k[4:]: to_device(v) for k, v in arrays.items() if k.startswith("opt/")}
-    opt_state.update(meta.pop("opt_scalars", {}))
+    opt_state.update(scalars)
     return params, saved, opt_state, meta

@@ -178,7 +178,7 @@ def cmd_evaluate(a):
     from .train import check_images_fit, evaluate
     if a.confusion and not Path(a.confusion).resolve().parent.is_dir():
         raise OSError(f"--confusion {a.confusion}: the folder {Path(a.confusion).parent} does not exist")
-    params, cfg, _, meta = load_checkpoint(a.checkpoint)
+    params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"))
     spec = a.data or meta.get("data", "subset")
     data = load_dataset(spec)
     check_images_fit(cfg, data)
@@ -208,7 +208,7 @@ def cmd_predict(a):
     from .model import forward
     if a.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {a.top_k}")
-    params, cfg, _, meta = load_checkpoint(a.checkpoint)
+    params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"))
     S = cfg.image_size
     batch = [read_image(f, size=S, resize=a.resize) for f in a.images]  # (3, S, S) uint8 each
     x = normalize(np.stack(batch), np.array(meta["mean"]), np.array(meta["std"]), xp(), params["cls_token"].dtype)

@@ -184,10 +184,15 @@ def read_image(source, size=None, resize=False, where=None):
     decompression bomb costs nothing. With `size`, an image of another size is resized when
     `resize` is set and refused otherwise.
     """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
     where = where or str(source)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+        with warnings.catch_warnings():  # Pillow warns about large images; the size is checked here instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        with im:
             w, h = im.size
             if w * h > MAX_IMAGE_PIXELS:
                 raise DataError(f"{where}: image is {w}x{h} pixels, more than minivit reads "
@@ -201,7 +206,10 @@ def read_image(source, size=None, resize=False, where=None):
             return _to_rgb_array(im, where).transpose(2, 0, 1)
     except DataError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # Pillow refuses the largest at open(), before our check
+        raise DataError(f"{where}: image has more pixels than minivit reads ({MAX_IMAGE_PIXELS:,}); "
+                        f"resize it first ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"{where}: cannot read image ({e})") from None
 
 

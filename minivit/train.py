@@ -215,7 +215,8 @@ class Trainer:
         self.opt = AdamW(lr=tcfg.lr, weight_decay=tcfg.weight_decay)
         self.fingerprint = data_fingerprint(dataset)
         if resume and self.ckpt_path.exists():
-            self.params, _, opt_state, meta = load_checkpoint(self.ckpt_path, cfg)
+            self.params, _, opt_state, meta = load_checkpoint(self.ckpt_path, cfg,
+                                                              require=("step", "train_config", "mean", "std"))
             saved = TrainConfig(**meta["train_config"])
             diff = [k for k in asdict(tcfg) if getattr(saved, k) != getattr(tcfg, k) and k != "epochs"]
             if diff:

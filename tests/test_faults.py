@@ -1,0 +1,296 @@
+"""Fault injection: what an adversarial user does to a run, and what minivit must survive.
+
+Two runs on one folder, kill -9 at random moments then --resume, a full disk (RLIMIT_FSIZE in a
+child process), changed data on resume, classes matched by name, 16-bit, oversized and
+metadata-littered images, and the smaller edges of the command line.
+"""
+import json
+import os
+import resource
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+import minivit as mv
+from minivit.cli import _new_run_folder
+from minivit.data import DataError, load_dataset, read_image
+from minivit.runlock import RunFolderBusy, RunLock
+from datagen import image_folder_files, png_bytes, write_folder, write_zip
+
+TRAIN = ["--preset", "test", "--batch-size", "8", "--no-progress"]
+
+
+def run(*args, preexec_fn=None, **kw):
+    return subprocess.run([sys.executable, "-m", "minivit", *args], capture_output=True, text=True,
+                          preexec_fn=preexec_fn, **kw)
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    return write_folder(tmp_path / "data", image_folder_files(classes=tuple("abcde"), size=8, per_class=(6, 2)))
+
+
+def epochs_of(out):
+    return [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------- 1. two runs, one folder
+
+def test_second_run_on_a_busy_folder_is_refused_naming_the_holder(tmp_path, toy):
+    out = tmp_path / "run"
+    with RunLock(out):  # this process is "the first run"
+        r = run("train", "--data", str(toy), "--out", str(out), "--epochs", "1", *TRAIN)
+    assert r.returncode == 1, r.stderr
+    assert f"in use by another training run (PID {os.getpid()})" in r.stderr and "Traceback" not in r.stderr
+    assert not (out / "checkpoint.npz").exists()
+
+
+def test_lock_of_a_killed_run_is_not_stale(tmp_path):
+    out = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; from minivit.runlock import RunLock; "
+                              f"RunLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "locked"
+    with pytest.raises(RunFolderBusy, match=f"PID {child.pid}"):
+        RunLock(out).acquire()
+    child.kill()
+    child.wait()
+    with RunLock(out):  # taken over at once: the kernel dropped the dead process's lock
+        assert (out / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda fmt: "20260101-000000")
+    folders = [_new_run_folder() for _ in range(3)]
+    assert [f.name for f in folders] == ["20260101-000000", "20260101-000000-2", "20260101-000000-3"]
+
+
+# ---------------------------------------------------------------- 2. changed data on resume
+
+def test_resume_with_other_data_is_refused(tmp_path, toy):
+    out = tmp_path / "run"
+    assert run("train", "--data", str(toy), "--out", str(out), "--epochs", "1", *TRAIN).returncode == 0
+    other = write_folder(tmp_path / "other", image_folder_files(classes=tuple("abcde"), size=8, per_class=(6, 2), seed=9))
+    r = run("train", "--data", str(other), "--out", str(out), "--epochs", "2", "--resume", *TRAIN)
+    assert r.returncode == 1 and "trained on other data" in r.stderr, r.stderr
+    assert epochs_of(out) == [1]
+
+
+def test_a_finished_run_can_be_extended(tmp_path, toy):
+    out = tmp_path / "run"
+    assert run("train", "--data", str(toy), "--out", str(out), "--epochs", "1", *TRAIN).returncode == 0
+    r = run("train", "--data", str(toy), "--out", str(out), "--epochs", "2", "--resume", *TRAIN)
+    assert r.returncode == 0, r.stderr
+    assert "training to 2 epochs instead of 1" in r.stdout and epochs_of(out) == [1, 2]
+
+
+# ---------------------------------------------------------------- 4. kill -9 at random moments
+
+def test_kill_9_at_random_moments_then_resume(tmp_path, toy):
+    """Whatever the moment of death, the checkpoint loads and the metrics list each epoch once."""
+    out = tmp_path / "run"
+    args = ["train", "--data", str(toy), "--out", str(out), "--epochs", "6", *TRAIN]
+    rng = np.random.default_rng(0)
+    for attempt in range(4):
+        p = subprocess.Popen([sys.executable, "-m", "minivit", *args, *(["--resume"] if attempt else [])],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(float(rng.uniform(2.0, 5.0)))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        if (out / "checkpoint.npz").exists():
+            _, _, _, meta = mv.load_checkpoint(out / "checkpoint.npz")
+            assert [h["epoch"] for h in meta["history"]] == epochs_of(out)
+        assert not list(out.glob("*.tmp"))
+    r = run(*args, "--resume")
+    assert r.returncode == 0, r.stderr
+    assert epochs_of(out) == [1, 2, 3, 4, 5, 6]
+
+
+# ---------------------------------------------------------------- 5. disk errors
+
+def test_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, toy):
+    """A file-size limit in the child (as a full disk would) makes the checkpoint write fail."""
+    out = tmp_path / "run"
+    assert run("train", "--data", str(toy), "--out", str(tmp_path / "warm"), "--epochs", "1", *TRAIN).returncode == 0
+    limit = 200_000  # above the decoded-data cache and the small files, below the ~1 MB checkpoint
+    r = run("train", "--data", str(toy), "--out", str(out), "--epochs", "1", *TRAIN, "--dim", "64", "--mlp-dim", "256",
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "could not write checkpoint" in r.stderr and "Traceback" not in r.stderr
+    assert not list(out.glob("*.tmp")) and not (out / "checkpoint.npz").exists()
+    assert not (out / "metrics.jsonl").exists()  # no record of an epoch the checkpoint lacks
+
+
+def test_out_that_is_a_file_fails_before_loading_data(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    r = run("train", "--data", str(tmp_path / "no-such-data"), "--out", str(f), *TRAIN)
+    assert r.returncode == 1 and "is a file, not a folder" in r.stderr  # not the data error that comes later
+
+
+def test_bad_confusion_path_fails_first(tmp_path, toy):
+    out = tmp_path / "run"
+    assert run("train", "--data", str(toy), "--out", str(out), "--epochs", "1", *TRAIN).returncode == 0
+    r = run("evaluate", str(out / "checkpoint.npz"), "--confusion", str(tmp_path / "missing" / "cm.png"))
+    assert r.returncode == 1 and "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------- 3. and 7. classes
+
+def test_evaluate_matches_classes_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    files = image_folder_files(classes=("airplane", "ship", "truck"), size=8, per_class=(6, 3))
+    data3 = write_folder(tmp_path / "three", files)
+    out = tmp_path / "run"
+    r = run("train", "--data", str(data3), "--out", str(out), "--epochs", "1", *TRAIN)
+    assert r.returncode == 0, r.stderr  # 3 classes with the 5-class 'test' preset: num_classes follows the data
+    assert mv.load_checkpoint(out / "checkpoint.npz")[1].num_classes == 3
+    full = json.loads(run("evaluate", str(out / "checkpoint.npz"), "--json").stdout)
+    two = write_folder(tmp_path / "two", {k: v for k, v in files.items() if "/airplane/" not in k})
+    part = json.loads(run("evaluate", str(out / "checkpoint.npz"), "--data", str(two), "--json").stdout)
+    assert sorted(part["per_class"]) == ["ship", "truck"]  # scored as ship and truck, not as classes 0 and 1
+    assert part["per_class"] == {c: full["per_class"][c] for c in ("ship", "truck")}
+    odd = write_folder(tmp_path / "odd", image_folder_files(classes=("cat", "ship"), size=8, per_class=(2, 2)))
+    r = run("evaluate", str(out / "checkpoint.npz"), "--data", str(odd))
+    assert r.returncode == 1 and "not trained on: cat" in r.stderr
+
+
+# ---------------------------------------------------------------- 6. images
+
+def test_16_bit_png_is_scaled_not_white(tmp_path):
+    from PIL import Image
+    v = np.array([[0, 257 * 64], [257 * 128, 65535]], dtype=np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(v).save(path)
+    assert Image.open(path).mode.startswith("I")  # really a 16-bit image
+    img = read_image(str(path))
+    assert img.shape == (3, 2, 2) and img.dtype == np.uint8
+    np.testing.assert_array_equal(img[0], [[0, 64], [128, 255]])
+
+
+def _png_claiming(width, height):
+    """A small valid PNG whose header claims another size: enough to test a check made before decoding."""
+    data = bytearray(png_bytes(np.zeros((2, 2, 3), np.uint8)))
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr:ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13:ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4:ihdr + 13])))
+    return bytes(data)
+
+
+def test_oversized_image_is_refused_before_decoding(tmp_path):
+    with pytest.raises(DataError, match="huge.png: image has more pixels than minivit reads"):
+        read_image(_png_claiming(20000, 20000), where="huge.png")  # Pillow itself stops this one at open()
+    with pytest.raises(DataError, match="12000x12000 pixels, more than minivit reads"):
+        read_image(_png_claiming(12000, 12000), where="big.png")    # Pillow would decode 432 MB of it
+
+
+def test_macos_metadata_entries_are_skipped(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    files = image_folder_files()
+    files["__MACOSX/toy/train/cat/._000.png"] = b"\x00\x05\x16\x07 resource fork"
+    files["toy/train/cat/._001.png"] = b"\x00\x05\x16\x07 resource fork"
+    d = load_dataset(str(write_zip(tmp_path / "toy.zip", files)))
+    assert len(d.train.labels) == 8 and d.classes == ("cat", "dog")
+
+
+def test_truncated_cache_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    src = write_folder(tmp_path / "data", image_folder_files())
+    first = load_dataset(str(src))
+    (cache,) = (tmp_path / "cache").glob("imagefolder-*.npz")
+    cache.write_bytes(cache.read_bytes()[:100])  # a killed writer, a full disk
+    again = load_dataset(str(src))
+    np.testing.assert_array_equal(again.train.images, first.train.images)
+
+
+# ---------------------------------------------------------------- 9. smaller edges
+
+def test_sigterm_exits_143_and_resumes(tmp_path, toy):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(toy), "--out", str(out), "--epochs", "40", *TRAIN]
+    p = subprocess.Popen([sys.executable, "-m", "minivit", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in p.stdout:  # wait until training has begun
+        if "parameters;" in line:
+            break
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err
+    assert mv.load_checkpoint(out / "checkpoint.npz")[3]["step"] > 0
+
+
+def test_top_k_zero_is_refused(tmp_path, toy):
+    out = tmp_path / "run"
+    assert run("train", "--data", str(toy), "--out", str(out), "--epochs", "1", *TRAIN).returncode == 0
+    img = next(toy.glob("test/a/*.png"))
+    r = run("predict", str(out / "checkpoint.npz"), str(img), "--top-k", "0")
+    assert r.returncode == 1 and "--top-k must be at least 1" in r.stderr
+
+
+def test_nan_guard_says_when_no_checkpoint_exists(tmp_path):
+    from minivit.data import Dataset, Split
+    from minivit.train import TrainConfig, Trainer, TrainingDiverged
+    rng = np.random.default_rng(0)
+    mk = lambda n: Split(rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), rng.integers(0, 5, n))
+    trainer = Trainer(mv.ViTConfig.preset("test"), TrainConfig(epochs=1, batch_size=4, lr=1e30, warmup_epochs=0,
+                                                                 clip_norm=0, threads=1),
+                      Dataset(mk(16), mk(4), tuple("abcde"), "toy"), tmp_path / "run", progress=False, log=lambda *_: None)
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been saved yet"):
+        trainer.fit()
+
+
+# ---------------------------------------------------------------- 8. malformed checkpoints
+
+def _good_checkpoint(path):
+    cfg = mv.ViTConfig.preset("test")
+    params = mv.init_params(cfg, seed=0)
+    opt = mv.AdamW()
+    opt.step(params, {k: np.ones_like(v) for k, v in params.items()})
+    meta = {"step": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "classes": list("abcde"),
+            "train_config": {"epochs": 1, "batch_size": 4}}
+    return mv.save_checkpoint(path, params, cfg, opt.state_dict(), meta), params, opt, meta
+
+
+def _rewrite(path, change):
+    """Load the .npz as plain arrays, let `change` edit them, write them back (no minivit code involved)."""
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    change(arrays, meta)
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda a, m: a.update({"param/head.w": a["param/head.w"].astype(np.int32)}), "'head.w' has dtype int32"),
+    (lambda a, m: a.update({"param/norm.w": a["param/norm.w"] > 0}), "'norm.w' has dtype bool"),
+    (lambda a, m: a["param/cls_token"].fill(np.nan), "'cls_token' holds NaN"),
+    (lambda a, m: a.update({"opt/m.head.w": np.zeros((2, 2), np.float32)}), "optimiser state 'm.head.w' does not fit"),
+    (lambda a, m: m.update({"mean": "0.5"}), "'mean' must be a list of 3 numbers"),
+    (lambda a, m: m.pop("std"), "missing 'std'"),
+    (lambda a, m: m.update({"step": "7"}), "'step' must be a whole number"),
+    (lambda a, m: m.update({"classes": ["a"]}), "'classes' must be a list of 5 names"),
+    (lambda a, m: m.update({"train_config": {"epochs": 0}}), "'train_config' is not a training configuration"),
+])
+def test_malformed_checkpoint_is_one_clear_error(tmp_path, change, message):
+    path, *_ = _good_checkpoint(tmp_path / "c.npz")
+    mv.load_checkpoint(path, require=("mean", "std"))  # well-formed before the change
+    _rewrite(path, change)
+    with pytest.raises(mv.checkpoint.CheckpointError, match="invalid checkpoint: .*" + message.replace("(", r"\(")):
+        mv.load_checkpoint(path, require=("mean", "std"))
+
+
+def test_evaluate_refuses_nan_parameters_instead_of_printing_nan(tmp_path, toy):
+    out = tmp_path / "run"
+    assert run("train", "--data", str(toy), "--out", str(out), "--epochs", "1", *TRAIN).returncode == 0
+    _rewrite(out / "checkpoint.npz", lambda a, m: a["param/head.b"].fill(np.nan))
+    r = run("evaluate", str(out / "checkpoint.npz"))
+    assert r.returncode == 1 and "holds NaN" in r.stderr and "NaN" not in r.stdout
