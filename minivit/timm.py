@@ -40,19 +40,49 @@ def to_timm(params, cfg):
     return out
 
 
+_WRAPPERS = ("model", "state_dict", "model_state_dict", "module")
+
+
+def _hint_wrapping(state_dict):
+    """A clear error for the two usual ways a checkpoint file wraps its state_dict."""
+    keys = list(state_dict)
+    for w in _WRAPPERS:
+        if w in state_dict and isinstance(state_dict[w], dict):
+            raise ValueError(f"from_timm: this looks like a training checkpoint wrapping the weights under "
+                             f"{w!r}; pass state_dict[{w!r}] instead")
+    if keys and all(k.startswith("module.") for k in keys):
+        raise ValueError("from_timm: every key starts with 'module.' (saved from DataParallel or DDP); strip it: "
+                         "{k.removeprefix('module.'): v for k, v in state_dict.items()}")
+
+
+def _as_numpy(key, v):
+    """A torch tensor or array -> NumPy array; bfloat16 (which NumPy cannot hold) is widened to float32."""
+    if hasattr(v, "detach"):  # a torch tensor
+        v = v.detach().cpu()
+        if str(v.dtype) == "torch.bfloat16":
+            v = v.float()  # exact: every bfloat16 is a float32
+        v = v.numpy()
+    a = to_numpy(v)
+    if a.dtype.kind != "f":
+        raise ValueError(f"from_timm: {key!r} has dtype {a.dtype}; weights must be floating point")
+    return a
+
+
 def from_timm(state_dict, cfg):
     """timm state_dict (torch tensors or arrays) -> minivit params on the configured backend.
 
-    Keeps each array's dtype: float64 weights give a float64 model. Raises KeyError or
-    ValueError naming the first missing key or mismatched shape.
+    Keeps each array's dtype (bfloat16 becomes float32): float64 weights give a float64 model.
+    Strict: a missing key, a mismatched shape, or a key minivit does not use (LayerScale's
+    `ls1.gamma`, `q_norm`, `attn_pool`, register tokens ...) is an error naming the keys, since
+    ignoring weights would silently give wrong logits.
     """
-    params = {}
+    _hint_wrapping(state_dict)
+    params, used = {}, set()
     for name, shape in param_shapes(cfg).items():
         key = _timm_name(name)
         if key not in state_dict:
             raise KeyError(f"from_timm: state_dict has no {key!r} (needed for minivit {name!r})")
-        v = state_dict[key]
-        a = v.detach().cpu().numpy() if hasattr(v, "detach") else to_numpy(v)
+        a = _as_numpy(key, state_dict[key])
         dense = _is_dense_kernel(name, shape)
         timm_shape = shape[::-1] if dense else shape
         if a.shape != timm_shape:
@@ -60,4 +90,18 @@ def from_timm(state_dict, cfg):
         if dense:
             a = a.T
         params[name] = to_device(np.ascontiguousarray(a))
+        used.add(key)
+    if cfg.pos_embed == "sincos" and "pos_embed" in state_dict:  # timm keeps the fixed table as a tensor
+        pe = _as_numpy("pos_embed", state_dict["pos_embed"])
+        if pe.shape != (1, cfg.num_patches + 1, cfg.dim) or not np.allclose(pe, sincos_pos_embed(cfg, np, pe.dtype),
+                                                                               atol=1e-6):
+            raise ValueError("from_timm: 'pos_embed' is not the fixed sin-cos table of pos_embed='sincos'; "
+                             "these positions were learned: use pos_embed='learned'")
+        used.add("pos_embed")
+    unused = sorted(set(state_dict) - used)
+    if unused:
+        shown = ", ".join(unused[:12]) + (f" and {len(unused) - 12} more" if len(unused) > 12 else "")
+        raise ValueError(f"from_timm: the state_dict has weights this ViTConfig does not use: {shown}. "
+                         "minivit's ViT has no LayerScale, q/k norms, attention pooling or register tokens; "
+                         "ignoring them would give wrong logits")
     return params
