@@ -175,13 +175,15 @@ def _by_model_class(data, model_classes):
 def cmd_evaluate(a):
     from .data import load_dataset
     from .plots import plot_confusion
-    from .train import check_images_fit, evaluate
+    from .resolution import adapt_to_images
+    from .train import evaluate
     if a.confusion and not Path(a.confusion).resolve().parent.is_dir():
         raise OSError(f"--confusion {a.confusion}: the folder {Path(a.confusion).parent} does not exist")
     params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"))
     spec = a.data or meta.get("data", "subset")
     data = load_dataset(spec)
-    check_images_fit(cfg, data)
+    # Images of another size: the position embeddings are resized to them (paper section 3.2).
+    params, cfg = adapt_to_images(params, cfg, data.image_shape, log=lambda m: print(m, file=sys.stderr))
     classes = list(meta.get("classes") or [str(i) for i in range(cfg.num_classes)])
     test = _by_model_class(data, classes)
     ev = evaluate(params, cfg, test, np.array(meta["mean"]), np.array(meta["std"]))
@@ -206,18 +208,30 @@ def cmd_predict(a):
     from .backend import xp
     from .data import normalize, read_image
     from .model import forward
+    from .resolution import adapt_to_images
     if a.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {a.top_k}")
     params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"))
-    S = cfg.image_size
-    batch = [read_image(f, size=S, resize=a.resize) for f in a.images]  # (3, S, S) uint8 each
-    x = normalize(np.stack(batch), np.array(meta["mean"]), np.array(meta["std"]), xp(), params["cls_token"].dtype)
-    probs = to_numpy(softmax(forward(params, x, cfg, keep_cache=False)[0]))
+    S, P = cfg.image_size, cfg.patch_size
+    images = [read_image(f, size=S if a.resize else None, resize=a.resize) for f in a.images]  # (3, H, W) uint8
+    for f, im in zip(a.images, images):
+        h, w = im.shape[1:]
+        if (h, w) != (S, S) and (h != w or h % P):
+            raise DataError(f"{f}: image is {w}x{h}, the model expects {S}x{S}; pass --resize to resize it "
+                            f"(square images whose side is a multiple of {P} also work as they are)")
     classes = meta.get("classes") or [str(i) for i in range(cfg.num_classes)]
     k = min(a.top_k, cfg.num_classes)
-    for f, p in zip(a.images, probs):
-        top = np.argsort(-p)[:k]
-        print(f"{f}: " + ", ".join(f"{classes[i]} {p[i]:.3f}" for i in top))
+    probs = {}
+    for shape in dict.fromkeys(im.shape for im in images):  # one batch per image size, in order of appearance
+        idx = [i for i, im in enumerate(images) if im.shape == shape]
+        p_, c_ = adapt_to_images(params, cfg, shape, log=lambda m: print(m, file=sys.stderr))
+        x = normalize(np.stack([images[i] for i in idx]), np.array(meta["mean"]), np.array(meta["std"]), xp(),
+                      params["cls_token"].dtype)
+        for i, p in zip(idx, to_numpy(softmax(forward(p_, x, c_, keep_cache=False)[0]))):
+            probs[i] = p
+    for i, f in enumerate(a.images):
+        top = np.argsort(-probs[i])[:k]
+        print(f"{f}: " + ", ".join(f"{classes[j]} {probs[i][j]:.3f}" for j in top))
     return 0
 
 

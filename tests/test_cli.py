@@ -101,6 +101,21 @@ def test_predict_refuses_wrong_size_unless_resized(tmp_path, toy):
     assert run("predict", str(out / "checkpoint.npz"), str(big), "--resize").returncode == 0
     r = run("predict", str(out / "checkpoint.npz"), str(tmp_path / "missing.png"))
     assert r.returncode == 1 and "cannot read image" in r.stderr
-    r = run("evaluate", str(out / "checkpoint.npz"), "--data", "subset")   # 32x32 images, an 8x8 model
-    assert r.returncode == 1 and "images are 3x32x32" in r.stderr and "expects 3x8x8" in r.stderr
+    # 32x32 images, a model trained on 8x8 with patch 4: the position embeddings are resized (paper 3.2)
+    big_toy = write_folder(tmp_path / "big", image_folder_files(classes=("a", "b", "c", "d", "e"), size=16, per_class=(1, 2)))
+    r = run("evaluate", str(out / "checkpoint.npz"), "--data", str(big_toy), "--json")
+    assert r.returncode == 0, r.stderr
+    assert "resized (bilinear) to 16x16, 16 patches" in r.stderr and json.loads(r.stdout)["images"] == 10
+    r = run("evaluate", str(out / "checkpoint.npz"), "--data", "subset")      # CIFAR's classes, not a..e
+    assert r.returncode == 1 and "not trained on: airplane" in r.stderr
+    square = tmp_path / "square.png"
+    square.write_bytes(png_bytes(np.zeros((16, 16, 3), np.uint8)))
+    r = run("predict", str(out / "checkpoint.npz"), str(square), str(big), "--resize")
+    assert r.returncode == 0 and r.stdout.count(": ") == 2
+    r = run("predict", str(out / "checkpoint.npz"), str(square))              # 16x16 as it is: 4x4 patches
+    assert r.returncode == 0 and "resized (bilinear) to 16x16" in r.stderr, r.stderr
+    odd = tmp_path / "odd.png"
+    odd.write_bytes(png_bytes(np.zeros((10, 10, 3), np.uint8)))              # 10 is not a multiple of 4
+    r = run("predict", str(out / "checkpoint.npz"), str(odd))
+    assert r.returncode == 1 and "image is 10x10, the model expects 8x8; pass --resize" in r.stderr
     assert "Traceback" not in r.stderr
