@@ -14,6 +14,7 @@ from .norm import layernorm_backward, layernorm_forward
 from .optim import SGD, AdamW, clip_grad_norm, global_norm, warmup_cosine
 from .timm import from_timm, to_timm
 from .resolution import resize_pos_embed
+from .jax_npz import load_jax_npz, save_jax_npz
 from .checkpoint import load_checkpoint, save_checkpoint
 from . import allocator, checkpoint, data, gradcheck, plots, profile, train, visualize  # noqa: F401  (minivit.data, ...)
 
