@@ -1,4 +1,4 @@
-"""Command line: `minivit train | evaluate | predict | profile | make-subset` (also `python -m minivit`)."""
+"""Command line: `minivit train | finetune | evaluate | predict | profile | make-subset` (also `python -m minivit`)."""
 import argparse
 import json
 import os
@@ -83,6 +83,29 @@ def _parser():
     r.add_argument("--top-k", type=int, default=3, help="how many classes to print per image (at least 1)")
     r.add_argument("--resize", action="store_true", help="resize images to the model's size instead of refusing")
     r.add_argument("--backend", choices=["numpy", "cupy"], default=None)
+
+    ft = sub.add_parser("finetune", help="fine-tune a minivit checkpoint or an official ViT .npz on new data "
+                                         "(paper 3.2: new zero head, positions resized, SGD with momentum)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ft.add_argument("checkpoint", help="a minivit checkpoint.npz or an official google-research ViT .npz")
+    ft.add_argument("--data", default="subset", help="the data to fine-tune on (as for train)")
+    ft.add_argument("--image-size", type=int, default=None,
+                    help="resolution to fine-tune at (default: the data's); position embeddings are resized to it")
+    ft.add_argument("--epochs", type=int, default=5, help="passes over the training set")
+    ft.add_argument("--batch-size", type=int, default=128, help="images per optimiser step")
+    ft.add_argument("--lr", type=float, default=0.01, help="peak learning rate (the paper sweeps 0.001 to 0.03)")
+    ft.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    ft.add_argument("--warmup", type=float, default=0.5, help="linear warmup length, in epochs")
+    ft.add_argument("--weight-decay", type=float, default=0.0, help="the paper fine-tunes without weight decay")
+    ft.add_argument("--clip-norm", type=float, default=1.0, help="clip gradients to this global norm, as the paper")
+    ft.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy target smoothing")
+    ft.add_argument("--no-augment", action="store_true", help="disable random crop and flip")
+    ft.add_argument("--seed", type=int, default=0, help="seeds shuffling, augmentation, dropout")
+    ft.add_argument("--threads", type=int, default=2, help="data-parallel threads (NumPy backend)")
+    ft.add_argument("--backend", choices=["numpy", "cupy"], default=None, help="default: $MINIVIT_BACKEND or numpy")
+    ft.add_argument("--out", default=None, help="output folder (default: a new runs/<time>)")
+    ft.add_argument("--resume", action="store_true", help="continue the fine-tuning checkpoint in --out")
+    ft.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     f = sub.add_parser("profile", help="time each layer's forward and backward in a training step",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -235,6 +258,68 @@ def cmd_predict(a):
     return 0
 
 
+def _load_pretrained(path):
+    """(params, cfg) from a minivit checkpoint or an official .npz, told apart by minivit's 'meta' entry."""
+    from .jax_npz import load_jax_npz
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ours = "meta" in z.files
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
+    if ours:
+        params, cfg, _, _ = load_checkpoint(path)
+        return params, cfg
+    return load_jax_npz(path)
+
+
+def cmd_finetune(a):
+    """Paper section 3.2 and Appendix B.1.1: the pre-trained head is replaced by a zero-initialised one for the
+    new classes, the position embeddings follow the new resolution, and SGD with momentum 0.9, no weight decay,
+    clipping at 1, a short warmup and cosine decay train everything."""
+    from dataclasses import replace
+
+    from .backend import xp
+    from .data import load_dataset
+    from .data import Dataset, Split
+    from .resolution import resize_images, resize_pos_embed
+    from .train import Trainer
+    out = Path(a.out) if a.out else _new_run_folder()
+    _check_out_folder(out, a.resume)
+    params, cfg = _load_pretrained(a.checkpoint)
+    data = load_dataset(a.data)
+    size = a.image_size or data.image_shape[1]
+    if data.image_shape[0] != cfg.in_channels:
+        raise DataError(f"the data's images have {data.image_shape[0]} channels, the model {cfg.in_channels}")
+    if data.image_shape[1:] != (size, size):  # fine-tuning at a higher resolution than the data (paper 3.2)
+        print(f"resizing the data's {data.image_shape[2]}x{data.image_shape[1]} images to {size}x{size} (bicubic)")
+        data = Dataset(Split(resize_images(data.train.images, size), data.train.labels),
+                       Split(resize_images(data.test.images, size), data.test.labels), data.classes, data.name)
+    if size != cfg.image_size:
+        old = cfg.image_size
+        params, cfg = resize_pos_embed(params, cfg, size)
+        print(f"position embeddings resized (bilinear) from {old}x{old} to {size}x{size}: {cfg.num_patches} patches")
+    K = len(data.classes)
+    cfg = replace(cfg, num_classes=K)
+    params = dict(params)
+    params["head.w"] = xp().zeros((cfg.dim, K), dtype=params["cls_token"].dtype)  # a new, zero head (paper 3.2)
+    params["head.b"] = xp().zeros((K,), dtype=params["cls_token"].dtype)
+    tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, min_lr=0.0, warmup_epochs=a.warmup,
+                       weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, clip_norm=a.clip_norm,
+                       augment=not a.no_augment, seed=a.seed, threads=a.threads, optimizer="sgd", momentum=a.momentum)
+    print(f"fine-tuning {a.checkpoint} on {a.data} ({len(data.train.labels)} train images, {K} classes, "
+          f"{size}x{size}); output: {out}")
+    progress = not a.no_progress and sys.stderr.isatty()
+    trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=progress, data_spec=a.data, init=params)
+    (out / "command.txt").write_text(" ".join(["minivit"] + sys.argv[1:]) + "\n")
+    history = trainer.fit()
+    if trainer.interrupted:
+        return 143 if trainer.interrupted == "SIGTERM" else 130
+    if history:
+        print(f"done: test accuracy {history[-1]['test_acc']:.4f} after {history[-1]['epoch']} epochs; "
+              f"checkpoint {out / 'checkpoint.npz'}")
+    return 0
+
+
 def cmd_profile(a):
     from .profile import profile_step
     overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
@@ -255,7 +340,7 @@ def main(argv=None):
         if getattr(a, "backend", None):
             use_backend(a.backend)
         return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                "profile": cmd_profile, "make-subset": cmd_make_subset}[a.command](a)
+                "profile": cmd_profile, "finetune": cmd_finetune, "make-subset": cmd_make_subset}[a.command](a)
     except (DataError, CheckpointError, ConfigError, BackendError, TrainingDiverged, RunFolderBusy, ValueError,
             OSError) as e:
         if os.environ.get("MINIVIT_DEBUG"):

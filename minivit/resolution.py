@@ -73,6 +73,19 @@ def resample_grid(grid, size, method="bilinear"):
     return xp.einsum("ij,jkd,lk->ild", R, grid, R)                          # (size, size, D)
 
 
+def resize_images(images, size, chunk=1000):
+    """uint8 images (N, C, H, W) -> (N, C, size, size) uint8, bicubic (as torch's interpolate with
+    align_corners=False), by the same interpolation matrices: R_h X R_w^T on every channel."""
+    N, C, H, W = images.shape
+    Rh, Rw = bicubic_matrix(size, H).astype(np.float32), bicubic_matrix(size, W).astype(np.float32)
+    out = np.empty((N, C, size, size), dtype=np.uint8)
+    for a in range(0, N, chunk):  # in chunks: the float copy of a whole dataset would be large
+        x = images[a:a + chunk].astype(np.float32)
+        y = np.einsum("ih,nchw,jw->ncij", Rh, x, Rw, optimize=True)
+        out[a:a + chunk] = np.clip(np.rint(y), 0, 255)  # the cubic kernel overshoots a little at edges
+    return out
+
+
 def resize_pos_embed(params, cfg, image_size, method="bilinear"):
     """-> (params, cfg) for images of `image_size`, the patch size unchanged.
 

@@ -25,7 +25,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import augment, channel_stats, normalize
 from .loss import cross_entropy
 from .model import backward, forward, init_params
-from .optim import AdamW, clip_grad_norm, warmup_cosine
+from .optim import SGD, AdamW, clip_grad_norm, warmup_cosine
 from .runlock import RunLock
 
 
@@ -47,13 +47,16 @@ class TrainConfig:
     seed: int = 0                 # seeds init, shuffling, augmentation and dropout
     threads: int = 2              # data-parallel threads on NumPy (one BLAS thread each)
     eval_batch_size: int = 500    # images per evaluation batch
+    optimizer: str = "adamw"      # "adamw", or "sgd" (with momentum: the paper's fine-tuning optimiser)
+    momentum: float = 0.9         # SGD momentum (unused by AdamW)
 
     def __post_init__(self):
         checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
                   ("lr", self.lr > 0), ("min_lr", self.min_lr >= 0), ("warmup_epochs", self.warmup_epochs >= 0),
                   ("weight_decay", self.weight_decay >= 0), ("label_smoothing", 0 <= self.label_smoothing < 1),
                   ("clip_norm", self.clip_norm >= 0), ("threads", self.threads >= 1),
-                  ("eval_batch_size", self.eval_batch_size >= 1)]
+                  ("eval_batch_size", self.eval_batch_size >= 1), ("optimizer", self.optimizer in ("adamw", "sgd")),
+                  ("momentum", 0 <= self.momentum < 1)]
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise ValueError("invalid training setting(s): " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
@@ -199,7 +202,8 @@ def check_images_fit(cfg, dataset):
 
 class Trainer:
     def __init__(self, cfg, tcfg, dataset, out_dir, resume=False, progress=True, log=print, on_epoch_end=None,
-                 data_spec=None):
+                 data_spec=None, init=None):
+        """`init`: parameters to start from (fine-tuning) instead of a fresh initialisation."""
         self.cfg, self.tcfg, self.data = cfg, tcfg, dataset
         self.data_spec = data_spec or dataset.name  # recorded so `minivit evaluate` can reload the same data
         self.on_epoch_end = on_epoch_end  # called with the history after each evaluated epoch (live plots)
@@ -212,7 +216,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(dataset.train.labels) / tcfg.batch_size)
         self.total_steps = tcfg.epochs * self.steps_per_epoch
         self.ckpt_path = self.out / "checkpoint.npz"
-        self.opt = AdamW(lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        self.opt = (AdamW(lr=tcfg.lr, weight_decay=tcfg.weight_decay) if tcfg.optimizer == "adamw"
+                    else SGD(lr=tcfg.lr, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay))
         self.fingerprint = data_fingerprint(dataset)
         if resume and self.ckpt_path.exists():
             self.params, _, opt_state, meta = load_checkpoint(self.ckpt_path, cfg,
@@ -240,7 +245,8 @@ class Trainer:
         else:
             if resume:
                 self.log(f"--resume: no checkpoint in {self.out}; starting a new run")
-            self.params = init_params(cfg, seed=tcfg.seed)
+            # fine-tuning starts from given weights (their shapes must be the config's), training from scratch
+            self.params = dict(init) if init is not None else init_params(cfg, seed=tcfg.seed)
             self.step = 0
             self.mean, self.std = channel_stats(dataset.train.images)
             self.history, self.elapsed = [], 0.0

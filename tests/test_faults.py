@@ -294,3 +294,44 @@ def test_evaluate_refuses_nan_parameters_instead_of_printing_nan(tmp_path, toy):
     _rewrite(out / "checkpoint.npz", lambda a, m: a["param/head.b"].fill(np.nan))
     r = run("evaluate", str(out / "checkpoint.npz"))
     assert r.returncode == 1 and "holds NaN" in r.stderr and "NaN" not in r.stdout
+
+
+# ---------------------------------------------------------------- fine-tuning (paper 3.2)
+
+def test_finetune_a_checkpoint_on_new_classes_at_a_new_resolution(tmp_path, toy):
+    pre = tmp_path / "pre"  # seed 5: a fine-tune that re-initialised (seed 0) would start far from these weights
+    assert run("train", "--data", str(toy), "--out", str(pre), "--epochs", "1", "--seed", "5", *TRAIN).returncode == 0
+    new = write_folder(tmp_path / "new", image_folder_files(classes=("x", "y", "z"), size=16, per_class=(8, 2)))
+    out = tmp_path / "ft"
+    r = run("finetune", str(pre / "checkpoint.npz"), "--data", str(new), "--out", str(out), "--epochs", "2",
+            "--batch-size", "8", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "resized (bilinear) from 8x8 to 16x16: 16 patches" in r.stdout
+    params, cfg, opt, meta = mv.load_checkpoint(out / "checkpoint.npz")
+    assert (cfg.num_classes, cfg.image_size) == (3, 16) and meta["classes"] == ["x", "y", "z"]
+    assert meta["train_config"]["optimizer"] == "sgd" and meta["train_config"]["weight_decay"] == 0.0
+    assert any(k.startswith("u.") for k in opt)          # SGD momentum buffers, not AdamW moments
+    pre_params = mv.load_checkpoint(pre / "checkpoint.npz")[0]
+    # the body started from the pre-trained weights: after two short epochs it is still close to them
+    assert np.abs(params["blocks.0.mlp.fc1.w"] - pre_params["blocks.0.mlp.fc1.w"]).max() < 0.5
+    assert epochs_of(out) == [1, 2]
+
+
+def test_finetune_an_official_npz(tmp_path, toy):
+    from minivit.jax_npz import save_jax_npz
+    cfg = mv.ViTConfig.preset("test", num_classes=7)
+    save_jax_npz(tmp_path / "official.npz", mv.init_params(cfg, seed=1), cfg)
+    r = run("finetune", str(tmp_path / "official.npz"), "--data", str(toy), "--out", str(tmp_path / "ft"),
+            "--epochs", "1", "--batch-size", "8", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert mv.load_checkpoint(tmp_path / "ft" / "checkpoint.npz")[1].num_classes == 5
+
+
+def test_finetune_at_a_higher_resolution_than_the_data(tmp_path, toy):
+    pre = tmp_path / "pre"
+    assert run("train", "--data", str(toy), "--out", str(pre), "--epochs", "1", *TRAIN).returncode == 0
+    r = run("finetune", str(pre / "checkpoint.npz"), "--data", str(toy), "--image-size", "16", "--out",
+            str(tmp_path / "ft"), "--epochs", "1", "--batch-size", "8", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "resizing the data's 8x8 images to 16x16" in r.stdout and "from 8x8 to 16x16" in r.stdout
+    assert mv.load_checkpoint(tmp_path / "ft" / "checkpoint.npz")[1].image_size == 16

@@ -63,3 +63,14 @@ def test_sincos_model_only_changes_its_config():
     new, cfg16 = mv.resize_pos_embed(params, cfg, 16)
     assert "pos_embed" not in new and cfg16.num_patches == 16
     assert mv.forward(new, rng.standard_normal((1, 3, 16, 16)), cfg16)[0].shape == (1, cfg.num_classes)
+
+
+def test_resize_images_is_torch_bicubic_on_uint8():
+    torch = pytest.importorskip("torch")
+    from minivit.resolution import resize_images
+    imgs = rng.integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(imgs).double(), size=(12, 12), mode="bicubic",
+                                          align_corners=False).round().clamp(0, 255).byte().numpy()
+    got = resize_images(imgs, 12)
+    assert got.dtype == np.uint8 and got.shape == (3, 3, 12, 12)
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1  # float32 arithmetic may round a .5 the other way
