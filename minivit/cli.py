@@ -1,7 +1,9 @@
 """Command line: `minivit train | finetune | evaluate | predict | profile | make-subset` (also `python -m minivit`)."""
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -10,7 +12,7 @@ import numpy as np
 
 from .backend import BackendError, to_numpy, use_backend
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import PRESETS, ConfigError, ViTConfig
+from .config import POS_EMBEDS, PRESETS, ConfigError, ViTConfig
 from .data import DataError
 from .runlock import RunFolderBusy
 from .train import TrainConfig, TrainingDiverged
@@ -25,7 +27,10 @@ MODEL_FLAGS = {
     "heads": (int, "attention heads; dim must be a multiple", None),
     "mlp_dim": (int, "hidden width of each block's MLP", None),
     "pool": (str, "what the head reads: the class token or the mean of the patch tokens", ("token", "gap")),
-    "pos_embed": (str, "position embedding: learned 1-D table or fixed 2-D sine-cosine", ("learned", "sincos")),
+    "pos_embed": (str, "position embedding (paper D.4): learned 1-D table, learned row and column tables, "
+                       "fixed 2-D sine-cosine, or none", POS_EMBEDS),
+    "pos_embed_every_layer": (bool, "add a separate position embedding at the start of every block "
+                                    "instead of once after the stem", None),
     "gelu": (str, "GELU form: exact (erf) or the tanh approximation", ("exact", "tanh")),
     "dropout": (float, "dropout after embeddings, attention output and MLP layers", None),
     "attn_dropout": (float, "dropout on the attention weights", None),
@@ -34,6 +39,10 @@ MODEL_FLAGS = {
 
 def _add_model_flags(parser):
     for name, (typ, text, choices) in MODEL_FLAGS.items():
+        if typ is bool:  # a switch: given or not (None keeps the preset's value)
+            parser.add_argument("--" + name.replace("_", "-"), action="store_true", default=None,
+                                help=f"{text}%(default).0s")
+            continue
         parser.add_argument("--" + name.replace("_", "-"), type=typ, default=None, choices=choices,
                             help=f"{text} (default: the preset's)%(default).0s")  # .0s: no "(default: None)"
 
@@ -137,6 +146,19 @@ def _new_run_folder():
     raise OSError(f"could not create a new run folder next to {base}")
 
 
+@contextlib.contextmanager
+def _remove_if_unused(out, created):
+    """A run folder this command created is removed again if the command fails before writing into it."""
+    try:
+        yield
+    except BaseException:
+        if created and out.is_dir() and {f.name for f in out.iterdir()} <= {".lock"}:
+            shutil.rmtree(out, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                out.parent.rmdir()  # runs/ too, when nothing else is in it
+        raise
+
+
 def _check_out_folder(out, resume):
     """Fail before any data is loaded: a file in the way, a folder that cannot be written, a busy folder."""
     from .runlock import RunLock
@@ -156,10 +178,15 @@ def _check_out_folder(out, resume):
 
 
 def cmd_train(a):
+    out = Path(a.out) if a.out else _new_run_folder()
+    with _remove_if_unused(out, created=a.out is None):
+        _check_out_folder(out, a.resume)
+        return _train(a, out)
+
+
+def _train(a, out):
     from .data import load_dataset
     from .train import Trainer
-    out = Path(a.out) if a.out else _new_run_folder()
-    _check_out_folder(out, a.resume)
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, min_lr=a.min_lr, warmup_epochs=a.warmup,
                        weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, clip_norm=a.clip_norm,
                        augment=not a.no_augment, seed=a.seed, threads=a.threads)
@@ -276,15 +303,19 @@ def cmd_finetune(a):
     """Paper section 3.2 and Appendix B.1.1: the pre-trained head is replaced by a zero-initialised one for the
     new classes, the position embeddings follow the new resolution, and SGD with momentum 0.9, no weight decay,
     clipping at 1, a short warmup and cosine decay train everything."""
+    out = Path(a.out) if a.out else _new_run_folder()
+    with _remove_if_unused(out, created=a.out is None):
+        _check_out_folder(out, a.resume)
+        return _finetune(a, out)
+
+
+def _finetune(a, out):
     from dataclasses import replace
 
     from .backend import xp
-    from .data import load_dataset
-    from .data import Dataset, Split
+    from .data import Dataset, Split, load_dataset
     from .resolution import resize_images, resize_pos_embed
     from .train import Trainer
-    out = Path(a.out) if a.out else _new_run_folder()
-    _check_out_folder(out, a.resume)
     params, cfg = _load_pretrained(a.checkpoint)
     data = load_dataset(a.data)
     size = a.image_size or data.image_shape[1]

@@ -19,16 +19,20 @@ from .config import ViTConfig
 from .conv import patch_embed_backward, patch_embed_forward
 from .linear import linear_backward, linear_forward
 from .norm import layernorm_backward, layernorm_forward
+from .posembed import pos_backward, pos_forward, pos_shapes
+from .posembed import sincos_table as sincos_pos_embed  # noqa: F401  (minivit.sincos_pos_embed)
 
 
 def param_shapes(cfg):
     """Name -> shape of every parameter, in a fixed order, without allocating anything."""
-    D, C, P, M, K, N = cfg.dim, cfg.in_channels, cfg.patch_size, cfg.mlp_dim, cfg.num_classes, cfg.num_patches
+    D, C, P, M, K = cfg.dim, cfg.in_channels, cfg.patch_size, cfg.mlp_dim, cfg.num_classes
     shapes = {"patch_embed.w": (D, C, P, P), "patch_embed.b": (D,), "cls_token": (1, 1, D)}
-    if cfg.pos_embed == "learned":
-        shapes["pos_embed"] = (1, N + 1, D)
+    if not cfg.pos_embed_every_layer:
+        shapes.update(pos_shapes(cfg))                            # minivit/posembed.py
     for i in range(cfg.depth):
         p = f"blocks.{i}."
+        if cfg.pos_embed_every_layer:
+            shapes.update(pos_shapes(cfg, p))
         shapes.update({
             p + "norm1.w": (D,), p + "norm1.b": (D,),
             p + "attn.qkv.w": (D, 3 * D), p + "attn.qkv.b": (3 * D,),
@@ -75,7 +79,7 @@ def init_params(cfg, seed=0, dtype="float32"):
         if name == "patch_embed.w":
             fan_in = math.prod(shape[1:])
             v = _truncated_normal(rng, shape, 1.0 / math.sqrt(fan_in))
-        elif name == "pos_embed":
+        elif leaf.startswith("pos_embed"):  # pos_embed, pos_embed_row, pos_embed_col, blocks.i.pos_embed
             v = rng.normal(0.0, 0.02, shape)
         elif name.startswith("head.") or name == "cls_token":
             v = np.zeros(shape)
@@ -92,22 +96,6 @@ def init_params(cfg, seed=0, dtype="float32"):
         params[name] = v
     xp = backend_xp()
     return {k: xp.asarray(v, dtype=dtype) for k, v in params.items()}
-
-
-def sincos_pos_embed(cfg, xp=np, dtype="float32"):
-    """Fixed 2D sine-cosine position embedding (1, N + 1, D), zeros for the class token.
-
-    A quarter of the channels each for sin and cos of the row and of the column,
-    with frequencies 1 / 10000^(i / (D/4)), as in MoCo v3 and MAE.
-    """
-    g, D = cfg.grid, cfg.dim
-    omega = 1.0 / 10000.0 ** (np.arange(D // 4) / (D // 4))  # (D/4,)
-    rows, cols = np.meshgrid(np.arange(g), np.arange(g), indexing="ij")
-    out_r = rows.reshape(-1, 1) * omega  # (N, D/4)
-    out_c = cols.reshape(-1, 1) * omega  # (N, D/4)
-    pe = np.concatenate([np.sin(out_c), np.cos(out_c), np.sin(out_r), np.cos(out_r)], axis=1)  # (N, D)
-    pe = np.concatenate([np.zeros((1, D)), pe], axis=0)[None]  # (1, N + 1, D)
-    return xp.asarray(pe, dtype=dtype)
 
 
 def check_input(x, cfg, params=None):
@@ -142,11 +130,17 @@ def forward(params, x, cfg, train=False, rng=None, keep_cache=True):
     B = x.shape[0]
     tok, c_patch = patch_embed_forward(x, params["patch_embed.w"], params["patch_embed.b"])  # (B, N, D)
     cls = xp.broadcast_to(params["cls_token"], (B, 1, cfg.dim))                           # (B, 1, D)
-    pos = params["pos_embed"] if cfg.pos_embed == "learned" else sincos_pos_embed(cfg, xp, x.dtype)
-    z = xp.concatenate([cls, tok], axis=1) + pos                                           # (B, N+1, D)
+    z = xp.concatenate([cls, tok], axis=1)                                                 # (B, N+1, D)
+    c_pos = []  # position embeddings: once here, or at the start of every block (posembed.py)
+    if not cfg.pos_embed_every_layer:
+        z, c = pos_forward(z, params, cfg)                                                 # + E_pos
+        c_pos.append(c)
     z, m_emb = dropout_forward(z, cfg.dropout, rng, train)
     c_blocks = []
     for i in range(cfg.depth):
+        if cfg.pos_embed_every_layer:
+            z, c = pos_forward(z, params, cfg, f"blocks.{i}.")
+            c_pos.append(c)
         z, c = block_forward(z, params, f"blocks.{i}.", cfg, rng, train)                  # (B, N+1, D)
         if keep_cache:
             c_blocks.append(c)
@@ -155,12 +149,12 @@ def forward(params, x, cfg, train=False, rng=None, keep_cache=True):
     logits, c_head = linear_forward(pooled, params["head.w"], params["head.b"])            # (B, K)
     if not keep_cache:
         return logits, None
-    return logits, (cfg, z.shape, c_patch, m_emb, c_blocks, c_norm, c_head)
+    return logits, (cfg, z.shape, c_patch, m_emb, c_blocks, c_norm, c_head, c_pos)
 
 
 def backward(dlogits, cache):
     """dlogits (B, K) -> grads: a dict with the same keys and shapes as params."""
-    cfg, z_shape, c_patch, m_emb, c_blocks, c_norm, c_head = cache
+    cfg, z_shape, c_patch, m_emb, c_blocks, c_norm, c_head, c_pos = cache
     xp = get_array_module(dlogits)
     grads = {}
     dpooled, grads["head.w"], grads["head.b"] = linear_backward(dlogits, c_head)  # (B, D)
@@ -170,11 +164,15 @@ def backward(dlogits, cache):
     else:  # the mean spreads its gradient evenly over the N patch tokens
         dz[:, 1:] = dpooled[:, None, :] / (z_shape[1] - 1)
     dz, grads["norm.w"], grads["norm.b"] = layernorm_backward(dz, c_norm)
-    for c in reversed(c_blocks):
-        dz = block_backward(dz, c, grads)
+    for i in reversed(range(len(c_blocks))):
+        dz = block_backward(dz, c_blocks[i], grads)
+        if cfg.pos_embed_every_layer:
+            dz, g = pos_backward(dz, c_pos[i])
+            grads.update(g)
     dz = dropout_backward(dz, m_emb)
-    if cfg.pos_embed == "learned":
-        grads["pos_embed"] = dz.sum(axis=0, keepdims=True)                         # (1, N+1, D)
+    if not cfg.pos_embed_every_layer:
+        dz, g = pos_backward(dz, c_pos[0])
+        grads.update(g)
     grads["cls_token"] = dz[:, :1].sum(axis=0, keepdims=True)                      # (1, 1, D)
     _, grads["patch_embed.w"], grads["patch_embed.b"] = patch_embed_backward(dz[:, 1:], c_patch, need_dx=False)
     return {k: grads[k] for k in param_shapes(cfg)}  # the order of params

@@ -10,8 +10,10 @@ from .backend import get_array_module
 
 def decays(name, value):
     """timm's rule: weight-decay tensors with 2+ dimensions, never biases, LayerNorm
-    gains, the class token or the position embedding."""
-    return value.ndim >= 2 and name not in ("cls_token", "pos_embed")
+    gains, the class token or position embeddings (pos_embed, pos_embed_row/col, and the
+    per-block blocks.i.pos_embed)."""
+    leaf = name.rsplit(".", 1)[-1]
+    return value.ndim >= 2 and leaf != "cls_token" and not leaf.startswith("pos_embed")
 
 
 class AdamW:

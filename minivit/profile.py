@@ -70,7 +70,7 @@ def _flops(fn, args, kwargs):
         x, w = args[0], args[1]
         return 2 * x.size // w.shape[1] // w.shape[2] // w.shape[3] * w.size  # (B N) x (C P P) x D
     if fn == "patch_embed_backward":
-        dt, (cols, _, w) = args[0], args[1]
+        cols, _, w = args[1]
         need_dx = args[2] if len(args) > 2 else kwargs.get("need_dx", True)
         return 2 * cols.shape[0] * cols.shape[1] * w.shape[0] * (2 if need_dx else 1)  # dw (and dx)
     return 0

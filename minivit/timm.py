@@ -29,8 +29,15 @@ def _is_dense_kernel(name, shape):
     return name.endswith(".w") and len(shape) == 2
 
 
+def _check_timm_can_hold(cfg):
+    if cfg.pos_embed not in ("learned", "sincos") or cfg.pos_embed_every_layer:
+        raise ValueError(f"timm's VisionTransformer has one learned or sin-cos position table after the stem; "
+                         f"this model has pos_embed={cfg.pos_embed!r}, pos_embed_every_layer={cfg.pos_embed_every_layer}")
+
+
 def to_timm(params, cfg):
     """minivit params (any backend) -> dict of NumPy arrays keyed and shaped as timm's state_dict."""
+    _check_timm_can_hold(cfg)
     out = {}
     for name, shape in param_shapes(cfg).items():
         a = to_numpy(params[name])
@@ -77,6 +84,7 @@ def from_timm(state_dict, cfg):
     ignoring weights would silently give wrong logits.
     """
     _hint_wrapping(state_dict)
+    _check_timm_can_hold(cfg)
     params, used = {}, set()
     for name, shape in param_shapes(cfg).items():
         key = _timm_name(name)

@@ -21,7 +21,13 @@ def perturbed_params(cfg, seed=0, scale=0.1):
     dict(pool="token", gelu="tanh"),
     dict(pool="gap", gelu="tanh", pos_embed="sincos"),
     dict(pool="token", dropout=0.2, attn_dropout=0.1),   # dropout with a fixed mask: same seed each call
-], ids=["token-exact", "gap-exact", "token-tanh", "gap-tanh-sincos", "dropout"])
+    dict(pos_embed="learned2d"),
+    dict(pos_embed="none"),
+    dict(pos_embed="learned", pos_embed_every_layer=True),
+    dict(pos_embed="learned2d", pos_embed_every_layer=True, pool="gap"),
+    dict(pos_embed="sincos", pos_embed_every_layer=True),
+], ids=["token-exact", "gap-exact", "token-tanh", "gap-tanh-sincos", "dropout", "learned2d", "no-positions",
+        "learned-every-layer", "learned2d-every-layer-gap", "sincos-every-layer"])
 def test_model_gradcheck(overrides):
     cfg = mv.ViTConfig.preset("test", **overrides)
     params = perturbed_params(cfg)
