@@ -8,6 +8,7 @@ import math
 from .activations import dropout_backward, dropout_forward
 from .backend import get_array_module
 from .linear import linear_backward, linear_forward
+from .posembed import relpos_backward, relpos_forward
 from .rows import sum_last
 
 
@@ -28,25 +29,29 @@ def softmax_backward(dp, p, axis=-1):
     return p * (dp - (dp * p).sum(axis=axis, keepdims=True))
 
 
-def attention_forward(q, k, v, scale=None, p_drop=0.0, rng=None, train=False):
+def attention_forward(q, k, v, scale=None, p_drop=0.0, rng=None, train=False, bias=None):
     """Scaled dot-product attention softmax(q k^T * scale) v over the last two axes.
 
     q, k, v (..., N, d) -> out (..., N, d); scale defaults to 1/sqrt(d) (paper eq. 5-6,
     "Attention Is All You Need" eq. 1). The scale multiplies q, (q * scale) k^T, which
-    is the same product with N x d multiplications instead of N x N.
+    is the same product with N x d multiplications instead of N x N. `bias` (..., N, N), when
+    given, is added to the logits before the softmax (the relative position variant's logits).
     """
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     qs = q * scale                                        # (..., N, d)
     scores = qs @ k.swapaxes(-1, -2)                      # (..., N, N)
+    if bias is not None:
+        scores += bias
     attn = softmax(scores, out=scores)                    # (..., N, N): each row sums to 1
     attn_d, mask = dropout_forward(attn, p_drop, rng, train)
     out = attn_d @ v                                      # (..., N, d)
     return out, (qs, k, v, attn, attn_d, mask, out, scale)
 
 
-def attention_backward(dout, cache):
-    """dout (..., N, d) -> dq, dk, dv (..., N, d).
+def attention_backward(dout, cache, with_dbias=False):
+    """dout (..., N, d) -> dq, dk, dv (..., N, d); with_dbias: also the logits' gradient (..., N, N),
+    which is the gradient of a `bias` added to them.
 
     The softmax backward p * (dp - rowsum(dp * p)) needs one row sum over the N x N
     matrix dp * p. It equals rowsum(dout * out), a sum over only d entries (the
@@ -63,36 +68,47 @@ def attention_backward(dout, cache):
     dq = dscores @ k                                      # (..., N, d)
     dq *= scale
     dk = dscores.swapaxes(-1, -2) @ qs                    # (..., N, d)
-    return dq, dk, dv
+    return (dq, dk, dv, dscores) if with_dbias else (dq, dk, dv)
 
 
-def mhsa_forward(x, w_qkv, b_qkv, w_proj, b_proj, heads, attn_dropout=0.0, rng=None, train=False):
+def mhsa_forward(x, w_qkv, b_qkv, w_proj, b_proj, heads, attn_dropout=0.0, rng=None, train=False, rel=None):
     """Multi-head self-attention with one fused qkv projection.
 
     x (B, N, D), w_qkv (D, 3D), b_qkv (3D,), w_proj (D, D), b_proj (D,) -> (B, N, D).
     The 3D outputs are read as (3, H, d), q first, the layout of timm's Attention.
+    rel (H, 2N-1, d): relative position embeddings, whose logits with the scaled queries are
+    added to the attention logits (pos_embed='relative', minivit/posembed.py).
     """
     B, N, D = x.shape
     d = D // heads
     qkv, c_qkv = linear_forward(x, w_qkv, b_qkv)                 # (B, N, 3D)
     qkv = qkv.reshape(B, N, 3, heads, d).transpose(2, 0, 3, 1, 4)  # (3, B, H, N, d)
-    ctx, c_att = attention_forward(qkv[0], qkv[1], qkv[2], p_drop=attn_dropout, rng=rng, train=train)  # (B, H, N, d)
+    bias, c_rel = relpos_forward(qkv[0] / math.sqrt(d), rel) if rel is not None else (None, None)  # (B, H, N, N)
+    ctx, c_att = attention_forward(qkv[0], qkv[1], qkv[2], p_drop=attn_dropout, rng=rng, train=train,
+                                   bias=bias)                     # (B, H, N, d)
     ctx = ctx.transpose(0, 2, 1, 3).reshape(B, N, D)             # (B, N, D): heads concatenated
     out, c_proj = linear_forward(ctx, w_proj, b_proj)            # (B, N, D)
-    return out, (c_qkv, c_att, c_proj, heads)
+    return out, (c_qkv, c_att, c_proj, heads, c_rel)
 
 
 def mhsa_backward(dout, cache):
-    """dout (B, N, D) -> dx (B, N, D), dw_qkv, db_qkv, dw_proj, db_proj."""
-    c_qkv, c_att, c_proj, heads = cache
+    """dout (B, N, D) -> dx (B, N, D), dw_qkv, db_qkv, dw_proj, db_proj (and drel (H, 2N-1, d)
+    last when forward was given a relative table)."""
+    c_qkv, c_att, c_proj, heads, c_rel = cache
     B, N, D = dout.shape
     d = D // heads
     dctx, dw_proj, db_proj = linear_backward(dout, c_proj)       # (B, N, D)
     dctx = dctx.reshape(B, N, heads, d).transpose(0, 2, 1, 3)    # (B, H, N, d)
-    dq, dk, dv = attention_backward(dctx, c_att)                 # (B, H, N, d) each
+    if c_rel is None:
+        dq, dk, dv = attention_backward(dctx, c_att)             # (B, H, N, d) each
+    else:  # the relative logits depend on the queries too: their gradient joins dq
+        dq, dk, dv, dbias = attention_backward(dctx, c_att, with_dbias=True)
+        dqs, drel = relpos_backward(dbias, c_rel)                # dqs: gradient of q / sqrt(d)
+        dq += dqs / math.sqrt(d)
     xp = get_array_module(dout)
     dqkv = xp.empty((B, N, 3, heads, d), dtype=dout.dtype)       # the layout of qkv's 3D outputs
     for i, g in enumerate((dq, dk, dv)):
         dqkv[:, :, i] = g.transpose(0, 2, 1, 3)                  # (B, N, H, d)
     dx, dw_qkv, db_qkv = linear_backward(dqkv.reshape(B, N, 3 * D), c_qkv)  # (B, N, D)
-    return dx, dw_qkv, db_qkv, dw_proj, db_proj
+    grads = (dx, dw_qkv, db_qkv, dw_proj, db_proj)
+    return grads if c_rel is None else grads + (drel,)

@@ -37,7 +37,7 @@ def block_forward(x, params, prefix, cfg, rng=None, train=False):
     p = lambda name: params[prefix + name]
     h, c_ln1 = layernorm_forward(x, p("norm1.w"), p("norm1.b"), cfg.ln_eps)
     h, c_att = mhsa_forward(h, p("attn.qkv.w"), p("attn.qkv.b"), p("attn.proj.w"), p("attn.proj.b"),
-                            cfg.heads, cfg.attn_dropout, rng, train)
+                            cfg.heads, cfg.attn_dropout, rng, train, rel=params.get(prefix + "attn.pos_embed_rel"))
     h, m_att = dropout_forward(h, cfg.dropout, rng, train)
     x = x + h                                   # residual around attention
     h, c_ln2 = layernorm_forward(x, p("norm2.w"), p("norm2.b"), cfg.ln_eps)
@@ -58,7 +58,9 @@ def block_backward(dx, cache, grads):
     dx = dx + dh
     # x = x + drop(MSA(LN1(x)))
     dh = dropout_backward(dx, m_att)
-    dh, dwqkv, dbqkv, dwproj, dbproj = mhsa_backward(dh, c_att)
+    dh, dwqkv, dbqkv, dwproj, dbproj, *drel = mhsa_backward(dh, c_att)  # drel: pos_embed='relative' only
+    if drel:
+        grads[prefix + "attn.pos_embed_rel"] = drel[0]
     dh, dln_w, dln_b = layernorm_backward(dh, c_ln1)
     _put(grads, prefix, {"attn.qkv.w": dwqkv, "attn.qkv.b": dbqkv, "attn.proj.w": dwproj, "attn.proj.b": dbproj,
                          "norm1.w": dln_w, "norm1.b": dln_b})

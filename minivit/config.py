@@ -7,7 +7,7 @@ for tests.
 from dataclasses import asdict, dataclass, fields, replace
 
 
-POS_EMBEDS = ("learned", "learned2d", "sincos", "none")  # minivit/posembed.py
+POS_EMBEDS = ("learned", "learned2d", "sincos", "relative", "none")  # minivit/posembed.py
 
 
 class ConfigError(ValueError):
@@ -25,7 +25,8 @@ class ViTConfig:
     heads: int = 4              # H: attention heads; dim must be a multiple
     mlp_dim: int = 256          # hidden width of each block's MLP ("MLP size")
     pool: str = "token"         # "token": head reads the class token; "gap": mean of patch tokens
-    pos_embed: str = "learned"  # "learned" (1-D table), "learned2d" (row + column tables), "sincos" (fixed), "none"
+    pos_embed: str = "learned"  # "learned" (1-D table), "learned2d" (row + column tables), "sincos" (fixed),
+    #                             "relative" (offset embeddings inside attention), "none"
     pos_embed_every_layer: bool = False  # add a (separate) position embedding at the start of every block
     gelu: str = "exact"         # "exact": x*Phi(x) with erf; "tanh": the tanh approximation
     dropout: float = 0.0        # dropout after embeddings, attention output and MLP layers
@@ -49,8 +50,9 @@ class ViTConfig:
             raise ConfigError(f"pos_embed 'sincos' needs dim divisible by 4, got dim {self.dim}")
         if self.pos_embed == "learned2d" and self.dim % 2:
             raise ConfigError(f"pos_embed 'learned2d' needs an even dim (two halves), got dim {self.dim}")
-        if self.pos_embed_every_layer and self.pos_embed == "none":
-            raise ConfigError("pos_embed_every_layer needs a position embedding to add, not pos_embed='none'")
+        if self.pos_embed_every_layer and self.pos_embed in ("none", "relative"):
+            raise ConfigError("pos_embed_every_layer needs a position embedding to add to the tokens, "
+                              f"not pos_embed={self.pos_embed!r}")
         if self.gelu not in ("exact", "tanh"):
             raise ConfigError(f"gelu must be 'exact' or 'tanh', got {self.gelu!r}")
         for name in ("dropout", "attn_dropout"):

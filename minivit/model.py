@@ -19,7 +19,7 @@ from .config import ViTConfig
 from .conv import patch_embed_backward, patch_embed_forward
 from .linear import linear_backward, linear_forward
 from .norm import layernorm_backward, layernorm_forward
-from .posembed import pos_backward, pos_forward, pos_shapes
+from .posembed import block_pos_shapes, pos_backward, pos_forward, pos_shapes
 from .posembed import sincos_table as sincos_pos_embed  # noqa: F401  (minivit.sincos_pos_embed)
 
 
@@ -33,6 +33,7 @@ def param_shapes(cfg):
         p = f"blocks.{i}."
         if cfg.pos_embed_every_layer:
             shapes.update(pos_shapes(cfg, p))
+        shapes.update(block_pos_shapes(cfg, p))  # the relative variant's tables
         shapes.update({
             p + "norm1.w": (D,), p + "norm1.b": (D,),
             p + "attn.qkv.w": (D, 3 * D), p + "attn.qkv.b": (3 * D,),

@@ -8,7 +8,10 @@ row by row) a D-vector E_pos that is added to the token (paper eq. 1):
 - "learned":   one learned D-vector per position, a (1, N+1, D) table (the paper's default);
 - "learned2d": two learned tables of width D/2, one indexed by the patch's row and one by its
                column, concatenated per patch; the class token gets zeros;
-- "sincos":    fixed 2-D sine-cosine features (MoCo v3, MAE); nothing to learn.
+- "sincos":    fixed 2-D sine-cosine features (MoCo v3, MAE); nothing to learn;
+- "relative":  nothing is added to the tokens; instead every block's attention adds, to the logit
+               of query i and key j, the query's product with a learned embedding of the offset
+               i - j, one table per head (the paper's "1-dimensional relative attention").
 
 `ViTConfig.pos_embed_every_layer` moves the addition from once after the stem to the start of
 every block, each block with its own table ("blocks.3.pos_embed").
@@ -80,17 +83,58 @@ def _sincos_table(p, cfg, xp, dtype):
     return sincos_table(cfg, xp, dtype)
 
 
+def _relative_block_shapes(cfg):
+    T = cfg.num_patches + 1
+    return {"attn.pos_embed_rel": (cfg.heads, 2 * T - 1, cfg.dim // cfg.heads)}  # offsets -(T-1) .. T-1
+
+
 VARIANTS = {  # name -> (shapes, table, table_backward); table_backward None: nothing to learn
     "none": (_none_shapes, None, None),
     "learned": (_learned_shapes, _learned_table, _learned_table_backward),
     "learned2d": (_learned2d_shapes, _learned2d_table, _learned2d_table_backward),
     "sincos": (_none_shapes, _sincos_table, None),
+    "relative": (_none_shapes, None, None),   # nothing added to the tokens: see relpos_* below
 }
+BLOCK_SHAPES = {"relative": _relative_block_shapes}  # variants with parameters inside every block's attention
 
 
 def pos_shapes(cfg, prefix=""):
     """The variant's parameter names (under `prefix`) and shapes."""
     return {prefix + k: v for k, v in VARIANTS[cfg.pos_embed][0](cfg).items()}
+
+
+def block_pos_shapes(cfg, prefix):
+    """Parameters a variant keeps inside block `prefix`'s attention (the relative tables)."""
+    shapes = BLOCK_SHAPES.get(cfg.pos_embed)
+    return {prefix + k: v for k, v in shapes(cfg).items()} if shapes else {}
+
+
+def relpos_forward(qs, table):
+    """The relative-position logits: qs (B, H, T, d) (queries already scaled), table (H, 2T-1, d)
+    -> bias (B, H, T, T) with bias[b, h, i, j] = qs[b, h, i] . table[h, i - j + T - 1].
+
+    All offsets for a query at once: qs @ table^T gives (B, H, T, 2T-1), and each row i then
+    picks its T entries i - j + T - 1, j = 0 .. T-1.
+    """
+    xp = get_array_module(qs)
+    B, H, T, _ = qs.shape
+    full = qs @ table.swapaxes(-1, -2)[None]                             # (B, H, T, 2T-1)
+    idx = xp.arange(T)[:, None] - xp.arange(T)[None, :] + T - 1          # (T, T): the offset's row in the table
+    idx = xp.broadcast_to(idx, (B, H, T, T))
+    return xp.take_along_axis(full, idx, axis=-1), (qs, table, idx)      # (B, H, T, T)
+
+
+def relpos_backward(dbias, cache):
+    """dbias (B, H, T, T) -> dqs (B, H, T, d), dtable (H, 2T-1, d)."""
+    qs, table, idx = cache
+    xp = get_array_module(dbias)
+    B, H, T, _ = dbias.shape
+    dfull = xp.zeros((B, H, T, 2 * T - 1), dtype=dbias.dtype)
+    # In row i the offsets i - j are all different, so no index repeats and a put is exact.
+    xp.put_along_axis(dfull, idx, dbias, axis=-1)                        # (B, H, T, 2T-1)
+    dqs = dfull @ table[None]                                            # (B, H, T, d)
+    dtable = xp.einsum("bhio,bhid->hod", dfull, qs)                      # (H, 2T-1, d)
+    return dqs, dtable
 
 
 def pos_forward(z, params, cfg, prefix=""):

@@ -89,23 +89,29 @@ def resize_images(images, size, chunk=1000):
 def resize_pos_embed(params, cfg, image_size, method="bilinear"):
     """-> (params, cfg) for images of `image_size`, the patch size unchanged.
 
-    The class token's row of `pos_embed` is kept; the (g, g) grid of patch rows is resampled to
-    the new grid. With pos_embed='sincos' there is nothing learned to resample: the fixed table
-    is recomputed for the new grid, so only the config changes.
+    The class token's row of each learned table is kept; the (g, g) grid of patch rows is
+    resampled to the new grid. With pos_embed='sincos' or 'none' there is nothing learned to
+    resample (the fixed table is recomputed for the new grid), so only the config changes; the
+    'learned2d' and 'relative' tables are not resampled (an error says so).
     """
     try:
         new_cfg = replace(cfg, image_size=int(image_size))
     except ConfigError as e:
         raise ConfigError(f"cannot run this model on {image_size}x{image_size} images: {e}") from None
-    if new_cfg == cfg or cfg.pos_embed != "learned":
+    if new_cfg == cfg or cfg.pos_embed in ("sincos", "none"):   # nothing learned to resample
         return dict(params), new_cfg
-    pe = params["pos_embed"]                                 # (1, 1 + g*g, D)
+    if cfg.pos_embed != "learned":
+        raise ConfigError(f"resize_pos_embed: pos_embed={cfg.pos_embed!r} is not resampled (only 'learned' "
+                          "tables are; 'sincos' and 'none' need nothing)")
     g, D = cfg.grid, cfg.dim
-    grid = pe[0, 1:].reshape(g, g, D)                        # rows numbered row by row
-    new = resample_grid(grid, new_cfg.grid, method).reshape(1, new_cfg.num_patches, D)
-    xp = get_array_module(pe)
     out = dict(params)
-    out["pos_embed"] = xp.concatenate([pe[:, :1], new], axis=1)  # (1, 1 + g'*g', D)
+    for name in params:  # "pos_embed", or "blocks.i.pos_embed" with pos_embed_every_layer
+        if name.rsplit(".", 1)[-1] != "pos_embed":
+            continue
+        pe = params[name]                                        # (1, 1 + g*g, D)
+        grid = pe[0, 1:].reshape(g, g, D)                        # rows numbered row by row
+        new = resample_grid(grid, new_cfg.grid, method).reshape(1, new_cfg.num_patches, D)
+        out[name] = get_array_module(pe).concatenate([pe[:, :1], new], axis=1)  # (1, 1 + g'*g', D)
     return out, new_cfg
 
 

@@ -26,8 +26,10 @@ def perturbed_params(cfg, seed=0, scale=0.1):
     dict(pos_embed="learned", pos_embed_every_layer=True),
     dict(pos_embed="learned2d", pos_embed_every_layer=True, pool="gap"),
     dict(pos_embed="sincos", pos_embed_every_layer=True),
+    dict(pos_embed="relative"),
+    dict(pos_embed="relative", dropout=0.2, attn_dropout=0.1),
 ], ids=["token-exact", "gap-exact", "token-tanh", "gap-tanh-sincos", "dropout", "learned2d", "no-positions",
-        "learned-every-layer", "learned2d-every-layer-gap", "sincos-every-layer"])
+        "learned-every-layer", "learned2d-every-layer-gap", "sincos-every-layer", "relative", "relative-dropout"])
 def test_model_gradcheck(overrides):
     cfg = mv.ViTConfig.preset("test", **overrides)
     params = perturbed_params(cfg)

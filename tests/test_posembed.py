@@ -25,11 +25,30 @@ def test_parameters_of_each_variant():
     assert shapes(pos_embed="learned", pos_embed_every_layer=True) == {f"blocks.{i}.pos_embed": (1, N + 1, D) for i in range(2)}
     with pytest.raises(ConfigError, match="needs a position embedding"):
         mv.ViTConfig.preset("test", pos_embed="none", pos_embed_every_layer=True)
-    with pytest.raises(ConfigError, match="one of learned, learned2d, sincos, none"):
+    assert shapes(pos_embed="relative") == {f"blocks.{i}.attn.pos_embed_rel": (base.heads, 2 * (N + 1) - 1, D // base.heads)
+                                            for i in range(2)}
+    with pytest.raises(ConfigError, match="one of learned, learned2d, sincos, relative, none"):
         mv.ViTConfig.preset("test", pos_embed="rope")
+    with pytest.raises(ConfigError, match="not pos_embed='relative'"):
+        mv.ViTConfig.preset("test", pos_embed="relative", pos_embed_every_layer=True)
     # none of them is weight-decayed
-    p = mv.init_params(mv.ViTConfig.preset("test", pos_embed="learned2d", pos_embed_every_layer=True))
-    assert not any(mv.optim.decays(k, v) for k, v in p.items() if "pos_embed" in k)
+    for kw in (dict(pos_embed="learned2d", pos_embed_every_layer=True), dict(pos_embed="relative")):
+        p = mv.init_params(mv.ViTConfig.preset("test", **kw))
+        assert not any(mv.optim.decays(k, v) for k, v in p.items() if "pos_embed" in k)
+
+
+def test_relative_logits_pick_the_offset_embedding():
+    """bias[b, h, i, j] = qs[b, h, i] . table[h, i - j + T - 1], checked entry by entry."""
+    B, H, T, d = 2, 3, 5, 4
+    qs, table = rng.standard_normal((B, H, T, d)), rng.standard_normal((H, 2 * T - 1, d))
+    bias, cache = mv.posembed.relpos_forward(qs, table)
+    for b, h, i, j in np.ndindex(B, H, T, T):
+        assert abs(bias[b, h, i, j] - qs[b, h, i] @ table[h, i - j + T - 1]) < 1e-12
+    R = rng.standard_normal(bias.shape)
+    dqs, dtable = mv.posembed.relpos_backward(R, cache)
+    from helpers import check_grads
+    f = lambda: float((mv.posembed.relpos_forward(qs, table)[0] * R).sum())
+    check_grads(f, {"qs": qs, "table": table}, {"qs": dqs, "table": dtable})
 
 
 def test_learned2d_table_is_row_and_column_halves():
@@ -89,7 +108,13 @@ def torch_logits_and_grads(params, x, y, cfg):
             t = t + table(p)
         h = F.layer_norm(t, (D,), P[p + "norm1.w"], P[p + "norm1.b"], cfg.ln_eps)
         q, k, v = (h @ P[p + "attn.qkv.w"] + P[p + "attn.qkv.b"]).reshape(B, -1, 3, H, d).permute(2, 0, 3, 1, 4)
-        h = (torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, -1) @ v).transpose(1, 2).reshape(B, -1, D)
+        logits = q @ k.transpose(-1, -2) / d ** 0.5                      # (B, H, T, T)
+        if cfg.pos_embed == "relative":                                # q . r[i - j], as the paper's relative attention
+            T = logits.shape[-1]
+            full = (q / d ** 0.5) @ P[p + "attn.pos_embed_rel"].transpose(-1, -2)   # (B, H, T, 2T-1)
+            offset = (torch.arange(T)[:, None] - torch.arange(T)[None, :] + T - 1).expand(B, H, T, T)
+            logits = logits + torch.gather(full, -1, offset)
+        h = (torch.softmax(logits, -1) @ v).transpose(1, 2).reshape(B, -1, D)
         t = t + h @ P[p + "attn.proj.w"] + P[p + "attn.proj.b"]
         h = F.layer_norm(t, (D,), P[p + "norm2.w"], P[p + "norm2.b"], cfg.ln_eps)
         h = F.gelu(h @ P[p + "mlp.fc1.w"] + P[p + "mlp.fc1.b"])
@@ -102,7 +127,7 @@ def torch_logits_and_grads(params, x, y, cfg):
 
 
 @pytest.mark.parametrize("variant,every", [("learned", False), ("learned2d", False), ("sincos", False), ("none", False),
-                                           ("learned", True), ("learned2d", True), ("sincos", True)])
+                                           ("relative", False), ("learned", True), ("learned2d", True), ("sincos", True)])
 def test_whole_model_against_pytorch(variant, every):
     cfg = mv.ViTConfig.preset("test", image_size=12, pos_embed=variant, pos_embed_every_layer=every)
     params = params_for(cfg)

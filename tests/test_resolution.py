@@ -74,3 +74,15 @@ def test_resize_images_is_torch_bicubic_on_uint8():
     got = resize_images(imgs, 12)
     assert got.dtype == np.uint8 and got.shape == (3, 3, 12, 12)
     assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1  # float32 arithmetic may round a .5 the other way
+
+
+def test_every_layer_tables_are_resized_and_other_variants_refused():
+    cfg = mv.ViTConfig.preset("test", pos_embed_every_layer=True)
+    params = mv.init_params(cfg, seed=1, dtype="float64")
+    new, cfg16 = mv.resize_pos_embed(params, cfg, 16)
+    assert all(new[f"blocks.{i}.pos_embed"].shape == (1, 17, cfg.dim) for i in range(cfg.depth))
+    assert mv.forward(new, rng.standard_normal((1, 3, 16, 16)), cfg16)[0].shape == (1, cfg.num_classes)
+    for variant in ("learned2d", "relative"):
+        c = mv.ViTConfig.preset("test", pos_embed=variant)
+        with pytest.raises(ConfigError, match=f"pos_embed='{variant}' is not resampled"):
+            mv.resize_pos_embed(mv.init_params(c), c, 16)
