@@ -4,6 +4,7 @@ Presets follow the ViT paper's Table 1 (at 224x224 with 1000 classes, as timm's
 `vit_*_patch16_224`), small CIFAR-10 models (32x32, patch 4), and a tiny model
 for tests.
 """
+import math
 from dataclasses import asdict, dataclass, fields, replace
 
 
@@ -32,13 +33,18 @@ class ViTConfig:
     dropout: float = 0.0        # dropout after embeddings, attention output and MLP layers
     attn_dropout: float = 0.0   # dropout on the attention weights
     ln_eps: float = 1e-6        # LayerNorm epsilon (1e-6 as in the original ViT code)
+    stem_channels: tuple = ()   # hybrid (paper 3.1): widths of the conv3x3-GroupNorm-ReLU stem; () = image patches
+    stem_strides: tuple = ()    # the stride of each stem layer
+    stem_groups: int = 8        # GroupNorm groups in the stem (each width must be a multiple)
 
     def __post_init__(self):
+        for name in ("stem_channels", "stem_strides"):  # JSON gives lists back; keep the config hashable
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("image_size", "patch_size", "in_channels", "num_classes", "dim", "depth", "heads", "mlp_dim"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        if self.image_size % self.patch_size:
+        if not self.stem_channels and self.image_size % self.patch_size:
             raise ConfigError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
         if self.dim % self.heads:
             raise ConfigError(f"dim {self.dim} is not divisible by heads {self.heads}")
@@ -61,11 +67,40 @@ class ViTConfig:
                 raise ConfigError(f"{name} must be in [0, 1), got {v!r}")
         if not self.ln_eps > 0:
             raise ConfigError(f"ln_eps must be positive, got {self.ln_eps!r}")
+        if len(self.stem_channels) != len(self.stem_strides):
+            raise ConfigError(f"stem_channels {self.stem_channels} and stem_strides {self.stem_strides} "
+                              "must have one entry per stem layer")
+        for c, s in zip(self.stem_channels, self.stem_strides):
+            if not (isinstance(c, int) and c >= 1 and isinstance(s, int) and s >= 1):
+                raise ConfigError(f"stem widths and strides must be positive integers, got {c!r}, {s!r}")
+            if c % self.stem_groups:
+                raise ConfigError(f"stem width {c} is not divisible by stem_groups {self.stem_groups}")
+        if self.image_size % self.downsampling:
+            raise ConfigError(f"image_size {self.image_size} is not divisible by the stem's total stride "
+                              f"{self.downsampling}")
+        if self.feature_size % self.patch_size:
+            raise ConfigError(f"the stem's {self.feature_size}x{self.feature_size} feature map is not divisible "
+                              f"by patch_size {self.patch_size}")
+
+    @property
+    def downsampling(self):
+        """How much the stem shrinks the image (1 without a stem)."""
+        return math.prod(self.stem_strides)
+
+    @property
+    def feature_size(self):
+        """Side of what the patch projection cuts: the image, or the stem's feature map."""
+        return self.image_size // self.downsampling
+
+    @property
+    def patch_channels(self):
+        """Channels of what the patch projection cuts: the image's, or the stem's last width."""
+        return self.stem_channels[-1] if self.stem_channels else self.in_channels
 
     @property
     def grid(self):
-        """Patches per side of the image."""
-        return self.image_size // self.patch_size
+        """Patches per side."""
+        return self.feature_size // self.patch_size
 
     @property
     def num_patches(self):
@@ -107,6 +142,10 @@ PRESETS = {
     "cifar-tiny": ViTConfig(dim=64, depth=4, heads=4, mlp_dim=128),
     "cifar-small": ViTConfig(dim=128, depth=6, heads=4, mlp_dim=256),
     "cifar-base": ViTConfig(dim=192, depth=8, heads=6, mlp_dim=384),
+    # The hybrid (paper 3.1): a conv stem (32 channels at 32x32, 64 at 16x16), its map cut into
+    # 2x2 patches (8x8 = 64 tokens, as cifar-tiny's), then cifar-tiny's encoder.
+    "cifar-hybrid": ViTConfig(patch_size=2, dim=64, depth=4, heads=4, mlp_dim=128,
+                              stem_channels=(32, 64), stem_strides=(1, 2)),
     # For tests: 8x8 images, 4 patches, two thin blocks.
     "test": ViTConfig(image_size=8, patch_size=4, in_channels=3, num_classes=5, dim=8, depth=2, heads=2, mlp_dim=16),
 }

@@ -20,13 +20,15 @@ from .conv import patch_embed_backward, patch_embed_forward
 from .linear import linear_backward, linear_forward
 from .norm import layernorm_backward, layernorm_forward
 from .posembed import block_pos_shapes, pos_backward, pos_forward, pos_shapes
+from .stem import stem_backward, stem_forward, stem_shapes
 from .posembed import sincos_table as sincos_pos_embed  # noqa: F401  (minivit.sincos_pos_embed)
 
 
 def param_shapes(cfg):
     """Name -> shape of every parameter, in a fixed order, without allocating anything."""
-    D, C, P, M, K = cfg.dim, cfg.in_channels, cfg.patch_size, cfg.mlp_dim, cfg.num_classes
-    shapes = {"patch_embed.w": (D, C, P, P), "patch_embed.b": (D,), "cls_token": (1, 1, D)}
+    D, C, P, M, K = cfg.dim, cfg.patch_channels, cfg.patch_size, cfg.mlp_dim, cfg.num_classes
+    shapes = stem_shapes(cfg)                       # the hybrid's CNN stem, if any (stem.py)
+    shapes.update({"patch_embed.w": (D, C, P, P), "patch_embed.b": (D,), "cls_token": (1, 1, D)})
     if not cfg.pos_embed_every_layer:
         shapes.update(pos_shapes(cfg))                            # minivit/posembed.py
     for i in range(cfg.depth):
@@ -77,7 +79,9 @@ def init_params(cfg, seed=0, dtype="float32"):
     params = {}
     for name, shape in param_shapes(cfg).items():
         leaf = name.rsplit(".", 1)[-1]
-        if name == "patch_embed.w":
+        if name.startswith("stem.") and name.endswith("conv.w"):
+            v = rng.normal(0.0, math.sqrt(2.0 / math.prod(shape[1:])), shape)  # He normal: a ReLU follows
+        elif name == "patch_embed.w":
             fan_in = math.prod(shape[1:])
             v = _truncated_normal(rng, shape, 1.0 / math.sqrt(fan_in))
         elif leaf.startswith("pos_embed"):  # pos_embed, pos_embed_row, pos_embed_col, blocks.i.pos_embed
@@ -129,6 +133,7 @@ def forward(params, x, cfg, train=False, rng=None, keep_cache=True):
     x = x.astype(params["cls_token"].dtype, copy=False)
     xp = get_array_module(x)
     B = x.shape[0]
+    x, c_stem = stem_forward(x, params, cfg)          # the hybrid's feature map (B, F, H', W'), or x itself
     tok, c_patch = patch_embed_forward(x, params["patch_embed.w"], params["patch_embed.b"])  # (B, N, D)
     cls = xp.broadcast_to(params["cls_token"], (B, 1, cfg.dim))                           # (B, 1, D)
     z = xp.concatenate([cls, tok], axis=1)                                                 # (B, N+1, D)
@@ -150,12 +155,12 @@ def forward(params, x, cfg, train=False, rng=None, keep_cache=True):
     logits, c_head = linear_forward(pooled, params["head.w"], params["head.b"])            # (B, K)
     if not keep_cache:
         return logits, None
-    return logits, (cfg, z.shape, c_patch, m_emb, c_blocks, c_norm, c_head, c_pos)
+    return logits, (cfg, z.shape, c_patch, m_emb, c_blocks, c_norm, c_head, c_pos, c_stem)
 
 
 def backward(dlogits, cache):
     """dlogits (B, K) -> grads: a dict with the same keys and shapes as params."""
-    cfg, z_shape, c_patch, m_emb, c_blocks, c_norm, c_head, c_pos = cache
+    cfg, z_shape, c_patch, m_emb, c_blocks, c_norm, c_head, c_pos, c_stem = cache
     xp = get_array_module(dlogits)
     grads = {}
     dpooled, grads["head.w"], grads["head.b"] = linear_backward(dlogits, c_head)  # (B, D)
@@ -175,5 +180,7 @@ def backward(dlogits, cache):
         dz, g = pos_backward(dz, c_pos[0])
         grads.update(g)
     grads["cls_token"] = dz[:, :1].sum(axis=0, keepdims=True)                      # (1, 1, D)
-    _, grads["patch_embed.w"], grads["patch_embed.b"] = patch_embed_backward(dz[:, 1:], c_patch, need_dx=False)
+    # the image needs no gradient; a stem's feature map does
+    dx, grads["patch_embed.w"], grads["patch_embed.b"] = patch_embed_backward(dz[:, 1:], c_patch, need_dx=bool(c_stem))
+    stem_backward(dx, c_stem, grads)
     return {k: grads[k] for k in param_shapes(cfg)}  # the order of params

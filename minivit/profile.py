@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import attention, block, model
+from . import attention, block, model, stem
 from .backend import to_device
 from .config import ViTConfig
 from .loss import cross_entropy
@@ -46,6 +46,9 @@ _LAYERS = {
     "mlp_forward": (block,), "mlp_backward": (block,),
     "block_forward": (model,), "block_backward": (model,),
     "patch_embed_forward": (model,), "patch_embed_backward": (model,),
+    "stem_forward": (model,), "stem_backward": (model,),                       # the hybrid's stem ...
+    "conv2d_forward": (stem,), "conv2d_backward": (stem,), "groupnorm_forward": (stem,),
+    "groupnorm_backward": (stem,), "relu_forward": (stem,), "relu_backward": (stem,),  # ... and its layers
     "forward": (sys.modules[__name__],), "backward": (sys.modules[__name__],),  # the model's own glue
     "cross_entropy": (sys.modules[__name__],),
 }
@@ -66,6 +69,14 @@ def _flops(fn, args, kwargs):
     if fn == "attention_backward":
         dout, cache = args[0], args[1]
         return 8 * dout.size * cache[1].shape[-2]       # dv, dattn, dq, dk
+    if fn == "conv2d_forward":
+        x, w, stride, pad = args[0], args[1], kwargs.get("stride", 1), kwargs.get("pad", 0)
+        Ho = (x.shape[2] + 2 * pad - w.shape[2]) // stride + 1
+        Wo = (x.shape[3] + 2 * pad - w.shape[3]) // stride + 1
+        return 2 * x.shape[0] * Ho * Wo * w.size                # (B Ho Wo) x (C kh kw) x F
+    if fn == "conv2d_backward":
+        cols, w = args[1][0], args[1][2]
+        return 4 * cols.shape[0] * cols.shape[1] * w.shape[0]   # dw and dcols
     if fn == "patch_embed_forward":
         x, w = args[0], args[1]
         return 2 * x.size // w.shape[1] // w.shape[2] // w.shape[3] * w.size  # (B N) x (C P P) x D
@@ -80,10 +91,12 @@ def _layer_name(fn, args, names):
     """A row name: the parameters' name without the block prefix ('attn.qkv'), else the layer kind."""
     kind = _KIND.get(fn) or fn.rsplit("_", 1)[0]
     w = None
-    if fn in ("linear_forward", "layernorm_forward", "patch_embed_forward"):
+    if fn in ("linear_forward", "layernorm_forward", "patch_embed_forward", "conv2d_forward", "groupnorm_forward"):
         w = args[1]
-    elif fn in ("linear_backward", "layernorm_backward", "patch_embed_backward"):
-        w = args[1][-1] if fn != "patch_embed_backward" else args[1][2]
+    elif fn in ("linear_backward", "layernorm_backward"):
+        w = args[1][-1]
+    elif fn in ("patch_embed_backward", "conv2d_backward", "groupnorm_backward"):
+        w = args[1][2]
     name = names.get(id(w))
     if name is None:
         return kind

@@ -30,6 +30,9 @@ def _is_dense_kernel(name, shape):
 
 
 def _check_timm_can_hold(cfg):
+    if cfg.stem_channels:
+        raise ValueError("timm's VisionTransformer has no conv stem; this is a hybrid model (stem_channels "
+                         f"{cfg.stem_channels})")
     if cfg.pos_embed not in ("learned", "sincos") or cfg.pos_embed_every_layer:
         raise ValueError(f"timm's VisionTransformer has one learned or sin-cos position table after the stem; "
                          f"this model has pos_embed={cfg.pos_embed!r}, pos_embed_every_layer={cfg.pos_embed_every_layer}")

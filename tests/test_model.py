@@ -28,13 +28,14 @@ def perturbed_params(cfg, seed=0, scale=0.1):
     dict(pos_embed="sincos", pos_embed_every_layer=True),
     dict(pos_embed="relative"),
     dict(pos_embed="relative", dropout=0.2, attn_dropout=0.1),
+    dict(image_size=16, stem_channels=(4, 8), stem_strides=(1, 2), stem_groups=2),   # the hybrid
 ], ids=["token-exact", "gap-exact", "token-tanh", "gap-tanh-sincos", "dropout", "learned2d", "no-positions",
-        "learned-every-layer", "learned2d-every-layer-gap", "sincos-every-layer", "relative", "relative-dropout"])
+        "learned-every-layer", "learned2d-every-layer-gap", "sincos-every-layer", "relative", "relative-dropout", "hybrid"])
 def test_model_gradcheck(overrides):
     cfg = mv.ViTConfig.preset("test", **overrides)
     params = perturbed_params(cfg)
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 3, 8, 8))
+    x = rng.standard_normal((2, 3, cfg.image_size, cfg.image_size))
     y = np.array([1, 4])
     train = cfg.dropout > 0
 
@@ -150,3 +151,12 @@ def test_inference_without_cache_gives_the_same_logits():
     fast, none = mv.forward(params, x, cfg, keep_cache=False)
     assert none is None and cache is not None
     np.testing.assert_array_equal(fast, logits)
+
+
+def test_hybrid_parameter_count():
+    """cifar-hybrid = cifar-tiny's encoder on a conv stem: the stem's 3x3 kernels and GroupNorms,
+    and a 2x2 patch projection from 64 channels instead of cifar-tiny's 4x4 one from 3."""
+    stem = 3 * 32 * 9 + 2 * 32 + 32 * 64 * 9 + 2 * 64
+    tiny_patch, hybrid_patch = 64 * 3 * 4 * 4 + 64, 64 * 64 * 2 * 2 + 64
+    tiny = mv.count_params(mv.ViTConfig.preset("cifar-tiny"))
+    assert mv.count_params(mv.ViTConfig.preset("cifar-hybrid")) == tiny - tiny_patch + hybrid_patch + stem

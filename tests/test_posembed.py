@@ -98,7 +98,11 @@ def torch_logits_and_grads(params, x, y, cfg):
             return torch.tensor(mv.sincos_pos_embed(cfg, dtype="float64"))
         return 0.0
 
-    t = F.conv2d(torch.tensor(x), P["patch_embed.w"], P["patch_embed.b"], stride=cfg.patch_size).flatten(2).transpose(1, 2)
+    f = torch.tensor(x)
+    for i, s in enumerate(cfg.stem_strides):                         # the hybrid's stem (paper 3.1)
+        f = F.conv2d(f, P[f"stem.{i}.conv.w"], stride=s, padding=1)
+        f = F.relu(F.group_norm(f, cfg.stem_groups, P[f"stem.{i}.norm.w"], P[f"stem.{i}.norm.b"], eps=1e-5))
+    t = F.conv2d(f, P["patch_embed.w"], P["patch_embed.b"], stride=cfg.patch_size).flatten(2).transpose(1, 2)
     t = torch.cat([P["cls_token"].expand(B, -1, -1), t], 1)
     if not cfg.pos_embed_every_layer:
         t = t + table("")
@@ -126,12 +130,17 @@ def torch_logits_and_grads(params, x, y, cfg):
     return logits.detach().numpy(), {k: v.grad.numpy() for k, v in P.items()}
 
 
-@pytest.mark.parametrize("variant,every", [("learned", False), ("learned2d", False), ("sincos", False), ("none", False),
-                                           ("relative", False), ("learned", True), ("learned2d", True), ("sincos", True)])
-def test_whole_model_against_pytorch(variant, every):
-    cfg = mv.ViTConfig.preset("test", image_size=12, pos_embed=variant, pos_embed_every_layer=every)
+HYBRID = dict(stem_channels=(4, 8), stem_strides=(1, 2), stem_groups=2)  # 24x24 -> 12x12 map -> 3x3 patches
+
+
+@pytest.mark.parametrize("variant,every,stem", [("learned", False, {}), ("learned2d", False, {}), ("sincos", False, {}),
+                                                ("none", False, {}), ("relative", False, {}), ("learned", True, {}),
+                                                ("learned2d", True, {}), ("sincos", True, {}), ("learned", False, HYBRID)])
+def test_whole_model_against_pytorch(variant, every, stem):
+    size = 24 if stem else 12
+    cfg = mv.ViTConfig.preset("test", image_size=size, pos_embed=variant, pos_embed_every_layer=every, **stem)
     params = params_for(cfg)
-    x, y = rng.standard_normal((3, 3, 12, 12)), np.array([0, 3, 4])
+    x, y = rng.standard_normal((3, 3, size, size)), np.array([0, 3, 4])
     logits, cache = mv.forward(params, x, cfg)
     grads = mv.backward(mv.cross_entropy(logits, y)[1], cache)
     t_logits, t_grads = torch_logits_and_grads(params, x, y, cfg)

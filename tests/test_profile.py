@@ -32,3 +32,12 @@ def test_cli_profile(capsys):
     assert main(["profile", "--preset", "test", "--batch-size", "4", "--steps", "1"]) == 0
     out = capsys.readouterr().out
     assert "ms per training step" in out and "mlp.fc2" in out and "backward" in out
+
+
+def test_profile_books_the_hybrid_stem():
+    cfg = mv.ViTConfig.preset("test", image_size=16, stem_channels=(4, 8), stem_strides=(1, 2), stem_groups=2)
+    rows = {(r["layer"], r["direction"]): r for r in profile_step(cfg, batch_size=2, steps=1, warmup=0).rows}
+    # a 3x3 convolution: 2 x (positions) x (C 3 3) x F; layer 0 keeps 16x16, layer 1 halves it
+    assert rows["stem.0.conv", "forward"]["flops"] == 2 * 2 * 16 * 16 * 3 * 9 * 4
+    assert rows["stem.1.conv", "forward"]["flops"] == 2 * 2 * 8 * 8 * 4 * 9 * 8
+    assert rows["stem.0.norm", "backward"]["calls"] == 1 and ("relu", "forward") in rows

@@ -201,3 +201,15 @@ def test_clip_grad_norm_against_torch():
     norm = mv.clip_grad_norm(grads, 1.0)
     assert rel_error(norm, tnorm.item()) < TOL
     agree(grads["a"], tgrads[0].grad); agree(grads["b"], tgrads[1].grad)
+
+
+@pytest.mark.parametrize("groups", [1, 3, 6])
+def test_groupnorm(groups):
+    x, w, b = randn(2, 6, 4, 5) * 2 + 1, randn(6), randn(6)
+    y, cache = mv.stem.groupnorm_forward(x, w, b, groups)
+    tx, tw, tb = T(x), T(w), T(b)
+    ty = F.group_norm(tx, groups, tw, tb, eps=1e-5)
+    R = randn(*y.shape)
+    ty.backward(T(R, False))
+    dx, dw, db = mv.stem.groupnorm_backward(R, cache)
+    agree(y, ty); agree(dx, tx.grad); agree(dw, tw.grad); agree(db, tb.grad)
