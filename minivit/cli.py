@@ -195,10 +195,19 @@ def _train(a, out):
     cfg = ViTConfig.preset(a.preset, **{"num_classes": len(data.classes), **overrides})
     print(f"data: {a.data} ({len(data.train.labels)} train, {len(data.test.labels)} test, {len(data.classes)} classes); "
           f"model: {a.preset} {overrides or ''}; output: {out}")
-    progress = not a.no_progress and sys.stderr.isatty()  # no \r-flooded logs when redirected
-    trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=progress, data_spec=a.data)
+    trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=_progress(a), data_spec=a.data)
     from .model import count_params
     print(f"{count_params(cfg):,} parameters; {trainer.total_steps} steps of {tcfg.batch_size} images")
+    return _fit(trainer, out)
+
+
+def _progress(a):
+    """Progress bars unless --no-progress, and never into a redirected log (no \r-flooded files)."""
+    return not a.no_progress and sys.stderr.isatty()
+
+
+def _fit(trainer, out):
+    """Record the command, train, and report: the end shared by train and finetune; returns the exit code."""
     (out / "command.txt").write_text(" ".join(["minivit"] + sys.argv[1:]) + "\n")
     history = trainer.fit()
     if trainer.interrupted:
@@ -339,16 +348,8 @@ def _finetune(a, out):
                        augment=not a.no_augment, seed=a.seed, threads=a.threads, optimizer="sgd", momentum=a.momentum)
     print(f"fine-tuning {a.checkpoint} on {a.data} ({len(data.train.labels)} train images, {K} classes, "
           f"{size}x{size}); output: {out}")
-    progress = not a.no_progress and sys.stderr.isatty()
-    trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=progress, data_spec=a.data, init=params)
-    (out / "command.txt").write_text(" ".join(["minivit"] + sys.argv[1:]) + "\n")
-    history = trainer.fit()
-    if trainer.interrupted:
-        return 143 if trainer.interrupted == "SIGTERM" else 130
-    if history:
-        print(f"done: test accuracy {history[-1]['test_acc']:.4f} after {history[-1]['epoch']} epochs; "
-              f"checkpoint {out / 'checkpoint.npz'}")
-    return 0
+    trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=_progress(a), data_spec=a.data, init=params)
+    return _fit(trainer, out)
 
 
 def cmd_profile(a):
