@@ -5,13 +5,13 @@ training config, step, seed, normalisation, class names) is one JSON string unde
 'meta'. np.load(..., allow_pickle=False) reads it, so loading cannot run code.
 """
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .backend import to_device, to_numpy
 from .config import ConfigError, ViTConfig
+from .files import atomic_write
 from .model import param_shapes
 
 FORMAT = "minivit-checkpoint-1"
@@ -37,16 +37,11 @@ def save_checkpoint(path, params, cfg, opt_state=None, meta=None):
             scalars[k] = int(v) if float(v).is_integer() else float(v)
     info = {"format": FORMAT, "config": cfg.to_dict(), "opt_scalars": scalars, **(meta or {})}
     arrays["meta"] = np.array(json.dumps(info))
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # the PID: no two writers share a temporary
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:  # a crash mid-write leaves the previous checkpoint (minivit/files.py)
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:  # a full disk, a read-only folder, a file where the folder should be
-        tmp.unlink(missing_ok=True)  # never leave a partial file behind to fill the disk
         kept = "; the previous checkpoint is kept" if path.is_file() else ""
         raise CheckpointError(f"could not write checkpoint {path} ({e.strerror or e}){kept}") from None
     return path
@@ -119,7 +114,7 @@ def load_checkpoint(path, cfg=None, require=()):
         problems.append(f"unknown parameters {', '.join(k[6:] for k in unknown)}")
     for k, v in arrays.items():
         if k.startswith("opt/"):
-            kind, _, name = k[4:].partition(".")
+            _, _, name = k[4:].partition(".")  # 'm.blocks.0.attn.qkv.w' -> the parameter's name
             if name not in shapes or v.shape != shapes[name] or v.dtype.kind != "f":
                 problems.append(f"optimiser state {k[4:]!r} does not fit parameter {name!r} "
                                 f"(shape {v.shape}, dtype {v.dtype})")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -166,10 +168,15 @@ def load_cifar10(path=None):
 MAX_IMAGE_PIXELS = 50_000_000  # about 7000 x 7000: far beyond any ViT input, and 150 MB once decoded
 
 
-def _to_rgb_array(im, where):
-    """A Pillow image -> (H, W, 3) uint8. 16-bit images ('I;16*', 'I') are scaled to 8 bits:
+def _is_16bit(im):
+    """Pillow's modes for 16-bit (and 32-bit integer) images: 'I;16', 'I;16B', 'I;16L', 'I'."""
+    return im.mode.startswith("I;16") or im.mode == "I"
+
+
+def _to_rgb_array(im):
+    """A Pillow image -> (H, W, 3) uint8. 16-bit images are scaled to 8 bits:
     convert('RGB') would clip their 0..65535 values at 255 and turn the image white."""
-    if im.mode.startswith("I;16") or im.mode == "I":
+    if _is_16bit(im):
         v = np.asarray(im).astype(np.float64)
         hi = 65535.0 if im.mode != "I" or v.max() > 255 else 255.0
         g = np.clip(np.rint(v * (255.0 / hi)), 0, 255).astype(np.uint8)  # (H, W)
@@ -201,9 +208,9 @@ def read_image(source, size=None, resize=False, where=None):
                 if not resize:
                     raise DataError(f"{where}: image is {w}x{h}, the model expects {size}x{size}; "
                                     "pass --resize to resize it")
-                im = im.convert("RGB") if not (im.mode.startswith("I;16") or im.mode == "I") else im
+                im = im if _is_16bit(im) else im.convert("RGB")
                 im = im.resize((size, size), Image.BILINEAR)
-            return _to_rgb_array(im, where).transpose(2, 0, 1)
+            return _to_rgb_array(im).transpose(2, 0, 1)
     except DataError:
         raise
     except Image.DecompressionBombError as e:  # Pillow refuses the largest at open(), before our check
@@ -296,14 +303,13 @@ def load_image_folder(path, use_cache=True):
         splits[split] = Split(np.ascontiguousarray(x), y)
     if splits["train"].images.shape[1:] != splits["test"].images.shape[1:]:
         raise DataError(f"{path}: train and test images differ in size")
-    if use_cache:  # a temporary of this process's own, renamed in one step: concurrent first runs cannot collide
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp.npz")
-        try:
-            np.savez(tmp, train_x=splits["train"].images, train_y=splits["train"].labels,
-                     test_x=splits["test"].images, test_y=splits["test"].labels, classes=np.array(classes))
-            os.replace(tmp, cache)
+    if use_cache:
+        try:  # written atomically: a killed or concurrent first run cannot leave a half cache (minivit/files.py)
+            with atomic_write(cache) as f:
+                np.savez(f, train_x=splits["train"].images, train_y=splits["train"].labels,
+                         test_x=splits["test"].images, test_y=splits["test"].labels, classes=np.array(classes))
         except OSError:  # a cache that cannot be written costs time, not the run
-            tmp.unlink(missing_ok=True)
+            pass
     return Dataset(splits["train"], splits["test"], tuple(classes), path.name)
 
 
@@ -337,9 +343,8 @@ def make_subset(source, dest=SUBSET_PATH, train_per_class=500, test_per_class=10
         raise DataError(f"{source}: no train/<class>/ images found")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
     # gzip stream with no name and mtime 0, tar entries with mtime 0: same input, same bytes
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, filename="", mtime=0) as gz, \
+    with atomic_write(dest) as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, filename="", mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w") as tar:
         for (split, cls), files in sorted(by_key.items()):
             files.sort()
@@ -349,7 +354,6 @@ def make_subset(source, dest=SUBSET_PATH, train_per_class=500, test_per_class=10
                 info = tarfile.TarInfo(f"cifar10-subset/{split}/{cls}/{name}")
                 info.size, info.mtime = len(data), 0
                 tar.addfile(info, io.BytesIO(data))
-    os.replace(tmp, dest)
     return dest
 
 

@@ -20,7 +20,6 @@ Flax kernels are (in, out), as minivit's, so dense kernels copy over; q, k and v
 concatenated into the fused qkv kernel in minivit's (3, H, d) column order, and the
 convolution kernel goes from (P, P, C, D) to (D, C, P, P).
 """
-import os
 import re
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import numpy as np
 from .backend import to_device, to_numpy
 from .checkpoint import CheckpointError
 from .config import ViTConfig
+from .files import atomic_write
 from .model import param_shapes
 
 _BLOCK = "Transformer/encoderblock_{}/"
@@ -140,8 +140,6 @@ def save_jax_npz(path, params, cfg):
             a[b + f"MlpBlock_3/Dense_{n}/kernel"] = p[q + f"mlp.{name}.w"]
             a[b + f"MlpBlock_3/Dense_{n}/bias"] = p[q + f"mlp.{name}.b"]
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_write(path) as f:
         np.savez(f, **{k: np.ascontiguousarray(v) for k, v in a.items()})
-    os.replace(tmp, path)
     return path

@@ -8,7 +8,6 @@ randomness, and a resumed run continues exactly as an uninterrupted one.
 import hashlib
 import json
 import math
-import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from .allocator import keep_freed_memory
 from .backend import backend_name, to_numpy, xp as backend_xp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import augment, channel_stats, normalize
+from .files import write_text_atomic
 from .loss import cross_entropy
 from .model import backward, forward, init_params
 from .optim import SGD, AdamW, clip_grad_norm, warmup_cosine
@@ -180,17 +180,6 @@ def data_fingerprint(dataset):
     return h.hexdigest()
 
 
-def write_atomic(path, text):
-    """Write a text file through a temporary beside it, so a failed write leaves the old file whole."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def check_images_fit(cfg, dataset):
     """Raise a clear ValueError unless the dataset's images have the model's (C, H, W)."""
     if dataset.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
@@ -278,7 +267,7 @@ class Trainer:
         from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
         t = self.tcfg
         self.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.out / "config.json", json.dumps({"model": self.cfg.to_dict(), "train": asdict(t)}, indent=2))
+        write_text_atomic(self.out / "config.json", json.dumps({"model": self.cfg.to_dict(), "train": asdict(t)}, indent=2))
         warmup = int(round(t.warmup_epochs * self.steps_per_epoch))
         interrupted = []  # set by Ctrl-C or SIGTERM; the step in progress finishes first
         handlers = _catch_signals(lambda name: interrupted.append(name))
@@ -338,7 +327,7 @@ class Trainer:
                "images_per_s": images_per_s, "elapsed_s": self.elapsed}
         self.history.append(row)
         self.save()
-        write_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         self.log(f"epoch {epoch + 1}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
                  f"test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f} | {images_per_s:.0f} img/s, {self.elapsed:.0f} s")
         plots.plot_curves(self.history, self.out / "curves.png")

@@ -335,3 +335,16 @@ def test_finetune_at_a_higher_resolution_than_the_data(tmp_path, toy):
     assert r.returncode == 0, r.stderr
     assert "resizing the data's 8x8 images to 16x16" in r.stdout and "from 8x8 to 16x16" in r.stdout
     assert mv.load_checkpoint(tmp_path / "ft" / "checkpoint.npz")[1].image_size == 16
+
+
+def test_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path):
+    from minivit.files import atomic_write, write_text_atomic
+    path = tmp_path / "f.txt"
+    write_text_atomic(path, "old")
+    with pytest.raises(OSError, match="disk full"):
+        with atomic_write(path) as f:
+            f.write(b"half")
+            raise OSError("disk full")
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new"
