@@ -51,8 +51,8 @@ def _learned_shapes(cfg):
     return {"pos_embed": (1, cfg.num_patches + 1, cfg.dim)}
 
 
-def _learned_table(p, cfg, xp, dtype):
-    return p["pos_embed"]                                       # (1, N+1, D)
+def _learned_table(params, prefix, cfg, xp, dtype):
+    return params[prefix + "pos_embed"]                         # (1, N+1, D)
 
 
 def _learned_table_backward(dtable, cfg):
@@ -63,10 +63,10 @@ def _learned2d_shapes(cfg):
     return {"pos_embed_row": (cfg.grid, cfg.dim // 2), "pos_embed_col": (cfg.grid, cfg.dim // 2)}
 
 
-def _learned2d_table(p, cfg, xp, dtype):
+def _learned2d_table(params, prefix, cfg, xp, dtype):
     g, half = cfg.grid, cfg.dim // 2
-    rows = xp.broadcast_to(p["pos_embed_row"][:, None, :], (g, g, half))   # (g, g, D/2): row r everywhere in row r
-    cols = xp.broadcast_to(p["pos_embed_col"][None, :, :], (g, g, half))   # (g, g, D/2): col c everywhere in col c
+    rows = xp.broadcast_to(params[prefix + "pos_embed_row"][:, None, :], (g, g, half))  # (g, g, D/2): row r in row r
+    cols = xp.broadcast_to(params[prefix + "pos_embed_col"][None, :, :], (g, g, half))  # (g, g, D/2): col c in col c
     patches = xp.concatenate([rows, cols], axis=2).reshape(1, g * g, cfg.dim)  # (1, N, D)
     cls = xp.zeros((1, 1, cfg.dim), dtype=patches.dtype)
     return xp.concatenate([cls, patches], axis=1)                          # (1, N+1, D)
@@ -79,7 +79,7 @@ def _learned2d_table_backward(dtable, cfg):
     return {"pos_embed_row": d[:, :, :half].sum(axis=1), "pos_embed_col": d[:, :, half:].sum(axis=0)}
 
 
-def _sincos_table(p, cfg, xp, dtype):
+def _sincos_table(params, prefix, cfg, xp, dtype):
     return sincos_table(cfg, xp, dtype)
 
 
@@ -142,9 +142,7 @@ def pos_forward(z, params, cfg, prefix=""):
     _, table, _ = VARIANTS[cfg.pos_embed]
     if table is None:
         return z, (cfg, prefix)
-    xp = get_array_module(z)
-    p = {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)} if prefix else params
-    return z + table(p, cfg, xp, z.dtype), (cfg, prefix)
+    return z + table(params, prefix, cfg, get_array_module(z), z.dtype), (cfg, prefix)
 
 
 def pos_backward(dz, cache):
