@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from .backend import erf, get_array_module
+from .pieces import in_pieces
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -49,49 +50,63 @@ def gelu_forward(x, approximate="exact"):
 
     The cache holds the derivative GELU'(x), computed here from pieces forward has at hand
     (for an elementwise function, backward is just dy * f'(x)): one array instead of x and
-    Phi(x), and one pass in backward.
+    Phi(x), and one pass in backward. The arithmetic runs over cache-sized pieces of the
+    rows on every core (minivit/pieces.py); each piece is the textbook formula below.
     """
+    if approximate not in _GELU_FORMS:
+        raise ValueError(f"gelu approximate must be 'exact' or 'tanh', got {approximate!r}")
     xp = get_array_module(x)
-    if approximate == "exact":
-        e = x * x
-        e *= -0.5
-        xp.exp(e, out=e)                                   # exp(-x^2 / 2)
-        if xp is np and x.dtype == np.float32:
-            phi = normal_cdf_as(x, e)                      # Phi(x), hand-written (see above)
-        else:
-            phi = 0.5 * (1.0 + erf(x * _INV_SQRT_2))       # Phi(x), SciPy's float64 erf
-        y = x * phi
-        # d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the normal density.
-        dydx = e
-        dydx *= x
-        dydx *= _INV_SQRT_2PI
-        dydx += phi
-        return y, dydx
-    if approximate == "tanh":
-        u = x * x
-        u *= _GELU_C
-        u += 1.0
-        u *= x
-        u *= _SQRT_2_OVER_PI                               # u = sqrt(2/pi) (x + 0.044715 x^3)
-        t = xp.tanh(u)
-        y = 0.5 * x * (1.0 + t)
-        # d/dx [x/2 (1 + tanh u)] = (1 + tanh u)/2 + x/2 (1 - tanh^2 u) du/dx,
-        # du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-        du = x * x
-        du *= 3.0 * _GELU_C
-        du += 1.0
-        du *= _SQRT_2_OVER_PI
-        dydx = 1.0 - t * t
-        dydx *= 0.5 * x
-        dydx *= du
-        dydx += 0.5 * (1.0 + t)
-        return y, dydx
-    raise ValueError(f"gelu approximate must be 'exact' or 'tanh', got {approximate!r}")
+    y, dydx = xp.empty_like(x), xp.empty_like(x)
+    return in_pieces(_GELU_FORMS[approximate], [x], [y, dydx])
+
+
+def _gelu_exact(x, y, dydx):
+    """y = x Phi(x) and dydx = GELU'(x), written into y and dydx."""
+    xp = get_array_module(x)
+    e = x * x
+    e *= -0.5
+    xp.exp(e, out=e)                                       # exp(-x^2 / 2)
+    if xp is np and x.dtype == np.float32:
+        phi = normal_cdf_as(x, e)                          # Phi(x), hand-written (see above)
+    else:
+        phi = 0.5 * (1.0 + erf(x * _INV_SQRT_2))           # Phi(x), SciPy's float64 erf
+    xp.multiply(x, phi, out=y)
+    # d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the normal density.
+    xp.multiply(e, x, out=dydx)
+    dydx *= _INV_SQRT_2PI
+    dydx += phi
+
+
+def _gelu_tanh(x, y, dydx):
+    """y = x/2 (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3), and dydx = its derivative."""
+    xp = get_array_module(x)
+    u = x * x
+    u *= _GELU_C
+    u += 1.0
+    u *= x
+    u *= _SQRT_2_OVER_PI                                   # u = sqrt(2/pi) (x + 0.044715 x^3)
+    t = xp.tanh(u)
+    xp.multiply(0.5 * x, 1.0 + t, out=y)
+    # d/dx [x/2 (1 + tanh u)] = (1 + tanh u)/2 + x/2 (1 - tanh^2 u) du/dx,
+    # du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    du = x * x
+    du *= 3.0 * _GELU_C
+    du += 1.0
+    du *= _SQRT_2_OVER_PI
+    xp.multiply(t, t, out=dydx)
+    xp.subtract(1.0, dydx, out=dydx)
+    dydx *= 0.5 * x
+    dydx *= du
+    dydx += 0.5 * (1.0 + t)
+
+
+_GELU_FORMS = {"exact": _gelu_exact, "tanh": _gelu_tanh}
 
 
 def gelu_backward(dy, dydx):
     """dy -> dx = dy * GELU'(x); the derivative was cached by gelu_forward (either form)."""
-    return dy * dydx
+    xp = get_array_module(dy)
+    return in_pieces(xp.multiply, [dy, dydx], [xp.empty_like(dy)])[0]
 
 
 def dropout_forward(x, p, rng=None, train=True):

@@ -8,6 +8,7 @@ import math
 from .activations import dropout_backward, dropout_forward
 from .backend import get_array_module
 from .linear import linear_backward, linear_forward
+from .pieces import in_pieces
 from .posembed import relpos_backward, relpos_forward
 from .rows import sum_last
 
@@ -15,18 +16,34 @@ from .rows import sum_last
 def softmax(x, axis=-1, out=None):
     """Numerically stable softmax, exp(x - max) / sum(exp(x - max)): subtracting the row
     maximum leaves the result unchanged (it cancels between numerator and denominator) and
-    keeps exp() <= 1. With out=x the input is overwritten: no new array, three passes fewer."""
+    keeps exp() <= 1. With out=x the input is overwritten: no new array, three passes fewer.
+    Over the last axis it runs in cache-sized pieces of rows (minivit/pieces.py)."""
     xp = get_array_module(x)
-    e = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
-    xp.exp(e, out=e)
-    # over the last axis, the row sums as a matrix-vector product (minivit/rows.py)
-    e /= sum_last(e) if axis in (-1, x.ndim - 1) else e.sum(axis=axis, keepdims=True)
-    return e
+    if axis not in (-1, x.ndim - 1):
+        e = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+        xp.exp(e, out=e)
+        e /= e.sum(axis=axis, keepdims=True)
+        return e
+    return in_pieces(_softmax_rows, [x], [xp.empty_like(x) if out is None else out])[0]
+
+
+def _softmax_rows(x, out):
+    """out = softmax(x) over the last axis (out may be x itself)."""
+    xp = get_array_module(x)
+    xp.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+    xp.exp(out, out=out)
+    out /= sum_last(out)                                  # row sums as a matrix-vector product (minivit/rows.py)
 
 
 def softmax_backward(dp, p, axis=-1):
     """Given p = softmax(s) and dL/dp, return dL/ds = p * (dp - sum(dp * p))."""
     return p * (dp - (dp * p).sum(axis=axis, keepdims=True))
+
+
+def _softmax_grad_rows(dp, rowdot, p, out):
+    """out = p * (dp - rowdot) = softmax_backward(dp, p), given rowdot = rowsum(dp * p) (out may be dp)."""
+    get_array_module(dp).subtract(dp, rowdot, out=out)
+    out *= p
 
 
 def attention_forward(q, k, v, scale=None, p_drop=0.0, rng=None, train=False, bias=None):
@@ -62,9 +79,7 @@ def attention_backward(dout, cache, with_dbias=False):
     dv = attn_d.swapaxes(-1, -2) @ dout                   # (..., N, d)
     dattn = dropout_backward(dout @ v.swapaxes(-1, -2), mask)  # (..., N, N)
     rowdot = sum_last(dout * out)                         # (..., N, 1) = rowsum(dattn * attn)
-    dscores = dattn
-    dscores -= rowdot
-    dscores *= attn                                       # (..., N, N) = softmax_backward(dattn, attn)
+    dscores, = in_pieces(_softmax_grad_rows, [dattn, rowdot, attn], [dattn])  # (..., N, N), in place
     dq = dscores @ k                                      # (..., N, d)
     dq *= scale
     dk = dscores.swapaxes(-1, -2) @ qs                    # (..., N, d)

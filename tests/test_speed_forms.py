@@ -15,6 +15,7 @@ from scipy.special import erf
 
 import minivit as mv
 from minivit.activations import normal_cdf_as
+from minivit import pieces
 from minivit.rows import mean_last, sum_last
 from helpers import rel_error
 
@@ -29,6 +30,36 @@ def randn(*shape):
 def textbook_softmax(s):
     e = np.exp(s - s.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+@pytest.fixture(params=[None, 8, 40], ids=["whole", "pieces-of-8", "pieces-of-40"])
+def piece_floats(request, monkeypatch):
+    """Runs a test on whole arrays and again cut into small pieces (minivit/pieces.py), one
+    row per piece or several with a shorter last piece: the results must not change."""
+    if request.param is not None:
+        monkeypatch.setattr(pieces, "PIECE_FLOATS", request.param)
+    return request.param
+
+
+def test_in_pieces_covers_every_row_once(monkeypatch):
+    monkeypatch.setattr(pieces, "PIECE_FLOATS", 12)
+    x = randn(5, 3, 4)                                   # 15 rows of 4: pieces of 3 rows
+    seen = []
+
+    def double(a, out):
+        seen.append(a.shape[0])
+        np.multiply(a, 2.0, out=out)
+    out = np.full_like(x, np.nan)
+    assert pieces.in_pieces(double, [x], [out])[0] is out
+    assert seen == [3] * 5 and np.array_equal(out, 2 * x)
+    seen.clear()
+    monkeypatch.setattr(pieces, "PIECE_FLOATS", 28)      # 7 rows per piece: 7, 7 and the last 1
+    pieces.in_pieces(double, [x], [out])
+    assert seen == [7, 7, 1] and np.array_equal(out, 2 * x)
+    seen.clear()
+    monkeypatch.setattr(pieces, "PIECE_FLOATS", 30)      # 60 floats or fewer: one call on the whole
+    pieces.in_pieces(double, [x], [out])
+    assert seen == [5]
 
 
 def test_row_reductions_are_sums():
@@ -55,7 +86,7 @@ def test_layernorm_matches_textbook():
     assert rel_error(db, dy.sum(axis=(0, 1))) < TIGHT
 
 
-def test_softmax_in_place_matches_textbook_and_overwrites():
+def test_softmax_in_place_matches_textbook_and_overwrites(piece_floats):
     s = randn(3, 4, 9) * 5
     ref = textbook_softmax(s)
     assert rel_error(mv.softmax(s), ref) < TIGHT
@@ -67,7 +98,7 @@ def test_softmax_in_place_matches_textbook_and_overwrites():
 
 
 @pytest.mark.parametrize("p_drop", [0.0, 0.3])
-def test_attention_matches_textbook(p_drop):
+def test_attention_matches_textbook(p_drop, piece_floats):
     """Scale on q, in-place softmax and the rowsum(dout * out) identity, against the chain of
     docs/derivations/attention.md written out naively."""
     B, H, N, d = 2, 3, 7, 5
@@ -86,8 +117,8 @@ def test_attention_matches_textbook(p_drop):
 
 
 @pytest.mark.parametrize("approximate", ["exact", "tanh"])
-def test_gelu_cached_derivative_matches_textbook(approximate):
-    x, dy = randn(50) * 3, randn(50)
+def test_gelu_cached_derivative_matches_textbook(approximate, piece_floats):
+    x, dy = randn(10, 5) * 3, randn(10, 5)
     y, cache = mv.gelu_forward(x, approximate)
     if approximate == "exact":
         phi = 0.5 * (1 + erf(x / math.sqrt(2)))
