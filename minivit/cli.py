@@ -124,6 +124,19 @@ def _parser():
     f.add_argument("--steps", type=int, default=3, help="profiled steps (after one warm-up step)")
     f.add_argument("--backend", choices=["numpy", "cupy"], default=None)
 
+    fs = sub.add_parser("fewshot", help="linear few-shot accuracy and a linear probe on a checkpoint's frozen features",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fs.add_argument("checkpoint")
+    fs.add_argument("--data", default=None, help="images whose classes are to be told apart (default: the "
+                    "data the checkpoint was trained on); its train split gives the shots, its test split the score")
+    fs.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 25], help="training images per class")
+    fs.add_argument("--draws", type=int, default=5, help="random draws of the shots, averaged")
+    fs.add_argument("--l2", type=float, default=100.0, help="ridge penalty of the least-squares map (on standardised features)")
+    fs.add_argument("--no-probe", action="store_true", help="skip the logistic-regression probe on all training images")
+    fs.add_argument("--seed", type=int, default=0)
+    fs.add_argument("--backend", choices=["numpy", "cupy"], default=None)
+    fs.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+
     m = sub.add_parser("make-subset", help="build the shipped class-balanced CIFAR-10 subset from an image-folder archive")
     m.add_argument("source", help="e.g. ../shared/datasets/cifar10-jpeg.tar.gz")
     m.add_argument("--dest", default=None)
@@ -352,6 +365,40 @@ def _finetune(a, out):
     return _fit(trainer, out)
 
 
+def cmd_fewshot(a):
+    from .data import load_dataset
+    from .fewshot import features, fewshot_accuracy, linear_probe
+    from .resolution import adapt_to_images
+    if min(a.shots) < 1 or a.draws < 1 or a.l2 <= 0:
+        raise ValueError(f"--shots must be >= 1, --draws >= 1 and --l2 > 0 (got {a.shots}, {a.draws}, {a.l2})")
+    params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"))
+    spec = a.data or meta.get("data", "subset")
+    data = load_dataset(spec)
+    params, cfg = adapt_to_images(params, cfg, data.image_shape, log=lambda m: print(m, file=sys.stderr))
+    mean, std = np.array(meta["mean"]), np.array(meta["std"])
+    if not a.json:
+        print(f"features of {len(data.train.labels):,} training and {len(data.test.labels):,} test images ...",
+              file=sys.stderr)
+    train, test = (features(params, s.images, cfg, mean, std) for s in (data.train, data.test))
+    K = len(data.classes)
+    result = {"data": spec, "classes": K, "draws": a.draws, "l2": a.l2, "fewshot": {}}
+    for k in a.shots:
+        acc, sd = fewshot_accuracy(train, data.train.labels, test, data.test.labels, k, K, a.draws, a.l2, a.seed)
+        result["fewshot"][str(k)] = {"accuracy": round(acc, 5), "std": round(sd, 5)}
+    if not a.no_probe:
+        result["linear_probe"] = round(linear_probe(train, data.train.labels, test, data.test.labels, K)[0], 5)
+    if a.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{Path(a.checkpoint).name} on {spec}: {K} classes, {len(data.test.labels):,} test images")
+    print(f"{'shots':>6} {'accuracy':>9}  (mean ± std over {a.draws} draws, ridge l2 = {a.l2:g})")
+    for k, r in result["fewshot"].items():
+        print(f"{k:>6} {r['accuracy']:9.1%} ± {r['std']:.1%}")
+    if "linear_probe" in result:
+        print(f"linear probe on all {len(data.train.labels):,} training images: {result['linear_probe']:.1%}")
+    return 0
+
+
 def cmd_profile(a):
     from .profile import profile_step
     overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
@@ -372,7 +419,7 @@ def main(argv=None):
         if getattr(a, "backend", None):
             use_backend(a.backend)
         return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                "profile": cmd_profile, "finetune": cmd_finetune, "make-subset": cmd_make_subset}[a.command](a)
+                "profile": cmd_profile, "finetune": cmd_finetune, "fewshot": cmd_fewshot, "make-subset": cmd_make_subset}[a.command](a)
     except (DataError, CheckpointError, ConfigError, BackendError, TrainingDiverged, RunFolderBusy, ValueError,
             OSError) as e:
         if os.environ.get("MINIVIT_DEBUG"):
