@@ -51,7 +51,7 @@ def gelu_forward(x, approximate="exact"):
     The cache holds the derivative GELU'(x), computed here from pieces forward has at hand
     (for an elementwise function, backward is just dy * f'(x)): one array instead of x and
     Phi(x), and one pass in backward. The arithmetic runs over cache-sized pieces of the
-    rows on every core (minivit/pieces.py); each piece is the textbook formula below.
+    rows (minivit/pieces.py); each piece is the textbook formula below.
     """
     if approximate not in _GELU_FORMS:
         raise ValueError(f"gelu approximate must be 'exact' or 'tanh', got {approximate!r}")

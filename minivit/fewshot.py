@@ -21,21 +21,26 @@ import numpy as np
 from .attention import softmax
 from .backend import get_array_module, to_device, to_numpy
 from .data import normalize
-from .model import forward
+from .train import Engine, _blas_single_thread
 
 
-def features(params, images, cfg, mean, std, batch_size=250):
+def features(params, images, cfg, mean, std, batch_size=500, threads=2):
     """images (B, C, H, W) uint8 -> (B, D) float64: the representation the head reads.
 
-    Images are normalised with the training statistics (mean, std) a batch at a time. The model
-    runs with its head replaced by the identity, so `forward` itself returns the pooled,
-    normalised token (the "pre-logits")."""
+    Images are normalised with the training statistics (mean, std) a batch at a time and run
+    through the trainer's inference engine (minivit/train.py: shards on every core). The model
+    runs with its head replaced by the identity, so its "logits" are the pooled, normalised
+    token (the "pre-logits")."""
     dtype = params["cls_token"].dtype
     body = dict(params, **{"head.w": to_device(np.eye(cfg.dim), dtype), "head.b": to_device(np.zeros(cfg.dim), dtype)})
-    c = replace(cfg, num_classes=cfg.dim)
-    parts = [to_numpy(forward(body, normalize(images[i:i + batch_size], mean, std, xp=get_array_module(body["head.w"]),
-                                              dtype=dtype), c, keep_cache=False)[0])
-             for i in range(0, len(images), batch_size)]
+    xp = get_array_module(body["head.w"])
+    engine = Engine(replace(cfg, num_classes=cfg.dim), threads)
+    try:
+        with _blas_single_thread(engine.threads):
+            parts = [to_numpy(engine.predict_logits(body, normalize(images[i:i + batch_size], mean, std, xp, dtype)))
+                     for i in range(0, len(images), batch_size)]
+    finally:
+        engine.close()
     return np.concatenate(parts).astype(np.float64)
 
 
