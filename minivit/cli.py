@@ -244,18 +244,24 @@ def _by_model_class(data, model_classes):
     return Split(data.test.images, remap[data.test.labels])
 
 
-def cmd_evaluate(a):
+def _checkpoint_and_data(a):
+    """The checkpoint a.checkpoint and the data a.data (default: what it was trained on), with the
+    position embeddings resized to the data's images where their size differs (paper section 3.2)."""
     from .data import load_dataset
-    from .plots import plot_confusion
     from .resolution import adapt_to_images
-    from .train import evaluate
-    if a.confusion and not Path(a.confusion).resolve().parent.is_dir():
-        raise OSError(f"--confusion {a.confusion}: the folder {Path(a.confusion).parent} does not exist")
     params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"))
     spec = a.data or meta.get("data", "subset")
     data = load_dataset(spec)
-    # Images of another size: the position embeddings are resized to them (paper section 3.2).
     params, cfg = adapt_to_images(params, cfg, data.image_shape, log=lambda m: print(m, file=sys.stderr))
+    return params, cfg, meta, spec, data
+
+
+def cmd_evaluate(a):
+    from .plots import plot_confusion
+    from .train import evaluate
+    if a.confusion and not Path(a.confusion).resolve().parent.is_dir():
+        raise OSError(f"--confusion {a.confusion}: the folder {Path(a.confusion).parent} does not exist")
+    params, cfg, meta, spec, data = _checkpoint_and_data(a)
     classes = list(meta.get("classes") or [str(i) for i in range(cfg.num_classes)])
     test = _by_model_class(data, classes)
     ev = evaluate(params, cfg, test, np.array(meta["mean"]), np.array(meta["std"]))
@@ -366,15 +372,10 @@ def _finetune(a, out):
 
 
 def cmd_fewshot(a):
-    from .data import load_dataset
     from .fewshot import features, fewshot_accuracy, linear_probe
-    from .resolution import adapt_to_images
     if min(a.shots) < 1 or a.draws < 1 or a.l2 <= 0:
         raise ValueError(f"--shots must be >= 1, --draws >= 1 and --l2 > 0 (got {a.shots}, {a.draws}, {a.l2})")
-    params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"))
-    spec = a.data or meta.get("data", "subset")
-    data = load_dataset(spec)
-    params, cfg = adapt_to_images(params, cfg, data.image_shape, log=lambda m: print(m, file=sys.stderr))
+    params, cfg, meta, spec, data = _checkpoint_and_data(a)
     mean, std = np.array(meta["mean"]), np.array(meta["std"])
     if not a.json:
         print(f"features of {len(data.train.labels):,} training and {len(data.test.labels):,} test images ...",
