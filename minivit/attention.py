@@ -5,8 +5,10 @@ every other layer acts on each token alone.
 """
 import math
 
+import numpy as np
+
 from .activations import dropout_backward, dropout_forward
-from .backend import get_array_module
+from .backend import fused, get_array_module
 from .linear import linear_backward, linear_forward
 from .pieces import in_pieces
 from .posembed import relpos_backward, relpos_forward
@@ -19,6 +21,9 @@ def softmax(x, axis=-1, out=None):
     keeps exp() <= 1. With out=x the input is overwritten: no new array, three passes fewer.
     Over the last axis it runs in cache-sized pieces of rows (minivit/pieces.py)."""
     xp = get_array_module(x)
+    gpu = fused(x)
+    if gpu and axis in (-1, x.ndim - 1):  # on a GPU: one CUDA kernel (minivit/cuda_kernels.py)
+        return gpu.softmax(x, out=out)
     if axis not in (-1, x.ndim - 1):
         e = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
         xp.exp(e, out=e)
@@ -37,6 +42,9 @@ def _softmax_rows(x, out):
 
 def softmax_backward(dp, p, axis=-1):
     """Given p = softmax(s) and dL/dp, return dL/ds = p * (dp - sum(dp * p))."""
+    gpu = fused(dp)
+    if gpu and axis in (-1, dp.ndim - 1):
+        return gpu.softmax_backward(dp, p)
     return p * (dp - (dp * p).sum(axis=axis, keepdims=True))
 
 
@@ -56,6 +64,9 @@ def attention_forward(q, k, v, scale=None, p_drop=0.0, rng=None, train=False, bi
     """
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
+    gpu = fused(q)
+    if gpu and bias is None and not (train and p_drop):  # on a GPU: cuBLAS products and the softmax kernel
+        return gpu.attention_forward(q, k, v, scale)
     qs = q * scale                                        # (..., N, d)
     scores = qs @ k.swapaxes(-1, -2)                      # (..., N, N)
     if bias is not None:
@@ -75,11 +86,18 @@ def attention_backward(dout, cache, with_dbias=False):
     FlashAttention identity; derivation in docs/derivations/attention.md), so the
     (..., N, N) gradient is made in two in-place passes.
     """
+    gpu = fused(dout)
+    if gpu and isinstance(cache, gpu.AttentionCache):    # the forward pass ran on the GPU path
+        return gpu.attention_backward(dout, cache)
     qs, k, v, attn, attn_d, mask, out, scale = cache
     dv = attn_d.swapaxes(-1, -2) @ dout                   # (..., N, d)
     dattn = dropout_backward(dout @ v.swapaxes(-1, -2), mask)  # (..., N, N)
-    rowdot = sum_last(dout * out)                         # (..., N, 1) = rowsum(dattn * attn)
-    dscores, = in_pieces(_softmax_grad_rows, [dattn, rowdot, attn], [dattn])  # (..., N, N), in place
+    gpu = fused(dout)
+    if gpu:  # on a GPU: one kernel takes rowsum(dattn * attn) itself and writes in place
+        dscores = gpu.softmax_backward(dattn, attn, out=dattn)
+    else:
+        rowdot = sum_last(dout * out)                     # (..., N, 1) = rowsum(dattn * attn)
+        dscores, = in_pieces(_softmax_grad_rows, [dattn, rowdot, attn], [dattn])  # (..., N, N), in place
     dq = dscores @ k                                      # (..., N, d)
     dq *= scale
     dk = dscores.swapaxes(-1, -2) @ qs                    # (..., N, d)
@@ -98,6 +116,10 @@ def mhsa_forward(x, w_qkv, b_qkv, w_proj, b_proj, heads, attn_dropout=0.0, rng=N
     d = D // heads
     qkv, c_qkv = linear_forward(x, w_qkv, b_qkv)                 # (B, N, 3D)
     qkv = qkv.reshape(B, N, 3, heads, d).transpose(2, 0, 3, 1, 4)  # (3, B, H, N, d)
+    if get_array_module(x) is not np:
+        # On a GPU, one copy makes q, k and v contiguous; cuBLAS's batched products then take
+        # them as they are, where each product would otherwise copy its strided operand again.
+        qkv = qkv.copy()
     bias, c_rel = relpos_forward(qkv[0] / math.sqrt(d), rel) if rel is not None else (None, None)  # (B, H, N, N)
     ctx, c_att = attention_forward(qkv[0], qkv[1], qkv[2], p_drop=attn_dropout, rng=rng, train=train,
                                    bias=bias)                     # (B, H, N, d)
@@ -114,6 +136,8 @@ def mhsa_backward(dout, cache):
     d = D // heads
     dctx, dw_proj, db_proj = linear_backward(dout, c_proj)       # (B, N, D)
     dctx = dctx.reshape(B, N, heads, d).transpose(0, 2, 1, 3)    # (B, H, N, d)
+    if get_array_module(dout) is not np:
+        dctx = dctx.copy()                                       # contiguous for both products (as in forward)
     if c_rel is None:
         dq, dk, dv = attention_backward(dctx, c_att)             # (B, H, N, d) each
     else:  # the relative logits depend on the queries too: their gradient joins dq
@@ -121,9 +145,7 @@ def mhsa_backward(dout, cache):
         dqs, drel = relpos_backward(dbias, c_rel)                # dqs: gradient of q / sqrt(d)
         dq += dqs / math.sqrt(d)
     xp = get_array_module(dout)
-    dqkv = xp.empty((B, N, 3, heads, d), dtype=dout.dtype)       # the layout of qkv's 3D outputs
-    for i, g in enumerate((dq, dk, dv)):
-        dqkv[:, :, i] = g.transpose(0, 2, 1, 3)                  # (B, N, H, d)
+    dqkv = xp.stack([g.transpose(0, 2, 1, 3) for g in (dq, dk, dv)], axis=2)  # (B, N, 3, H, d): qkv's layout
     dx, dw_qkv, db_qkv = linear_backward(dqkv.reshape(B, N, 3 * D), c_qkv)  # (B, N, D)
     grads = (dx, dw_qkv, db_qkv, dw_proj, db_proj)
     return grads if c_rel is None else grads + (drel,)

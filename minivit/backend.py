@@ -70,6 +70,43 @@ def get_array_module(*arrays):
     return np
 
 
+_fused = None  # None: read MINIVIT_FUSED on first use
+
+
+def use_fused_kernels(on):
+    """Turn the fused CUDA kernels of the CuPy path on or off (default on; MINIVIT_FUSED=0 sets off).
+
+    Off, every layer runs its NumPy-style code on CuPy arrays, one launch per line: the
+    baseline that benchmarks/gpu_step.py and notebook 7 measure the kernels against."""
+    global _fused
+    _fused = bool(on)
+
+
+def fused(x):
+    """minivit.cuda_kernels if x is a CuPy array and the fused kernels are on, else None.
+
+    A layer asks `k = fused(x)` and, given the module, runs its one-launch kernel in place of
+    its NumPy-style lines; on NumPy arrays (and dtypes other than float32/float64) the
+    answer is always None."""
+    if isinstance(x, np.ndarray) or "cupy" not in sys.modules or get_array_module(x) is np:
+        return None
+    if x.dtype not in (np.float32, np.float64):  # the kernels are written for these two
+        return None
+    return fused_kernels()
+
+
+def fused_kernels():
+    """minivit.cuda_kernels if the fused kernels are on (MINIVIT_FUSED, default on), else None.
+    Only for arrays that live on a GPU: see fused(x)."""
+    global _fused
+    if _fused is None:
+        _fused = os.environ.get("MINIVIT_FUSED", "1").strip() != "0"
+    if not _fused:
+        return None
+    from . import cuda_kernels
+    return cuda_kernels
+
+
 def to_device(x, dtype=None):
     """Copy a host array (or anything array-like) to the configured backend."""
     return xp().asarray(x, dtype=dtype)

@@ -1,8 +1,12 @@
 """Dense layer y = x W + b. Derivation: docs/derivations/linear.md."""
+from .backend import fused
 
 
 def linear_forward(x, w, b):
     """x (..., Din), w (Din, Dout), b (Dout,) -> y (..., Dout)."""
+    gpu = fused(x)
+    if gpu:  # on a GPU: the same lines, with cuBLAS called directly (minivit/cuda_kernels.py)
+        return gpu.linear_forward(x, w, b)
     lead = x.shape[:-1]
     # One 2D matrix product over all leading dimensions: BLAS is fastest on one large GEMM.
     y = x.reshape(-1, x.shape[-1]) @ w  # (M, Dout), M = prod(lead)
@@ -12,6 +16,9 @@ def linear_forward(x, w, b):
 
 def linear_backward(dy, cache):
     """dy (..., Dout) -> dx (..., Din), dw (Din, Dout), db (Dout,)."""
+    gpu = fused(dy)
+    if gpu:
+        return gpu.linear_backward(dy, cache)
     x, w = cache
     x2 = x.reshape(-1, x.shape[-1])     # (M, Din)
     dy2 = dy.reshape(-1, dy.shape[-1])  # (M, Dout)

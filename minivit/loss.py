@@ -1,5 +1,5 @@
 """Softmax cross-entropy with optional label smoothing. Derivation: docs/derivations/cross_entropy.md."""
-from .backend import get_array_module
+from .backend import fused, get_array_module
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
@@ -8,6 +8,10 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
     The target is q = (1 - eps) * onehot(label) + eps / K (as torch F.cross_entropy's
     label_smoothing); loss = -sum_k q_k log softmax(z)_k, averaged over the batch.
     log-softmax is z - max - log(sum exp(z - max)): finite for any finite logits.
+
+    On a GPU one CUDA kernel does the whole computation (minivit/cuda_kernels.py) and the
+    labels' range is not checked on the host, which would stop the GPU to read them back:
+    a label outside [0, K) makes the loss NaN instead. `check_labels` names the bad label.
     """
     xp = get_array_module(logits)
     if logits.ndim != 2:
@@ -18,10 +22,12 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
         raise ValueError(f"labels must have shape ({B},) to match logits, got {tuple(labels.shape)}")
     if labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    if B and (int(labels.min()) < 0 or int(labels.max()) >= K):
-        raise ValueError(f"labels out of range: must be in [0, {K}), got min {int(labels.min())}, max {int(labels.max())}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    gpu = fused(logits)
+    if gpu:
+        return gpu.cross_entropy(logits, labels, label_smoothing)
+    check_labels(labels, K)
     shifted = logits - logits.max(axis=1, keepdims=True)            # (B, K), max 0
     logsumexp = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))  # (B, 1)
     logp = shifted - logsumexp                                      # (B, K) log-probabilities
@@ -30,3 +36,9 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
     loss = -(q * logp).sum() / B
     dlogits = (xp.exp(logp) - q) / B                                # (B, K): softmax - target
     return loss, dlogits
+
+
+def check_labels(labels, K):
+    """Raise a clear ValueError unless every label is in [0, K) (reads CuPy labels back to the host)."""
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= K):
+        raise ValueError(f"labels out of range: must be in [0, {K}), got min {int(labels.min())}, max {int(labels.max())}")

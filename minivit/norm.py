@@ -1,10 +1,13 @@
 """Layer normalisation over the last axis. Derivation: docs/derivations/layernorm.md."""
-from .backend import get_array_module
+from .backend import fused, get_array_module
 from .rows import mean_last  # row means as a matrix-vector product: minivit/rows.py
 
 
 def layernorm_forward(x, w, b, eps=1e-6):
     """x (..., D), w (D,), b (D,) -> y (..., D); y = (x - mean) / sqrt(var + eps) * w + b."""
+    gpu = fused(x)
+    if gpu:  # on a GPU: these lines as one CUDA kernel (minivit/cuda_kernels.py)
+        return gpu.layernorm_forward(x, w, b, eps)
     xp = get_array_module(x)
     mean = mean_last(x)                         # (..., 1)
     xhat = x - mean                             # (..., D), centred
@@ -20,6 +23,9 @@ def layernorm_forward(x, w, b, eps=1e-6):
 
 def layernorm_backward(dy, cache):
     """dy (..., D) -> dx (..., D), dw (D,), db (D,)."""
+    gpu = fused(dy)
+    if gpu:
+        return gpu.layernorm_backward(dy, cache)
     xhat, rstd, w = cache
     D = xhat.shape[-1]
     dw = (dy * xhat).reshape(-1, D).sum(axis=0)  # (D,)

@@ -5,7 +5,7 @@ loop over names and a checkpoint stores the state next to the parameters.
 """
 import math
 
-from .backend import get_array_module
+from .backend import fused, get_array_module
 
 
 def decays(name, value):
@@ -31,12 +31,20 @@ class AdamW:
         self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
         self.t = 0          # steps taken; bias corrections use it, so it must advance every step
         self.m, self.v = {}, {}
+        self._flat = None   # the GPU step's state layout (see _flat_state)
 
     def step(self, params, grads):
         """Update every array in `params` in place from the same-named `grads`."""
         self.t += 1
         b1, b2 = self.betas
         bc1, bc2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
+        gpu = fused(next(iter(params.values()), None))
+        if gpu and _one_contiguous_dtype(params.values()):
+            # On a GPU: the loop below as one CUDA kernel over every tensor (minivit/cuda_kernels.py)
+            names, m, v, decay = self._flat_state(params)
+            gpu.adamw_step([params[n] for n in names], [grads[n] for n in names], decay, m, v,
+                         self.lr, b1, b2, bc1, bc2, self.eps, self.weight_decay)
+            return
         for name, p in params.items():
             g = grads[name]
             xp = get_array_module(p)
@@ -50,6 +58,31 @@ class AdamW:
             v *= b2
             v += (1.0 - b2) * (g * g)
             p -= (self.lr / bc1) * m / (xp.sqrt(v / bc2) + self.eps)
+
+    def _flat_state(self, params):
+        """m and v as one flat array each, with self.m[name] and self.v[name] views into them.
+
+        Built at the first fused step (zeros, or the moments already held, e.g. after
+        load_state_dict) and kept while the parameters' names and the views stay the same.
+        """
+        names = list(params)
+        f = self._flat
+        if (f is None or f["names"] != names or any(self.m.get(n) is not a for n, a in zip(names, f["m_views"]))
+                or any(self.v.get(n) is not a for n, a in zip(names, f["v_views"]))):
+            xp = get_array_module(params[names[0]])
+            f = {"names": names, "decay": [decays(n, params[n]) for n in names]}
+            for key, state in (("m", self.m), ("v", self.v)):
+                parts = [xp.asarray(state[n], dtype=params[n].dtype).ravel() if n in state else
+                         xp.zeros(params[n].size, dtype=params[n].dtype) for n in names]
+                flat = xp.concatenate(parts) if parts else xp.zeros(0, dtype=params[names[0]].dtype)
+                views, start = [], 0
+                for n in names:
+                    views.append(flat[start:start + params[n].size].reshape(params[n].shape))
+                    state[n] = views[-1]
+                    start += params[n].size
+                f[key], f[key + "_views"] = flat, views
+            self._flat = f
+        return names, f["m"], f["v"], f["decay"]
 
     def state_dict(self):
         """Flat dict of arrays: 'm.<name>', 'v.<name>' and the step count 't'."""
@@ -102,8 +135,18 @@ class SGD:
         self.u = {k[2:]: v for k, v in state.items() if k.startswith("u.")}
 
 
+def _one_contiguous_dtype(arrays):
+    """True if the arrays are all C-contiguous and of one dtype (what the multi-tensor kernels take)."""
+    arrays = list(arrays)
+    return bool(arrays) and all(a.flags.c_contiguous and a.dtype == arrays[0].dtype for a in arrays)
+
+
 def global_norm(grads):
     """sqrt of the sum of squares of every gradient entry, as a Python float (one host sync)."""
+    gs = list(grads.values())
+    gpu = fused(gs[0]) if gs else None
+    if gpu and _one_contiguous_dtype(gs):
+        return math.sqrt(float(gpu.sum_of_squares(gs)))  # one kernel over every tensor, one sync
     return math.sqrt(sum(float((g.astype("float64") ** 2).sum()) for g in grads.values()))
 
 
@@ -113,7 +156,12 @@ def clip_grad_norm(grads, max_norm):
     norm = global_norm(grads)
     if norm > max_norm:
         scale = max_norm / (norm + 1e-6)
-        for g in grads.values():
+        gs = list(grads.values())
+        gpu = fused(gs[0])
+        if gpu and _one_contiguous_dtype(gs):
+            gpu.scale_all(gs, scale)                      # one kernel over every tensor
+            return norm
+        for g in gs:
             g *= scale
     return norm
 
