@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import get_array_module
 from .files import atomic_write
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -378,9 +379,12 @@ def augment(images, rng, pad=4, flip=True):
 
     One gather with broadcast index arrays does every crop at once: image b takes rows
     oy[b] .. oy[b]+H and columns ox[b] .. ox[b]+W of its padded copy (flipped when asked).
+    The random offsets are drawn on the host from `rng` and the gather runs on the images'
+    backend, so a batch already on the GPU is augmented there, with the same draws.
     """
+    xp = get_array_module(images)
     B, C, H, W = images.shape
-    xpad = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    xpad = xp.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     oy = rng.integers(0, 2 * pad + 1, B)
     ox = rng.integers(0, 2 * pad + 1, B)
     rows = oy[:, None] + np.arange(H)                     # (B, H)
@@ -390,4 +394,5 @@ def augment(images, rng, pad=4, flip=True):
         cols = np.where(flipped[:, None], cols[:, ::-1], cols)
     b = np.arange(B)[:, None, None, None]
     c = np.arange(C)[None, :, None, None]
-    return xpad[b, c, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
+    index = tuple(xp.asarray(i) for i in (b, c, rows[:, None, :, None], cols[:, None, None, :]))
+    return xpad[index]  # (B, C, H, W)

@@ -19,11 +19,11 @@ import numpy as np
 
 from . import plots
 from .allocator import keep_freed_memory
-from .backend import backend_name, to_numpy, xp as backend_xp
+from .backend import backend_name, fused_kernels, to_numpy, xp as backend_xp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import augment, channel_stats, normalize
 from .files import write_text_atomic
-from .loss import cross_entropy
+from .loss import check_labels, cross_entropy
 from .model import backward, forward, init_params
 from .optim import SGD, AdamW, clip_grad_norm, warmup_cosine
 from .runlock import RunLock
@@ -70,15 +70,26 @@ def _blas_single_thread(threads):
     return threadpool_limits(1, user_api="blas")
 
 
-def make_batch(split, tcfg, mean, std, epoch, index, step, dtype="float32"):
+def epoch_order(seed, epoch, n):
+    """The shuffled order of the n training images in `epoch`: default_rng([seed, epoch])."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def make_batch(split, tcfg, mean, std, epoch, index, step, dtype="float32", order=None):
     """Batch `index` of `epoch`: its images augmented with the stream of `step` and normalised,
-    on the configured backend. Shuffle: default_rng([seed, epoch]); augmentation: default_rng([seed, step, 0])."""
-    order = np.random.default_rng([tcfg.seed, epoch]).permutation(len(split.labels))
+    on the configured backend. Shuffle: epoch_order (pass `order` to reuse it within an epoch);
+    augmentation: default_rng([seed, step, 0])."""
+    if order is None:
+        order = epoch_order(tcfg.seed, epoch, len(split.labels))
     idx = np.sort(order[index * tcfg.batch_size:(index + 1) * tcfg.batch_size])
-    images = split.images[idx]
-    if tcfg.augment:
-        images = augment(images, np.random.default_rng([tcfg.seed, step, 0]))
     xp = backend_xp()
+    images = xp.asarray(split.images[idx])  # uint8: on a GPU the one copy, augmented and normalised there
+    rng = np.random.default_rng([tcfg.seed, step, 0]) if tcfg.augment else None
+    gpu = fused_kernels() if xp is not np else None
+    if gpu:  # one kernel crops, flips and normalises (minivit/cuda_kernels.py), with the same draws
+        return gpu.augment_normalize(images, mean, std, dtype, rng), xp.asarray(split.labels[idx])
+    if rng is not None:
+        images = augment(images, rng)
     return normalize(images, mean, std, xp, dtype), xp.asarray(split.labels[idx])
 
 
@@ -115,9 +126,11 @@ class Engine:
             rng = np.random.default_rng([seed, step, 1, i]) if (self.cfg.dropout or self.cfg.attn_dropout) else None
             logits, cache = forward(params, x[sl], self.cfg, train=True, rng=rng)
             loss, dlogits = cross_entropy(logits, y[sl], label_smoothing)
-            n = sl.stop - sl.start
-            grads = backward(dlogits * (n / B), cache)  # each shard's share of the batch mean
-            return loss * (n / B), (logits.argmax(axis=1) == y[sl]).sum(), grads
+            share = (sl.stop - sl.start) / B            # each shard's share of the batch mean
+            if share != 1.0:                            # (one shard, as on a GPU: nothing to scale)
+                loss, dlogits = loss * share, dlogits * share
+            grads = backward(dlogits, cache)
+            return loss, (logits.argmax(axis=1) == y[sl]).sum(), grads
 
         results = self._map(shard, self._shards(B))
         loss = sum(r[0] for r in results)
@@ -255,8 +268,10 @@ class Trainer:
         save_checkpoint(self.ckpt_path, self.params, self.cfg, self.opt.state_dict(), self.meta())
 
     def _batch(self, epoch, index):
+        if getattr(self, "_order", (None,))[0] != epoch:  # the epoch's shuffle, drawn once per epoch
+            self._order = (epoch, epoch_order(self.tcfg.seed, epoch, len(self.data.train.labels)))
         return make_batch(self.data.train, self.tcfg, self.mean, self.std, epoch, index, self.step,
-                          self.params["cls_token"].dtype)
+                          self.params["cls_token"].dtype, order=self._order[1])
 
     def fit(self):
         """Train to the end (or until interrupted), evaluating every epoch. Returns the history."""
@@ -285,6 +300,7 @@ class Trainer:
                         loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step)
                         loss = float(loss)  # the one host sync per step: the NaN guard needs it
                         if not math.isfinite(loss):
+                            check_labels(y, self.cfg.num_classes)  # on a GPU a bad label shows as NaN: name it
                             kept = (f"the last good checkpoint is kept at {self.ckpt_path}" if self.ckpt_path.exists()
                                     else "no checkpoint had been saved yet (one is written at the end of every epoch)")
                             raise TrainingDiverged(
