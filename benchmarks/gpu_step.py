@@ -76,26 +76,11 @@ def minivit_step(cfg, batch):
 
 def torch_step(cfg, batch, bf16=False):
     import torch
-    import torch.nn.functional as F
-    import minivit as mv
     sys.path.insert(0, HERE)
-    from torch_vit import torch_vit
+    from torch_vit import torch_train_step
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    dev = torch.device("cuda")
-    sd = {k: torch.tensor(v, device=dev, requires_grad=True) for k, v in mv.to_timm(mv.init_params(cfg, seed=0), cfg).items()}
-    opt = torch.optim.AdamW(list(sd.values()), lr=1e-3, weight_decay=0.05)
-    x, y = data(cfg, batch)
-    tx, ty = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
-
-    def step(i):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(torch_vit(sd, tx, cfg), ty, label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(sd.values()), 1.0)
-        opt.step()
-        loss.item()
+    step = torch_train_step(cfg, *data(cfg, batch), device="cuda", bf16=bf16)
 
     def peak_bytes(run):
         torch.cuda.synchronize()

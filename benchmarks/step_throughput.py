@@ -72,21 +72,9 @@ def rss_mb():
 
 def torch_step(cfg, x, y, threads):
     import torch
-    import torch.nn.functional as F
-    from torch_vit import torch_vit
+    from torch_vit import torch_train_step
     torch.set_num_threads(threads)
-    sd = {k: torch.tensor(v, requires_grad=True) for k, v in mv.to_timm(mv.init_params(cfg, seed=0), cfg).items()}
-    opt = torch.optim.AdamW(list(sd.values()), lr=1e-3, weight_decay=0.05)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step(i):
-        loss = F.cross_entropy(torch_vit(sd, tx, cfg), ty, label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(sd.values()), 1.0)
-        opt.step()
-        loss.item()
-    return step
+    return torch_train_step(cfg, x, y)
 
 
 def main():

@@ -29,3 +29,24 @@ def torch_vit(sd, x, cfg):
     t = F.layer_norm(t, (D,), sd["norm.weight"], sd["norm.bias"], cfg.ln_eps)
     pooled = t[:, 0] if cfg.pool == "token" else t[:, 1:].mean(dim=1)
     return F.linear(pooled, sd["head.weight"], sd["head.bias"])
+
+
+def torch_train_step(cfg, x, y, device="cpu", bf16=False):
+    """The peer's training step, as a closure step(i): forward, label-smoothed cross-entropy,
+    backward, clipping to norm 1, torch.optim.AdamW, reading the loss back. Parameters start
+    from minivit's initialisation (seed 0); x, y are NumPy arrays. bf16: under torch.autocast."""
+    import minivit as mv
+    sd = {k: torch.tensor(v, device=device, requires_grad=True)
+          for k, v in mv.to_timm(mv.init_params(cfg, seed=0), cfg).items()}
+    opt = torch.optim.AdamW(list(sd.values()), lr=1e-3, weight_decay=0.05)
+    tx, ty = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+
+    def step(i):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(torch_vit(sd, tx, cfg), ty, label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(sd.values()), 1.0)
+        opt.step()
+        loss.item()
+    return step
