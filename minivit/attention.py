@@ -92,7 +92,6 @@ def attention_backward(dout, cache, with_dbias=False):
     qs, k, v, attn, attn_d, mask, out, scale = cache
     dv = attn_d.swapaxes(-1, -2) @ dout                   # (..., N, d)
     dattn = dropout_backward(dout @ v.swapaxes(-1, -2), mask)  # (..., N, N)
-    gpu = fused(dout)
     if gpu:  # on a GPU: one kernel takes rowsum(dattn * attn) itself and writes in place
         dscores = gpu.softmax_backward(dattn, attn, out=dattn)
     else:

@@ -85,7 +85,7 @@ def use_fused_kernels(on):
 def fused(x):
     """minivit.cuda_kernels if x is a CuPy array and the fused kernels are on, else None.
 
-    A layer asks `k = fused(x)` and, given the module, runs its one-launch kernel in place of
+    A layer asks `gpu = fused(x)` and, given the module, runs its one-launch kernel in place of
     its NumPy-style lines; on NumPy arrays (and dtypes other than float32/float64) the
     answer is always None."""
     if isinstance(x, np.ndarray) or "cupy" not in sys.modules or get_array_module(x) is np:

@@ -524,8 +524,7 @@ def cross_entropy(logits, labels, label_smoothing):
 class TensorTable:
     """A device table of the addresses of a list of same-dtype arrays and their flat offsets."""
 
-    def __init__(self, arrays, extra=()):
-        """extra: further int64 columns appended to the table (AdamW's decay flags)."""
+    def __init__(self, arrays):
         import cupy
         self.arrays = [a if a.flags.c_contiguous else cupy.ascontiguousarray(a) for a in arrays]
         self.dtype = self.arrays[0].dtype
@@ -535,7 +534,6 @@ class TensorTable:
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.total = int(self.starts[-1])
         self.ptrs = np.array([a.data.ptr for a in self.arrays], dtype=np.int64)
-        self.extra = extra
 
 
 def _upload(*columns):

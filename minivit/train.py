@@ -253,6 +253,7 @@ class Trainer:
             self.mean, self.std = channel_stats(dataset.train.images)
             self.history, self.elapsed = [], 0.0
         self.engine = Engine(cfg, tcfg.threads)
+        self._order = (None, None)  # (epoch, its shuffled order), drawn by _batch
         self.interrupted = None
 
     def meta(self):
@@ -268,7 +269,7 @@ class Trainer:
         save_checkpoint(self.ckpt_path, self.params, self.cfg, self.opt.state_dict(), self.meta())
 
     def _batch(self, epoch, index):
-        if getattr(self, "_order", (None,))[0] != epoch:  # the epoch's shuffle, drawn once per epoch
+        if self._order[0] != epoch:  # the epoch's shuffle, drawn once per epoch
             self._order = (epoch, epoch_order(self.tcfg.seed, epoch, len(self.data.train.labels)))
         return make_batch(self.data.train, self.tcfg, self.mean, self.std, epoch, index, self.step,
                           self.params["cls_token"].dtype, order=self._order[1])
