@@ -9,13 +9,14 @@ from .conv import (col2im, conv2d_backward, conv2d_forward, im2col, patch_embed_
                    patch_embed_forward)
 from .linear import linear_backward, linear_forward
 from .loss import cross_entropy
-from .model import backward, check_input, count_params, forward, init_params, param_shapes, sincos_pos_embed
+from .model import (backward, check_input, count_params, forward, init_params, param_shapes, sincos_pos_embed,
+                    with_new_head)
 from .norm import layernorm_backward, layernorm_forward
 from .optim import SGD, AdamW, clip_grad_norm, global_norm, warmup_cosine
 from .timm import from_timm, to_timm
 from .resolution import resize_pos_embed
 from .jax_npz import load_jax_npz, save_jax_npz
 from .checkpoint import load_checkpoint, save_checkpoint
-from . import allocator, checkpoint, data, gradcheck, plots, posembed, profile, stem, train, visualize  # noqa: F401  (minivit.data, ...)
+from . import allocator, checkpoint, data, gradcheck, plots, posembed, pretrain, profile, stem, train, visualize  # noqa: F401  (minivit.data, ...)
 
 __version__ = "0.1.0"

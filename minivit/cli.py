@@ -1,4 +1,4 @@
-"""Command line: `minivit train | finetune | evaluate | predict | profile | make-subset` (also `python -m minivit`)."""
+"""Command line: `minivit train | pretrain | finetune | evaluate | predict | profile | make-subset` (also `python -m minivit`)."""
 import argparse
 import contextlib
 import json
@@ -47,37 +47,44 @@ def _add_model_flags(parser):
                             help=f"{text} (default: the preset's)%(default).0s")  # .0s: no "(default: None)"
 
 
+def _add_training_flags(parser, defaults):
+    """The flags `train` and `pretrain` share: data, model, schedule, output."""
+    parser.add_argument("--data", default="subset",
+                        help="'subset' (shipped, offline), 'cifar10' (official archive, downloaded once), or a path to "
+                             "cifar-10-python.tar.gz / an image folder or its .tar.gz/.zip")
+    parser.add_argument("--preset", default="cifar-tiny", help=f"model preset: {', '.join(PRESETS)}")
+    _add_model_flags(parser)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help="passes over the training set (with --resume, a larger value extends a finished run)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per optimiser step")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (AdamW)")
+    parser.add_argument("--min-lr", type=float, default=defaults.min_lr, help="learning rate at the end of the cosine decay")
+    parser.add_argument("--warmup", type=float, default=defaults.warmup_epochs, help="linear warmup length, in epochs")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                        help="AdamW decoupled weight decay (matrices only)")
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
+                        help="cross-entropy target smoothing during training (the test loss is reported without it)")
+    parser.add_argument("--clip-norm", type=float, default=defaults.clip_norm, help="clip gradients to this global norm; 0 disables")
+    parser.add_argument("--no-augment", action="store_true", help="disable random crop and flip")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds initialisation, shuffling, augmentation, dropout")
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="data-parallel threads (NumPy backend)")
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default=None, help="default: $MINIVIT_BACKEND or numpy")
+    parser.add_argument("--out", default=None, help="output folder (default: a new runs/<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they are off anyway when the output is not a terminal)")
+
+
 def _parser():
     p = argparse.ArgumentParser(prog="minivit", description="A hand-written Vision Transformer on NumPy/CuPy.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a ViT (default: the shipped CIFAR-10 subset, a few minutes on a CPU)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--data", default="subset",
-                   help="'subset' (shipped, offline), 'cifar10' (official archive, downloaded once), or a path to "
-                        "cifar-10-python.tar.gz / an image folder or its .tar.gz/.zip")
-    t.add_argument("--preset", default="cifar-tiny", help=f"model preset: {', '.join(PRESETS)}")
-    _add_model_flags(t)
-    defaults = TrainConfig()
-    t.add_argument("--epochs", type=int, default=defaults.epochs,
-                   help="passes over the training set (with --resume, a larger value extends a finished run)")
-    t.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per optimiser step")
-    t.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (AdamW)")
-    t.add_argument("--min-lr", type=float, default=defaults.min_lr, help="learning rate at the end of the cosine decay")
-    t.add_argument("--warmup", type=float, default=defaults.warmup_epochs, help="linear warmup length, in epochs")
-    t.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
-                   help="AdamW decoupled weight decay (matrices only)")
-    t.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
-                   help="cross-entropy target smoothing during training (the test loss is reported without it)")
-    t.add_argument("--clip-norm", type=float, default=defaults.clip_norm, help="clip gradients to this global norm; 0 disables")
-    t.add_argument("--no-augment", action="store_true", help="disable random crop and flip")
-    t.add_argument("--seed", type=int, default=defaults.seed, help="seeds initialisation, shuffling, augmentation, dropout")
-    t.add_argument("--threads", type=int, default=defaults.threads, help="data-parallel threads (NumPy backend)")
-    t.add_argument("--backend", choices=["numpy", "cupy"], default=None, help="default: $MINIVIT_BACKEND or numpy")
-    t.add_argument("--out", default=None, help="output folder (default: a new runs/<time>)")
-    t.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    t.add_argument("--no-progress", action="store_true",
-                   help="no progress bars (they are off anyway when the output is not a terminal)")
+    _add_training_flags(t, TrainConfig())
+    pt = sub.add_parser("pretrain", help="self-supervised pre-training by masked patch prediction (paper B.1.2): "
+                                         "the labels are not used", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_training_flags(pt, TrainConfig(label_smoothing=0.0))
 
     e = sub.add_parser("evaluate", help="test accuracy of a checkpoint")
     e.add_argument("checkpoint")
@@ -190,14 +197,20 @@ def _check_out_folder(out, resume):
         pass
 
 
-def cmd_train(a):
+def cmd_train(a, head="classify"):
     out = Path(a.out) if a.out else _new_run_folder()
     with _remove_if_unused(out, created=a.out is None):
         _check_out_folder(out, a.resume)
-        return _train(a, out)
+        return _train(a, out, head)
 
 
-def _train(a, out):
+def cmd_pretrain(a):
+    """Masked patch prediction (minivit/pretrain.py): the train command with the colour head instead of the
+    class head; the data's labels are not read. Fine-tune the result with `minivit finetune`."""
+    return cmd_train(a, head="mpp")
+
+
+def _train(a, out, head):
     from .data import load_dataset
     from .train import Trainer
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, min_lr=a.min_lr, warmup_epochs=a.warmup,
@@ -205,7 +218,7 @@ def _train(a, out):
                        augment=not a.no_augment, seed=a.seed, threads=a.threads)
     data = load_dataset(a.data)
     overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
-    cfg = ViTConfig.preset(a.preset, **{"num_classes": len(data.classes), **overrides})
+    cfg = ViTConfig.preset(a.preset, **{"num_classes": len(data.classes), **overrides, "head": head})
     print(f"data: {a.data} ({len(data.train.labels)} train, {len(data.test.labels)} test, {len(data.classes)} classes); "
           f"model: {a.preset} {overrides or ''}; output: {out}")
     trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=_progress(a), data_spec=a.data)
@@ -227,7 +240,8 @@ def _fit(trainer, out):
         return 143 if trainer.interrupted == "SIGTERM" else 130  # 128 + the signal's number, as shells do
     if history:
         h = history[-1]
-        print(f"done: test accuracy {h['test_acc']:.4f} after {h['epoch']} epochs, {h['elapsed_s']:.0f} s of training; "
+        what = "test accuracy" if trainer.cfg.head == "classify" else "masked-patch colour accuracy on the test images"
+        print(f"done: {what} {h['test_acc']:.4f} after {h['epoch']} epochs, {h['elapsed_s']:.0f} s of training; "
               f"checkpoint {out / 'checkpoint.npz'}, metrics {out / 'metrics.jsonl'}, plots {out / 'curves.png'}")
     return 0
 
@@ -338,10 +352,8 @@ def cmd_finetune(a):
 
 
 def _finetune(a, out):
-    from dataclasses import replace
-
-    from .backend import xp
     from .data import Dataset, Split, load_dataset
+    from .model import with_new_head
     from .resolution import resize_images, resize_pos_embed
     from .train import Trainer
     params, cfg = _load_pretrained(a.checkpoint)
@@ -358,10 +370,7 @@ def _finetune(a, out):
         params, cfg = resize_pos_embed(params, cfg, size)
         print(f"position embeddings resized (bilinear) from {old}x{old} to {size}x{size}: {cfg.num_patches} patches")
     K = len(data.classes)
-    cfg = replace(cfg, num_classes=K)
-    params = dict(params)
-    params["head.w"] = xp().zeros((cfg.dim, K), dtype=params["cls_token"].dtype)  # a new, zero head (paper 3.2)
-    params["head.b"] = xp().zeros((K,), dtype=params["cls_token"].dtype)
+    params, cfg = with_new_head(params, cfg, K)  # a new, zero head (paper 3.2); a colour head and [mask] are dropped
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, min_lr=0.0, warmup_epochs=a.warmup,
                        weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, clip_norm=a.clip_norm,
                        augment=not a.no_augment, seed=a.seed, threads=a.threads, optimizer="sgd", momentum=a.momentum)
@@ -419,7 +428,7 @@ def main(argv=None):
     try:
         if getattr(a, "backend", None):
             use_backend(a.backend)
-        return {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+        return {"train": cmd_train, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "predict": cmd_predict,
                 "profile": cmd_profile, "finetune": cmd_finetune, "fewshot": cmd_fewshot, "make-subset": cmd_make_subset}[a.command](a)
     except (DataError, CheckpointError, ConfigError, BackendError, TrainingDiverged, RunFolderBusy, ValueError,
             OSError) as e:

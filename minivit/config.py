@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 
 POS_EMBEDS = ("learned", "learned2d", "sincos", "relative", "none")  # minivit/posembed.py
+HEADS = ("classify", "mpp")  # what reads the encoder's output: model.py's class head, pretrain.py's
 
 
 class ConfigError(ValueError):
@@ -36,6 +37,8 @@ class ViTConfig:
     stem_channels: tuple = ()   # hybrid (paper 3.1): widths of the conv3x3-GroupNorm-ReLU stem; () = image patches
     stem_strides: tuple = ()    # the stride of each stem layer
     stem_groups: int = 8        # GroupNorm groups in the stem (each width must be a multiple)
+    head: str = "classify"      # "classify": the class head (K logits per image); "mpp": masked patch
+    #                             prediction's [mask] token and 512-colour head per patch (pre-training, B.1.2)
 
     def __post_init__(self):
         for name in ("stem_channels", "stem_strides"):  # JSON gives lists back; keep the config hashable
@@ -59,6 +62,8 @@ class ViTConfig:
         if self.pos_embed_every_layer and self.pos_embed in ("none", "relative"):
             raise ConfigError("pos_embed_every_layer needs a position embedding to add to the tokens, "
                               f"not pos_embed={self.pos_embed!r}")
+        if self.head not in HEADS:
+            raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.gelu not in ("exact", "tanh"):
             raise ConfigError(f"gelu must be 'exact' or 'tanh', got {self.gelu!r}")
         for name in ("dropout", "attn_dropout"):

@@ -34,7 +34,7 @@ def features(params, images, cfg, mean, std, batch_size=500, threads=2):
     dtype = params["cls_token"].dtype
     body = dict(params, **{"head.w": to_device(np.eye(cfg.dim), dtype), "head.b": to_device(np.zeros(cfg.dim), dtype)})
     xp = get_array_module(body["head.w"])
-    engine = Engine(replace(cfg, num_classes=cfg.dim), threads)
+    engine = Engine(replace(cfg, num_classes=cfg.dim, head="classify"), threads)  # (a pre-training model has no class head)
     try:
         with _blas_single_thread(engine.threads):
             parts = [to_numpy(engine.predict_logits(body, normalize(images[i:i + batch_size], mean, std, xp, dtype)))

@@ -9,6 +9,7 @@ Parameter names follow timm's VisionTransformer with `w`/`b` for weight/bias
 the patch projection (D, C, P, P) as torch F.conv2d. minivit.timm converts.
 """
 import math
+from dataclasses import replace
 
 import numpy as np
 
@@ -44,7 +45,12 @@ def param_shapes(cfg):
             p + "mlp.fc1.w": (D, M), p + "mlp.fc1.b": (M,),
             p + "mlp.fc2.w": (M, D), p + "mlp.fc2.b": (D,),
         })
-    shapes.update({"norm.w": (D,), "norm.b": (D,), "head.w": (D, K), "head.b": (K,)})
+    shapes.update({"norm.w": (D,), "norm.b": (D,)})
+    if cfg.head == "classify":
+        shapes.update({"head.w": (D, K), "head.b": (K,)})
+    else:  # masked patch prediction's [mask] token and colour head (minivit/pretrain.py)
+        from .pretrain import mpp_shapes
+        shapes.update(mpp_shapes(cfg))
     return shapes
 
 
@@ -84,9 +90,9 @@ def init_params(cfg, seed=0, dtype="float32"):
         elif name == "patch_embed.w":
             fan_in = math.prod(shape[1:])
             v = _truncated_normal(rng, shape, 1.0 / math.sqrt(fan_in))
-        elif leaf.startswith("pos_embed"):  # pos_embed, pos_embed_row, pos_embed_col, blocks.i.pos_embed
+        elif leaf.startswith("pos_embed") or name == "mask_token":  # pos_embed(_row, _col), blocks.i.pos_embed
             v = rng.normal(0.0, 0.02, shape)
-        elif name.startswith("head.") or name == "cls_token":
+        elif name.startswith(("head.", "mpp_head.")) or name == "cls_token":
             v = np.zeros(shape)
         elif ".norm" in name or name.startswith("norm."):
             v = np.ones(shape) if leaf == "w" else np.zeros(shape)
@@ -101,6 +107,18 @@ def init_params(cfg, seed=0, dtype="float32"):
         params[name] = v
     xp = backend_xp()
     return {k: xp.asarray(v, dtype=dtype) for k, v in params.items()}
+
+
+def with_new_head(params, cfg, num_classes):
+    """Fine-tuning's start (paper 3.2): the encoder of `params` with a new, zero class head for
+    `num_classes`, whatever head it had (a class head, or pre-training's colour head and [mask]).
+    -> (params, cfg)."""
+    cfg = replace(cfg, num_classes=num_classes, head="classify")
+    dtype, xp = params["cls_token"].dtype, get_array_module(params["cls_token"])
+    new = {k: v for k, v in params.items() if k in param_shapes(cfg) and not k.startswith("head.")}
+    new["head.w"] = xp.zeros((cfg.dim, num_classes), dtype=dtype)
+    new["head.b"] = xp.zeros((num_classes,), dtype=dtype)
+    return {k: new[k] for k in param_shapes(cfg)}, cfg
 
 
 def check_input(x, cfg, params=None):
@@ -129,12 +147,61 @@ def forward(params, x, cfg, train=False, rng=None, keep_cache=True):
     block runs, so memory holds one block's activations, not the whole model's; the
     cache returned is then None.
     """
+    if cfg.head != "classify":
+        raise ValueError(f"this model has no class head (head={cfg.head!r}: a masked-patch-prediction model, "
+                         "minivit/pretrain.py); fine-tune it first (`minivit finetune CHECKPOINT --data ...`)")
+    tok, c_embed = embed_patches(params, x, cfg)                                           # (B, N, D)
+    z, c_enc = encode(params, tok, cfg, train, rng, keep_cache)                            # (B, N+1, D)
+    pooled = z[:, 0] if cfg.pool == "token" else z[:, 1:].mean(axis=1)                    # (B, D)
+    logits, c_head = linear_forward(pooled, params["head.w"], params["head.b"])            # (B, K)
+    if not keep_cache:
+        return logits, None
+    return logits, (cfg, z.shape, c_embed, c_enc, c_head)
+
+
+def backward(dlogits, cache):
+    """dlogits (B, K) -> grads: a dict with the same keys and shapes as params."""
+    cfg, z_shape, c_embed, c_enc, c_head = cache
+    xp = get_array_module(dlogits)
+    grads = {}
+    dpooled, grads["head.w"], grads["head.b"] = linear_backward(dlogits, c_head)  # (B, D)
+    dz = xp.zeros(z_shape, dtype=dlogits.dtype)                                    # (B, N+1, D)
+    if cfg.pool == "token":
+        dz[:, 0] = dpooled
+    else:  # the mean spreads its gradient evenly over the N patch tokens
+        dz[:, 1:] = dpooled[:, None, :] / (z_shape[1] - 1)
+    dtok = encode_backward(dz, c_enc, grads)
+    embed_patches_backward(dtok, c_embed, grads)
+    return {k: grads[k] for k in param_shapes(cfg)}  # the order of params
+
+
+def embed_patches(params, x, cfg):
+    """x (B, C, H, W) -> the patch embeddings x_p E (B, N, D), eq. 1 without class token and positions.
+
+    With a hybrid stem, the patches are cut from its feature map instead of the image."""
     check_input(x, cfg, params)
     x = x.astype(params["cls_token"].dtype, copy=False)
-    xp = get_array_module(x)
-    B = x.shape[0]
     x, c_stem = stem_forward(x, params, cfg)          # the hybrid's feature map (B, F, H', W'), or x itself
     tok, c_patch = patch_embed_forward(x, params["patch_embed.w"], params["patch_embed.b"])  # (B, N, D)
+    return tok, (c_stem, c_patch)
+
+
+def embed_patches_backward(dtok, cache, grads):
+    """dtok (B, N, D) -> the patch projection's (and stem's) gradients, added to `grads`."""
+    c_stem, c_patch = cache
+    # the image needs no gradient; a stem's feature map does
+    dx, grads["patch_embed.w"], grads["patch_embed.b"] = patch_embed_backward(dtok, c_patch, need_dx=bool(c_stem))
+    stem_backward(dx, c_stem, grads)
+
+
+def encode(params, tok, cfg, train=False, rng=None, keep_cache=True):
+    """Patch embeddings (B, N, D) -> the encoder's normalised output tokens (B, N+1, D), eq. 1-4.
+
+    Prepends the class token, adds the position embeddings, runs the L blocks and the final
+    LayerNorm; token 0 is the class token. Masked patch prediction (minivit/pretrain.py)
+    corrupts `tok` before it comes here."""
+    xp = get_array_module(tok)
+    B = tok.shape[0]
     cls = xp.broadcast_to(params["cls_token"], (B, 1, cfg.dim))                           # (B, 1, D)
     z = xp.concatenate([cls, tok], axis=1)                                                 # (B, N+1, D)
     c_pos = []  # position embeddings: once here, or at the start of every block (posembed.py)
@@ -151,24 +218,12 @@ def forward(params, x, cfg, train=False, rng=None, keep_cache=True):
         if keep_cache:
             c_blocks.append(c)
     z, c_norm = layernorm_forward(z, params["norm.w"], params["norm.b"], cfg.ln_eps)       # (B, N+1, D)
-    pooled = z[:, 0] if cfg.pool == "token" else z[:, 1:].mean(axis=1)                    # (B, D)
-    logits, c_head = linear_forward(pooled, params["head.w"], params["head.b"])            # (B, K)
-    if not keep_cache:
-        return logits, None
-    return logits, (cfg, z.shape, c_patch, m_emb, c_blocks, c_norm, c_head, c_pos, c_stem)
+    return z, ((cfg, m_emb, c_blocks, c_norm, c_pos) if keep_cache else None)
 
 
-def backward(dlogits, cache):
-    """dlogits (B, K) -> grads: a dict with the same keys and shapes as params."""
-    cfg, z_shape, c_patch, m_emb, c_blocks, c_norm, c_head, c_pos, c_stem = cache
-    xp = get_array_module(dlogits)
-    grads = {}
-    dpooled, grads["head.w"], grads["head.b"] = linear_backward(dlogits, c_head)  # (B, D)
-    dz = xp.zeros(z_shape, dtype=dlogits.dtype)                                    # (B, N+1, D)
-    if cfg.pool == "token":
-        dz[:, 0] = dpooled
-    else:  # the mean spreads its gradient evenly over the N patch tokens
-        dz[:, 1:] = dpooled[:, None, :] / (z_shape[1] - 1)
+def encode_backward(dz, cache, grads):
+    """dz (B, N+1, D) -> dtok (B, N, D); the encoder's parameter gradients are added to `grads`."""
+    cfg, m_emb, c_blocks, c_norm, c_pos = cache
     dz, grads["norm.w"], grads["norm.b"] = layernorm_backward(dz, c_norm)
     for i in reversed(range(len(c_blocks))):
         dz = block_backward(dz, c_blocks[i], grads)
@@ -180,7 +235,4 @@ def backward(dlogits, cache):
         dz, g = pos_backward(dz, c_pos[0])
         grads.update(g)
     grads["cls_token"] = dz[:, :1].sum(axis=0, keepdims=True)                      # (1, 1, D)
-    # the image needs no gradient; a stem's feature map does
-    dx, grads["patch_embed.w"], grads["patch_embed.b"] = patch_embed_backward(dz[:, 1:], c_patch, need_dx=bool(c_stem))
-    stem_backward(dx, c_stem, grads)
-    return {k: grads[k] for k in param_shapes(cfg)}  # the order of params
+    return dz[:, 1:]                                                                # (B, N, D)

@@ -1,7 +1,7 @@
 """The training loop: batches, data-parallel gradient steps, evaluation, checkpoints, metrics.
 
 Every random choice is derived from (seed, epoch) or (seed, step): the shuffle of
-epoch e from default_rng([seed, e]), augmentation and dropout of step s from
+epoch e from default_rng([seed, e]), augmentation, dropout and masked patches of step s from
 default_rng([seed, s, ...]). A checkpoint's step therefore fixes all later
 randomness, and a resumed run continues exactly as an uninterrupted one.
 """
@@ -19,12 +19,13 @@ import numpy as np
 
 from . import plots
 from .allocator import keep_freed_memory
-from .backend import backend_name, fused_kernels, to_numpy, xp as backend_xp
+from .backend import backend_name, fused_kernels, get_array_module, to_numpy, xp as backend_xp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import augment, channel_stats, normalize
 from .files import write_text_atomic
 from .loss import check_labels, cross_entropy
 from .model import backward, forward, init_params
+from .pretrain import colour_targets, corruption_plan, evaluate_mpp, mpp_step, plan_rows
 from .optim import SGD, AdamW, clip_grad_norm, warmup_cosine
 from .runlock import RunLock
 
@@ -93,6 +94,20 @@ def make_batch(split, tcfg, mean, std, epoch, index, step, dtype="float32", orde
     return normalize(images, mean, std, xp, dtype), xp.asarray(split.labels[idx])
 
 
+def classify_step(params, x, y, cfg, label_smoothing, share, rng, plan=None):
+    """One shard of a training step: loss (times the shard's `share` of the batch), number
+    correct, gradients of the scaled loss."""
+    logits, cache = forward(params, x, cfg, train=True, rng=rng)
+    loss, dlogits = cross_entropy(logits, y, label_smoothing)
+    if share != 1.0:                            # (one shard, as on a GPU: nothing to scale)
+        loss, dlogits = loss * share, dlogits * share
+    grads = backward(dlogits, cache)
+    return loss, (logits.argmax(axis=1) == y).sum(), grads
+
+
+STEPS = {"classify": classify_step, "mpp": mpp_step}  # by ViTConfig.head
+
+
 class Engine:
     """Runs forward/backward over a batch split into shards, one per thread.
 
@@ -118,19 +133,21 @@ class Engine:
         return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]  # promote float32 math to float64
 
     def loss_and_grads(self, params, x, y, label_smoothing, seed, step):
-        """Mean loss over the batch, number correct, gradients of the mean loss."""
+        """Mean loss over the batch, number correct, gradients of the mean loss.
+
+        y: the labels (B,), or for masked patch prediction the patch colours (B, N)."""
         B = len(y)
+        step_fn = STEPS[self.cfg.head]
+        plan = None  # masked patch prediction: which patches to corrupt, drawn once for the batch
+        if self.cfg.head == "mpp":
+            plan = corruption_plan(np.random.default_rng([seed, step, 2]), B, self.cfg.num_patches)
 
         def shard(sl):
             i = sl.start
             rng = np.random.default_rng([seed, step, 1, i]) if (self.cfg.dropout or self.cfg.attn_dropout) else None
-            logits, cache = forward(params, x[sl], self.cfg, train=True, rng=rng)
-            loss, dlogits = cross_entropy(logits, y[sl], label_smoothing)
             share = (sl.stop - sl.start) / B            # each shard's share of the batch mean
-            if share != 1.0:                            # (one shard, as on a GPU: nothing to scale)
-                loss, dlogits = loss * share, dlogits * share
-            grads = backward(dlogits, cache)
-            return loss, (logits.argmax(axis=1) == y[sl]).sum(), grads
+            rows = plan_rows(plan, sl, get_array_module(x)) if plan is not None else None
+            return step_fn(params, x[sl], y[sl], self.cfg, label_smoothing, share, rng, rows)
 
         results = self._map(shard, self._shards(B))
         loss = sum(r[0] for r in results)
@@ -212,7 +229,7 @@ class Trainer:
         self.out = Path(out_dir)
         self.progress, self.log = progress, log
         check_images_fit(cfg, dataset)
-        if len(dataset.classes) != cfg.num_classes:
+        if cfg.head == "classify" and len(dataset.classes) != cfg.num_classes:
             raise ValueError(f"the data has {len(dataset.classes)} classes but the model has "
                              f"num_classes={cfg.num_classes}")
         self.steps_per_epoch = math.ceil(len(dataset.train.labels) / tcfg.batch_size)
@@ -260,7 +277,8 @@ class Trainer:
         return {"step": self.step, "epoch": self.step / self.steps_per_epoch, "seed": self.tcfg.seed,
                 "rng": {"seed": self.tcfg.seed, "step": self.step,
                         "streams": "shuffle default_rng([seed, epoch]); augment default_rng([seed, step, 0]); "
-                                   "dropout default_rng([seed, step, 1, shard_start])"},
+                                   "dropout default_rng([seed, step, 1, shard_start]); "
+                                   "masked patches default_rng([seed, step, 2])"},
                 "train_config": asdict(self.tcfg), "mean": list(map(float, self.mean)), "std": list(map(float, self.std)),
                 "classes": list(self.data.classes), "history": self.history, "elapsed": self.elapsed,
                 "backend": backend_name(), "data": self.data_spec, "data_fingerprint": self.fingerprint}
@@ -271,8 +289,11 @@ class Trainer:
     def _batch(self, epoch, index):
         if self._order[0] != epoch:  # the epoch's shuffle, drawn once per epoch
             self._order = (epoch, epoch_order(self.tcfg.seed, epoch, len(self.data.train.labels)))
-        return make_batch(self.data.train, self.tcfg, self.mean, self.std, epoch, index, self.step,
+        x, y = make_batch(self.data.train, self.tcfg, self.mean, self.std, epoch, index, self.step,
                           self.params["cls_token"].dtype, order=self._order[1])
+        if self.cfg.head == "mpp":  # pre-training: the targets are the patches' colours, not the labels
+            y = colour_targets(x, self.mean, self.std, self.cfg)               # (B, N)
+        return x, y
 
     def fit(self):
         """Train to the end (or until interrupted), evaluating every epoch. Returns the history."""
@@ -301,7 +322,8 @@ class Trainer:
                         loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step)
                         loss = float(loss)  # the one host sync per step: the NaN guard needs it
                         if not math.isfinite(loss):
-                            check_labels(y, self.cfg.num_classes)  # on a GPU a bad label shows as NaN: name it
+                            if self.cfg.head == "classify":  # on a GPU a bad label shows as NaN: name it
+                                check_labels(y, self.cfg.num_classes)
                             kept = (f"the last good checkpoint is kept at {self.ckpt_path}" if self.ckpt_path.exists()
                                     else "no checkpoint had been saved yet (one is written at the end of every epoch)")
                             raise TrainingDiverged(
@@ -312,7 +334,7 @@ class Trainer:
                         self.opt.step(self.params, grads)
                         self.step += 1
                         n = len(y)
-                        seen, loss_sum, correct_sum = seen + n, loss_sum + loss * n, correct_sum + int(correct)
+                        seen, loss_sum, correct_sum = seen + n, loss_sum + loss * n, correct_sum + float(correct)
                         dt = time.perf_counter() - t0
                         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct_sum / seen:.3f}",
                                         img_s=f"{seen / dt:.0f}", lr=f"{self.opt.lr:.2e}")
@@ -338,7 +360,8 @@ class Trainer:
         t = self.tcfg
         # The test loss is plain cross-entropy, as `minivit evaluate` reports it; the train loss is
         # the objective being minimised, with label smoothing.
-        ev = evaluate(self.params, self.cfg, self.data.test, self.mean, self.std, t.eval_batch_size, engine=self.engine)
+        score = evaluate if self.cfg.head == "classify" else evaluate_mpp  # mpp: colours of the test images
+        ev = score(self.params, self.cfg, self.data.test, self.mean, self.std, t.eval_batch_size, engine=self.engine)
         row = {"epoch": epoch + 1, "step": self.step, "lr": self.opt.lr, "train_loss": train_loss,
                "train_acc": train_acc, "test_loss": ev["loss"], "test_acc": ev["accuracy"],
                "images_per_s": images_per_s, "elapsed_s": self.elapsed}
@@ -348,8 +371,9 @@ class Trainer:
         self.log(f"epoch {epoch + 1}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
                  f"test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f} | {images_per_s:.0f} img/s, {self.elapsed:.0f} s")
         plots.plot_curves(self.history, self.out / "curves.png")
-        plots.plot_confusion(self.data.test.labels, ev["predictions"], self.data.classes, self.out / "confusion.png",
-                             title=f"test accuracy {ev['accuracy']:.1%} after epoch {epoch + 1}")
+        if ev["predictions"] is not None:
+            plots.plot_confusion(self.data.test.labels, ev["predictions"], self.data.classes, self.out / "confusion.png",
+                                 title=f"test accuracy {ev['accuracy']:.1%} after epoch {epoch + 1}")
         if self.on_epoch_end:
             self.on_epoch_end(self.history)
 
