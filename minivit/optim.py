@@ -11,9 +11,9 @@ from .backend import fused, get_array_module
 def decays(name, value):
     """timm's rule: weight-decay tensors with 2+ dimensions, never biases, LayerNorm
     gains, the class token or position embeddings (pos_embed, pos_embed_row/col, and the
-    per-block blocks.i.pos_embed)."""
+    per-block blocks.i.pos_embed); nor pre-training's [mask] token, a token like the class token."""
     leaf = name.rsplit(".", 1)[-1]
-    return value.ndim >= 2 and leaf != "cls_token" and not leaf.startswith("pos_embed")
+    return value.ndim >= 2 and leaf not in ("cls_token", "mask_token") and not leaf.startswith("pos_embed")
 
 
 class AdamW:

@@ -19,15 +19,16 @@ def test_adamw_step_counter_advances_and_bias_correction():
     assert opt.t == 2  # a counter that never advances would leave bias corrections at step 1
 
 
-def test_adamw_decays_only_matrices_not_cls_or_pos():
-    cfg = mv.ViTConfig.preset("test")
+@pytest.mark.parametrize("head", ["classify", "mpp"])
+def test_adamw_decays_only_matrices_not_cls_or_pos(head):
+    cfg = mv.ViTConfig.preset("test", head=head)
     params = mv.init_params(cfg, dtype="float64")
     params["cls_token"] += 1.0
     before = {k: v.copy() for k, v in params.items()}
     zeros = {k: np.zeros_like(v) for k, v in params.items()}
     mv.AdamW(lr=0.1, weight_decay=0.5).step(params, zeros)  # zero gradient: only decay acts
     for k, v in params.items():
-        if before[k].ndim >= 2 and k not in ("cls_token", "pos_embed"):
+        if before[k].ndim >= 2 and k not in ("cls_token", "pos_embed", "mask_token"):
             np.testing.assert_allclose(v, before[k] * (1 - 0.1 * 0.5), rtol=1e-12, err_msg=k)
         else:
             np.testing.assert_array_equal(v, before[k], err_msg=k)
