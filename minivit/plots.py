@@ -12,8 +12,8 @@ def _figure(**kw):
     return Figure(**kw)
 
 
-def plot_curves(history, path):
-    """Loss and accuracy per epoch, train and test, side by side."""
+def plot_curves(history, path, accuracy="accuracy"):
+    """Loss and accuracy per epoch, train and test, side by side; `accuracy` names what is counted."""
     ep = [h["epoch"] for h in history]
     fig = _figure(figsize=(10, 4))
     a, b = fig.subplots(1, 2)
@@ -22,7 +22,7 @@ def plot_curves(history, path):
     a.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     b.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
     b.plot(ep, [h["test_acc"] for h in history], "o-", label="test")
-    b.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    b.set(xlabel="epoch", ylabel="accuracy", title=accuracy)
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend()

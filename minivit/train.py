@@ -370,7 +370,8 @@ class Trainer:
         write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         self.log(f"epoch {epoch + 1}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
                  f"test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f} | {images_per_s:.0f} img/s, {self.elapsed:.0f} s")
-        plots.plot_curves(self.history, self.out / "curves.png")
+        plots.plot_curves(self.history, self.out / "curves.png",
+                          "accuracy" if self.cfg.head == "classify" else "masked patches: 3-bit colour accuracy")
         if ev["predictions"] is not None:
             plots.plot_confusion(self.data.test.labels, ev["predictions"], self.data.classes, self.out / "confusion.png",
                                  title=f"test accuracy {ev['accuracy']:.1%} after epoch {epoch + 1}")
