@@ -8,8 +8,9 @@ the same total compute (paper section 4.6 and Appendix B.1.2, at CIFAR scale).
 
 1. Pre-train `--preset` with masked patch prediction on all training images, labels unused
    (`--pretrain-epochs` passes).
-2. Few-shot linear accuracy (paper 4.1) of the frozen features: at initialisation and after
-   pre-training.
+2. Few-shot linear accuracy (paper 4.1) and a linear probe of the frozen features, at
+   initialisation and after pre-training, reading the class token or the mean patch token; and how
+   far each block attends (mean attention distance, paper Figure 7) before and after.
 3. For each label fraction: a class-balanced labelled subset (the same images for both arms).
    "pretrained" fine-tunes the pre-trained encoder with a new zero head on `--finetune-images`
    training images' worth of steps; "scratch" trains a fresh model on the same labels for that
@@ -37,11 +38,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from minivit import ViTConfig, init_params, with_new_head  # noqa: E402
-from minivit.data import Dataset, Split, load_dataset  # noqa: E402
-from minivit.fewshot import features, fewshot_accuracy  # noqa: E402
+from minivit import ViTConfig, forward, init_params, with_new_head  # noqa: E402
+from minivit.data import Dataset, Split, load_dataset, normalize  # noqa: E402
+from minivit.fewshot import features, fewshot_accuracy, linear_probe  # noqa: E402
 from minivit.files import write_text_atomic  # noqa: E402
 from minivit.train import TrainConfig, Trainer, evaluate  # noqa: E402
+from minivit.visualize import attention_maps, mean_attention_distance  # noqa: E402
 
 
 def labelled_subset(split, fraction, seed):
@@ -70,12 +72,23 @@ def run(cfg, tcfg, data, out, init=None):
     return t
 
 
-def fewshot_table(params, cfg, data, mean, std, shots, draws, seed):
+def frozen_scores(params, cfg, data, mean, std, shots, draws, seed):
+    """Few-shot accuracy (paper 4.1) per shot count, and a linear probe on all training images."""
     train = features(params, data.train.images, cfg, mean, std)
     test = features(params, data.test.images, cfg, mean, std)
     K = len(data.classes)
-    return {str(k): fewshot_accuracy(train, data.train.labels, test, data.test.labels, k, K, draws, seed=seed)[0]
-            for k in shots}
+    scores = {str(k): fewshot_accuracy(train, data.train.labels, test, data.test.labels, k, K, draws, seed=seed)[0]
+              for k in shots}
+    scores["probe"] = linear_probe(train, data.train.labels, test, data.test.labels, K)[0]
+    return scores
+
+
+def attention_distance(params, cfg, images, mean, std):
+    """Mean attention distance in pixels per block (averaged over heads) on `images`: how far each
+    block looks (the paper's Figure 7, right), for the encoder alone, uncorrupted."""
+    params, cfg = with_new_head(params, cfg, cfg.num_classes)
+    _, cache = forward(params, normalize(images, mean, std), cfg)
+    return mean_attention_distance(attention_maps(cache), cfg.grid, cfg.patch_size).mean(axis=1).round(2).tolist()
 
 
 def main():
@@ -117,14 +130,20 @@ def main():
                            "history": pre.history}
     print(f"pre-trained in {time.perf_counter() - t0:.0f} s: colour accuracy {pre.history[-1]['test_acc']:.3f}")
 
-    # 2. few-shot accuracy of the frozen features, before and after
+    # 2. the frozen features, before and after: the class token (which masked patch prediction never
+    #    trains: its loss reads only patch tokens) and the mean of the patch tokens
     encoder = pre.params
     fresh = init_params(ViTConfig.preset(a.preset, num_classes=K), seed=a.seed)
     results["fewshot"] = {
-        name: fewshot_table(params, ViTConfig.preset(a.preset, num_classes=K, head=head), data, pre.mean, pre.std,
-                            a.shots, a.draws, a.seed)
-        for name, params, head in (("init", fresh, "classify"), ("pretrained", encoder, "mpp"))}
-    print("few-shot:", json.dumps(results["fewshot"]))
+        pool: {name: frozen_scores(params, ViTConfig.preset(a.preset, num_classes=K, head=head, pool=pool), data,
+                                   pre.mean, pre.std, a.shots, a.draws, a.seed)
+               for name, params, head in (("init", fresh, "classify"), ("pretrained", encoder, "mpp"))}
+        for pool in ("token", "gap")}
+    print("frozen features:", json.dumps(results["fewshot"]))
+    sample = data.test.images[pick[:256]]
+    results["attention_distance"] = {
+        "init": attention_distance(fresh, ViTConfig.preset(a.preset, num_classes=K), sample, pre.mean, pre.std),
+        "pretrained": attention_distance(encoder, cfg, sample, pre.mean, pre.std)}
 
     # 3. fine-tuning against scratch, per label fraction, at equal compute
     for fraction, ft_images in zip(a.fractions, a.finetune_images):
@@ -139,6 +158,7 @@ def main():
             name = f"{fraction:g}-{arm}"
             t = run(ccfg, tcfg, Dataset(epoch_split, quick_test, data.classes, data.name), out / name, init=init)
             final = evaluate(t.params, ccfg, data.test, t.mean, t.std)
+            results["attention_distance"][name] = attention_distance(t.params, ccfg, sample, t.mean, t.std)
             results["runs"][name] = {"fraction": fraction, "labelled_images": len(labelled.labels), "repeats": reps,
                                      "arm": arm, "images": epochs * per_epoch, "epochs": epochs,
                                      "seconds": t.elapsed, "test_acc": final["accuracy"], "test_loss": final["loss"],

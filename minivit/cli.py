@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +140,10 @@ def _parser():
     fs.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 25], help="training images per class")
     fs.add_argument("--draws", type=int, default=5, help="random draws of the shots, averaged")
     fs.add_argument("--l2", type=float, default=100.0, help="ridge penalty of the least-squares map (on standardised features)")
+    fs.add_argument("--pool", choices=["token", "gap"], default=None,
+                    help="the representation: the class token or the mean of the patch tokens after the final "
+                         "LayerNorm (default: what the model's head reads; a masked-patch-prediction model never "
+                         "trains its class token, so 'gap' is its natural choice)")
     fs.add_argument("--no-probe", action="store_true", help="skip the logistic-regression probe on all training images")
     fs.add_argument("--seed", type=int, default=0)
     fs.add_argument("--backend", choices=["numpy", "cupy"], default=None)
@@ -385,13 +390,15 @@ def cmd_fewshot(a):
     if min(a.shots) < 1 or a.draws < 1 or a.l2 <= 0:
         raise ValueError(f"--shots must be >= 1, --draws >= 1 and --l2 > 0 (got {a.shots}, {a.draws}, {a.l2})")
     params, cfg, meta, spec, data = _checkpoint_and_data(a)
+    if a.pool:
+        cfg = replace(cfg, pool=a.pool)
     mean, std = np.array(meta["mean"]), np.array(meta["std"])
     if not a.json:
         print(f"features of {len(data.train.labels):,} training and {len(data.test.labels):,} test images ...",
               file=sys.stderr)
     train, test = (features(params, s.images, cfg, mean, std) for s in (data.train, data.test))
     K = len(data.classes)
-    result = {"data": spec, "classes": K, "draws": a.draws, "l2": a.l2, "fewshot": {}}
+    result = {"data": spec, "classes": K, "pool": cfg.pool, "draws": a.draws, "l2": a.l2, "fewshot": {}}
     for k in a.shots:
         acc, sd = fewshot_accuracy(train, data.train.labels, test, data.test.labels, k, K, a.draws, a.l2, a.seed)
         result["fewshot"][str(k)] = {"accuracy": round(acc, 5), "std": round(sd, 5)}
@@ -400,7 +407,8 @@ def cmd_fewshot(a):
     if a.json:
         print(json.dumps(result))
         return 0
-    print(f"{Path(a.checkpoint).name} on {spec}: {K} classes, {len(data.test.labels):,} test images")
+    print(f"{Path(a.checkpoint).name} on {spec}: {K} classes, {len(data.test.labels):,} test images, "
+          f"representation: {'class token' if cfg.pool == 'token' else 'mean of the patch tokens'}")
     print(f"{'shots':>6} {'accuracy':>9}  (mean ± std over {a.draws} draws, ridge l2 = {a.l2:g})")
     for k, r in result["fewshot"].items():
         print(f"{k:>6} {r['accuracy']:9.1%} ± {r['std']:.1%}")

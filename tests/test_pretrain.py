@@ -215,9 +215,11 @@ def test_cli_pretrain_then_finetune_and_fewshot(tmp_path):
     assert "colour accuracy" in r.stdout
     params, cfg, _, meta = load_checkpoint(tmp_path / "pre" / "checkpoint.npz")
     assert cfg.head == "mpp" and "mask_token" in params and len(meta["history"]) == 2
-    r = run_cli("fewshot", str(tmp_path / "pre" / "checkpoint.npz"), "--shots", "1", "--draws", "2", "--json", cache=tmp_path)
+    r = run_cli("fewshot", str(tmp_path / "pre" / "checkpoint.npz"), "--shots", "1", "--draws", "2", "--pool", "gap",
+                "--json", cache=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert set(json.loads(r.stdout)["fewshot"]) == {"1"}
+    out = json.loads(r.stdout)
+    assert set(out["fewshot"]) == {"1"} and out["pool"] == "gap"
     r = run_cli("finetune", str(tmp_path / "pre" / "checkpoint.npz"), "--data", str(data), "--epochs", "1",
                 "--batch-size", "16", "--out", str(tmp_path / "ft"), cache=tmp_path)
     assert r.returncode == 0, r.stderr
