@@ -31,7 +31,6 @@ import argparse
 import json
 import math
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -123,12 +122,11 @@ def main():
     cfg = ViTConfig.preset(a.preset, num_classes=K, head="mpp")
     pre_tcfg = TrainConfig(epochs=a.pretrain_epochs, batch_size=a.batch_size, lr=a.lr, warmup_epochs=0.5,
                            label_smoothing=0.0, seed=a.seed)
-    t0 = time.perf_counter()
     pre = run(cfg, pre_tcfg, Dataset(data.train, quick_test, data.classes, data.name), out / "pretrain")
     pre_images = a.pretrain_epochs * len(data.train.labels)
     results["pretrain"] = {"train_config": asdict(pre_tcfg), "images": pre_images, "seconds": pre.elapsed,
                            "history": pre.history}
-    print(f"pre-trained in {time.perf_counter() - t0:.0f} s: colour accuracy {pre.history[-1]['test_acc']:.3f}")
+    print(f"pre-trained: {pre.elapsed:.0f} s of training, colour accuracy {pre.history[-1]['test_acc']:.3f}")
 
     # 2. the frozen features, before and after: the class token (which masked patch prediction never
     #    trains: its loss reads only patch tokens) and the mean of the patch tokens
