@@ -115,10 +115,10 @@ def with_new_head(params, cfg, num_classes):
     -> (params, cfg)."""
     cfg = replace(cfg, num_classes=num_classes, head="classify")
     dtype, xp = params["cls_token"].dtype, get_array_module(params["cls_token"])
-    new = {k: v for k, v in params.items() if k in param_shapes(cfg) and not k.startswith("head.")}
+    new = {k: params[k] for k in param_shapes(cfg) if not k.startswith("head.")}  # the head comes last
     new["head.w"] = xp.zeros((cfg.dim, num_classes), dtype=dtype)
     new["head.b"] = xp.zeros((num_classes,), dtype=dtype)
-    return {k: new[k] for k in param_shapes(cfg)}, cfg
+    return new, cfg
 
 
 def check_input(x, cfg, params=None):

@@ -104,11 +104,11 @@ def corrupt_backward(dout, plan):
     xp = get_array_module(dout)
     m = plan.masked[..., None]                                            # (B, N, 1)
     dmask_token = xp.where(m, dout, 0).sum(axis=(0, 1), keepdims=True)    # (1, 1, D): every [mask] is one parameter
-    dshown = xp.where(m, 0, dout)                                         # (B, N, D)
-    dtok = dshown.copy()                                                  # each position shows itself ...
-    dtok[plan.swap_b, plan.swap_i] = 0                                    # ... except the swapped ones,
-    b, i = plan.swap_b, plan.swap_i                                       # whose gradient goes to the patch they
-    xp.add.at(dtok, (b, plan.source[b, i]), dshown[b, i])                 # show (add.at: a patch may be shown twice)
+    dtok = xp.where(m, 0, dout)                                           # (B, N, D): each position shows itself ...
+    b, i = plan.swap_b, plan.swap_i
+    moved = dtok[b, i]                                                    # (S, D) ... except the swapped ones,
+    dtok[b, i] = 0                                                        # whose gradient goes to the patch they
+    xp.add.at(dtok, (b, plan.source[b, i]), moved)                        # show (add.at: a patch may be shown twice)
     return dtok, dmask_token
 
 

@@ -25,8 +25,8 @@ from .data import augment, channel_stats, normalize
 from .files import write_text_atomic
 from .loss import check_labels, cross_entropy
 from .model import backward, forward, init_params
-from .pretrain import colour_targets, corruption_plan, evaluate_mpp, mpp_step, plan_rows
 from .optim import SGD, AdamW, clip_grad_norm, warmup_cosine
+from .pretrain import colour_targets, corruption_plan, evaluate_mpp, mpp_step, plan_rows
 from .runlock import RunLock
 
 
