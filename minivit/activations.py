@@ -1,5 +1,6 @@
 """GELU (exact and tanh forms) and inverted dropout. Derivation: docs/derivations/gelu.md."""
 import math
+from functools import partial
 
 import numpy as np
 
@@ -45,26 +46,30 @@ def normal_cdf_as(x, e):
     return q
 
 
-def gelu_forward(x, approximate="exact"):
+def gelu_forward(x, approximate="exact", keep_cache=True):
     """GELU(x) = x * Phi(x), Phi the standard normal CDF; as torch F.gelu(approximate='none'|'tanh').
 
     The cache holds the derivative GELU'(x), computed here from pieces forward has at hand
     (for an elementwise function, backward is just dy * f'(x)): one array instead of x and
-    Phi(x), and one pass in backward. The arithmetic runs over cache-sized pieces of the
+    Phi(x), and one pass in backward. With keep_cache=False (inference) the derivative is
+    not computed and the cache is None. The arithmetic runs over cache-sized pieces of the
     rows (minivit/pieces.py); each piece is the textbook formula below.
     """
     if approximate not in _GELU_FORMS:
         raise ValueError(f"gelu approximate must be 'exact' or 'tanh', got {approximate!r}")
     gpu = fused(x)
     if gpu:  # on a GPU: one CUDA kernel writes y and GELU'(x) (minivit/cuda_kernels.py)
-        return gpu.gelu(x, approximate)
+        y, dydx = gpu.gelu(x, approximate)
+        return y, (dydx if keep_cache else None)
     xp = get_array_module(x)
+    if not keep_cache:
+        return in_pieces(partial(_GELU_FORMS[approximate], dydx=None), [x], [xp.empty_like(x)])[0], None
     y, dydx = xp.empty_like(x), xp.empty_like(x)
     return in_pieces(_GELU_FORMS[approximate], [x], [y, dydx])
 
 
 def _gelu_exact(x, y, dydx):
-    """y = x Phi(x) and dydx = GELU'(x), written into y and dydx."""
+    """y = x Phi(x) and dydx = GELU'(x), written into y and dydx (dydx None: y only)."""
     xp = get_array_module(x)
     e = x * x
     e *= -0.5
@@ -74,6 +79,8 @@ def _gelu_exact(x, y, dydx):
     else:
         phi = 0.5 * (1.0 + erf(x * _INV_SQRT_2))           # Phi(x), SciPy's float64 erf
     xp.multiply(x, phi, out=y)
+    if dydx is None:
+        return
     # d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the normal density.
     xp.multiply(e, x, out=dydx)
     dydx *= _INV_SQRT_2PI
@@ -81,7 +88,7 @@ def _gelu_exact(x, y, dydx):
 
 
 def _gelu_tanh(x, y, dydx):
-    """y = x/2 (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3), and dydx = its derivative."""
+    """y = x/2 (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3), and dydx = its derivative (None: y only)."""
     xp = get_array_module(x)
     u = x * x
     u *= _GELU_C
@@ -90,6 +97,8 @@ def _gelu_tanh(x, y, dydx):
     u *= _SQRT_2_OVER_PI                                   # u = sqrt(2/pi) (x + 0.044715 x^3)
     t = xp.tanh(u)
     xp.multiply(0.5 * x, 1.0 + t, out=y)
+    if dydx is None:
+        return
     # d/dx [x/2 (1 + tanh u)] = (1 + tanh u)/2 + x/2 (1 - tanh^2 u) du/dx,
     # du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
     du = x * x

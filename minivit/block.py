@@ -12,10 +12,12 @@ from .linear import linear_backward, linear_forward
 from .norm import layernorm_backward, layernorm_forward
 
 
-def mlp_forward(x, w1, b1, w2, b2, gelu="exact", p_drop=0.0, rng=None, train=False):
-    """x (B, N, D) -> fc1 -> GELU -> dropout -> fc2 -> dropout -> (B, N, D)."""
+def mlp_forward(x, w1, b1, w2, b2, gelu="exact", p_drop=0.0, rng=None, train=False, keep_cache=True):
+    """x (B, N, D) -> fc1 -> GELU -> dropout -> fc2 -> dropout -> (B, N, D).
+
+    keep_cache=False (inference) skips what only backward needs (GELU's derivative)."""
     h, c1 = linear_forward(x, w1, b1)           # (B, N, M)
-    h, cg = gelu_forward(h, gelu)               # (B, N, M)
+    h, cg = gelu_forward(h, gelu, keep_cache)   # (B, N, M)
     h, m1 = dropout_forward(h, p_drop, rng, train)
     y, c2 = linear_forward(h, w2, b2)           # (B, N, D)
     y, m2 = dropout_forward(y, p_drop, rng, train)
@@ -32,8 +34,8 @@ def mlp_backward(dy, cache):
     return dx, dw1, db1, dw2, db2
 
 
-def block_forward(x, params, prefix, cfg, rng=None, train=False):
-    """One encoder block: x (B, N, D) -> (B, N, D)."""
+def block_forward(x, params, prefix, cfg, rng=None, train=False, keep_cache=True):
+    """One encoder block: x (B, N, D) -> (B, N, D). keep_cache=False: for inference, no backward."""
     p = lambda name: params[prefix + name]
     h, c_ln1 = layernorm_forward(x, p("norm1.w"), p("norm1.b"), cfg.ln_eps)
     h, c_att = mhsa_forward(h, p("attn.qkv.w"), p("attn.qkv.b"), p("attn.proj.w"), p("attn.proj.b"),
@@ -42,7 +44,7 @@ def block_forward(x, params, prefix, cfg, rng=None, train=False):
     x = x + h                                   # residual around attention
     h, c_ln2 = layernorm_forward(x, p("norm2.w"), p("norm2.b"), cfg.ln_eps)
     h, c_mlp = mlp_forward(h, p("mlp.fc1.w"), p("mlp.fc1.b"), p("mlp.fc2.w"), p("mlp.fc2.b"),
-                           cfg.gelu, cfg.dropout, rng, train)
+                           cfg.gelu, cfg.dropout, rng, train, keep_cache)
     x = x + h                                   # residual around the MLP
     return x, (prefix, c_ln1, c_att, m_att, c_ln2, c_mlp)
 

@@ -214,7 +214,7 @@ def encode(params, tok, cfg, train=False, rng=None, keep_cache=True):
         if cfg.pos_embed_every_layer:
             z, c = pos_forward(z, params, cfg, f"blocks.{i}.")
             c_pos.append(c)
-        z, c = block_forward(z, params, f"blocks.{i}.", cfg, rng, train)                  # (B, N+1, D)
+        z, c = block_forward(z, params, f"blocks.{i}.", cfg, rng, train, keep_cache)      # (B, N+1, D)
         if keep_cache:
             c_blocks.append(c)
     z, c_norm = layernorm_forward(z, params["norm.w"], params["norm.b"], cfg.ln_eps)       # (B, N+1, D)

@@ -129,6 +129,8 @@ def test_gelu_cached_derivative_matches_textbook(approximate, piece_floats):
         ref_d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x * x)
     assert rel_error(y, ref_y) < TIGHT
     assert rel_error(mv.gelu_backward(dy, cache), dy * ref_d) < TIGHT
+    y_only, none = mv.gelu_forward(x, approximate, keep_cache=False)  # inference: no derivative
+    assert none is None and np.array_equal(y_only, y)
 
 
 def test_float32_erf_error_against_scipy():
