@@ -17,6 +17,7 @@ from .timm import from_timm, to_timm
 from .resolution import resize_pos_embed
 from .jax_npz import load_jax_npz, save_jax_npz
 from .checkpoint import load_checkpoint, save_checkpoint
-from . import allocator, checkpoint, data, gradcheck, plots, posembed, pretrain, profile, stem, train, visualize  # noqa: F401  (minivit.data, ...)
+from .cnn import CNNConfig
+from . import allocator, checkpoint, cnn, data, gradcheck, models, plots, posembed, pretrain, profile, stem, train, visualize  # noqa: F401  (minivit.data, ...)
 
 __version__ = "0.1.0"

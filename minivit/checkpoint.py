@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from .backend import to_device, to_numpy
-from .config import ConfigError, ViTConfig
+from .config import ConfigError
 from .files import atomic_write
-from .model import param_shapes
 
 FORMAT = "minivit-checkpoint-1"
 
@@ -72,10 +71,12 @@ def _meta_problems(meta, cfg, require):
     return problems
 
 
-def load_checkpoint(path, cfg=None, require=()):
-    """-> (params on the configured backend, ViTConfig, optimiser state dict, meta dict).
+def load_checkpoint(path, cfg=None, require=(), family=None):
+    """-> (params on the configured backend, model config, optimiser state dict, meta dict).
 
-    With `cfg`, refuses a checkpoint whose model configuration differs, naming the fields.
+    The config is a ViTConfig, or a CNNConfig for the comparison CNN (minivit/cnn.py); `family`
+    ("vit" or "cnn") refuses the other kind. With `cfg`, refuses a checkpoint whose model
+    configuration differs, naming the fields.
     Every part is validated (parameters: shape, floating dtype, finite values; optimiser state:
     shapes; metadata: types), and `require` names metadata keys the caller needs; each problem
     found is listed in one CheckpointError.
@@ -91,15 +92,20 @@ def load_checkpoint(path, cfg=None, require=()):
         raise CheckpointError(f"{path}: not a readable minivit checkpoint ({type(e).__name__}: {e})") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+    from .models import config_from_dict, family_of
     try:
-        saved = ViTConfig.from_dict(meta["config"])
+        saved = config_from_dict(meta["config"])
     except ConfigError as e:
         raise CheckpointError(f"{path}: invalid model config ({e})") from None
+    kind, want = family_of(saved).name, family_of(cfg).name if cfg is not None else family
+    if want is not None and kind != want:
+        names = {"vit": "ViT", "cnn": "CNN"}
+        raise CheckpointError(f"{path}: this is a {names[kind]} checkpoint; a {names.get(want, want)} one is needed here")
     if cfg is not None and cfg != saved:
         diff = [f"{k}: checkpoint {v!r}, requested {getattr(cfg, k)!r}"
                 for k, v in saved.to_dict().items() if getattr(cfg, k) != v]
         raise CheckpointError(f"{path}: checkpoint is for a different model ({'; '.join(diff)})")
-    shapes = param_shapes(saved)
+    shapes = family_of(saved).param_shapes(saved)
     problems = []
     for name, shape in shapes.items():
         a = arrays.get("param/" + name)

@@ -268,7 +268,7 @@ def _checkpoint_and_data(a):
     position embeddings resized to the data's images where their size differs (paper section 3.2)."""
     from .data import load_dataset
     from .resolution import adapt_to_images
-    params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"))
+    params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"), family="vit")
     spec = a.data or meta.get("data", "subset")
     data = load_dataset(spec)
     params, cfg = adapt_to_images(params, cfg, data.image_shape, log=lambda m: print(m, file=sys.stderr))
@@ -308,7 +308,7 @@ def cmd_predict(a):
     from .resolution import adapt_to_images
     if a.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {a.top_k}")
-    params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"))
+    params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"), family="vit")
     S, P = cfg.image_size, cfg.patch_size
     images = [read_image(f, size=S if a.resize else None, resize=a.resize) for f in a.images]  # (3, H, W) uint8
     for f, im in zip(a.images, images):
@@ -341,7 +341,7 @@ def _load_pretrained(path):
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
     if ours:
-        params, cfg, _, _ = load_checkpoint(path)
+        params, cfg, _, _ = load_checkpoint(path, family="vit")
         return params, cfg
     return load_jax_npz(path)
 

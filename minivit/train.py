@@ -24,7 +24,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import augment, channel_stats, normalize
 from .files import write_text_atomic
 from .loss import check_labels, cross_entropy
-from .model import backward, forward, init_params
+from .models import family_of
 from .optim import SGD, AdamW, clip_grad_norm, warmup_cosine
 from .pretrain import colour_targets, corruption_plan, evaluate_mpp, mpp_step, plan_rows
 from .runlock import RunLock
@@ -97,11 +97,12 @@ def make_batch(split, tcfg, mean, std, epoch, index, step, dtype="float32", orde
 def classify_step(params, x, y, cfg, label_smoothing, share, rng, plan=None):
     """One shard of a training step: loss (times the shard's `share` of the batch), number
     correct, gradients of the scaled loss."""
-    logits, cache = forward(params, x, cfg, train=True, rng=rng)
+    model = family_of(cfg)                      # the ViT, or the comparison CNN (minivit/models.py)
+    logits, cache = model.forward(params, x, cfg, train=True, rng=rng)
     loss, dlogits = cross_entropy(logits, y, label_smoothing)
     if share != 1.0:                            # (one shard, as on a GPU: nothing to scale)
         loss, dlogits = loss * share, dlogits * share
-    grads = backward(dlogits, cache)
+    grads = model.backward(dlogits, cache)
     return loss, (logits.argmax(axis=1) == y).sum(), grads
 
 
@@ -144,7 +145,8 @@ class Engine:
 
         def shard(sl):
             i = sl.start
-            rng = np.random.default_rng([seed, step, 1, i]) if (self.cfg.dropout or self.cfg.attn_dropout) else None
+            dropout = getattr(self.cfg, "dropout", 0.0) or getattr(self.cfg, "attn_dropout", 0.0)  # (a CNN has none)
+            rng = np.random.default_rng([seed, step, 1, i]) if dropout else None
             share = (sl.stop - sl.start) / B            # each shard's share of the batch mean
             rows = plan_rows(plan, sl, get_array_module(x)) if plan is not None else None
             return step_fn(params, x[sl], y[sl], self.cfg, label_smoothing, share, rng, rows)
@@ -169,12 +171,14 @@ class Engine:
     EVAL_TOKENS_PER_SHARD = 2048
 
     def predict_logits(self, params, x):
+        forward = family_of(self.cfg).forward
         def shard(sl):
             return forward(params, x[sl], self.cfg, keep_cache=False)[0]
         xp = backend_xp()
         per_shard = None  # on a GPU, the whole batch at once
         if backend_name() == "numpy":
-            per_shard = max(1, self.EVAL_TOKENS_PER_SHARD // (self.cfg.num_patches + 1))
+            tokens = getattr(self.cfg, "num_patches", (self.cfg.image_size // 4) ** 2) + 1  # a CNN: as a patch-4 ViT
+            per_shard = max(1, self.EVAL_TOKENS_PER_SHARD // tokens)
         return xp.concatenate(self._map(shard, self._shards(len(x), per_shard)))
 
 
@@ -188,7 +192,7 @@ def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smo
     total, preds = 0.0, []
     with _blas_single_thread(engine.threads):
         for a in range(0, len(split.labels), batch_size):
-            x = normalize(split.images[a:a + batch_size], mean, std, xp, params["cls_token"].dtype)
+            x = normalize(split.images[a:a + batch_size], mean, std, xp, _dtype(params))
             y = xp.asarray(split.labels[a:a + batch_size])
             logits = engine.predict_logits(params, x)
             loss, _ = cross_entropy(logits, y, label_smoothing)
@@ -198,6 +202,11 @@ def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smo
         engine.close()
     preds = np.concatenate(preds)
     return {"loss": total / len(split.labels), "accuracy": float((preds == split.labels).mean()), "predictions": preds}
+
+
+def _dtype(params):
+    """The parameters' float type, which the input batches take."""
+    return next(iter(params.values())).dtype
 
 
 def data_fingerprint(dataset):
@@ -221,8 +230,11 @@ def check_images_fit(cfg, dataset):
 
 class Trainer:
     def __init__(self, cfg, tcfg, dataset, out_dir, resume=False, progress=True, log=print, on_epoch_end=None,
-                 data_spec=None, init=None):
-        """`init`: parameters to start from (fine-tuning) instead of a fresh initialisation."""
+                 data_spec=None, init=None, plots=True):
+        """`cfg`: a ViTConfig, or a CNNConfig (minivit/cnn.py) to train the comparison CNN with the same recipe.
+        `init`: parameters to start from (fine-tuning) instead of a fresh initialisation.
+        `plots`: draw curves.png and confusion.png after every epoch (False for many short runs)."""
+        self.plots = plots
         self.cfg, self.tcfg, self.data = cfg, tcfg, dataset
         self.data_spec = data_spec or dataset.name  # recorded so `minivit evaluate` can reload the same data
         self.on_epoch_end = on_epoch_end  # called with the history after each evaluated epoch (live plots)
@@ -265,7 +277,7 @@ class Trainer:
             if resume:
                 self.log(f"--resume: no checkpoint in {self.out}; starting a new run")
             # fine-tuning starts from given weights (their shapes must be the config's), training from scratch
-            self.params = dict(init) if init is not None else init_params(cfg, seed=tcfg.seed)
+            self.params = dict(init) if init is not None else family_of(cfg).init_params(cfg, seed=tcfg.seed)
             self.step = 0
             self.mean, self.std = channel_stats(dataset.train.images)
             self.history, self.elapsed = [], 0.0
@@ -290,7 +302,7 @@ class Trainer:
         if self._order[0] != epoch:  # the epoch's shuffle, drawn once per epoch
             self._order = (epoch, epoch_order(self.tcfg.seed, epoch, len(self.data.train.labels)))
         x, y = make_batch(self.data.train, self.tcfg, self.mean, self.std, epoch, index, self.step,
-                          self.params["cls_token"].dtype, order=self._order[1])
+                          _dtype(self.params), order=self._order[1])
         if self.cfg.head == "mpp":  # pre-training: the targets are the patches' colours, not the labels
             y = colour_targets(x, self.mean, self.std, self.cfg)               # (B, N)
         return x, y
@@ -370,9 +382,10 @@ class Trainer:
         write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         self.log(f"epoch {epoch + 1}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
                  f"test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f} | {images_per_s:.0f} img/s, {self.elapsed:.0f} s")
-        plots.plot_curves(self.history, self.out / "curves.png",
-                          "accuracy" if self.cfg.head == "classify" else "masked patches: 3-bit colour accuracy")
-        if ev["predictions"] is not None:
+        if self.plots:
+            plots.plot_curves(self.history, self.out / "curves.png",
+                              "accuracy" if self.cfg.head == "classify" else "masked patches: 3-bit colour accuracy")
+        if self.plots and ev["predictions"] is not None:
             plots.plot_confusion(self.data.test.labels, ev["predictions"], self.data.classes, self.out / "confusion.png",
                                  title=f"test accuracy {ev['accuracy']:.1%} after epoch {epoch + 1}")
         if self.on_epoch_end:
