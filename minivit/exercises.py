@@ -28,6 +28,7 @@ The signatures the exercises ask for:
                                             each flattened as (channel, row, column)
     patch_embed(x, w, b)                    w (D, C, P, P), b (D,) -> tokens (B, N, D)
     adamw_step(p, g, m, v, t, lr, betas, eps, weight_decay) -> new p, m, v  (t counts from 1)
+    maxpool_backward(dy, x)                 2x2 max pooling, stride 2: dy (B, C, H/2, W/2) -> dx (B, C, H, W)
 """
 import math
 import os
@@ -35,6 +36,7 @@ import os
 import numpy as np
 
 from .attention import attention_backward, attention_forward, softmax, softmax_backward
+from .cnn import maxpool2x2_backward, maxpool2x2_forward
 from .conv import im2col as _im2col, patch_embed_forward
 from .gradcheck import numerical_grad, rel_error
 from .norm import layernorm_backward, layernorm_forward
@@ -323,3 +325,31 @@ def check_adamw_step(fn):
         compare(f"adamw_step, step {t}: v", got[2], v_want, [
             ("v must average the squared gradients, g * g", betas[1] * v + (1 - betas[1]) * g)])
         p, m, v = got
+
+
+@_graded("maxpool_backward")
+def check_maxpool_backward(fn):
+    """fn(dy, x) -> dx (B, C, H, W) for y = 2x2 max pooling of x with stride 2, dy (B, C, H/2, W/2);
+    where a window's maximum is tied, the first of its pixels in raster order wins (as torch)."""
+    rng = _rng()
+    x = rng.standard_normal((2, 3, 4, 6))                    # continuous draws: no ties
+    dy = rng.standard_normal((2, 3, 2, 3))
+    want = maxpool2x2_backward(dy, maxpool2x2_forward(x)[1])
+    up = np.repeat(np.repeat(dy, 2, axis=2), 2, axis=3)      # dy copied to all four pixels of its window
+    got = _call(fn, dy.copy(), x.copy())
+    compare("maxpool_backward(dy, x)", got, want, [
+        ("every pixel of the window got the gradient: only the window's maximum reaches y, so only it "
+         "gets dy (the others get 0)", up),
+        ("the gradient is spread evenly over the window, dy / 4 each: that is average pooling's backward; "
+         "max pooling sends all of dy to the window's largest pixel", up / 4),
+    ])
+    grad_check("maxpool_backward(dy, x)", got, lambda: float((maxpool2x2_forward(x)[0] * dy).sum()), x)
+    tied = np.maximum(x, 0.0)                                # after a ReLU, all-zero windows tie
+    tied[0, 0, :2, :2] = 0.0
+    want = maxpool2x2_backward(dy, maxpool2x2_forward(tied)[1])
+    win = tied.reshape(2, 3, 2, 2, 3, 2)
+    is_max = (win == win.max(axis=(3, 5), keepdims=True)).reshape(tied.shape)
+    compare("maxpool_backward(dy, x) with tied maxima (x after a ReLU)", _call(fn, dy.copy(), tied.copy()), want, [
+        ("every pixel equal to the window's maximum got the gradient: with ties (zeros after a ReLU) "
+         "that counts dy several times; give it to one pixel, the first in raster order", up * is_max),
+    ])

@@ -21,7 +21,7 @@ def solutions():
 
 SOL = solutions()
 NAMES = ["softmax", "softmax_backward", "split_heads", "attention", "attention_backward",
-         "layernorm_backward", "im2col", "patch_embed", "adamw_step"]
+         "layernorm_backward", "im2col", "patch_embed", "adamw_step", "maxpool_backward"]
 
 
 def test_every_exercise_has_a_checker_and_a_solution():
@@ -181,3 +181,22 @@ def test_adamw_step_mistakes():
     rejects(check, lambda *a: _adamw(*a, decay="unscaled"), "scaled by the learning rate")
     rejects(check, lambda *a: _adamw(*a, decay="l2"), "L2 regularisation")
     rejects(check, lambda *a: _adamw(*a, v_of="g"), "step 1")
+
+
+def test_maxpool_backward_mistakes():
+    check = ex.check_maxpool_backward
+    up = lambda dy: np.repeat(np.repeat(dy, 2, axis=2), 2, axis=3)
+
+    def every_max(dy, x):  # ties: every pixel equal to the maximum gets dy
+        B, C, H, W = x.shape
+        win = x.reshape(B, C, H // 2, 2, W // 2, 2)
+        return up(dy) * (win == win.max(axis=(3, 5), keepdims=True)).reshape(x.shape)
+
+    def no_transpose(dy, x):  # windows read as 4 consecutive pixels of a row
+        B, C, H, W = x.shape
+        win = x.reshape(B, C, H // 2, W // 2, 4)
+        return (np.eye(4)[win.argmax(-1)] * dy[..., None]).reshape(x.shape)
+    rejects(check, lambda dy, x: up(dy), "every pixel of the window")
+    rejects(check, lambda dy, x: up(dy) / 4, "average pooling")
+    rejects(check, every_max, "first in raster order")
+    rejects(check, no_transpose, "relative error")
