@@ -67,6 +67,11 @@ def _add_training_flags(parser, defaults):
                         help="cross-entropy target smoothing during training (the test loss is reported without it)")
     parser.add_argument("--clip-norm", type=float, default=defaults.clip_norm, help="clip gradients to this global norm; 0 disables")
     parser.add_argument("--no-augment", action="store_true", help="disable random crop and flip")
+    parser.add_argument("--mixup", type=float, default=defaults.mixup,
+                        help="MixUp: blend image pairs with a Beta(a, a) share, soft targets; a, 0 = off (e.g. 0.8)")
+    parser.add_argument("--cutmix", type=float, default=defaults.cutmix,
+                        help="CutMix: paste a box of another image, Beta(a, a) share; a, 0 = off (e.g. 1.0); "
+                             "with --mixup too, each batch is one of the two")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds initialisation, shuffling, augmentation, dropout")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="data-parallel threads (NumPy backend)")
     parser.add_argument("--backend", choices=["numpy", "cupy"], default=None, help="default: $MINIVIT_BACKEND or numpy")
@@ -220,7 +225,9 @@ def _train(a, out, head):
     from .train import Trainer
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, min_lr=a.min_lr, warmup_epochs=a.warmup,
                        weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, clip_norm=a.clip_norm,
-                       augment=not a.no_augment, seed=a.seed, threads=a.threads)
+                       augment=not a.no_augment, seed=a.seed, threads=a.threads, mixup=a.mixup, cutmix=a.cutmix)
+    if head == "mpp" and (a.mixup or a.cutmix):
+        raise ValueError("--mixup and --cutmix mix class labels; masked patch prediction has none (drop them for pretrain)")
     data = load_dataset(a.data)
     overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
     cfg = ViTConfig.preset(a.preset, **{"num_classes": len(data.classes), **overrides, "head": head})

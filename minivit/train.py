@@ -21,7 +21,7 @@ from . import plots
 from .allocator import keep_freed_memory
 from .backend import backend_name, fused_kernels, get_array_module, to_numpy, xp as backend_xp
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import augment, channel_stats, normalize
+from .data import augment, channel_stats, mix_batch, normalize
 from .files import write_text_atomic
 from .loss import check_labels, cross_entropy
 from .models import family_of
@@ -50,6 +50,8 @@ class TrainConfig:
     eval_batch_size: int = 500    # images per evaluation batch
     optimizer: str = "adamw"      # "adamw", or "sgd" (with momentum: the paper's fine-tuning optimiser)
     momentum: float = 0.9         # SGD momentum (unused by AdamW)
+    mixup: float = 0.0            # MixUp's Beta(alpha, alpha) parameter; 0: off (minivit/data.py: mix_batch)
+    cutmix: float = 0.0           # CutMix's Beta(alpha, alpha) parameter; 0: off; both on: each batch one of the two
 
     def __post_init__(self):
         checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
@@ -57,7 +59,7 @@ class TrainConfig:
                   ("weight_decay", self.weight_decay >= 0), ("label_smoothing", 0 <= self.label_smoothing < 1),
                   ("clip_norm", self.clip_norm >= 0), ("threads", self.threads >= 1),
                   ("eval_batch_size", self.eval_batch_size >= 1), ("optimizer", self.optimizer in ("adamw", "sgd")),
-                  ("momentum", 0 <= self.momentum < 1)]
+                  ("momentum", 0 <= self.momentum < 1), ("mixup", self.mixup >= 0), ("cutmix", self.cutmix >= 0)]
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise ValueError("invalid training setting(s): " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
@@ -99,11 +101,12 @@ def classify_step(params, x, y, cfg, label_smoothing, share, rng, plan=None):
     correct, gradients of the scaled loss."""
     model = family_of(cfg)                      # the ViT, or the comparison CNN (minivit/models.py)
     logits, cache = model.forward(params, x, cfg, train=True, rng=rng)
-    loss, dlogits = cross_entropy(logits, y, label_smoothing)
+    loss, dlogits = cross_entropy(logits, y, label_smoothing)   # y: labels (B,), or MixUp/CutMix targets (B, K)
     if share != 1.0:                            # (one shard, as on a GPU: nothing to scale)
         loss, dlogits = loss * share, dlogits * share
     grads = model.backward(dlogits, cache)
-    return loss, (logits.argmax(axis=1) == y).sum(), grads
+    label = y if y.ndim == 1 else y.argmax(axis=1)   # mixed targets: the larger share counts as the label
+    return loss, (logits.argmax(axis=1) == label).sum(), grads
 
 
 STEPS = {"classify": classify_step, "mpp": mpp_step}  # by ViTConfig.head
@@ -290,7 +293,8 @@ class Trainer:
                 "rng": {"seed": self.tcfg.seed, "step": self.step,
                         "streams": "shuffle default_rng([seed, epoch]); augment default_rng([seed, step, 0]); "
                                    "dropout default_rng([seed, step, 1, shard_start]); "
-                                   "masked patches default_rng([seed, step, 2])"},
+                                   "masked patches default_rng([seed, step, 2]); "
+                                   "mixup/cutmix default_rng([seed, step, 3])"},
                 "train_config": asdict(self.tcfg), "mean": list(map(float, self.mean)), "std": list(map(float, self.std)),
                 "classes": list(self.data.classes), "history": self.history, "elapsed": self.elapsed,
                 "backend": backend_name(), "data": self.data_spec, "data_fingerprint": self.fingerprint}
@@ -305,6 +309,9 @@ class Trainer:
                           _dtype(self.params), order=self._order[1])
         if self.cfg.head == "mpp":  # pre-training: the targets are the patches' colours, not the labels
             y = colour_targets(x, self.mean, self.std, self.cfg)               # (B, N)
+        elif self.tcfg.mixup or self.tcfg.cutmix:  # blend each image with another; soft targets (B, K)
+            x, y = mix_batch(x, y, self.cfg.num_classes, np.random.default_rng([self.tcfg.seed, self.step, 3]),
+                             self.tcfg.mixup, self.tcfg.cutmix)
         return x, y
 
     def fit(self):
@@ -334,7 +341,7 @@ class Trainer:
                         loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step)
                         loss = float(loss)  # the one host sync per step: the NaN guard needs it
                         if not math.isfinite(loss):
-                            if self.cfg.head == "classify":  # on a GPU a bad label shows as NaN: name it
+                            if self.cfg.head == "classify" and y.ndim == 1:  # on a GPU a bad label shows as NaN: name it
                                 check_labels(y, self.cfg.num_classes)
                             kept = (f"the last good checkpoint is kept at {self.ckpt_path}" if self.ckpt_path.exists()
                                     else "no checkpoint had been saved yet (one is written at the end of every epoch)")
