@@ -140,3 +140,25 @@ def dropout_forward(x, p, rng=None, train=True):
 
 def dropout_backward(dy, mask):
     return dy if mask is None else dy * mask
+
+
+def drop_path_forward(x, p, rng=None, train=True):
+    """Stochastic depth (Huang et al., 2016), as timm's DropPath: x (B, ...) is a residual branch's
+    output; each image's whole branch is dropped with probability p, kept ones scaled by 1/(1 - p).
+
+    The block then computes x + branch, so a dropped branch leaves that image's tokens as they
+    came in: the image goes through a shallower network this step. Identity at test time.
+    """
+    if not train or p == 0.0:
+        return x, None
+    if rng is None:
+        raise ValueError("drop_path in training mode needs an explicit rng (e.g. numpy.random.default_rng(seed))")
+    xp = get_array_module(x)
+    keep = rng.random(x.shape[0]) >= p                               # (B,) drawn on the host
+    mask = xp.asarray(keep.reshape((-1,) + (1,) * (x.ndim - 1)) / (1.0 - p), dtype=x.dtype)  # (B, 1, 1)
+    return x * mask, mask
+
+
+def drop_path_backward(dy, mask):
+    """The mask again: a dropped image's branch gets no gradient, a kept one dy / (1 - p)."""
+    return dy if mask is None else dy * mask

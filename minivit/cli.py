@@ -35,6 +35,10 @@ MODEL_FLAGS = {
     "gelu": (str, "GELU form: exact (erf) or the tanh approximation", ("exact", "tanh")),
     "dropout": (float, "dropout after embeddings, attention output and MLP layers", None),
     "attn_dropout": (float, "dropout on the attention weights", None),
+    "drop_path": (float, "stochastic depth: the drop rate of the last block's branches (0 at the first, "
+                         "linear in between)", None),
+    "layer_scale": (float, "LayerScale: per-channel gains on each residual branch, initialised to this "
+                           "(e.g. 1e-4); 0 = off", None),
 }
 
 

@@ -33,6 +33,9 @@ class ViTConfig:
     gelu: str = "exact"         # "exact": x*Phi(x) with erf; "tanh": the tanh approximation
     dropout: float = 0.0        # dropout after embeddings, attention output and MLP layers
     attn_dropout: float = 0.0   # dropout on the attention weights
+    drop_path: float = 0.0      # stochastic depth: block i drops each residual branch for a whole image with
+    #                             rate drop_path * i / (depth - 1), 0 at the first block (timm's rule)
+    layer_scale: float = 0.0    # LayerScale (CaiT): a per-channel gain on each branch, initialised to this; 0: none
     ln_eps: float = 1e-6        # LayerNorm epsilon (1e-6 as in the original ViT code)
     stem_channels: tuple = ()   # hybrid (paper 3.1): widths of the conv3x3-GroupNorm-ReLU stem; () = image patches
     stem_strides: tuple = ()    # the stride of each stem layer
@@ -66,10 +69,12 @@ class ViTConfig:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.gelu not in ("exact", "tanh"):
             raise ConfigError(f"gelu must be 'exact' or 'tanh', got {self.gelu!r}")
-        for name in ("dropout", "attn_dropout"):
+        for name in ("dropout", "attn_dropout", "drop_path"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {v!r}")
+        if not (isinstance(self.layer_scale, (int, float)) and self.layer_scale >= 0):
+            raise ConfigError(f"layer_scale must be >= 0 (0: no LayerScale), got {self.layer_scale!r}")
         if not self.ln_eps > 0:
             raise ConfigError(f"ln_eps must be positive, got {self.ln_eps!r}")
         if len(self.stem_channels) != len(self.stem_strides):

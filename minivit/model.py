@@ -15,7 +15,7 @@ import numpy as np
 
 from .activations import dropout_backward, dropout_forward
 from .backend import get_array_module, xp as backend_xp
-from .block import block_backward, block_forward
+from .block import block_backward, block_forward, drop_path_rate
 from .config import ViTConfig
 from .conv import patch_embed_backward, patch_embed_forward
 from .linear import linear_backward, linear_forward
@@ -41,9 +41,11 @@ def param_shapes(cfg):
             p + "norm1.w": (D,), p + "norm1.b": (D,),
             p + "attn.qkv.w": (D, 3 * D), p + "attn.qkv.b": (3 * D,),
             p + "attn.proj.w": (D, D), p + "attn.proj.b": (D,),
+            **({p + "ls1.gamma": (D,)} if cfg.layer_scale else {}),      # LayerScale's gains (block.py)
             p + "norm2.w": (D,), p + "norm2.b": (D,),
             p + "mlp.fc1.w": (D, M), p + "mlp.fc1.b": (M,),
             p + "mlp.fc2.w": (M, D), p + "mlp.fc2.b": (D,),
+            **({p + "ls2.gamma": (D,)} if cfg.layer_scale else {}),
         })
     shapes.update({"norm.w": (D,), "norm.b": (D,)})
     if cfg.head == "classify":
@@ -102,6 +104,8 @@ def init_params(cfg, seed=0, dtype="float32"):
             v = xavier(shape[0], shape[1], shape)
         elif ".mlp." in name:
             v = rng.normal(0.0, 1e-6, shape)
+        elif leaf == "gamma":                                   # LayerScale: every gain starts at cfg.layer_scale
+            v = np.full(shape, cfg.layer_scale)
         else:
             v = np.zeros(shape)
         params[name] = v
@@ -141,8 +145,9 @@ def check_input(x, cfg, params=None):
 def forward(params, x, cfg, train=False, rng=None, keep_cache=True):
     """x (B, C, H, W) -> logits (B, K), cache for backward.
 
-    train=True enables dropout, whose masks are drawn from `rng` (needed when any
-    dropout rate is non-zero). Nothing else differs between training and evaluation.
+    train=True enables dropout and stochastic depth (drop_path), whose masks are drawn from
+    `rng` (needed when any of their rates is non-zero). Nothing else differs between
+    training and evaluation.
     keep_cache=False is for inference: each block's cache is dropped as soon as the next
     block runs, so memory holds one block's activations, not the whole model's; the
     cache returned is then None.
@@ -214,7 +219,8 @@ def encode(params, tok, cfg, train=False, rng=None, keep_cache=True):
         if cfg.pos_embed_every_layer:
             z, c = pos_forward(z, params, cfg, f"blocks.{i}.")
             c_pos.append(c)
-        z, c = block_forward(z, params, f"blocks.{i}.", cfg, rng, train, keep_cache)      # (B, N+1, D)
+        z, c = block_forward(z, params, f"blocks.{i}.", cfg, rng, train, keep_cache,
+                             drop_path_rate(cfg, i))                                      # (B, N+1, D)
         if keep_cache:
             c_blocks.append(c)
     z, c_norm = layernorm_forward(z, params["norm.w"], params["norm.b"], cfg.ln_eps)       # (B, N+1, D)

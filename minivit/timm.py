@@ -13,7 +13,7 @@ import numpy as np
 from .backend import to_device, to_numpy
 from .model import param_shapes, sincos_pos_embed
 
-_LEAF = {"w": "weight", "b": "bias"}
+_LEAF = {"w": "weight", "b": "bias", "gamma": "gamma"}  # gamma: LayerScale's ls1/ls2
 
 
 def _timm_name(name):
@@ -83,7 +83,8 @@ def from_timm(state_dict, cfg):
 
     Keeps each array's dtype (bfloat16 becomes float32): float64 weights give a float64 model.
     Strict: a missing key, a mismatched shape, or a key minivit does not use (LayerScale's
-    `ls1.gamma`, `q_norm`, `attn_pool`, register tokens ...) is an error naming the keys, since
+    `ls1.gamma` when the config has no layer_scale, `q_norm`, `attn_pool`, register tokens ...)
+    is an error naming the keys, since
     ignoring weights would silently give wrong logits.
     """
     _hint_wrapping(state_dict)

@@ -148,7 +148,7 @@ class Engine:
 
         def shard(sl):
             i = sl.start
-            dropout = getattr(self.cfg, "dropout", 0.0) or getattr(self.cfg, "attn_dropout", 0.0)  # (a CNN has none)
+            dropout = any(getattr(self.cfg, k, 0.0) for k in ("dropout", "attn_dropout", "drop_path"))  # (a CNN has none)
             rng = np.random.default_rng([seed, step, 1, i]) if dropout else None
             share = (sl.stop - sl.start) / B            # each shard's share of the batch mean
             rows = plan_rows(plan, sl, get_array_module(x)) if plan is not None else None

@@ -195,6 +195,39 @@ def test_encoder_block():
     check_grads(scalar_of(lambda: fwd()[0], R), {"x": x, **block}, {"x": dx, **grads})
 
 
+def test_encoder_block_with_layer_scale_and_drop_path():
+    """LayerScale's gains get their gradient, and a dropped image's branches pass none to their
+    weights; the seed is chosen so that the batch has both dropped and kept images."""
+    cfg = mv.ViTConfig.preset("test", layer_scale=0.3)
+    params = {k: v.astype(np.float64) + 0.1 * randn(*v.shape) for k, v in mv.init_params(cfg, seed=1).items()}
+    block = {k: v for k, v in params.items() if k.startswith("blocks.0.")}
+    assert {"blocks.0.ls1.gamma", "blocks.0.ls2.gamma"} <= set(block)
+    x = randn(4, 5, cfg.dim)
+    fwd = lambda: mv.block_forward(x, params, "blocks.0.", cfg, np.random.default_rng(1), True, drop_path=0.5)
+    out, cache = fwd()
+    masks = [cache[5].ravel(), cache[9].ravel()]                       # m_dp1, m_dp2: (B,) of 0 or 2
+    assert all(set(m.tolist()) == {0.0, 2.0} for m in masks)
+    R = randn(*out.shape)
+    grads = {}
+    dx = mv.block_backward(R, cache, grads)
+    assert set(grads) == set(block)
+    check_grads(scalar_of(lambda: fwd()[0], R), {"x": x, **block}, {"x": dx, **grads})
+    eval_out = mv.block_forward(x, params, "blocks.0.", cfg, None, False, drop_path=0.5)[0]   # identity at test time
+    np.testing.assert_array_equal(eval_out, mv.block_forward(x, params, "blocks.0.", cfg)[0])
+
+
+def test_drop_path_rates_and_layer_scale_init():
+    cfg = mv.ViTConfig.preset("test", depth=5, drop_path=0.2, layer_scale=1e-4)
+    assert [mv.block.drop_path_rate(cfg, i) for i in range(5)] == pytest.approx([0, 0.05, 0.1, 0.15, 0.2])
+    params = mv.init_params(cfg)
+    assert np.all(params["blocks.4.ls2.gamma"] == np.float32(1e-4))
+    assert not mv.optim.decays("blocks.4.ls2.gamma", params["blocks.4.ls2.gamma"])
+    with pytest.raises(mv.ConfigError, match="drop_path"):
+        mv.ViTConfig.preset("test", drop_path=1.0)
+    with pytest.raises(mv.ConfigError, match="layer_scale"):
+        mv.ViTConfig.preset("test", layer_scale=-1.0)
+
+
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 def test_cross_entropy(smoothing):
     z, y = randn(4, 5), np.array([0, 3, 4, 3])

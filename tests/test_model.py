@@ -29,8 +29,10 @@ def perturbed_params(cfg, seed=0, scale=0.1):
     dict(pos_embed="relative"),
     dict(pos_embed="relative", dropout=0.2, attn_dropout=0.1),
     dict(image_size=16, stem_channels=(4, 8), stem_strides=(1, 2), stem_groups=2),   # the hybrid
+    dict(layer_scale=0.5, drop_path=0.5, dropout=0.1),   # LayerScale and stochastic depth, fixed masks
 ], ids=["token-exact", "gap-exact", "token-tanh", "gap-tanh-sincos", "dropout", "learned2d", "no-positions",
-        "learned-every-layer", "learned2d-every-layer-gap", "sincos-every-layer", "relative", "relative-dropout", "hybrid"])
+        "learned-every-layer", "learned2d-every-layer-gap", "sincos-every-layer", "relative", "relative-dropout", "hybrid",
+        "layer-scale-drop-path"])
 def test_model_gradcheck(overrides):
     cfg = mv.ViTConfig.preset("test", **overrides)
     params = perturbed_params(cfg)
