@@ -76,6 +76,9 @@ def _add_training_flags(parser, defaults):
     parser.add_argument("--cutmix", type=float, default=defaults.cutmix,
                         help="CutMix: paste a box of another image, Beta(a, a) share; a, 0 = off (e.g. 1.0); "
                              "with --mixup too, each batch is one of the two")
+    parser.add_argument("--ema", type=float, default=defaults.ema,
+                        help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
+                             "report its test accuracy beside the weights'; 0 = off")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds initialisation, shuffling, augmentation, dropout")
     parser.add_argument("--threads", type=int, default=defaults.threads, help="data-parallel threads (NumPy backend)")
     parser.add_argument("--backend", choices=["numpy", "cupy"], default=None, help="default: $MINIVIT_BACKEND or numpy")
@@ -229,7 +232,8 @@ def _train(a, out, head):
     from .train import Trainer
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, min_lr=a.min_lr, warmup_epochs=a.warmup,
                        weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, clip_norm=a.clip_norm,
-                       augment=not a.no_augment, seed=a.seed, threads=a.threads, mixup=a.mixup, cutmix=a.cutmix)
+                       augment=not a.no_augment, seed=a.seed, threads=a.threads, mixup=a.mixup, cutmix=a.cutmix,
+                       ema=a.ema)
     if head == "mpp" and (a.mixup or a.cutmix):
         raise ValueError("--mixup and --cutmix mix class labels; masked patch prediction has none (drop them for pretrain)")
     data = load_dataset(a.data)

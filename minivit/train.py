@@ -25,7 +25,7 @@ from .data import augment, channel_stats, mix_batch, normalize
 from .files import write_text_atomic
 from .loss import check_labels, cross_entropy
 from .models import family_of
-from .optim import SGD, AdamW, clip_grad_norm, warmup_cosine
+from .optim import EMA, SGD, AdamW, clip_grad_norm, warmup_cosine
 from .pretrain import colour_targets, corruption_plan, evaluate_mpp, mpp_step, plan_rows
 from .runlock import RunLock
 
@@ -52,6 +52,7 @@ class TrainConfig:
     momentum: float = 0.9         # SGD momentum (unused by AdamW)
     mixup: float = 0.0            # MixUp's Beta(alpha, alpha) parameter; 0: off (minivit/data.py: mix_batch)
     cutmix: float = 0.0           # CutMix's Beta(alpha, alpha) parameter; 0: off; both on: each batch one of the two
+    ema: float = 0.0              # decay of an EMA of the weights, evaluated beside them (e.g. 0.999); 0: off
 
     def __post_init__(self):
         checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
@@ -59,7 +60,8 @@ class TrainConfig:
                   ("weight_decay", self.weight_decay >= 0), ("label_smoothing", 0 <= self.label_smoothing < 1),
                   ("clip_norm", self.clip_norm >= 0), ("threads", self.threads >= 1),
                   ("eval_batch_size", self.eval_batch_size >= 1), ("optimizer", self.optimizer in ("adamw", "sgd")),
-                  ("momentum", 0 <= self.momentum < 1), ("mixup", self.mixup >= 0), ("cutmix", self.cutmix >= 0)]
+                  ("momentum", 0 <= self.momentum < 1), ("mixup", self.mixup >= 0), ("cutmix", self.cutmix >= 0),
+                  ("ema", 0 <= self.ema < 1)]
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise ValueError("invalid training setting(s): " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
@@ -284,6 +286,11 @@ class Trainer:
             self.step = 0
             self.mean, self.std = channel_stats(dataset.train.images)
             self.history, self.elapsed = [], 0.0
+        self.ema = None  # the weights' moving average (optim.EMA), evaluated beside them after every epoch
+        if tcfg.ema:
+            self.ema = EMA(self.params, tcfg.ema)
+            if resume and self.ckpt_path.exists() and not self.ema.load_state_dict(opt_state):
+                raise ValueError(f"--resume: {self.ckpt_path} holds no EMA of the weights; resume without --ema")
         self.engine = Engine(cfg, tcfg.threads)
         self._order = (None, None)  # (epoch, its shuffled order), drawn by _batch
         self.interrupted = None
@@ -300,7 +307,8 @@ class Trainer:
                 "backend": backend_name(), "data": self.data_spec, "data_fingerprint": self.fingerprint}
 
     def save(self):
-        save_checkpoint(self.ckpt_path, self.params, self.cfg, self.opt.state_dict(), self.meta())
+        state = {**self.opt.state_dict(), **(self.ema.state_dict() if self.ema else {})}
+        save_checkpoint(self.ckpt_path, self.params, self.cfg, state, self.meta())
 
     def _batch(self, epoch, index):
         if self._order[0] != epoch:  # the epoch's shuffle, drawn once per epoch
@@ -351,6 +359,8 @@ class Trainer:
                         if t.clip_norm:
                             clip_grad_norm(grads, t.clip_norm)
                         self.opt.step(self.params, grads)
+                        if self.ema:
+                            self.ema.update(self.params)
                         self.step += 1
                         n = len(y)
                         seen, loss_sum, correct_sum = seen + n, loss_sum + loss * n, correct_sum + float(correct)
@@ -384,11 +394,17 @@ class Trainer:
         row = {"epoch": epoch + 1, "step": self.step, "lr": self.opt.lr, "train_loss": train_loss,
                "train_acc": train_acc, "test_loss": ev["loss"], "test_acc": ev["accuracy"],
                "images_per_s": images_per_s, "elapsed_s": self.elapsed}
+        if self.ema:  # the moving average of the weights, on the same test images
+            ev_ema = score(self.ema.params, self.cfg, self.data.test, self.mean, self.std, t.eval_batch_size,
+                           engine=self.engine)
+            row.update(ema_test_loss=ev_ema["loss"], ema_test_acc=ev_ema["accuracy"])
         self.history.append(row)
         self.save()
         write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         self.log(f"epoch {epoch + 1}: train loss {train_loss:.4f} acc {train_acc:.4f} | "
-                 f"test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f} | {images_per_s:.0f} img/s, {self.elapsed:.0f} s")
+                 f"test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}"
+                 + (f" (EMA {row['ema_test_acc']:.4f})" if self.ema else "")
+                 + f" | {images_per_s:.0f} img/s, {self.elapsed:.0f} s")
         if self.plots:
             plots.plot_curves(self.history, self.out / "curves.png",
                               "accuracy" if self.cfg.head == "classify" else "masked patches: 3-bit colour accuracy")

@@ -96,3 +96,41 @@ def test_trainer_with_mixup_and_cutmix_records_them(tmp_path):
     assert np.isfinite(tr.history[0]["train_loss"])
     with pytest.raises(ValueError, match="mixup"):
         TrainConfig(mixup=-1)
+
+
+def test_ema_of_the_weights():
+    """After n updates towards a fixed p, the average is p + decay^n (p0 - p)."""
+    p0, p = {"w": np.zeros(3)}, {"w": np.array([1.0, 2.0, -4.0])}
+    ema = mv.optim.EMA(p0, 0.9)
+    for _ in range(5):
+        ema.update(p)
+    np.testing.assert_allclose(ema.params["w"], p["w"] + 0.9 ** 5 * (p0["w"] - p["w"]), rtol=1e-12)
+    assert np.all(p0["w"] == 0)                       # the starting weights are copied, not aliased
+    with pytest.raises(ValueError, match="decay"):
+        mv.optim.EMA(p0, 1.0)
+
+
+def test_trainer_ema_is_evaluated_saved_and_resumed(tmp_path):
+    cfg = mv.ViTConfig.preset("test")
+    r = np.random.default_rng(0)
+    mk = lambda n: mv.data.Split(r.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), r.integers(0, 5, n))
+    data = mv.data.Dataset(mk(16), mk(8), tuple("abcde"), "toy")
+    tcfg = TrainConfig(epochs=2, batch_size=8, ema=0.5, threads=2)
+    quiet = dict(progress=False, log=lambda *_: None, plots=False)
+    full = Trainer(cfg, tcfg, data, tmp_path / "full", **quiet)
+    full.fit()
+    assert all("ema_test_acc" in h for h in full.history)
+    assert any(not np.array_equal(full.ema.params[k], full.params[k]) for k in full.params)
+
+    class Crash(Exception):
+        pass
+
+    def crash(history):
+        raise Crash
+    with pytest.raises(Crash):
+        Trainer(cfg, tcfg, data, tmp_path / "half", on_epoch_end=crash, **quiet).fit()
+    second = Trainer(cfg, tcfg, data, tmp_path / "half", resume=True, **quiet)
+    second.fit()
+    for k in full.params:
+        np.testing.assert_array_equal(second.params[k], full.params[k])
+        np.testing.assert_array_equal(second.ema.params[k], full.ema.params[k])
