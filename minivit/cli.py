@@ -39,6 +39,8 @@ MODEL_FLAGS = {
                          "linear in between)", None),
     "layer_scale": (float, "LayerScale: per-channel gains on each residual branch, initialised to this "
                            "(e.g. 1e-4); 0 = off", None),
+    "attn_init": (str, "attention weights at initialisation: Xavier, or mimetic (W_q W_k^T near +I, "
+                       "W_v W_proj near -I)", ("xavier", "mimetic")),
 }
 
 

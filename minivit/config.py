@@ -36,6 +36,8 @@ class ViTConfig:
     drop_path: float = 0.0      # stochastic depth: block i drops each residual branch for a whole image with
     #                             rate drop_path * i / (depth - 1), 0 at the first block (timm's rule)
     layer_scale: float = 0.0    # LayerScale (CaiT): a per-channel gain on each branch, initialised to this; 0: none
+    attn_init: str = "xavier"   # "xavier" (the original ViT's), or "mimetic" (Trockman & Kolter, 2023): each head's
+    #                             W_q W_k^T starts near +I and W_v W_proj near -I (model.py: mimetic_attention)
     ln_eps: float = 1e-6        # LayerNorm epsilon (1e-6 as in the original ViT code)
     stem_channels: tuple = ()   # hybrid (paper 3.1): widths of the conv3x3-GroupNorm-ReLU stem; () = image patches
     stem_strides: tuple = ()    # the stride of each stem layer
@@ -67,6 +69,8 @@ class ViTConfig:
                               f"not pos_embed={self.pos_embed!r}")
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.attn_init not in ("xavier", "mimetic"):
+            raise ConfigError(f"attn_init must be 'xavier' or 'mimetic', got {self.attn_init!r}")
         if self.gelu not in ("exact", "tanh"):
             raise ConfigError(f"gelu must be 'exact' or 'tanh', got {self.gelu!r}")
         for name in ("dropout", "attn_dropout", "drop_path"):

@@ -71,6 +71,40 @@ def _truncated_normal(rng, shape, std):
         z[bad] = rng.standard_normal(int(bad.sum()))
 
 
+# Mimetic initialisation's mixing weights: W_q W_k^T ~ a Z + b I per head, W_v W_proj ~ a Z - b I.
+# The scheme is Trockman & Kolter's (2023); these values are minivit's choice, to be tuned.
+MIMETIC_QK = (0.7, 0.7)
+MIMETIC_VO = (0.4, 0.4)
+
+
+def _factor(a, rank):
+    """(L, R) with L @ R.T the best rank-`rank` approximation of the square matrix a (SVD):
+    a = U S V^T, L = U_r sqrt(S_r), R = V_r sqrt(S_r)."""
+    u, s, vt = np.linalg.svd(a)
+    root = np.sqrt(s[:rank])
+    return u[:, :rank] * root, vt[:rank].T * root
+
+
+def mimetic_attention(rng, D, heads):
+    """Mimetic initialisation of one block's attention (Trockman & Kolter, 2023): the weights are
+    drawn so that each head's W_q W_k^T is near +I and W_v W_proj near -I, the pattern found in
+    pre-trained ViTs, so that attention starts out favouring each token's own neighbourhood
+    (through the position embeddings) and the branch starts out subtracting its input.
+
+    With Z ~ N(0, 1/D) (D x D): per head h, W_q^h W_k^h^T is the best rank-d approximation of
+    a1 Z_h + b1 I (d = D / heads); W_v W_proj = a2 Z - b2 I exactly (full rank). -> (w_qkv (D, 3D), w_proj (D, D))
+    """
+    d = D // heads
+    a1, b1 = MIMETIC_QK
+    a2, b2 = MIMETIC_VO
+    wq, wk = np.empty((D, D)), np.empty((D, D))
+    for h in range(heads):
+        cols = slice(h * d, (h + 1) * d)
+        wq[:, cols], wk[:, cols] = _factor(a1 * rng.normal(0.0, D ** -0.5, (D, D)) + b1 * np.eye(D), d)
+    wv, wproj_t = _factor(a2 * rng.normal(0.0, D ** -0.5, (D, D)) - b2 * np.eye(D), D)
+    return np.concatenate([wq, wk, wv], axis=1), wproj_t.T
+
+
 def init_params(cfg, seed=0, dtype="float32"):
     """Fresh parameters as the original ViT code initialises them (google-research/vision_transformer).
 
@@ -78,6 +112,7 @@ def init_params(cfg, seed=0, dtype="float32"):
     uniform (the fused qkv kernel as three D x D kernels, as Flax's separate q, k, v);
     MLP biases N(0, 1e-6); patch projection LeCun normal (Flax's default for nn.Conv);
     LayerNorm w = 1, b = 0. Drawn on the host with NumPy, then moved to the backend.
+    cfg.attn_init="mimetic" replaces the qkv and projection kernels by mimetic_attention's.
     """
     if not isinstance(cfg, ViTConfig):
         raise TypeError(f"cfg must be a ViTConfig, got {type(cfg).__name__}")
@@ -109,6 +144,10 @@ def init_params(cfg, seed=0, dtype="float32"):
         else:
             v = np.zeros(shape)
         params[name] = v
+    if cfg.attn_init == "mimetic":
+        for i in range(cfg.depth):
+            p = f"blocks.{i}.attn."
+            params[p + "qkv.w"], params[p + "proj.w"] = mimetic_attention(rng, D, cfg.heads)
     xp = backend_xp()
     return {k: xp.asarray(v, dtype=dtype) for k, v in params.items()}
 

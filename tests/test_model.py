@@ -162,3 +162,26 @@ def test_hybrid_parameter_count():
     tiny_patch, hybrid_patch = 64 * 3 * 4 * 4 + 64, 64 * 64 * 2 * 2 + 64
     tiny = mv.count_params(mv.ViTConfig.preset("cifar-tiny"))
     assert mv.count_params(mv.ViTConfig.preset("cifar-hybrid")) == tiny - tiny_patch + hybrid_patch + stem
+
+
+def test_mimetic_init_products():
+    """Each head's W_q W_k^T is the rank-d SVD truncation of a1 Z + b1 I, so its diagonal is
+    strongly positive; W_v W_proj is a2 Z - b2 I, full rank: its trace is near -b2 D."""
+    from minivit.model import MIMETIC_QK, MIMETIC_VO, mimetic_attention
+    D, heads = 64, 4
+    d = D // heads
+    wqkv, wproj = mimetic_attention(np.random.default_rng(0), D, heads)
+    assert wqkv.shape == (D, 3 * D) and wproj.shape == (D, D)
+    vo = wqkv[:, 2 * D:] @ wproj
+    z = (vo + MIMETIC_VO[1] * np.eye(D)) / MIMETIC_VO[0]        # the noise it was built from
+    assert abs(z.std() * np.sqrt(D) - 1) < 0.05 and abs(np.trace(vo) / D + MIMETIC_VO[1]) < 0.05
+    for h in range(heads):
+        qk = wqkv[:, h * d:(h + 1) * d] @ wqkv[:, D + h * d:D + (h + 1) * d].T
+        assert np.linalg.matrix_rank(qk) == d
+        assert np.trace(qk) / D > 0.5 * MIMETIC_QK[1] * d / D    # a positive diagonal: near +I on its rank-d part
+    cfg = mv.ViTConfig.preset("test", attn_init="mimetic")
+    a, b = mv.init_params(cfg, seed=3), mv.init_params(mv.ViTConfig.preset("test"), seed=3)
+    assert not np.array_equal(a["blocks.0.attn.qkv.w"], b["blocks.0.attn.qkv.w"])
+    assert np.array_equal(a["blocks.0.mlp.fc1.w"], b["blocks.0.mlp.fc1.w"])   # drawn before: the rest is unchanged
+    with pytest.raises(mv.ConfigError, match="attn_init"):
+        mv.ViTConfig.preset("test", attn_init="orthogonal")
