@@ -1,0 +1,80 @@
+"""Short runs of several training recipes on CIFAR-10, tabulated by accuracy and time, so that a long
+run is spent on the best candidate.
+
+    python benchmarks/recipe_sweep.py --data ../shared/datasets/cifar10-jpeg.tar.gz --epochs 2 \\
+        --out runs/recipe-sweep
+    cp runs/recipe-sweep/results.json benchmarks/results/recipe_sweep_cpu.json
+
+Every recipe trains for `--epochs` full passes (its learning-rate schedule runs to the end, so a short
+run is a complete small run, not the start of a long one) and is tested on the whole test set. The
+table gives the test accuracy, the minutes of training, the throughput, and the accuracy gained per
+minute over chance (10%). Short runs favour recipes that learn fast; regularisers that pay off only
+late (MixUp, CutMix, stochastic depth) look worse here than they will be in an hour: read the table
+with that in mind. Runs are in their own folders under --out and resume; run the same command again
+to finish an interrupted sweep. Run nothing else on the machine meanwhile: the minutes are compared.
+"""
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from minivit import ViTConfig, count_params  # noqa: E402
+from minivit.data import load_dataset  # noqa: E402
+from minivit.files import write_text_atomic  # noqa: E402
+from minivit.train import TrainConfig, Trainer  # noqa: E402
+
+BASE = dict(batch_size=256, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.1)
+
+# name: (preset, model overrides, training overrides on top of BASE)
+RECIPES = {
+    "tiny": ("cifar-tiny", {}, {}),
+    "tiny-mimetic": ("cifar-tiny", {"attn_init": "mimetic"}, {}),
+    "tiny-layerscale-droppath": ("cifar-tiny", {"layer_scale": 0.1, "drop_path": 0.1}, {}),
+    "tiny-mixup-cutmix": ("cifar-tiny", {}, {"mixup": 0.8, "cutmix": 1.0}),
+    "tiny-lr4e-3": ("cifar-tiny", {}, {"lr": 4e-3}),
+    "hybrid": ("cifar-hybrid", {}, {}),
+    "hybrid-mimetic": ("cifar-hybrid", {"attn_init": "mimetic"}, {}),
+    "small": ("cifar-small", {}, {}),
+}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    data = load_dataset(a.data)
+    K = len(data.classes)
+    out = Path(a.out)
+    results = {"command": " ".join(["python"] + sys.argv), "data": a.data, "epochs": a.epochs, "base": BASE,
+               "runs": []}
+    for name in a.recipes:
+        preset, model_kw, train_kw = RECIPES[name]
+        cfg = ViTConfig.preset(preset, num_classes=K, **model_kw)
+        tcfg = TrainConfig(epochs=a.epochs, seed=a.seed, **{**BASE, **train_kw})
+        tr = Trainer(cfg, tcfg, data, out / name, resume=True, progress=sys.stderr.isatty(), log=print, plots=False)
+        tr.fit()
+        if tr.interrupted:
+            sys.exit(f"interrupted; run the same command again to continue from {out}")
+        acc = tr.history[-1]["test_acc"]
+        minutes = tr.elapsed / 60
+        row = {"recipe": name, "preset": preset, "model": model_kw, "train": train_kw, "parameters": count_params(cfg),
+               "test_acc": acc, "minutes": minutes, "images_per_s": len(data.train.labels) * a.epochs / tr.elapsed,
+               "points_per_minute": 100 * (acc - 1 / K) / minutes, "train_config": asdict(tcfg), "history": tr.history}
+        results["runs"].append(row)
+        write_text_atomic(out / "results.json", json.dumps(results, indent=1))
+        tr.engine.close()
+    print(f"\n{a.epochs} epochs each, test accuracy on {len(data.test.labels)} images")
+    print(f"{'recipe':26s} {'params':>8s} {'test acc':>9s} {'minutes':>8s} {'img/s':>6s} {'points/min':>10s}")
+    for r in sorted(results["runs"], key=lambda r: -r["test_acc"]):
+        print(f"{r['recipe']:26s} {r['parameters']:8,d} {100 * r['test_acc']:8.2f}% {r['minutes']:8.1f} "
+              f"{r['images_per_s']:6.0f} {r['points_per_minute']:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
