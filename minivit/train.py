@@ -150,8 +150,8 @@ class Engine:
 
         def shard(sl):
             i = sl.start
-            dropout = any(getattr(self.cfg, k, 0.0) for k in ("dropout", "attn_dropout", "drop_path"))  # (a CNN has none)
-            rng = np.random.default_rng([seed, step, 1, i]) if dropout else None
+            random = any(getattr(self.cfg, k, 0.0) for k in ("dropout", "attn_dropout", "drop_path"))  # (a CNN has none)
+            rng = np.random.default_rng([seed, step, 1, i]) if random else None  # dropout and drop-path masks
             share = (sl.stop - sl.start) / B            # each shard's share of the batch mean
             rows = plan_rows(plan, sl, get_array_module(x)) if plan is not None else None
             return step_fn(params, x[sl], y[sl], self.cfg, label_smoothing, share, rng, rows)
