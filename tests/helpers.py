@@ -1,2 +1,26 @@
-"""Test tools: the package's own gradient checker (minivit.gradcheck)."""
+"""Test tools: the package's own gradient checker (minivit.gradcheck), and what several test files share."""
+import numpy as np
+
+from minivit.data import Dataset, Split
 from minivit.gradcheck import check_grads, numerical_grad, rel_error  # noqa: F401
+
+
+def scalar_of(out_fn, R):
+    """L = sum(out * R) for a fixed random R, so dL/dout = R."""
+    return lambda: float((out_fn() * R).sum())
+
+
+def toy_dataset(n_train=24, n_test=10, seed=0):
+    """Random 8x8 uint8 images of 5 classes (the `test` preset's shape)."""
+    rng = np.random.default_rng(seed)
+    mk = lambda n: Split(rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), rng.integers(0, 5, n))
+    return Dataset(mk(n_train), mk(n_test), tuple("abcde"), "toy")
+
+
+class Crash(Exception):
+    """Raised by crash_after_first_epoch: a run that dies once its first epoch's checkpoint is written."""
+
+
+def crash_after_first_epoch(history):
+    """A Trainer on_epoch_end hook (called after the epoch's checkpoint is saved)."""
+    raise Crash

@@ -5,7 +5,7 @@ import pytest
 import minivit as mv
 from minivit.data import mix_batch
 from minivit.train import TrainConfig, Trainer
-from helpers import check_grads, rel_error
+from helpers import Crash, check_grads, crash_after_first_epoch, rel_error, toy_dataset
 
 rng = np.random.default_rng(0)
 
@@ -83,9 +83,7 @@ def test_mix_batch_rejects_no_mixing():
 
 def test_trainer_with_mixup_and_cutmix_records_them(tmp_path):
     cfg = mv.ViTConfig.preset("test")
-    r = np.random.default_rng(0)
-    mk = lambda n: mv.data.Split(r.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), r.integers(0, 5, n))
-    data = mv.data.Dataset(mk(16), mk(8), tuple("abcde"), "toy")
+    data = toy_dataset(16, 8)
     tcfg = TrainConfig(epochs=1, batch_size=8, mixup=0.8, cutmix=1.0, threads=2)
     tr = Trainer(cfg, tcfg, data, tmp_path, progress=False, log=lambda *_: None, plots=False)
     x, y = tr._batch(0, 0)
@@ -112,23 +110,15 @@ def test_ema_of_the_weights():
 
 def test_trainer_ema_is_evaluated_saved_and_resumed(tmp_path):
     cfg = mv.ViTConfig.preset("test")
-    r = np.random.default_rng(0)
-    mk = lambda n: mv.data.Split(r.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), r.integers(0, 5, n))
-    data = mv.data.Dataset(mk(16), mk(8), tuple("abcde"), "toy")
+    data = toy_dataset(16, 8)
     tcfg = TrainConfig(epochs=2, batch_size=8, ema=0.5, threads=2)
     quiet = dict(progress=False, log=lambda *_: None, plots=False)
     full = Trainer(cfg, tcfg, data, tmp_path / "full", **quiet)
     full.fit()
     assert all("ema_test_acc" in h for h in full.history)
     assert any(not np.array_equal(full.ema.params[k], full.params[k]) for k in full.params)
-
-    class Crash(Exception):
-        pass
-
-    def crash(history):
-        raise Crash
     with pytest.raises(Crash):
-        Trainer(cfg, tcfg, data, tmp_path / "half", on_epoch_end=crash, **quiet).fit()
+        Trainer(cfg, tcfg, data, tmp_path / "half", on_epoch_end=crash_after_first_epoch, **quiet).fit()
     second = Trainer(cfg, tcfg, data, tmp_path / "half", resume=True, **quiet)
     second.fit()
     for k in full.params:

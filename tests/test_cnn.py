@@ -7,16 +7,11 @@ from minivit.checkpoint import CheckpointError, load_checkpoint
 from minivit.cnn import (CNNConfig, backward, count_params, forward, global_avg_pool_backward,
                          global_avg_pool_forward, init_params, maxpool2x2_backward, maxpool2x2_forward)
 from minivit.config import ConfigError
-from minivit.data import Dataset, Split
 from minivit.train import Engine, TrainConfig, Trainer
-from helpers import check_grads, rel_error
+from helpers import Crash, check_grads, crash_after_first_epoch, rel_error, scalar_of, toy_dataset
 
 rng = np.random.default_rng(0)
 SMALL = CNNConfig(image_size=8, num_classes=5, channels=(4, 6, 8))
-
-
-def scalar_of(out_fn, R):
-    return lambda: float((out_fn() * R).sum())
 
 
 def test_maxpool_picks_each_windows_largest_and_routes_the_gradient_there():
@@ -87,12 +82,6 @@ def test_config_checks_and_round_trip():
         forward(init_params(CNNConfig()), np.zeros((2, 3, 16, 16), np.float32), CNNConfig())
 
 
-def toy_dataset(n_train=24, n_test=10, seed=0):
-    r = np.random.default_rng(seed)
-    mk = lambda n: Split(r.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), r.integers(0, 5, n))
-    return Dataset(mk(n_train), mk(n_test), tuple("abcde"), "toy")
-
-
 def test_engine_shards_give_the_full_batch_gradient():
     params = init_params(SMALL, seed=0)
     params["head.w"] += 0.05
@@ -112,11 +101,6 @@ def test_trainer_trains_and_resumes_a_cnn(tmp_path):
     full = Trainer(SMALL, tcfg, toy_dataset(), tmp_path / "full", **quiet)
     full.fit()
     assert len(full.history) == 2 and not (tmp_path / "full" / "curves.png").exists()
-    class Crash(Exception):
-        pass
-
-    def crash_after_first_epoch(history):  # called once the epoch's checkpoint is written
-        raise Crash
     with pytest.raises(Crash):
         Trainer(SMALL, tcfg, toy_dataset(), tmp_path / "half", on_epoch_end=crash_after_first_epoch, **quiet).fit()
     second = Trainer(SMALL, tcfg, toy_dataset(), tmp_path / "half", resume=True, **quiet)

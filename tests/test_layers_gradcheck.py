@@ -3,18 +3,13 @@ import numpy as np
 import pytest
 
 import minivit as mv
-from helpers import check_grads, rel_error
+from helpers import check_grads, rel_error, scalar_of
 
 rng = np.random.default_rng(0)
 
 
 def randn(*shape):
     return rng.standard_normal(shape)
-
-
-def scalar_of(out_fn, R):
-    """L = sum(out * R) for a fixed random R, so dL/dout = R."""
-    return lambda: float((out_fn() * R).sum())
 
 
 def test_linear():

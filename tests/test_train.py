@@ -7,15 +7,8 @@ import pytest
 
 import minivit as mv
 from minivit.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from minivit.data import Dataset, Split
 from minivit.train import Engine, TrainConfig, Trainer, TrainingDiverged
-
-
-def toy_dataset(n_train=24, n_test=10, seed=0):
-    rng = np.random.default_rng(seed)
-    cfg = mv.ViTConfig.preset("test")
-    mk = lambda n: Split(rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8), rng.integers(0, cfg.num_classes, n))
-    return Dataset(mk(n_train), mk(n_test), tuple("abcde"), "toy")
+from helpers import toy_dataset
 
 
 def small_run(tmp_path, name, **kw):
