@@ -1,4 +1,5 @@
-"""GELU (exact and tanh forms) and inverted dropout. Derivation: docs/derivations/gelu.md."""
+"""GELU (exact and tanh forms), inverted dropout and stochastic depth (drop path).
+Derivations: docs/derivations/gelu.md, docs/derivations/drop_path.md."""
 import math
 from functools import partial
 
@@ -159,6 +160,6 @@ def drop_path_forward(x, p, rng=None, train=True):
     return x * mask, mask
 
 
-def drop_path_backward(dy, mask):
-    """The mask again: a dropped image's branch gets no gradient, a kept one dy / (1 - p)."""
-    return dy if mask is None else dy * mask
+# Backward multiplies by the forward's mask, as dropout's does: a dropped image's branch gets no
+# gradient, a kept one dy / (1 - p) (the (B, 1, 1) mask broadcasts over its tokens).
+drop_path_backward = dropout_backward
