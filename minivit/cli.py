@@ -78,6 +78,12 @@ def _add_training_flags(parser, defaults):
     parser.add_argument("--cutmix", type=float, default=defaults.cutmix,
                         help="CutMix: paste a box of another image, Beta(a, a) share; a, 0 = off (e.g. 1.0); "
                              "with --mixup too, each batch is one of the two")
+    parser.add_argument("--randaugment", type=int, default=defaults.randaugment, metavar="N",
+                        help="RandAugment: N operations per image (of 14: colour, contrast, rotate, shear, ...); 0 = off")
+    parser.add_argument("--randaugment-magnitude", type=float, default=defaults.randaugment_magnitude, metavar="M",
+                        help="RandAugment's magnitude, 0..10")
+    parser.add_argument("--random-erasing", type=float, default=defaults.random_erasing, metavar="P",
+                        help="random erasing: each image gets a random box set to the mean colour with probability P")
     parser.add_argument("--ema", type=float, default=defaults.ema,
                         help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
                              "report its test accuracy beside the weights'; 0 = off")
@@ -235,7 +241,8 @@ def _train(a, out, head):
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, min_lr=a.min_lr, warmup_epochs=a.warmup,
                        weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, clip_norm=a.clip_norm,
                        augment=not a.no_augment, seed=a.seed, threads=a.threads, mixup=a.mixup, cutmix=a.cutmix,
-                       ema=a.ema)
+                       ema=a.ema, randaugment=a.randaugment, randaugment_magnitude=a.randaugment_magnitude,
+                       random_erasing=a.random_erasing)
     if head == "mpp" and (a.mixup or a.cutmix):
         raise ValueError("--mixup and --cutmix mix class labels; masked patch prediction has none (drop them for pretrain)")
     data = load_dataset(a.data)

@@ -22,6 +22,7 @@ from .allocator import keep_freed_memory
 from .backend import backend_name, fused_kernels, get_array_module, to_numpy, xp as backend_xp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import augment, channel_stats, mix_batch, normalize
+from .randaugment import rand_augment, random_erase
 from .files import write_text_atomic
 from .loss import check_labels, cross_entropy
 from .models import family_of
@@ -53,6 +54,9 @@ class TrainConfig:
     mixup: float = 0.0            # MixUp's Beta(alpha, alpha) parameter; 0: off (minivit/data.py: mix_batch)
     cutmix: float = 0.0           # CutMix's Beta(alpha, alpha) parameter; 0: off; both on: each batch one of the two
     ema: float = 0.0              # decay of an EMA of the weights, evaluated beside them (e.g. 0.999); 0: off
+    randaugment: int = 0          # RandAugment's number of operations per image; 0: off (minivit/randaugment.py)
+    randaugment_magnitude: float = 9.0   # their magnitude, 0..10
+    random_erasing: float = 0.0   # probability that an image gets a box erased to its mean colour; 0: off
 
     def __post_init__(self):
         checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
@@ -61,7 +65,9 @@ class TrainConfig:
                   ("clip_norm", self.clip_norm >= 0), ("threads", self.threads >= 1),
                   ("eval_batch_size", self.eval_batch_size >= 1), ("optimizer", self.optimizer in ("adamw", "sgd")),
                   ("momentum", 0 <= self.momentum < 1), ("mixup", self.mixup >= 0), ("cutmix", self.cutmix >= 0),
-                  ("ema", 0 <= self.ema < 1)]
+                  ("ema", 0 <= self.ema < 1), ("randaugment", self.randaugment >= 0),
+                  ("randaugment_magnitude", 0 <= self.randaugment_magnitude <= 10),
+                  ("random_erasing", 0 <= self.random_erasing <= 1)]
         bad = [name for name, ok in checks if not ok]
         if bad:
             raise ValueError("invalid training setting(s): " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
@@ -81,21 +87,27 @@ def epoch_order(seed, epoch, n):
 
 
 def make_batch(split, tcfg, mean, std, epoch, index, step, dtype="float32", order=None):
-    """Batch `index` of `epoch`: its images augmented with the stream of `step` and normalised,
-    on the configured backend. Shuffle: epoch_order (pass `order` to reuse it within an epoch);
-    augmentation: default_rng([seed, step, 0])."""
+    """Batch `index` of `epoch`: its images augmented with the streams of `step` and normalised,
+    on the configured backend. Shuffle: epoch_order (pass `order` to reuse it within an epoch).
+    In order: RandAugment on the uint8 images (default_rng([seed, step, 4])), random crop and
+    flip (default_rng([seed, step, 0])), normalisation, random erasing (default_rng([seed, step, 5]))."""
     if order is None:
         order = epoch_order(tcfg.seed, epoch, len(split.labels))
     idx = np.sort(order[index * tcfg.batch_size:(index + 1) * tcfg.batch_size])
     xp = backend_xp()
     images = xp.asarray(split.images[idx])  # uint8: on a GPU the one copy, augmented and normalised there
+    if tcfg.randaugment:
+        images = rand_augment(images, np.random.default_rng([tcfg.seed, step, 4]), tcfg.randaugment,
+                              tcfg.randaugment_magnitude)
     rng = np.random.default_rng([tcfg.seed, step, 0]) if tcfg.augment else None
     gpu = fused_kernels() if xp is not np else None
     if gpu:  # one kernel crops, flips and normalises (minivit/cuda_kernels.py), with the same draws
-        return gpu.augment_normalize(images, mean, std, dtype, rng), xp.asarray(split.labels[idx])
-    if rng is not None:
-        images = augment(images, rng)
-    return normalize(images, mean, std, xp, dtype), xp.asarray(split.labels[idx])
+        x = gpu.augment_normalize(images, mean, std, dtype, rng)
+    else:
+        x = normalize(images if rng is None else augment(images, rng), mean, std, xp, dtype)
+    if tcfg.random_erasing:
+        x = random_erase(x, np.random.default_rng([tcfg.seed, step, 5]), tcfg.random_erasing)
+    return x, xp.asarray(split.labels[idx])
 
 
 def classify_step(params, x, y, cfg, label_smoothing, share, rng, plan=None):
@@ -301,7 +313,8 @@ class Trainer:
                         "streams": "shuffle default_rng([seed, epoch]); augment default_rng([seed, step, 0]); "
                                    "dropout default_rng([seed, step, 1, shard_start]); "
                                    "masked patches default_rng([seed, step, 2]); "
-                                   "mixup/cutmix default_rng([seed, step, 3])"},
+                                   "mixup/cutmix default_rng([seed, step, 3]); randaugment default_rng([seed, step, 4]); "
+                                   "random erasing default_rng([seed, step, 5])"},
                 "train_config": asdict(self.tcfg), "mean": list(map(float, self.mean)), "std": list(map(float, self.std)),
                 "classes": list(self.data.classes), "history": self.history, "elapsed": self.elapsed,
                 "backend": backend_name(), "data": self.data_spec, "data_fingerprint": self.fingerprint}
