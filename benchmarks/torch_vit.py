@@ -1,14 +1,25 @@
 """A reference ViT in PyTorch, written from timm's state_dict layout.
 
 The oracle of tests/test_torch_oracle.py and the model of benchmarks/train_torch.py:
-pre-LN blocks, fused qkv, exact or tanh GELU, token or mean pooling, as minivit.
+pre-LN blocks, fused qkv, exact or tanh GELU, token or mean pooling, LayerScale gains when the
+state dict has them, and (for the training peer) stochastic depth, as minivit.
 """
 import torch
 import torch.nn.functional as F
 
 
-def torch_vit(sd, x, cfg):
-    """sd: timm-style dict of torch tensors; x (B, C, H, W) tensor -> logits (B, K)."""
+def drop_path(branch, p, generator):
+    """Stochastic depth as minivit's drop_path_forward: each image's branch dropped with probability
+    p, kept ones scaled by 1/(1 - p); the masks come from torch's own generator."""
+    if p == 0.0 or generator is None:
+        return branch
+    keep = (torch.rand(branch.shape[0], generator=generator) >= p).to(branch.dtype) / (1.0 - p)
+    return branch * keep.view(-1, *([1] * (branch.dim() - 1)))
+
+
+def torch_vit(sd, x, cfg, generator=None):
+    """sd: timm-style dict of torch tensors; x (B, C, H, W) tensor -> logits (B, K).
+    generator: a torch.Generator turns stochastic depth (cfg.drop_path) on, for training."""
     B, D, H = x.shape[0], cfg.dim, cfg.heads
     d = D // H
     t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=cfg.patch_size)
@@ -16,16 +27,19 @@ def torch_vit(sd, x, cfg):
     t = torch.cat([sd["cls_token"].expand(B, -1, -1), t], dim=1) + sd["pos_embed"]
     N = t.shape[1]
     gelu = "none" if cfg.gelu == "exact" else "tanh"
+    drop = getattr(cfg, "drop_path", 0.0)
     for i in range(cfg.depth):
         p = f"blocks.{i}."
+        rate = drop * i / (cfg.depth - 1) if cfg.depth > 1 else drop      # minivit.block.drop_path_rate
+        ls1, ls2 = sd.get(p + "ls1.gamma", 1.0), sd.get(p + "ls2.gamma", 1.0)
         h = F.layer_norm(t, (D,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], cfg.ln_eps)
         qkv = F.linear(h, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"])
         q, k, v = qkv.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
         h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D)
-        t = t + F.linear(h, sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"])
+        t = t + drop_path(ls1 * F.linear(h, sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"]), rate, generator)
         h = F.layer_norm(t, (D,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], cfg.ln_eps)
         h = F.gelu(F.linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"]), approximate=gelu)
-        t = t + F.linear(h, sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"])
+        t = t + drop_path(ls2 * F.linear(h, sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"]), rate, generator)
     t = F.layer_norm(t, (D,), sd["norm.weight"], sd["norm.bias"], cfg.ln_eps)
     pooled = t[:, 0] if cfg.pool == "token" else t[:, 1:].mean(dim=1)
     return F.linear(pooled, sd["head.weight"], sd["head.bias"])

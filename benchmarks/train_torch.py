@@ -1,9 +1,11 @@
 """The minivit training recipe, run by PyTorch (CPU): the framework peer to compare against.
 
 Same model (benchmarks/torch_vit.py, the test oracle), same initial weights
-(minivit.init_params converted with to_timm), same batches (minivit.train.make_batch:
-shuffle, crop, flip, normalisation), same AdamW parameter groups, warmup-cosine schedule,
-clipping and label smoothing. Only the arithmetic is PyTorch's autograd instead of
+(minivit.init_params converted with to_timm, so mimetic initialisation too), same batches
+(minivit.train.make_batch: shuffle, RandAugment, crop, flip, normalisation, random erasing),
+same AdamW parameter groups, warmup-cosine schedule, clipping and label smoothing. LayerScale
+gains are parameters as in minivit; stochastic depth draws its masks from torch's generator
+(seeded by --seed), not minivit's streams. Only the arithmetic is PyTorch's autograd instead of
 minivit's hand-written backward. Writes metrics.jsonl in minivit's format.
 
     python benchmarks/train_torch.py --data ../shared/datasets/cifar10-jpeg.tar.gz \\
@@ -41,14 +43,22 @@ def main():
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--clip-norm", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    for name in ("dim", "depth", "heads", "mlp_dim", "randaugment"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+    for name in ("drop_path", "layer_scale", "randaugment_magnitude", "random_erasing"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=None)
+    p.add_argument("--attn-init", default=None, help="minivit's attention initialisation, e.g. mimetic")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--out", required=True)
     a = p.parse_args()
 
     torch.set_num_threads(a.threads)
-    cfg = mv.ViTConfig.preset(a.preset)
+    given = lambda names: {k: getattr(a, k) for k in names if getattr(a, k) is not None}
+    cfg = mv.ViTConfig.preset(a.preset, **given(("dim", "depth", "heads", "mlp_dim", "drop_path", "layer_scale", "attn_init")))
     t = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, min_lr=a.min_lr, warmup_epochs=a.warmup,
-                    weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, clip_norm=a.clip_norm, seed=a.seed)
+                    weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, clip_norm=a.clip_norm, seed=a.seed,
+                    **given(("randaugment", "randaugment_magnitude", "random_erasing")))
+    generator = torch.Generator().manual_seed(a.seed)  # stochastic depth's masks
     data = load_dataset(a.data)
     mean, std = channel_stats(data.train.images)
     init = mv.init_params(cfg, seed=t.seed)
@@ -75,7 +85,7 @@ def main():
             lr = mv.warmup_cosine(step, total, warmup, t.lr, t.min_lr)
             for g in opt.param_groups:
                 g["lr"] = lr
-            logits = torch_vit(sd, x, cfg)
+            logits = torch_vit(sd, x, cfg, generator)
             loss = F.cross_entropy(logits, y, label_smoothing=t.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()

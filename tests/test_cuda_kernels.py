@@ -258,14 +258,32 @@ def test_augment_on_the_device_draws_the_same_batch():
     np.testing.assert_array_equal(backend.to_numpy(dev), host)
 
 
-@pytest.mark.parametrize("augment", [True, False])
-def test_the_trainers_batch_on_the_gpu_is_the_numpy_batch(augment):
-    """make_batch on CuPy (one crop-flip-normalise kernel) gives NumPy's batch, bit for bit."""
+def test_randaugment_on_the_device_is_the_host_result():
+    """Every RandAugment operation, and random erasing, on CuPy gives NumPy's images."""
+    from minivit import randaugment as ra
+    images = np.random.default_rng(8).integers(0, 256, (12, 3, 32, 32)).astype(np.uint8)
+    sign = np.where(np.arange(12) % 2, 1.0, -1.0)
+    for name in ra.OPS:
+        dev = ra.apply_op(name, cp.asarray(images), 7.0, sign)
+        assert isinstance(dev, cp.ndarray), name
+        np.testing.assert_array_equal(backend.to_numpy(dev), ra.apply_op(name, images, 7.0, sign), err_msg=name)
+    dev = ra.rand_augment(cp.asarray(images), np.random.default_rng(3), 3, 9.0)
+    np.testing.assert_array_equal(backend.to_numpy(dev), ra.rand_augment(images, np.random.default_rng(3), 3, 9.0))
+    x = np.random.default_rng(4).standard_normal((12, 3, 32, 32)).astype(np.float32)
+    dev = ra.random_erase(cp.asarray(x), np.random.default_rng(5), 0.5)
+    np.testing.assert_array_equal(backend.to_numpy(dev), ra.random_erase(x, np.random.default_rng(5), 0.5))
+
+
+@pytest.mark.parametrize("augment,strong", [(True, False), (False, False), (True, True)])
+def test_the_trainers_batch_on_the_gpu_is_the_numpy_batch(augment, strong):
+    """make_batch on CuPy (one crop-flip-normalise kernel) gives NumPy's batch, bit for bit;
+    strong: with RandAugment before it and random erasing after."""
     from minivit.data import Split
     from minivit.train import TrainConfig, make_batch
     rng = np.random.default_rng(11)
     split = Split(rng.integers(0, 256, (40, 3, 8, 8)).astype(np.uint8), rng.integers(0, 5, 40))
-    tcfg = TrainConfig(batch_size=16, augment=augment, seed=3)
+    extra = dict(randaugment=2, random_erasing=0.5) if strong else {}
+    tcfg = TrainConfig(batch_size=16, augment=augment, seed=3, **extra)
     mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.25, 0.3])
     try:
         backend.use_backend("numpy")

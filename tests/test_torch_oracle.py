@@ -12,7 +12,7 @@ from helpers import rel_error
 
 torch = pytest.importorskip("torch")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from torch_vit import torch_vit  # noqa: E402  the same reference model the benchmark trains
+from torch_vit import drop_path as torch_drop_path, torch_vit  # noqa: E402  the same reference model the benchmark trains
 F = torch.nn.functional
 TOL = 1e-10
 rng = np.random.default_rng(0)
@@ -118,8 +118,9 @@ def test_cross_entropy(smoothing):
     agree(loss, tl); agree(dz, tz.grad)
 
 
-@pytest.mark.parametrize("overrides", [dict(), dict(pool="gap", gelu="tanh"), dict(pos_embed="sincos")],
-                         ids=["token-exact", "gap-tanh", "sincos"])
+@pytest.mark.parametrize("overrides", [dict(), dict(pool="gap", gelu="tanh"), dict(pos_embed="sincos"),
+                                       dict(layer_scale=0.1)],
+                         ids=["token-exact", "gap-tanh", "sincos", "layerscale"])
 def test_whole_model_forward_and_backward(overrides):
     cfg = mv.ViTConfig.preset("test", dim=12, heads=3, **overrides)
     params = {k: v + 0.1 * rng.standard_normal(v.shape) for k, v in mv.init_params(cfg, dtype="float64").items()}
@@ -137,6 +138,19 @@ def test_whole_model_forward_and_backward(overrides):
         if key == "pos_embed" and cfg.pos_embed == "sincos":
             continue  # fixed, not a parameter
         assert rel_error(ours[key], t.grad.numpy()) < TOL, key
+
+
+def test_peer_drop_path_drops_whole_images():
+    """The training peer's stochastic depth (benchmarks/torch_vit.py): each image's branch is kept
+    whole, scaled by 1/(1 - p), or dropped whole; without a generator it is the identity."""
+    branch = torch.rand(400, 5, 4, dtype=torch.float64) + 1
+    out = torch_drop_path(branch, 0.25, torch.Generator().manual_seed(0))
+    scale = (out / branch).reshape(400, -1)
+    assert torch.allclose(scale, scale[:, :1].expand_as(scale), rtol=1e-15, atol=0)   # one factor per image
+    kept = scale[:, 0] > 0
+    assert torch.allclose(scale[kept], torch.tensor(1 / 0.75, dtype=torch.float64))
+    assert 0.68 < kept.double().mean() < 0.82                             # about 3 in 4 kept
+    assert torch.equal(torch_drop_path(branch, 0.25, None), branch)
 
 
 def _tiny_problem():

@@ -1,0 +1,37 @@
+"""Test accuracy against minutes of training for several runs, from their metrics.jsonl files.
+
+    python benchmarks/plot_hour_runs.py docs/img/cifar10-hour-runs.png \\
+        "cifar-tiny (142k), 46 epochs=benchmarks/results/cifar10_tiny_hour_metrics.jsonl" \\
+        "dim 96 (312k), 33 epochs=benchmarks/results/cifar10_dim96_hour_metrics.jsonl"
+"""
+import json
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main():
+    out, runs = sys.argv[1], sys.argv[2:]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for run in runs:
+        label, path = run.split("=", 1)
+        rows = [json.loads(line) for line in open(path)]
+        minutes = [r["elapsed_s"] / 60 for r in rows]
+        ax.plot(minutes, [100 * r["test_acc"] for r in rows], marker=".", label=label + " test")
+        ax.plot(minutes, [100 * r["train_acc"] for r in rows], ls=":", color=ax.lines[-1].get_color(),
+                label=label + " train (augmented)")
+    ax.axhline(80, color="grey", lw=0.8, ls="--")
+    ax.axvline(60, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="minutes of training (2 CPU cores)", ylabel="accuracy (%)", ylim=(25, 85),
+           title="CIFAR-10 from scratch: the target is the top-left of the dashed lines")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
