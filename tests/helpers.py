@@ -1,5 +1,6 @@
 """Test tools: the package's own gradient checker (minivit.gradcheck), and what several test files share."""
 import numpy as np
+import pytest
 
 from minivit.data import Dataset, Split
 from minivit.gradcheck import check_grads, numerical_grad, rel_error  # noqa: F401
@@ -24,3 +25,20 @@ class Crash(Exception):
 def crash_after_first_epoch(history):
     """A Trainer on_epoch_end hook (called after the epoch's checkpoint is saved)."""
     raise Crash
+
+
+def full_and_resumed(cfg, tcfg, data, folder):
+    """Two Trainer runs of the same settings: one uninterrupted, one that crashes after its first
+    epoch and is resumed from its checkpoint. Returns both trainers, finished, and asserts that
+    their parameters end bit-identical."""
+    from minivit.train import Trainer
+    quiet = dict(progress=False, log=lambda *_: None, plots=False)
+    full = Trainer(cfg, tcfg, data, folder / "full", **quiet)
+    full.fit()
+    with pytest.raises(Crash):
+        Trainer(cfg, tcfg, data, folder / "half", on_epoch_end=crash_after_first_epoch, **quiet).fit()
+    second = Trainer(cfg, tcfg, data, folder / "half", resume=True, **quiet)
+    second.fit()
+    for k in full.params:
+        np.testing.assert_array_equal(second.params[k], full.params[k])
+    return full, second

@@ -5,8 +5,8 @@ import pytest
 
 import minivit as mv
 from minivit import randaugment as ra
-from minivit.train import TrainConfig, Trainer, make_batch
-from helpers import Crash, crash_after_first_epoch, toy_dataset
+from minivit.train import TrainConfig, make_batch
+from helpers import full_and_resumed, toy_dataset
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image, ImageEnhance, ImageOps  # noqa: E402
@@ -166,15 +166,5 @@ def test_make_batch_uses_randaugment_and_erasing_streams():
 
 
 def test_trainer_with_randaugment_resumes_bit_identically(tmp_path):
-    cfg = mv.ViTConfig.preset("test")
-    data = toy_dataset(16, 8)
     tcfg = TrainConfig(epochs=2, batch_size=8, randaugment=2, random_erasing=0.5, threads=2)
-    quiet = dict(progress=False, log=lambda *_: None, plots=False)
-    full = Trainer(cfg, tcfg, data, tmp_path / "full", **quiet)
-    full.fit()
-    with pytest.raises(Crash):
-        Trainer(cfg, tcfg, data, tmp_path / "half", on_epoch_end=crash_after_first_epoch, **quiet).fit()
-    second = Trainer(cfg, tcfg, data, tmp_path / "half", resume=True, **quiet)
-    second.fit()
-    for k in full.params:
-        np.testing.assert_array_equal(second.params[k], full.params[k])
+    full_and_resumed(mv.ViTConfig.preset("test"), tcfg, toy_dataset(16, 8), tmp_path)
