@@ -7,6 +7,8 @@ state dict has them, and (for the training peer) stochastic depth, as minivit.
 import torch
 import torch.nn.functional as F
 
+from minivit.block import drop_path_rate
+
 
 def drop_path(branch, p, generator):
     """Stochastic depth as minivit's drop_path_forward: each image's branch dropped with probability
@@ -15,6 +17,14 @@ def drop_path(branch, p, generator):
         return branch
     keep = (torch.rand(branch.shape[0], generator=generator) >= p).to(branch.dtype) / (1.0 - p)
     return branch * keep.view(-1, *([1] * (branch.dim() - 1)))
+
+
+def residual(t, branch, gamma, rate, generator):
+    """t + drop_path(gamma * branch); without a LayerScale gain (gamma None) no multiply is added,
+    so the speed benchmarks time the same step as before."""
+    if gamma is not None:
+        branch = gamma * branch
+    return t + drop_path(branch, rate, generator)
 
 
 def torch_vit(sd, x, cfg, generator=None):
@@ -27,19 +37,19 @@ def torch_vit(sd, x, cfg, generator=None):
     t = torch.cat([sd["cls_token"].expand(B, -1, -1), t], dim=1) + sd["pos_embed"]
     N = t.shape[1]
     gelu = "none" if cfg.gelu == "exact" else "tanh"
-    drop = getattr(cfg, "drop_path", 0.0)
     for i in range(cfg.depth):
         p = f"blocks.{i}."
-        rate = drop * i / (cfg.depth - 1) if cfg.depth > 1 else drop      # minivit.block.drop_path_rate
-        ls1, ls2 = sd.get(p + "ls1.gamma", 1.0), sd.get(p + "ls2.gamma", 1.0)
+        rate = drop_path_rate(cfg, i)                                  # linear over depth, as minivit
         h = F.layer_norm(t, (D,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], cfg.ln_eps)
         qkv = F.linear(h, sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"])
         q, k, v = qkv.reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4)
         h = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D)
-        t = t + drop_path(ls1 * F.linear(h, sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"]), rate, generator)
+        t = residual(t, F.linear(h, sd[p + "attn.proj.weight"], sd[p + "attn.proj.bias"]), sd.get(p + "ls1.gamma"),
+                     rate, generator)
         h = F.layer_norm(t, (D,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], cfg.ln_eps)
         h = F.gelu(F.linear(h, sd[p + "mlp.fc1.weight"], sd[p + "mlp.fc1.bias"]), approximate=gelu)
-        t = t + drop_path(ls2 * F.linear(h, sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"]), rate, generator)
+        t = residual(t, F.linear(h, sd[p + "mlp.fc2.weight"], sd[p + "mlp.fc2.bias"]), sd.get(p + "ls2.gamma"),
+                     rate, generator)
     t = F.layer_norm(t, (D,), sd["norm.weight"], sd["norm.bias"], cfg.ln_eps)
     pooled = t[:, 0] if cfg.pool == "token" else t[:, 1:].mean(dim=1)
     return F.linear(pooled, sd["head.weight"], sd["head.bias"])
