@@ -27,6 +27,9 @@ from minivit.train import TrainConfig, Trainer  # noqa: E402
 
 BASE = dict(batch_size=256, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.1)
 
+HOUR_MODEL = {"attn_init": "mimetic", "layer_scale": 0.1, "drop_path": 0.1}
+HOUR_TRAIN = {"lr": 3e-3}
+
 # name: (preset, model overrides, training overrides on top of BASE)
 RECIPES = {
     "tiny": ("cifar-tiny", {}, {}),
@@ -34,6 +37,10 @@ RECIPES = {
     "tiny-layerscale-droppath": ("cifar-tiny", {"layer_scale": 0.1, "drop_path": 0.1}, {}),
     "tiny-mixup-cutmix": ("cifar-tiny", {}, {"mixup": 0.8, "cutmix": 1.0}),
     "tiny-lr4e-3": ("cifar-tiny", {}, {"lr": 4e-3}),
+    # the recipe of the hour runs (docs/results.md), and single changes to it that learn more per image
+    "hour": ("cifar-tiny", HOUR_MODEL, HOUR_TRAIN),
+    "hour-gap": ("cifar-tiny", {**HOUR_MODEL, "pool": "gap"}, HOUR_TRAIN),
+    "hour-batch128": ("cifar-tiny", HOUR_MODEL, {**HOUR_TRAIN, "batch_size": 128, "lr": 2e-3}),
     "hybrid": ("cifar-hybrid", {}, {}),
     "hybrid-mimetic": ("cifar-hybrid", {"attn_init": "mimetic"}, {}),
     "small": ("cifar-small", {}, {}),
