@@ -33,10 +33,10 @@ def main():
         for run, label in zip(runs, args.labels):
             ep = [r["epoch"] for r in run]
             ax1.plot(ep, [r["test_loss"] for r in run], label=f"{label} test")
-            ax1.plot(ep, [r["train_loss"] for r in run], "--", label=f"{label} train")
+            ax1.plot(ep, [r["train_loss"] for r in run], "--", label=f"{label} train (smoothed targets)")
             ax2.plot(ep, [r["test_acc"] for r in run], label=f"{label} test")
             ax2.plot(ep, [r["train_acc"] for r in run], "--", label=f"{label} train")
-        ax1.set(xlabel="epoch", ylabel="cross-entropy (smoothed targets)", title="loss")
+        ax1.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
         ax2.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
         for ax in (ax1, ax2):
             ax.grid(alpha=0.3)
