@@ -55,6 +55,7 @@ def main():
     for variant in ("none", "learned", "learned2d", "sincos", "relative"):
         train(f"pos-{variant}", "--preset", "cifar-tiny", "--pos-embed", variant)
     train("pos-learned-every-layer", "--preset", "cifar-tiny", "--pos-embed-every-layer")
+    train("pos-learned2d-every-layer", "--preset", "cifar-tiny", "--pos-embed", "learned2d", "--pos-embed-every-layer")
     # 2. hybrid at the pure model's training time
     budget = last(out / "pos-learned")["elapsed_s"]
     probe = train("hybrid-1-epoch", "--preset", "cifar-hybrid", epochs=1)
