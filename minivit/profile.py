@@ -76,7 +76,7 @@ def _flops(fn, args, kwargs):
         return 2 * x.shape[0] * Ho * Wo * w.size                # (B Ho Wo) x (C kh kw) x F
     if fn == "conv2d_backward":
         cols, w = args[1][0], args[1][2]
-        return 4 * cols.shape[0] * cols.shape[1] * w.shape[0]   # dw and dcols
+        return 4 * cols.size * w.shape[0]                       # dw and dcols: (B Ho Wo) x (C kh kw) x F each
     if fn == "patch_embed_forward":
         x, w = args[0], args[1]
         return 2 * x.size // w.shape[1] // w.shape[2] // w.shape[3] * w.size  # (B N) x (C P P) x D

@@ -133,6 +133,29 @@ def test_gelu_cached_derivative_matches_textbook(approximate, piece_floats):
     assert none is None and np.array_equal(y_only, y)
 
 
+@pytest.mark.parametrize("kh,kw,stride,pad", [(3, 3, 1, 1), (3, 3, 2, 1), (2, 3, 1, 0), (4, 4, 4, 0),
+                                             (5, 5, 2, 2), (2, 2, 3, 1)])
+def test_conv_windows_match_im2col_and_col2im(kh, kw, stride, pad):
+    """windows() is im2col with each image's rows as columns, windows_adjoint() is col2im, also
+    where windows overlap, where they skip pixels (stride 3 > kernel 2) and over the padding."""
+    from minivit.conv import windows, windows_adjoint
+    x = randn(3, 2, 7, 8)
+    cols = windows(x, kh, kw, stride, pad)                       # (B, C kh kw, Ho Wo)
+    rows = mv.im2col(x, kh, kw, stride, pad)                     # (B Ho Wo, C kh kw)
+    np.testing.assert_array_equal(cols.transpose(0, 2, 1).reshape(rows.shape), rows)
+    c = randn(*cols.shape)
+    want = mv.col2im(c.transpose(0, 2, 1).reshape(rows.shape), x.shape, kh, kw, stride, pad)
+    assert rel_error(windows_adjoint(c, x.shape, kh, kw, stride, pad), want) < TIGHT
+
+
+def test_conv2d_matches_the_im2col_product():
+    """conv2d_forward's per-image products give im2col(x) @ w.reshape(F, -1).T + b, laid out (B, F, Ho, Wo)."""
+    x, w, b = randn(2, 3, 9, 8), randn(5, 3, 3, 3), randn(5)
+    y, _ = mv.conv2d_forward(x, w, b, stride=2, pad=1)
+    want = mv.im2col(x, 3, 3, 2, 1) @ w.reshape(5, -1).T + b     # (B Ho Wo, F)
+    assert rel_error(y, want.reshape(2, 5, 4, 5).transpose(0, 3, 1, 2)) < TIGHT
+
+
 def test_float32_erf_error_against_scipy():
     """A&S 7.1.26 bounds |erf error| by 1.5e-7, so Phi = (1 + erf)/2 is off by at most 7.5e-8
     when the formula is evaluated in float64. In float32, about ten roundings of numbers below
