@@ -245,6 +245,9 @@ def _train(a, out, head):
                        random_erasing=a.random_erasing)
     if head == "mpp" and (a.mixup or a.cutmix):
         raise ValueError("--mixup and --cutmix mix class labels; masked patch prediction has none (drop them for pretrain)")
+    if head == "mpp" and a.num_classes is not None:
+        raise ValueError("--num-classes sets the class head; masked patch prediction has a colour head instead "
+                         "(drop it for pretrain; `minivit finetune` makes the class head for the new data)")
     data = load_dataset(a.data)
     overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
     cfg = ViTConfig.preset(a.preset, **{"num_classes": len(data.classes), **overrides, "head": head})

@@ -229,3 +229,12 @@ def test_cli_pretrain_then_finetune_and_fewshot(tmp_path):
     assert not np.array_equal(params["blocks.0.attn.qkv.w"], pre["blocks.0.attn.qkv.w"])  # it trained on from there
     r = run_cli("evaluate", str(tmp_path / "pre" / "checkpoint.npz"), "--data", str(data), cache=tmp_path)
     assert r.returncode == 1 and "no class head" in r.stderr
+
+
+def test_cli_pretrain_refuses_class_head_flags(capsys):
+    """pretrain has no class head, so --num-classes (and label mixing) is an error, not silently ignored."""
+    from minivit.cli import main
+    assert main(["pretrain", "--preset", "test", "--num-classes", "5", "--epochs", "1"]) != 0
+    assert "--num-classes sets the class head" in capsys.readouterr().err
+    assert main(["pretrain", "--preset", "test", "--mixup", "0.8", "--epochs", "1"]) != 0
+    assert "--mixup and --cutmix mix class labels" in capsys.readouterr().err
