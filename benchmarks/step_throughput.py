@@ -10,6 +10,8 @@ To compare the two frameworks, run them in turn in separate processes: benchmark
     python benchmarks/step_throughput.py --impl minivit --threads 2 --preset cifar-tiny --batch-size 256
     python benchmarks/step_throughput.py --impl minivit --threads 1 --preset cifar-tiny --batch-size 256
     python benchmarks/step_throughput.py --impl torch --threads 2 --preset cifar-tiny --batch-size 256
+
+`--preset cnn` times minivit's CNN baseline (minivit.cnn.CNNConfig(); minivit only).
 """
 import argparse
 import json
@@ -28,8 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_vit, bes
 
 
 def minivit_step(cfg, x, y, threads):
+    from minivit.models import family_of
     from minivit.train import Engine, _blas_single_thread
-    params = mv.init_params(cfg, seed=0)
+    params = family_of(cfg).init_params(cfg, seed=0)
     opt = mv.AdamW(lr=1e-3, weight_decay=0.05)
     engine = Engine(cfg, threads)
     ctx = _blas_single_thread(threads)
@@ -44,8 +47,9 @@ def minivit_step(cfg, x, y, threads):
 
 
 def minivit_eval(cfg, x, y, threads):
+    from minivit.models import family_of
     from minivit.train import Engine, _blas_single_thread
-    params = mv.init_params(cfg, seed=0)
+    params = family_of(cfg).init_params(cfg, seed=0)
     engine = Engine(cfg, threads)
     _blas_single_thread(threads).__enter__()
     return lambda i: engine.predict_logits(params, x).argmax(axis=1)
@@ -88,7 +92,9 @@ def main():
     p.add_argument("--mode", choices=["train", "eval"], default="train")
     p.add_argument("--json", action="store_true", help="print one JSON line (for compare_step.py)")
     a = p.parse_args()
-    cfg = mv.ViTConfig.preset(a.preset)
+    if a.preset == "cnn" and a.impl != "minivit":
+        p.error("--preset cnn is minivit's CNN baseline; the PyTorch peer is a ViT")
+    cfg = mv.CNNConfig() if a.preset == "cnn" else mv.ViTConfig.preset(a.preset)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((a.batch_size, cfg.in_channels, cfg.image_size, cfg.image_size)).astype(np.float32)
     y = rng.integers(0, cfg.num_classes, a.batch_size)
