@@ -83,8 +83,9 @@ def _window_tables(C, H, W, kh, kw, stride, pad):
     slot = np.arange(pixel.size) - np.repeat(first, counts)        # rank of each entry in its group
     inv = np.full((C * Hp * Wp, max(1, counts.max())), pixel.size, dtype=np.intp)
     inv[pixel[order], slot] = order
-    inv = inv.reshape(C, Hp, Wp, -1)[:, pad:pad + H, pad:pad + W]  # padding needs no gradient
-    return idx, np.ascontiguousarray(inv.reshape(C * H * W, -1))
+    inv = np.ascontiguousarray(inv.reshape(C, Hp, Wp, -1)[:, pad:pad + H, pad:pad + W])  # padding needs no gradient
+    idx.flags.writeable = inv.flags.writeable = False             # cached and shared: read-only
+    return idx, inv.reshape(C * H * W, -1)
 
 
 def windows(x, kh, kw, stride=1, pad=0):
@@ -93,11 +94,9 @@ def windows(x, kh, kw, stride=1, pad=0):
     On the CPU one np.take per image through the index table (an image and its windows stay in
     the cache, and take releases the GIL for the engine's other thread); elsewhere im2col's slices.
     """
-    xp = get_array_module(x)
     B, C, H, W = x.shape
-    Ho, Wo = _out_size(H, kh, stride, pad), _out_size(W, kw, stride, pad)
-    if xp is not np:
-        return im2col(x, kh, kw, stride, pad).reshape(B, Ho * Wo, C * kh * kw).transpose(0, 2, 1)
+    if get_array_module(x) is not np:
+        return im2col(x, kh, kw, stride, pad).reshape(B, -1, C * kh * kw).transpose(0, 2, 1)
     idx, _ = _window_tables(C, H, W, kh, kw, stride, pad)
     xpad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else np.ascontiguousarray(x)
     flat = xpad.reshape(B, -1)                                     # (B, C*(H+2p)*(W+2p))
@@ -114,9 +113,8 @@ def windows_adjoint(cols, x_shape, kh, kw, stride=1, pad=0):
     image through the inverse table (a zero appended to the columns fills the unused slots),
     then a sum over those m slots as a matrix-vector product.
     """
-    xp = get_array_module(cols)
     B, C, H, W = x_shape
-    if xp is not np:
+    if get_array_module(cols) is not np:
         return col2im(cols.transpose(0, 2, 1).reshape(-1, cols.shape[1]), x_shape, kh, kw, stride, pad)
     _, inv = _window_tables(C, H, W, kh, kw, stride, pad)
     padded = np.zeros(cols[0].size + 1, dtype=cols.dtype)          # one image's columns, then the zero
