@@ -144,12 +144,15 @@ def _parser():
     ft.add_argument("--resume", action="store_true", help="continue the fine-tuning checkpoint in --out")
     ft.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    f = sub.add_parser("profile", help="time each layer's forward and backward in a training step",
+    f = sub.add_parser("profile", help="time each layer's forward and backward in a training step (or its "
+                       "forward in inference, --mode eval)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     f.add_argument("--preset", default="cifar-small", help=f"model preset: {', '.join(PRESETS)}")
     _add_model_flags(f)
     f.add_argument("--batch-size", type=int, default=128, help="images in the profiled step")
     f.add_argument("--steps", type=int, default=3, help="profiled steps (after one warm-up step)")
+    f.add_argument("--mode", choices=["train", "eval"], default="train",
+                   help="train: the training step; eval: the forward pass as evaluate/predict run it")
     f.add_argument("--backend", choices=["numpy", "cupy"], default=None)
 
     fs = sub.add_parser("fewshot", help="linear few-shot accuracy and a linear probe on a checkpoint's frozen features",
@@ -447,7 +450,8 @@ def cmd_fewshot(a):
 def cmd_profile(a):
     from .profile import profile_step
     overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
-    print(profile_step(ViTConfig.preset(a.preset, **overrides), batch_size=a.batch_size, steps=a.steps))
+    print(profile_step(ViTConfig.preset(a.preset, **overrides), batch_size=a.batch_size, steps=a.steps,
+                        mode=a.mode))
     return 0
 
 

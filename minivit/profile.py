@@ -1,10 +1,13 @@
 """Where a training step's time goes: per-layer milliseconds, FLOPs, GFLOP/s and share of the step.
 
     minivit profile --preset cifar-small --batch-size 128
+    minivit profile --preset vit-ti16 --batch-size 8 --mode eval     # inference: forward only
     report = minivit.profile.profile_step(ViTConfig.preset("cifar-small"), batch_size=128); print(report)
 
 The profiler runs the ordinary step (forward, cross-entropy, backward, clipping, AdamW) on
 random images, with every layer function temporarily wrapped by a timer (`instrument`).
+With mode="eval" it profiles inference instead: the forward pass as `evaluate` runs it
+(train=False, keep_cache=False: no dropout, nothing kept for a backward pass).
 A layer's time is exclusive: time spent in a nested layer (the linear layers inside
 attention, say) is booked to that layer, not to its caller. Layers are named by the
 parameters they use ("attn.qkv", "norm1", ...; summed over the blocks), so a row is one
@@ -111,13 +114,14 @@ class Report:
     batch_size: int
     steps: int
     step_ms: float                             # un-instrumented step, median
+    mode: str = "train"                        # "train": the training step; "eval": forward only
     rows: list = field(default_factory=list)  # dicts: layer, direction, ms, flops, calls
     param_mb: float = 0.0
     peak_mb: float = 0.0
 
     def __str__(self):
         lines = [f"{self.cfg.dim}-wide, {self.cfg.depth}-deep ViT, {self.cfg.num_patches + 1} tokens, batch "
-                 f"{self.batch_size}: {self.step_ms:.1f} ms per training step (median of {self.steps}, one thread)",
+                 f"{self.batch_size}: {self.step_ms:.1f} ms per {_WHAT[self.mode]} (median of {self.steps}, one thread)",
                  f"{'layer':<16} {'pass':<8} {'ms':>8} {'GFLOP':>8} {'GFLOP/s':>8} {'share':>6}"]
         total_ms = sum(r["ms"] for r in self.rows)
         for r in sorted(self.rows, key=lambda r: -r["ms"]):
@@ -128,8 +132,8 @@ class Report:
         gf = sum(r["flops"] for r in self.rows) / 1e9
         lines.append(f"{'total':<16} {'':<8} {total_ms:8.2f} {gf:8.3f} {gf / (total_ms / 1e3):8.1f} {1:6.1%}"
                      "  (timed layer by layer)")
-        lines.append(f"memory: parameters and AdamW state {self.param_mb:.1f} MB; "
-                     f"peak during a step {self.peak_mb:.1f} MB more")
+        state, during = ("parameters and AdamW state", "step") if self.mode == "train" else ("parameters", "forward pass")
+        lines.append(f"memory: {state} {self.param_mb:.1f} MB; peak during a {during} {self.peak_mb:.1f} MB more")
         return "\n".join(lines)
 
 
@@ -173,10 +177,16 @@ def instrument(names):
             setattr(mod, fn_name, fn)
 
 
-def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing=0.1):
-    """Profile `steps` training steps of `cfg` on random images; returns a Report."""
+_WHAT = {"train": "training step", "eval": "forward pass (inference)"}
+
+
+def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing=0.1, mode="train"):
+    """Profile `steps` training steps of `cfg` on random images (mode="eval": `steps` inference
+    forward passes); returns a Report."""
     if steps < 1 or warmup < 0 or batch_size < 1:
         raise ValueError(f"profile needs steps >= 1, warmup >= 0 and batch_size >= 1, got {steps}, {warmup}, {batch_size}")
+    if mode not in _WHAT:
+        raise ValueError(f"profile mode must be 'train' or 'eval', got {mode!r}")
     from threadpoolctl import threadpool_limits
 
     from .allocator import keep_freed_memory
@@ -190,6 +200,9 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
 
     def step(i, timers=None):
         t0 = time.perf_counter()
+        if mode == "eval":
+            float(forward(params, x, cfg, keep_cache=False)[0][0, 0])
+            return time.perf_counter() - t0
         logits, cache = forward(params, x, cfg, train=True, rng=np.random.default_rng([seed, i]))
         loss, dlogits = cross_entropy(logits, y, label_smoothing)
         grads = backward(dlogits, cache)
@@ -221,5 +234,7 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
             for (layer, d), (s, f, n) in stats.items() if n]
     other = timed * 1e3 / steps - sum(r["ms"] for r in rows)  # the step's own lines, between the layers
     rows.append({"layer": "(other)", "direction": "", "ms": max(other, 0.0), "flops": 0, "calls": 0})
-    state = sum(v.nbytes for v in params.values()) + sum(v.nbytes for v in opt.m.values()) * 2
-    return Report(cfg, batch_size, steps, float(np.median(plain)) * 1e3, rows, state / 2 ** 20, peak / 2 ** 20)
+    state = sum(v.nbytes for v in params.values())
+    if mode == "train":
+        state += sum(v.nbytes for v in opt.m.values()) * 2
+    return Report(cfg, batch_size, steps, float(np.median(plain)) * 1e3, mode, rows, state / 2 ** 20, peak / 2 ** 20)

@@ -41,3 +41,23 @@ def test_profile_books_the_hybrid_stem():
     assert rows["stem.0.conv", "forward"]["flops"] == 2 * 2 * 16 * 16 * 3 * 9 * 4
     assert rows["stem.1.conv", "forward"]["flops"] == 2 * 2 * 8 * 8 * 4 * 9 * 8
     assert rows["stem.0.norm", "backward"]["calls"] == 1 and ("relu", "forward") in rows
+
+
+def test_profile_eval_times_the_forward_pass_alone():
+    cfg = mv.ViTConfig.preset("test")
+    B, T, D, L = 3, cfg.num_patches + 1, cfg.dim, cfg.depth
+    report = profile_step(cfg, batch_size=B, steps=1, warmup=0, mode="eval")
+    rows = {(r["layer"], r["direction"]): r for r in report.rows}
+    assert {d for _, d in rows} <= {"forward", ""}                    # no backward, no optimiser
+    assert rows["attn.qkv", "forward"]["flops"] == 2 * B * T * D * 3 * D * L
+    assert rows["gelu", "forward"]["calls"] == L
+    assert "forward pass (inference)" in str(report) and "AdamW" not in str(report)
+    assert report.param_mb == sum(v.nbytes for v in mv.init_params(cfg).values()) / 2 ** 20
+
+
+def test_cli_profile_eval(capsys):
+    assert main(["profile", "--preset", "test", "--batch-size", "2", "--steps", "1", "--mode", "eval"]) == 0
+    out = capsys.readouterr().out
+    assert "ms per forward pass (inference)" in out and "backward" not in out
+    with __import__("pytest").raises(ValueError, match="mode"):
+        profile_step(mv.ViTConfig.preset("test"), batch_size=2, steps=1, mode="infer")
