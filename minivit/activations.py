@@ -21,11 +21,25 @@ _AS_P = 0.3275911
 _AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 
 
+def erfc_as(t, e, scale=1.0):
+    """scale * erfc(u) by A&S 7.1.26, given t = 1 / (1 + p u) and e = exp(-u^2), for u >= 0.
+
+    erfc(u) = 1 - erf(u) = (a1 t + a2 t^2 + a3 t^3 + a4 t^4 + a5 t^5) exp(-u^2); the
+    polynomial by Horner's rule, with `scale` folded into its coefficients.
+    """
+    q = t * (scale * _AS_A[4])              # Horner: (((a5 t + a4) t + a3) t + a2) t + a1, times t
+    for a in reversed(_AS_A[:4]):
+        q += scale * a
+        q *= t
+    q *= e
+    return q
+
+
 def normal_cdf_as(x, e):
     """Phi(x), the standard normal CDF, by A&S 7.1.26, given e = exp(-x^2 / 2).
 
     Phi(x) = (1 + erf(x / sqrt 2)) / 2. With u = |x| / sqrt 2, exp(-u^2) is e, so
-    erf(u) = 1 - 2q with q = poly(t) e / 2, and because erf is odd,
+    erf(u) = 1 - 2q with q = erfc(u) / 2, and because erf is odd,
     Phi(x) = 1/2 + sign(x) (1/2 - q). (A select, np.where(x >= 0, 1 - q, q), reads the
     same but NumPy runs it several times slower than the two arithmetic passes.)
     Its error against SciPy's erf is pinned by tests/test_speed_forms.py. NumPy only:
@@ -35,12 +49,8 @@ def normal_cdf_as(x, e):
     t = np.abs(x)                           # sqrt(2) u
     t *= _AS_P * _INV_SQRT_2
     t += 1.0
-    np.reciprocal(t, out=t)                 # t = 1 / (1 + p u)
-    q = t * (0.5 * _AS_A[4])                # Horner: (((a5 t + a4) t + a3) t + a2) t + a1, times t / 2
-    for a in reversed(_AS_A[:4]):
-        q += 0.5 * a
-        q *= t
-    q *= e                                  # q = poly(t) exp(-u^2) / 2 = (1 - erf(u)) / 2
+    np.divide(1.0, t, out=t)                # t = 1 / (1 + p u); as np.reciprocal, which NumPy runs 2x slower
+    q = erfc_as(t, e, 0.5)                  # (1 - erf(u)) / 2
     np.subtract(0.5, q, out=q)              # erf(u) / 2
     q *= np.sign(x)                         # erf(x / sqrt 2) / 2
     q += 0.5
@@ -53,8 +63,9 @@ def gelu_forward(x, approximate="exact", keep_cache=True):
     The cache holds the derivative GELU'(x), computed here from pieces forward has at hand
     (for an elementwise function, backward is just dy * f'(x)): one array instead of x and
     Phi(x), and one pass in backward. With keep_cache=False (inference) the derivative is
-    not computed and the cache is None. The arithmetic runs over cache-sized pieces of the
-    rows (minivit/pieces.py); each piece is the textbook formula below.
+    not computed and the cache is None, and the exact form is evaluated as the equal
+    relu(x) - |x| Phi(-|x|), which needs no sign(x) (_gelu_exact_y). The arithmetic runs over
+    cache-sized pieces of the rows (minivit/pieces.py); each piece is the formula below.
     """
     if approximate not in _GELU_FORMS:
         raise ValueError(f"gelu approximate must be 'exact' or 'tanh', got {approximate!r}")
@@ -72,6 +83,8 @@ def gelu_forward(x, approximate="exact", keep_cache=True):
 def _gelu_exact(x, y, dydx):
     """y = x Phi(x) and dydx = GELU'(x), written into y and dydx (dydx None: y only)."""
     xp = get_array_module(x)
+    if dydx is None:
+        return _gelu_exact_y(x, y)
     e = x * x
     e *= -0.5
     xp.exp(e, out=e)                                       # exp(-x^2 / 2)
@@ -80,12 +93,35 @@ def _gelu_exact(x, y, dydx):
     else:
         phi = 0.5 * (1.0 + erf(x * _INV_SQRT_2))           # Phi(x), SciPy's float64 erf
     xp.multiply(x, phi, out=y)
-    if dydx is None:
-        return
     # d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the normal density.
     xp.multiply(e, x, out=dydx)
     dydx *= _INV_SQRT_2PI
     dydx += phi
+
+
+def _gelu_exact_y(x, y):
+    """y = x Phi(x) alone (inference), written as relu(x) - |x| Phi(-|x|).
+
+    The two are equal: for x >= 0, x Phi(x) = x - x (1 - Phi(x)) = x - x Phi(-x); for x < 0,
+    relu(x) = 0 and x Phi(x) = -|x| Phi(-|x|). GELU is ReLU minus a small, even correction that
+    decays like exp(-x^2 / 2). Phi(-|x|) = erfc(|x| / sqrt 2) / 2 needs no sign(x), which costs
+    NumPy four times a multiplication; the training form needs Phi(x) itself for the derivative.
+    """
+    xp = get_array_module(x)
+    hn = x * -0.5                                          # -x/2
+    e = hn * x
+    xp.exp(e, out=e)                                       # exp(-x^2 / 2)
+    h = xp.abs(hn)                                         # |x|/2
+    if xp is np and x.dtype == np.float32:
+        t = h * (_AS_P * math.sqrt(2.0))                   # p u, u = |x| / sqrt 2 = sqrt(2) h
+        t += 1.0
+        xp.divide(1.0, t, out=t)                           # 1 / (1 + p u)
+        tail = erfc_as(t, e)                               # erfc(u) = 2 Phi(-|x|), hand-written (see above)
+    else:
+        tail = 1.0 - erf(h * math.sqrt(2.0))               # erfc(u), SciPy's float64 erf
+    tail *= h                                              # |x| Phi(-|x|)
+    xp.subtract(h, hn, out=y)                              # relu(x) = |x|/2 + x/2
+    y -= tail
 
 
 def _gelu_tanh(x, y, dydx):
