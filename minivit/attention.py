@@ -32,10 +32,25 @@ def softmax(x, axis=-1, out=None):
     return in_pieces(_softmax_rows, [x], [xp.empty_like(x) if out is None else out])[0]
 
 
+# One shift may serve a whole piece of rows while its logits span less than this: every
+# exp(x - shift) then lies in (e^-60, 1], far from float32's overflow (e^88) and underflow (e^-87).
+SHARED_SHIFT_SPAN = 60.0
+
+
 def _softmax_rows(x, out):
-    """out = softmax(x) over the last axis (out may be x itself)."""
+    """out = softmax(x) over the last axis (out may be x itself).
+
+    The textbook subtracts each row's own maximum. Any per-row constant cancels, so while the
+    piece's logits span less than SHARED_SHIFT_SPAN, its one largest logit serves every row:
+    no exp overflows (all arguments <= 0) or underflows (all > -60). One maximum over the
+    piece and a scalar subtraction are two fast passes, where NumPy finds 65 or 197-long row
+    maxima and broadcasts them back at a cost of several passes (docs/derivations/attention.md).
+    A wider piece takes the textbook's row maxima.
+    """
     xp = get_array_module(x)
-    xp.subtract(x, x.max(axis=-1, keepdims=True), out=out)
+    top = x.max()
+    shift = top if top - x.min() < SHARED_SHIFT_SPAN else x.max(axis=-1, keepdims=True)
+    xp.subtract(x, shift, out=out)
     xp.exp(out, out=out)
     out /= sum_last(out)                                  # row sums as a matrix-vector product (minivit/rows.py)
 

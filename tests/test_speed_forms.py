@@ -97,6 +97,24 @@ def test_softmax_in_place_matches_textbook_and_overwrites(piece_floats):
                      np.exp(s - s.max(1, keepdims=True)).sum(1, keepdims=True)) < TIGHT
 
 
+def test_softmax_shift_over_wide_pieces_matches_textbook(piece_floats):
+    """While a piece's logits span less than SHARED_SHIFT_SPAN one shift serves all its rows;
+    here rows sit 500 apart, so one shift for them all would underflow whole rows to 0/0, and
+    one row alone spans 400. Both must come out as the textbook's row-by-row softmax."""
+    from minivit.attention import SHARED_SHIFT_SPAN
+    s = randn(6, 9) * 3
+    s[::2] += 500.0                                      # rows far above their neighbours
+    s[1, 0] = -400.0                                     # a row wider than the span on its own
+    assert np.ptp(s[0:2]) > SHARED_SHIFT_SPAN
+    ref = textbook_softmax(s)
+    got = mv.softmax(s)
+    assert np.isfinite(got).all() and rel_error(got, ref) < TIGHT
+    s32 = s.astype(np.float32)
+    got32 = mv.softmax(s32)
+    assert got32.dtype == np.float32 and np.isfinite(got32).all()
+    assert np.abs(got32 - textbook_softmax(s32.astype(np.float64))).max() < 1e-6
+
+
 @pytest.mark.parametrize("p_drop", [0.0, 0.3])
 def test_attention_matches_textbook(p_drop, piece_floats):
     """Scale on q, in-place softmax and the rowsum(dout * out) identity, against the chain of
