@@ -3,7 +3,8 @@ NumPy against PyTorch, one thread, each library alone in its own process, rounds
 
     python benchmarks/elementwise_cost.py --rounds 5
 
-Each kernel runs on a 131,072-float array (512 KB, one core's L2 cache here) into a preallocated
+Each kernel runs on a 131,072-float array (512 KB, one core's L2 cache here; the softmaxes on
+its first whole rows of 65, 197 or 256) into a preallocated
 output, so only the arithmetic is timed, not memory traffic. minivit's softmax and exact GELU are
 built from NumPy passes such as `exp` and `multiply`; PyTorch's `gelu` and `softmax` are one fused
 loop each, which NumPy cannot write (docs/results.md, "Inference, and where it falls short"). The
@@ -18,6 +19,12 @@ import sys
 import time
 
 N = 1 << 17
+ROWS = (65, 197, 256)  # softmax row lengths: cifar-tiny/-small's 65 tokens, vit-ti16's 197, and 256
+
+
+def rows(x, n):
+    """The first whole rows of n of the flat array x, as an (N // n, n) view."""
+    return x[:N // n * n].reshape(-1, n)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -30,20 +37,20 @@ def measure(lib):
         torch.set_num_threads(1)
         X, O = torch.from_numpy(x), torch.from_numpy(out)
         F = torch.nn.functional
-        S = X.reshape(-1, 256)
         kernels = {"exp": lambda: torch.exp(X, out=O), "multiply": lambda: torch.mul(X, X, out=O),
-                   "tanh": lambda: torch.tanh(X, out=O), "gelu (exact)": lambda: F.gelu(X),
-                   "softmax (rows of 256)": lambda: torch.softmax(S, -1)}
+                   "tanh": lambda: torch.tanh(X, out=O), "gelu (exact)": lambda: F.gelu(X)}
+        for n in ROWS:
+            kernels[f"softmax (rows of {n})"] = (lambda S: lambda: torch.softmax(S, -1))(torch.from_numpy(rows(x, n)))
     else:
         sys.path.insert(0, ROOT)
         from minivit.allocator import keep_freed_memory
         keep_freed_memory()  # as minivit's trainer does: temporaries reuse freed memory, no page faults
         from minivit.activations import gelu_forward
         from minivit.attention import softmax
-        s = x.reshape(-1, 256)
         kernels = {"exp": lambda: np.exp(x, out=out), "multiply": lambda: np.multiply(x, x, out=out),
-                   "tanh": lambda: np.tanh(x, out=out), "gelu (exact)": lambda: gelu_forward(x, "exact", False),
-                   "softmax (rows of 256)": lambda: softmax(s)}
+                   "tanh": lambda: np.tanh(x, out=out), "gelu (exact)": lambda: gelu_forward(x, "exact", False)}
+        for n in ROWS:
+            kernels[f"softmax (rows of {n})"] = (lambda s: lambda: softmax(s))(rows(x, n))
     result = {}
     for name, f in kernels.items():
         for _ in range(50):
@@ -53,7 +60,8 @@ def measure(lib):
             t0 = time.perf_counter()
             f()
             times.append(time.perf_counter() - t0)
-        result[name] = statistics.median(times) / N * 1e9
+        size = rows(x, int(name[17:-1])).size if name.startswith("softmax") else N  # "softmax (rows of n)"
+        result[name] = statistics.median(times) / size * 1e9
     return result
 
 
