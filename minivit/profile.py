@@ -7,7 +7,8 @@
 The profiler runs the ordinary step (forward, cross-entropy, backward, clipping, AdamW) on
 random images, with every layer function temporarily wrapped by a timer (`instrument`).
 With mode="eval" it profiles inference instead: the forward pass as `evaluate` runs it
-(train=False, keep_cache=False: no dropout, nothing kept for a backward pass).
+(train=False, keep_cache=False: no dropout, nothing kept for a backward pass), over the batch
+cut into the engine's pieces of about 2,048 tokens (Engine.EVAL_TOKENS_PER_SHARD).
 A layer's time is exclusive: time spent in a nested layer (the linear layers inside
 attention, say) is booked to that layer, not to its caller. Layers are named by the
 parameters they use ("attn.qkv", "norm1", ...; summed over the blocks), so a row is one
@@ -36,6 +37,7 @@ from .config import ViTConfig
 from .loss import cross_entropy
 from .model import backward, forward, init_params
 from .optim import AdamW, clip_grad_norm
+from .train import Engine
 
 # (module, function) pairs that are wrapped. Functions are looked up by their module's global
 # name at call time, so each is wrapped in every module that imports it.
@@ -115,13 +117,15 @@ class Report:
     steps: int
     step_ms: float                             # un-instrumented step, median
     mode: str = "train"                        # "train": the training step; "eval": forward only
+    piece: int = 0                             # eval: images per forward call
     rows: list = field(default_factory=list)  # dicts: layer, direction, ms, flops, calls
     param_mb: float = 0.0
     peak_mb: float = 0.0
 
     def __str__(self):
+        pieces = f" in pieces of {self.piece}" if self.mode == "eval" and self.piece < self.batch_size else ""
         lines = [f"{self.cfg.dim}-wide, {self.cfg.depth}-deep ViT, {self.cfg.num_patches + 1} tokens, batch "
-                 f"{self.batch_size}: {self.step_ms:.1f} ms per {_WHAT[self.mode]} (median of {self.steps}, one thread)",
+                 f"{self.batch_size}{pieces}: {self.step_ms:.1f} ms per {_WHAT[self.mode]} (median of {self.steps}, one thread)",
                  f"{'layer':<16} {'pass':<8} {'ms':>8} {'GFLOP':>8} {'GFLOP/s':>8} {'share':>6}"]
         total_ms = sum(r["ms"] for r in self.rows)
         for r in sorted(self.rows, key=lambda r: -r["ms"]):
@@ -197,11 +201,13 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
     params = init_params(cfg, seed=seed)
     opt = AdamW(lr=1e-4, weight_decay=0.05)
     names = {id(v): k for k, v in params.items()}
+    per_piece = max(1, Engine.EVAL_TOKENS_PER_SHARD // (cfg.num_patches + 1))
 
     def step(i, timers=None):
         t0 = time.perf_counter()
-        if mode == "eval":
-            float(forward(params, x, cfg, keep_cache=False)[0][0, 0])
+        if mode == "eval":  # in the pieces the trainer's engine cuts a batch into for inference
+            for a in range(0, batch_size, per_piece):
+                float(forward(params, x[a:a + per_piece], cfg, keep_cache=False)[0][0, 0])
             return time.perf_counter() - t0
         logits, cache = forward(params, x, cfg, train=True, rng=np.random.default_rng([seed, i]))
         loss, dlogits = cross_entropy(logits, y, label_smoothing)
@@ -237,4 +243,5 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
     state = sum(v.nbytes for v in params.values())
     if mode == "train":
         state += sum(v.nbytes for v in opt.m.values()) * 2
-    return Report(cfg, batch_size, steps, float(np.median(plain)) * 1e3, mode, rows, state / 2 ** 20, peak / 2 ** 20)
+    return Report(cfg, batch_size, steps, float(np.median(plain)) * 1e3, mode, per_piece, rows, state / 2 ** 20,
+                  peak / 2 ** 20)

@@ -43,15 +43,17 @@ def test_profile_books_the_hybrid_stem():
     assert rows["stem.0.norm", "backward"]["calls"] == 1 and ("relu", "forward") in rows
 
 
-def test_profile_eval_times_the_forward_pass_alone():
+def test_profile_eval_times_the_forward_pass_alone(monkeypatch):
     cfg = mv.ViTConfig.preset("test")
     B, T, D, L = 3, cfg.num_patches + 1, cfg.dim, cfg.depth
+    monkeypatch.setattr(mv.train.Engine, "EVAL_TOKENS_PER_SHARD", 2 * T)  # evaluate's pieces: 2 images, then 1
     report = profile_step(cfg, batch_size=B, steps=1, warmup=0, mode="eval")
     rows = {(r["layer"], r["direction"]): r for r in report.rows}
     assert {d for _, d in rows} <= {"forward", ""}                    # no backward, no optimiser
     assert rows["attn.qkv", "forward"]["flops"] == 2 * B * T * D * 3 * D * L
-    assert rows["gelu", "forward"]["calls"] == L
+    assert rows["gelu", "forward"]["calls"] == 2 * L                  # two pieces through every block
     assert "forward pass (inference)" in str(report) and "AdamW" not in str(report)
+    assert "batch 3 in pieces of 2" in str(report)
     assert report.param_mb == sum(v.nbytes for v in mv.init_params(cfg).values()) / 2 ** 20
 
 
