@@ -137,7 +137,11 @@ def mhsa_forward(x, w_qkv, b_qkv, w_proj, b_proj, heads, attn_dropout=0.0, rng=N
     bias, c_rel = relpos_forward(qkv[0] / math.sqrt(d), rel) if rel is not None else (None, None)  # (B, H, N, N)
     ctx, c_att = attention_forward(qkv[0], qkv[1], qkv[2], p_drop=attn_dropout, rng=rng, train=train,
                                    bias=bias)                     # (B, H, N, d)
-    ctx = ctx.transpose(0, 2, 1, 3).reshape(B, N, D)             # (B, N, D): heads concatenated
+    ctx = ctx.transpose(0, 2, 1, 3).reshape(B, N, D)             # (B, N, D): heads concatenated (a copy)
+    if isinstance(c_att, tuple):
+        # The attention cache keeps its output for backward; ctx now holds the same numbers, and
+        # the projection caches ctx. A view of ctx replaces that copy: one (B, N, D) array fewer.
+        c_att = c_att[:6] + (ctx.reshape(B, N, heads, d).transpose(0, 2, 1, 3),) + c_att[7:]
     out, c_proj = linear_forward(ctx, w_proj, b_proj)            # (B, N, D)
     return out, (c_qkv, c_att, c_proj, heads, c_rel)
 

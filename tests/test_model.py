@@ -127,7 +127,9 @@ def test_overfits_a_small_batch():
 def test_eval_is_deterministic_and_train_dropout_varies():
     cfg = mv.ViTConfig.preset("test", dropout=0.3)
     params = mv.init_params(cfg)
-    params["head.w"] += 0.1  # a non-zero head so the logits depend on the tokens
+    # A random head so the logits depend on the tokens. (A constant one would not: the final
+    # LayerNorm's features sum to zero, so every logit would be rounding noise near 1e-8.)
+    params["head.w"] = np.random.default_rng(1).standard_normal(params["head.w"].shape).astype(np.float32) * 0.1
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     a, _ = mv.forward(params, x, cfg)
     b, _ = mv.forward(params, x, cfg)

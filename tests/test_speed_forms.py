@@ -238,3 +238,17 @@ def test_keep_freed_memory_stops_page_faults():
     # with 4 KiB pages it is 2048 per array).
     assert faults["default"] >= 40 * 4, faults
     assert faults["tuned"] < faults["default"] / 10, faults
+
+
+def test_mhsa_cache_keeps_one_copy_of_the_attention_output():
+    """The attention output is needed in backward (the rowsum identity) and, heads concatenated,
+    as the projection's input; the cache holds it once, as a view of the projection's input."""
+    B, N, H, d = 2, 5, 3, 4
+    D = H * d
+    x, wq, bq, wp, bp = randn(B, N, D), randn(D, 3 * D), randn(3 * D), randn(D, D), randn(D)
+    _, (c_qkv, c_att, c_proj, heads, c_rel) = mv.mhsa_forward(x, wq, bq, wp, bp, H)
+    out, ctx = c_att[6], c_proj[0]                      # (B, H, N, d) and (B, N, D)
+    assert np.shares_memory(out, ctx)
+    np.testing.assert_array_equal(out, ctx.reshape(B, N, H, d).transpose(0, 2, 1, 3))
+    qs, k, v, attn = c_att[:4]
+    assert rel_error(out, attn @ v) < TIGHT             # still the attention output
