@@ -76,6 +76,8 @@ def attention_forward(q, k, v, scale=None, p_drop=0.0, rng=None, train=False, bi
     "Attention Is All You Need" eq. 1). The scale multiplies q, (q * scale) k^T, which
     is the same product with N x d multiplications instead of N x N. `bias` (..., N, N), when
     given, is added to the logits before the softmax (the relative position variant's logits).
+    The cache keeps q itself, not q * scale: in mhsa q is a view of the qkv projection's
+    output, which is kept anyway, so the scaled copy is freed after the product.
     """
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
@@ -89,7 +91,7 @@ def attention_forward(q, k, v, scale=None, p_drop=0.0, rng=None, train=False, bi
     attn = softmax(scores, out=scores)                    # (..., N, N): each row sums to 1
     attn_d, mask = dropout_forward(attn, p_drop, rng, train)
     out = attn_d @ v                                      # (..., N, d)
-    return out, (qs, k, v, attn, attn_d, mask, out, scale)
+    return out, (q, k, v, attn, attn_d, mask, out, scale)
 
 
 def attention_backward(dout, cache, with_dbias=False):
@@ -104,7 +106,7 @@ def attention_backward(dout, cache, with_dbias=False):
     gpu = fused(dout)
     if gpu and isinstance(cache, gpu.AttentionCache):    # the forward pass ran on the GPU path
         return gpu.attention_backward(dout, cache)
-    qs, k, v, attn, attn_d, mask, out, scale = cache
+    q, k, v, attn, attn_d, mask, out, scale = cache
     dv = attn_d.swapaxes(-1, -2) @ dout                   # (..., N, d)
     dattn = dropout_backward(dout @ v.swapaxes(-1, -2), mask)  # (..., N, N)
     if gpu:  # on a GPU: one kernel takes rowsum(dattn * attn) itself and writes in place
@@ -114,7 +116,8 @@ def attention_backward(dout, cache, with_dbias=False):
         dscores, = in_pieces(_softmax_grad_rows, [dattn, rowdot, attn], [dattn])  # (..., N, N), in place
     dq = dscores @ k                                      # (..., N, d)
     dq *= scale
-    dk = dscores.swapaxes(-1, -2) @ qs                    # (..., N, d)
+    dk = dscores.swapaxes(-1, -2) @ q                     # (..., N, d)
+    dk *= scale
     return (dq, dk, dv, dscores) if with_dbias else (dq, dk, dv)
 
 

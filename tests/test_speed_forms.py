@@ -242,7 +242,8 @@ def test_keep_freed_memory_stops_page_faults():
 
 def test_mhsa_cache_keeps_one_copy_of_the_attention_output():
     """The attention output is needed in backward (the rowsum identity) and, heads concatenated,
-    as the projection's input; the cache holds it once, as a view of the projection's input."""
+    as the projection's input; the cache holds it once, as a view of the projection's input.
+    q, k and v are kept as views of the qkv projection's output, q without the scale."""
     B, N, H, d = 2, 5, 3, 4
     D = H * d
     x, wq, bq, wp, bp = randn(B, N, D), randn(D, 3 * D), randn(3 * D), randn(D, D), randn(D)
@@ -250,5 +251,8 @@ def test_mhsa_cache_keeps_one_copy_of_the_attention_output():
     out, ctx = c_att[6], c_proj[0]                      # (B, H, N, d) and (B, N, D)
     assert np.shares_memory(out, ctx)
     np.testing.assert_array_equal(out, ctx.reshape(B, N, H, d).transpose(0, 2, 1, 3))
-    qs, k, v, attn = c_att[:4]
+    q, k, v, attn = c_att[:4]
     assert rel_error(out, attn @ v) < TIGHT             # still the attention output
+    qkv = (x @ wq + bq).reshape(B, N, 3, H, d).transpose(2, 0, 3, 1, 4)
+    for a, want in zip((q, k, v), qkv):                 # q unscaled: views of the projection's output
+        assert not a.flags.owndata and rel_error(a, want) < TIGHT
