@@ -29,7 +29,7 @@ def erfc_as(pu, e, scale=1.0):
     """
     t = pu
     t += 1.0
-    np.divide(1.0, t, out=t)                # t = 1 / (1 + p u); as np.reciprocal, which NumPy runs 2x slower
+    np.divide(1.0, t, out=t)                # t = 1 / (1 + p u); as np.reciprocal, which NumPy runs ~1.7x slower
     q = t * (scale * _AS_A[4])              # Horner: (((a5 t + a4) t + a3) t + a2) t + a1, times t
     for a in reversed(_AS_A[:4]):
         q += scale * a
