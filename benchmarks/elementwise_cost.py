@@ -20,12 +20,12 @@ import time
 
 N = 1 << 17
 ROWS = (65, 197, 256)  # softmax row lengths: cifar-tiny/-small's 65 tokens, vit-ti16's 197, and 256
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def rows(x, n):
     """The first whole rows of n of the flat array x, as an (N // n, n) view."""
     return x[:N // n * n].reshape(-1, n)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def measure(lib):
@@ -39,8 +39,7 @@ def measure(lib):
         F = torch.nn.functional
         kernels = {"exp": lambda: torch.exp(X, out=O), "multiply": lambda: torch.mul(X, X, out=O),
                    "tanh": lambda: torch.tanh(X, out=O), "gelu (exact)": lambda: F.gelu(X)}
-        for n in ROWS:
-            kernels[f"softmax (rows of {n})"] = (lambda S: lambda: torch.softmax(S, -1))(torch.from_numpy(rows(x, n)))
+        softmax_of = {n: (lambda S: lambda: torch.softmax(S, -1))(torch.from_numpy(rows(x, n))) for n in ROWS}
     else:
         sys.path.insert(0, ROOT)
         from minivit.allocator import keep_freed_memory
@@ -49,8 +48,11 @@ def measure(lib):
         from minivit.attention import softmax
         kernels = {"exp": lambda: np.exp(x, out=out), "multiply": lambda: np.multiply(x, x, out=out),
                    "tanh": lambda: np.tanh(x, out=out), "gelu (exact)": lambda: gelu_forward(x, "exact", False)}
-        for n in ROWS:
-            kernels[f"softmax (rows of {n})"] = (lambda s: lambda: softmax(s))(rows(x, n))
+        softmax_of = {n: (lambda s: lambda: softmax(s))(rows(x, n)) for n in ROWS}
+    sizes = dict.fromkeys(kernels, N)                   # floats each kernel works on
+    for n in ROWS:
+        kernels[f"softmax (rows of {n})"] = softmax_of[n]
+        sizes[f"softmax (rows of {n})"] = N // n * n
     result = {}
     for name, f in kernels.items():
         for _ in range(50):
@@ -60,8 +62,7 @@ def measure(lib):
             t0 = time.perf_counter()
             f()
             times.append(time.perf_counter() - t0)
-        size = rows(x, int(name[17:-1])).size if name.startswith("softmax") else N  # "softmax (rows of n)"
-        result[name] = statistics.median(times) / size * 1e9
+        result[name] = statistics.median(times) / sizes[name] * 1e9
     return result
 
 
