@@ -121,13 +121,15 @@ def attention_backward(dout, cache, with_dbias=False):
     return (dq, dk, dv, dscores) if with_dbias else (dq, dk, dv)
 
 
-def mhsa_forward(x, w_qkv, b_qkv, w_proj, b_proj, heads, attn_dropout=0.0, rng=None, train=False, rel=None):
+def mhsa_forward(x, w_qkv, b_qkv, w_proj, b_proj, heads, attn_dropout=0.0, rng=None, train=False, rel=None,
+                 keep_cache=True):
     """Multi-head self-attention with one fused qkv projection.
 
     x (B, N, D), w_qkv (D, 3D), b_qkv (3D,), w_proj (D, D), b_proj (D,) -> (B, N, D).
     The 3D outputs are read as (3, H, d), q first, the layout of timm's Attention.
     rel (H, 2N-1, d): relative position embeddings, whose logits with the scaled queries are
     added to the attention logits (pos_embed='relative', minivit/posembed.py).
+    keep_cache=False (inference): the cache is None.
     """
     B, N, D = x.shape
     d = D // heads
@@ -141,12 +143,14 @@ def mhsa_forward(x, w_qkv, b_qkv, w_proj, b_proj, heads, attn_dropout=0.0, rng=N
     ctx, c_att = attention_forward(qkv[0], qkv[1], qkv[2], p_drop=attn_dropout, rng=rng, train=train,
                                    bias=bias)                     # (B, H, N, d)
     ctx = ctx.transpose(0, 2, 1, 3).reshape(B, N, D)             # (B, N, D): heads concatenated (a copy)
+    if not keep_cache:
+        c_att = None                                             # the scores are freed before the projection
     if isinstance(c_att, tuple):
         # The attention cache keeps its output for backward; ctx now holds the same numbers, and
         # the projection caches ctx. A view of ctx replaces that copy: one (B, N, D) array fewer.
         c_att = c_att[:6] + (ctx.reshape(B, N, heads, d).transpose(0, 2, 1, 3),) + c_att[7:]
     out, c_proj = linear_forward(ctx, w_proj, b_proj)            # (B, N, D)
-    return out, (c_qkv, c_att, c_proj, heads, c_rel)
+    return out, ((c_qkv, c_att, c_proj, heads, c_rel) if keep_cache else None)
 
 
 def mhsa_backward(dout, cache):

@@ -16,13 +16,14 @@ from .norm import layernorm_backward, layernorm_forward
 def mlp_forward(x, w1, b1, w2, b2, gelu="exact", p_drop=0.0, rng=None, train=False, keep_cache=True):
     """x (B, N, D) -> fc1 -> GELU -> dropout -> fc2 -> dropout -> (B, N, D).
 
-    keep_cache=False (inference) skips what only backward needs (GELU's derivative)."""
+    keep_cache=False (inference) skips what only backward needs (GELU's derivative), and the
+    cache is None."""
     h, c1 = linear_forward(x, w1, b1)           # (B, N, M)
     h, cg = gelu_forward(h, gelu, keep_cache)   # (B, N, M)
     h, m1 = dropout_forward(h, p_drop, rng, train)
     y, c2 = linear_forward(h, w2, b2)           # (B, N, D)
     y, m2 = dropout_forward(y, p_drop, rng, train)
-    return y, (c1, cg, m1, c2, m2)
+    return y, ((c1, cg, m1, c2, m2) if keep_cache else None)
 
 
 def mlp_backward(dy, cache):
@@ -57,25 +58,29 @@ def drop_path_rate(cfg, i):
 
 
 def block_forward(x, params, prefix, cfg, rng=None, train=False, keep_cache=True, drop_path=0.0):
-    """One encoder block: x (B, N, D) -> (B, N, D). keep_cache=False: for inference, no backward.
+    """One encoder block: x (B, N, D) -> (B, N, D). keep_cache=False: for inference, no backward;
+    no layer keeps a cache, so each activation is freed once the next layer has read it.
 
     With cfg.layer_scale, each branch is scaled by its gains (ls1.gamma, ls2.gamma); with
     `drop_path` (this block's stochastic-depth rate, drop_path_rate), each image's branch is
     dropped at that rate in training:  x = x + drop_path(ls1 * drop(MSA(LN1(x)))), and so for the MLP."""
     p = lambda name: params[prefix + name]
-    h, c_ln1 = layernorm_forward(x, p("norm1.w"), p("norm1.b"), cfg.ln_eps)
+    h, c_ln1 = layernorm_forward(x, p("norm1.w"), p("norm1.b"), cfg.ln_eps, keep_cache)
     h, c_att = mhsa_forward(h, p("attn.qkv.w"), p("attn.qkv.b"), p("attn.proj.w"), p("attn.proj.b"),
-                            cfg.heads, cfg.attn_dropout, rng, train, rel=params.get(prefix + "attn.pos_embed_rel"))
+                            cfg.heads, cfg.attn_dropout, rng, train, rel=params.get(prefix + "attn.pos_embed_rel"),
+                            keep_cache=keep_cache)
     h, m_att = dropout_forward(h, cfg.dropout, rng, train)
     h, c_ls1 = layer_scale_forward(h, params.get(prefix + "ls1.gamma"))
     h, m_dp1 = drop_path_forward(h, drop_path, rng, train)
     x = x + h                                   # residual around attention
-    h, c_ln2 = layernorm_forward(x, p("norm2.w"), p("norm2.b"), cfg.ln_eps)
+    h, c_ln2 = layernorm_forward(x, p("norm2.w"), p("norm2.b"), cfg.ln_eps, keep_cache)
     h, c_mlp = mlp_forward(h, p("mlp.fc1.w"), p("mlp.fc1.b"), p("mlp.fc2.w"), p("mlp.fc2.b"),
                            cfg.gelu, cfg.dropout, rng, train, keep_cache)
     h, c_ls2 = layer_scale_forward(h, params.get(prefix + "ls2.gamma"))
     h, m_dp2 = drop_path_forward(h, drop_path, rng, train)
     x = x + h                                   # residual around the MLP
+    if not keep_cache:
+        return x, None
     return x, (prefix, c_ln1, c_att, m_att, c_ls1, m_dp1, c_ln2, c_mlp, c_ls2, m_dp2)
 
 

@@ -187,14 +187,16 @@ def forward(params, x, cfg, train=False, rng=None, keep_cache=True):
     train=True enables dropout and stochastic depth (drop_path), whose masks are drawn from
     `rng` (needed when any of their rates is non-zero). Nothing else differs between
     training and evaluation.
-    keep_cache=False is for inference: each block's cache is dropped as soon as the next
-    block runs, so memory holds one block's activations, not the whole model's; the
-    cache returned is then None.
+    keep_cache=False is for inference: no layer keeps a cache, so each activation is freed
+    as soon as the next layer has read it, and memory holds a layer's inputs and outputs,
+    not the whole model's activations; the cache returned is then None.
     """
     if cfg.head != "classify":
         raise ValueError(f"this model has no class head (head={cfg.head!r}: a masked-patch-prediction model, "
                          "minivit/pretrain.py); fine-tune it first (`minivit finetune CHECKPOINT --data ...`)")
     tok, c_embed = embed_patches(params, x, cfg)                                           # (B, N, D)
+    if not keep_cache:
+        c_embed = None                                   # the patches (and a stem's maps) are freed here
     z, c_enc = encode(params, tok, cfg, train, rng, keep_cache)                            # (B, N+1, D)
     pooled = z[:, 0] if cfg.pool == "token" else z[:, 1:].mean(axis=1)                    # (B, D)
     logits, c_head = linear_forward(pooled, params["head.w"], params["head.b"])            # (B, K)
@@ -262,7 +264,7 @@ def encode(params, tok, cfg, train=False, rng=None, keep_cache=True):
                              drop_path_rate(cfg, i))                                      # (B, N+1, D)
         if keep_cache:
             c_blocks.append(c)
-    z, c_norm = layernorm_forward(z, params["norm.w"], params["norm.b"], cfg.ln_eps)       # (B, N+1, D)
+    z, c_norm = layernorm_forward(z, params["norm.w"], params["norm.b"], cfg.ln_eps, keep_cache)  # (B, N+1, D)
     return z, ((cfg, m_emb, c_blocks, c_norm, c_pos) if keep_cache else None)
 
 

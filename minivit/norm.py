@@ -3,17 +3,24 @@ from .backend import fused, get_array_module
 from .rows import mean_last  # row means as a matrix-vector product: minivit/rows.py
 
 
-def layernorm_forward(x, w, b, eps=1e-6):
-    """x (..., D), w (D,), b (D,) -> y (..., D); y = (x - mean) / sqrt(var + eps) * w + b."""
+def layernorm_forward(x, w, b, eps=1e-6, keep_cache=True):
+    """x (..., D), w (D,), b (D,) -> y (..., D); y = (x - mean) / sqrt(var + eps) * w + b.
+
+    keep_cache=False (inference): the cache is None, and y is written over xhat."""
     gpu = fused(x)
     if gpu:  # on a GPU: these lines as one CUDA kernel (minivit/cuda_kernels.py)
-        return gpu.layernorm_forward(x, w, b, eps)
+        y, cache = gpu.layernorm_forward(x, w, b, eps)
+        return y, (cache if keep_cache else None)
     xp = get_array_module(x)
     mean = mean_last(x)                         # (..., 1)
     xhat = x - mean                             # (..., D), centred
     var = mean_last(xhat * xhat)                # (..., 1), biased as in torch F.layer_norm
     rstd = 1.0 / xp.sqrt(var + eps)             # (..., 1)
     xhat *= rstd                                # (..., D), normalised in place
+    if not keep_cache:                          # nothing to keep: y in place of xhat
+        xhat *= w
+        xhat += b
+        return xhat, None
     y = xhat * w
     y += b
     # Backward needs xhat and rstd. Caching xhat (not x and mean, from which it could be

@@ -157,6 +157,28 @@ def test_inference_without_cache_gives_the_same_logits():
     np.testing.assert_array_equal(fast, logits)
 
 
+def test_inference_memory_does_not_grow_with_depth():
+    """keep_cache=False frees each activation once the next layer has read it, so inference's
+    peak is one block's working set whatever the depth; with caches kept it grows by a block's
+    cache per layer (which shows the measure can see what is retained)."""
+    import tracemalloc
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+
+    def peak(depth, keep_cache):
+        cfg = mv.ViTConfig.preset("cifar-tiny", depth=depth)
+        params = mv.init_params(cfg, seed=0)
+        tracemalloc.start()
+        mv.forward(params, x, cfg, keep_cache=keep_cache)
+        top = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return top
+
+    one_block = peak(1, True) - peak(1, False)   # what one block's caches hold, and more
+    assert one_block > 0
+    assert peak(4, False) - peak(1, False) < one_block / 10
+    assert peak(4, True) - peak(1, True) > 2 * one_block
+
+
 def test_hybrid_parameter_count():
     """cifar-hybrid = cifar-tiny's encoder on a conv stem: the stem's 3x3 kernels and GroupNorms,
     and a 2x2 patch projection from 64 channels instead of cifar-tiny's 4x4 one from 3."""

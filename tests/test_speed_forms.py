@@ -78,6 +78,9 @@ def test_layernorm_matches_textbook():
     var = ((x - mean) ** 2).mean(-1, keepdims=True)
     xhat = (x - mean) / np.sqrt(var + eps)
     assert rel_error(y, xhat * w + b) < TIGHT
+    y_only, none = mv.layernorm_forward(x, w, b, eps, keep_cache=False)  # inference: y over xhat
+    assert none is None
+    np.testing.assert_array_equal(y_only, y)
     dx, dw, db = mv.layernorm_backward(dy, cache)
     g = dy * w
     ref = (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True)) / np.sqrt(var + eps)
