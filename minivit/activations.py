@@ -58,8 +58,12 @@ def normal_cdf_as(x, e):
     return q
 
 
-def gelu_forward(x, approximate="exact", keep_cache=True):
+def gelu_forward(x, approximate="exact", keep_cache=True, out=None):
     """GELU(x) = x * Phi(x), Phi the standard normal CDF; as torch F.gelu(approximate='none'|'tanh').
+
+    out: the array y is written into, which may be x itself when the caller has no further use
+    for x (the MLP's hidden layer: minivit/block.py); None, a new array. (On a GPU the kernel
+    writes a new array.)
 
     The cache holds the derivative GELU'(x), computed here from pieces forward has at hand
     (for an elementwise function, backward is just dy * f'(x)): one array instead of x and
@@ -75,14 +79,16 @@ def gelu_forward(x, approximate="exact", keep_cache=True):
         y, dydx = gpu.gelu(x, approximate)
         return y, (dydx if keep_cache else None)
     xp = get_array_module(x)
+    y = xp.empty_like(x) if out is None else out
     if not keep_cache:
-        return in_pieces(partial(_GELU_FORMS[approximate], dydx=None), [x], [xp.empty_like(x)])[0], None
-    y, dydx = xp.empty_like(x), xp.empty_like(x)
-    return in_pieces(_GELU_FORMS[approximate], [x], [y, dydx])
+        return in_pieces(partial(_GELU_FORMS[approximate], dydx=None), [x], [y])[0], None
+    return in_pieces(_GELU_FORMS[approximate], [x], [y, xp.empty_like(x)])
 
 
 def _gelu_exact(x, y, dydx):
-    """y = x Phi(x) and dydx = GELU'(x), written into y and dydx (dydx None: y only)."""
+    """y = x Phi(x) and dydx = GELU'(x), written into y and dydx (dydx None: y only).
+
+    y is written last, and x is not read after it, so y may be x itself (so in each form)."""
     xp = get_array_module(x)
     if dydx is None:
         return _gelu_exact_y(x, y)
@@ -93,11 +99,11 @@ def _gelu_exact(x, y, dydx):
         phi = normal_cdf_as(x, e)                          # Phi(x), hand-written (see above)
     else:
         phi = 0.5 * (1.0 + erf(x * _INV_SQRT_2))           # Phi(x), SciPy's float64 erf
-    xp.multiply(x, phi, out=y)
     # d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the normal density.
     xp.multiply(e, x, out=dydx)
     dydx *= _INV_SQRT_2PI
     dydx += phi
+    xp.multiply(x, phi, out=y)
 
 
 def _gelu_exact_y(x, y):
@@ -132,20 +138,21 @@ def _gelu_tanh(x, y, dydx):
     u *= x
     u *= _SQRT_2_OVER_PI                                   # u = sqrt(2/pi) (x + 0.044715 x^3)
     t = xp.tanh(u)
-    xp.multiply(0.5 * x, 1.0 + t, out=y)
-    if dydx is None:
-        return
-    # d/dx [x/2 (1 + tanh u)] = (1 + tanh u)/2 + x/2 (1 - tanh^2 u) du/dx,
-    # du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-    du = x * x
-    du *= 3.0 * _GELU_C
-    du += 1.0
-    du *= _SQRT_2_OVER_PI
-    xp.multiply(t, t, out=dydx)
-    xp.subtract(1.0, dydx, out=dydx)
-    dydx *= 0.5 * x
-    dydx *= du
-    dydx += 0.5 * (1.0 + t)
+    if dydx is not None:
+        # d/dx [x/2 (1 + tanh u)] = (1 + tanh u)/2 + x/2 (1 - tanh^2 u) du/dx,
+        # du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+        du = x * x
+        du *= 3.0 * _GELU_C
+        du += 1.0
+        du *= _SQRT_2_OVER_PI
+        xp.multiply(t, t, out=dydx)
+        xp.subtract(1.0, dydx, out=dydx)
+        dydx *= 0.5 * x
+        dydx *= du
+        dydx += 0.5 * (1.0 + t)
+    t += 1.0
+    t *= 0.5
+    xp.multiply(x, t, out=y)                               # y = x (1 + tanh u) / 2, last: y may be x
 
 
 _GELU_FORMS = {"exact": _gelu_exact, "tanh": _gelu_tanh}

@@ -19,7 +19,7 @@ def mlp_forward(x, w1, b1, w2, b2, gelu="exact", p_drop=0.0, rng=None, train=Fal
     keep_cache=False (inference) skips what only backward needs (GELU's derivative), and the
     cache is None."""
     h, c1 = linear_forward(x, w1, b1)           # (B, N, M)
-    h, cg = gelu_forward(h, gelu, keep_cache)   # (B, N, M)
+    h, cg = gelu_forward(h, gelu, keep_cache, out=h)  # (B, N, M), over fc1's output: backward needs only x
     h, m1 = dropout_forward(h, p_drop, rng, train)
     y, c2 = linear_forward(h, w2, b2)           # (B, N, D)
     y, m2 = dropout_forward(y, p_drop, rng, train)

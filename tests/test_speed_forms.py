@@ -154,6 +154,22 @@ def test_gelu_cached_derivative_matches_textbook(approximate, piece_floats):
     assert none is None and rel_error(y_only, ref_y) < TIGHT       # exact: relu(x) - |x| Phi(-|x|)
 
 
+@pytest.mark.parametrize("approximate", ["exact", "tanh"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("keep_cache", [True, False], ids=["train", "eval"])
+def test_gelu_written_over_its_input_gives_the_same_numbers(approximate, dtype, keep_cache, piece_floats):
+    """The MLP lets GELU write y over fc1's output (out=x): every form must finish reading x
+    before it writes y, piece by piece."""
+    x = (randn(10, 5) * 3).astype(dtype)
+    y, cache = mv.gelu_forward(x, approximate, keep_cache)
+    x_in = x.copy()
+    y_in, cache_in = mv.gelu_forward(x_in, approximate, keep_cache, out=x_in)
+    assert y_in is x_in
+    np.testing.assert_array_equal(y_in, y)
+    if keep_cache:
+        np.testing.assert_array_equal(cache_in, cache)  # the derivative, from x before it was overwritten
+
+
 @pytest.mark.parametrize("kh,kw,stride,pad", [(3, 3, 1, 1), (3, 3, 2, 1), (2, 3, 1, 0), (4, 4, 4, 0),
                                              (5, 5, 2, 2), (2, 2, 3, 1)])
 def test_conv_windows_match_im2col_and_col2im(kh, kw, stride, pad):
