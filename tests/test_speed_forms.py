@@ -14,7 +14,7 @@ import pytest
 from scipy.special import erf
 
 import minivit as mv
-from minivit.activations import normal_cdf_as
+from minivit.activations import _AS_A, _AS_P, erfc_as, normal_cdf_as
 from minivit import pieces
 from minivit.rows import mean_last, sum_last
 from helpers import rel_error
@@ -191,6 +191,21 @@ def test_conv2d_matches_the_im2col_product():
     y, _ = mv.conv2d_forward(x, w, b, stride=2, pad=1)
     want = mv.im2col(x, 3, 3, 2, 1) @ w.reshape(5, -1).T + b     # (B Ho Wo, F)
     assert rel_error(y, want.reshape(2, 5, 4, 5).transpose(0, 3, 1, 2)) < TIGHT
+
+
+@pytest.mark.parametrize("kappa, scale", [(1.0, 1.0), (1 / math.sqrt(2), 0.5), (math.sqrt(2), 1.0), (0.3, 2.5)])
+def test_erfc_led_by_one_matches_the_textbook_order(kappa, scale):
+    """erfc_as rescales A&S 7.1.26's polynomial to lead with 1; the textbook order, term by term."""
+    v = np.abs(randn(20_000)) * 4
+    v[:3] = 0.0, 1e-9, 50.0
+    keep = v.copy()
+    u = kappa * v
+    t = 1 / (1 + _AS_P * u)
+    want = scale * sum(a * t ** i for i, a in enumerate(_AS_A, start=1)) * np.exp(-u * u)
+    got = erfc_as(v, kappa, e=np.exp(-u * u), scale=scale)
+    assert np.array_equal(v, keep)                                   # v is read, not overwritten
+    assert rel_error(got, want) < TIGHT
+    assert (np.abs(got - want) <= TIGHT * np.abs(want)).all()       # each value, the small tails too
 
 
 def test_float32_erf_error_against_scipy():
