@@ -1,0 +1,106 @@
+"""Two versions of minivit in one process, timed in alternation: did a change make a layer faster?
+
+    git worktree add /tmp/minivit-before HEAD~1
+    python benchmarks/versions_ab.py --before /tmp/minivit-before --case gelu-eval --pairs 300
+    python benchmarks/versions_ab.py --before /tmp/minivit-before --case forward-vit-ti16 --pairs 40
+
+`--before` is another checkout of the project; its `minivit` package is imported beside this
+one under another name, and both run the same case on the same arrays, one call each in turn
+(the order swapped every pair), on one thread. This machine's speed drifts by tens of percent
+within minutes, so two processes (or two runs) minutes apart cannot resolve a change of a few
+percent; two calls milliseconds apart can. For each pair the ratio is before's time over this
+tree's (above 1: this tree is faster); the median and quartiles of those ratios are printed.
+
+This compares minivit with minivit. Against PyTorch, which must not share a process with NumPy's
+work, use benchmarks/compare_step.py.
+"""
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def load_before(path):
+    """Import path/minivit as the package `minivit_before` (its relative imports stay inside it)."""
+    init = os.path.join(os.path.abspath(path), "minivit", "__init__.py")
+    if not os.path.isfile(init):
+        sys.exit(f"--before {path}: no minivit/__init__.py there; give a checkout of this project")
+    spec = importlib.util.spec_from_file_location("minivit_before", init,
+                                                  submodule_search_locations=[os.path.dirname(init)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["minivit_before"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def cases(mv):
+    """name -> a function of one minivit package that returns the call to time."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(1 << 17) * 3).astype(np.float32)        # 512 KB: one core's L2 here
+    logits = x[:(1 << 17) // 197 * 197].reshape(-1, 197)
+    tokens = rng.standard_normal((8 * 197, 192), dtype=np.float32)
+    w, b = rng.standard_normal(192, dtype=np.float32), rng.standard_normal(192, dtype=np.float32)
+
+    def forward(preset, batch):
+        def make(m):
+            cfg = m.ViTConfig.preset(preset)
+            params = m.init_params(cfg, seed=0, dtype="float32")
+            images = np.random.default_rng(1).standard_normal((batch, 3, cfg.image_size, cfg.image_size),
+                                                              dtype=np.float32)
+            return lambda: m.forward(params, images, cfg, keep_cache=False)
+        return make
+
+    return {
+        "gelu-eval": lambda m: lambda: m.gelu_forward(x, "exact", False),
+        "gelu-train": lambda m: lambda: m.gelu_forward(x, "exact", True),
+        "softmax-197": lambda m: lambda: m.softmax(logits),
+        "layernorm-eval": lambda m: lambda: m.layernorm_forward(tokens, w, b, keep_cache=False),
+        "forward-vit-ti16": forward("vit-ti16", 8),
+        "forward-cifar-tiny": forward("cifar-tiny", 31),
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--before", required=True, help="another checkout of this project")
+    p.add_argument("--case", required=True, choices=sorted(cases(None)))
+    p.add_argument("--pairs", type=int, default=200)
+    a = p.parse_args()
+    if a.pairs < 4:
+        p.error(f"--pairs must be at least 4, got {a.pairs}")
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(1, user_api="blas")
+    import minivit
+    from minivit.allocator import keep_freed_memory
+    keep_freed_memory()   # as the trainer does: temporaries reuse freed memory
+    before = load_before(a.before)
+    make = cases(None)[a.case]
+    calls = {"before": make(before), "after": make(minivit)}
+    for f in calls.values():
+        for _ in range(3):
+            f()
+    ratios, times = [], {"before": [], "after": []}
+    for i in range(a.pairs):
+        t = {}
+        for name in (("before", "after") if i % 2 == 0 else ("after", "before")):
+            t0 = time.perf_counter()
+            calls[name]()
+            t[name] = time.perf_counter() - t0
+            times[name].append(t[name])
+        ratios.append(t["before"] / t["after"])
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    print(f"{a.case}: before {statistics.median(times['before']) * 1e3:.2f} ms, "
+          f"this tree {statistics.median(times['after']) * 1e3:.2f} ms (medians of {a.pairs} calls each)")
+    print(f"time before / time now, per pair: median {statistics.median(ratios):.3f}, "
+          f"quartiles {q1:.3f}-{q3:.3f}")
+
+
+if __name__ == "__main__":
+    main()
