@@ -6,7 +6,8 @@
 
 `--before` is another checkout of the project; its `minivit` package is imported beside this
 one under another name, and both run the same case on the same arrays, one call each in turn
-(the order swapped every pair), on one thread. This machine's speed drifts by tens of percent
+(the order swapped every pair), on one thread (the `train-*` cases: the trainer's engine with
+two threads, one BLAS thread each). This machine's speed drifts by tens of percent
 within minutes, so two processes (or two runs) minutes apart cannot resolve a change of a few
 percent; two calls milliseconds apart can. For each pair the ratio is before's time over this
 tree's (above 1: this tree is faster); the median and quartiles of those ratios are printed.
@@ -57,7 +58,23 @@ def cases(mv):
             return lambda: m.forward(params, images, cfg, keep_cache=False)
         return make
 
+    def train_step(preset, batch):
+        """forward, loss and backward of a batch, the trainer's engine with its two threads"""
+        def make(m):
+            from importlib import import_module
+            cfg = m.ViTConfig.preset(preset)
+            params = m.init_params(cfg, seed=0, dtype="float32")
+            images = np.random.default_rng(1).standard_normal((batch, 3, cfg.image_size, cfg.image_size),
+                                                              dtype=np.float32)
+            labels = np.random.default_rng(2).integers(0, cfg.num_classes, batch)
+            engine = import_module(m.__name__ + ".train").Engine(cfg, threads=2)
+            return lambda: engine.loss_and_grads(params, images, labels, 0.1, 0, 0)
+        return make
+
     return {
+        "train-cifar-tiny": train_step("cifar-tiny", 256),
+        "train-cifar-small": train_step("cifar-small", 128),
+        "train-vit-ti16": train_step("vit-ti16", 16),
         "gelu-eval": lambda m: lambda: m.gelu_forward(x, "exact", False),
         "gelu-train": lambda m: lambda: m.gelu_forward(x, "exact", True),
         "softmax-197": lambda m: lambda: m.softmax(logits),
