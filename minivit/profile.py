@@ -5,10 +5,12 @@
     report = minivit.profile.profile_step(ViTConfig.preset("cifar-small"), batch_size=128); print(report)
 
 The profiler runs the ordinary step (forward, cross-entropy, backward, clipping, AdamW) on
-random images, with every layer function temporarily wrapped by a timer (`instrument`).
+random images, with every layer function temporarily wrapped by a timer (`instrument`), over
+the batch cut into the trainer's pieces of about 2,048 tokens (Engine.TRAIN_TOKENS_PER_SHARD):
+forward and backward piece by piece, the gradients summed, then one clipping and AdamW step.
 With mode="eval" it profiles inference instead: the forward pass as `evaluate` runs it
-(train=False, keep_cache=False: no dropout, nothing kept for a backward pass), over the batch
-cut into the engine's pieces of about 2,048 tokens (Engine.EVAL_TOKENS_PER_SHARD).
+(train=False, keep_cache=False: no dropout, nothing kept for a backward pass), in the
+engine's pieces for inference (Engine.EVAL_TOKENS_PER_SHARD).
 A layer's time is exclusive: time spent in a nested layer (the linear layers inside
 attention, say) is booked to that layer, not to its caller. Layers are named by the
 parameters they use ("attn.qkv", "norm1", ...; summed over the blocks), so a row is one
@@ -18,8 +20,8 @@ FLOPs count multiply-adds as two, for the matrix products only (the standard cou
 layer of M rows is 2 M Din Dout forward and twice that backward). The elementwise layers
 (LayerNorm, GELU, softmax) do a handful of operations per element; their speed is set by
 passes over memory, not by arithmetic, so they show no FLOPs. The step runs on one thread
-with one BLAS thread, which is what each of the trainer's data-parallel threads does with its
-share of the batch. Peak memory is the largest amount of array memory the step holds at
+with one BLAS thread: all the pieces that the trainer's two data-parallel threads share out,
+one after another (on a GPU, as the engine runs it there, the whole batch at once). Peak memory is the largest amount of array memory the step holds at
 once (NumPy reports its allocations to tracemalloc), beside the parameters and AdamW state.
 """
 import sys
@@ -37,7 +39,7 @@ from .config import ViTConfig
 from .loss import cross_entropy
 from .model import backward, forward, init_params
 from .optim import AdamW, clip_grad_norm
-from .train import Engine
+from .train import Engine, images_per_shard, shard_slices
 
 # (module, function) pairs that are wrapped. Functions are looked up by their module's global
 # name at call time, so each is wrapped in every module that imports it.
@@ -117,13 +119,13 @@ class Report:
     steps: int
     step_ms: float                             # un-instrumented step, median
     mode: str = "train"                        # "train": the training step; "eval": forward only
-    piece: int = 0                             # eval: images per forward call
+    piece: int = 0                             # images per piece of the batch (the engine's shards)
     rows: list = field(default_factory=list)  # dicts: layer, direction, ms, flops, calls
     param_mb: float = 0.0
     peak_mb: float = 0.0
 
     def __str__(self):
-        pieces = f" in pieces of {self.piece}" if self.mode == "eval" and self.piece < self.batch_size else ""
+        pieces = f" in pieces of up to {self.piece}" if self.piece < self.batch_size else ""
         lines = [f"{self.cfg.dim}-wide, {self.cfg.depth}-deep ViT, {self.cfg.num_patches + 1} tokens, batch "
                  f"{self.batch_size}{pieces}: {self.step_ms:.1f} ms per {_WHAT[self.mode]} (median of {self.steps}, one thread)",
                  f"{'layer':<16} {'pass':<8} {'ms':>8} {'GFLOP':>8} {'GFLOP/s':>8} {'share':>6}"]
@@ -201,17 +203,26 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
     params = init_params(cfg, seed=seed)
     opt = AdamW(lr=1e-4, weight_decay=0.05)
     names = {id(v): k for k, v in params.items()}
-    per_piece = max(1, Engine.EVAL_TOKENS_PER_SHARD // (cfg.num_patches + 1))
+    # the pieces the trainer's engine cuts the batch into (two threads on the CPU, one on a GPU)
+    size = images_per_shard(cfg, Engine.EVAL_TOKENS_PER_SHARD if mode == "eval" else Engine.TRAIN_TOKENS_PER_SHARD)
+    pieces = shard_slices(batch_size, 2 if size else 1, size)
 
     def step(i, timers=None):
         t0 = time.perf_counter()
-        if mode == "eval":  # in the pieces the trainer's engine cuts a batch into for inference
-            for a in range(0, batch_size, per_piece):
-                float(forward(params, x[a:a + per_piece], cfg, keep_cache=False)[0][0, 0])
+        if mode == "eval":
+            for sl in pieces:
+                float(forward(params, x[sl], cfg, keep_cache=False)[0][0, 0])
             return time.perf_counter() - t0
-        logits, cache = forward(params, x, cfg, train=True, rng=np.random.default_rng([seed, i]))
-        loss, dlogits = cross_entropy(logits, y, label_smoothing)
-        grads = backward(dlogits, cache)
+        grads = None
+        for sl in pieces:  # each piece's gradients of its share of the batch mean, summed
+            logits, cache = forward(params, x[sl], cfg, train=True, rng=np.random.default_rng([seed, i, sl.start]))
+            loss, dlogits = cross_entropy(logits, y[sl], label_smoothing)
+            g = backward(dlogits * ((sl.stop - sl.start) / batch_size), cache)
+            if grads is None:
+                grads = g
+            else:
+                for k, v in g.items():
+                    grads[k] += v
         t1 = time.perf_counter()
         clip_grad_norm(grads, 1.0)
         t2 = time.perf_counter()
@@ -243,5 +254,6 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
     state = sum(v.nbytes for v in params.values())
     if mode == "train":
         state += sum(v.nbytes for v in opt.m.values()) * 2
-    return Report(cfg, batch_size, steps, float(np.median(plain)) * 1e3, mode, per_piece, rows, state / 2 ** 20,
+    piece = max(sl.stop - sl.start for sl in pieces)
+    return Report(cfg, batch_size, steps, float(np.median(plain)) * 1e3, mode, piece, rows, state / 2 ** 20,
                   peak / 2 ** 20)

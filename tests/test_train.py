@@ -79,6 +79,41 @@ def test_engine_shards_give_the_full_batch_gradient():
         np.testing.assert_allclose(g1[k], g2[k], rtol=1e-4, atol=1e-6, err_msg=k)
 
 
+def test_training_in_several_shards_per_thread_gives_the_full_batch_gradient(monkeypatch):
+    """Shards of about TRAIN_TOKENS_PER_SHARD tokens, several per thread, taken in turn: the sum of
+    their scaled gradients is the one-shard gradient of the batch mean (float64, to rounding)."""
+    cfg = mv.ViTConfig.preset("test")
+    params = mv.init_params(cfg, seed=0, dtype="float64")
+    rng = np.random.default_rng(1)
+    params["head.w"] = rng.standard_normal(params["head.w"].shape)    # no ties among the logits
+    x, y = rng.standard_normal((11, 3, 8, 8)), rng.integers(0, 5, 11)
+    l1, c1, g1 = Engine(cfg, 1).loss_and_grads(params, x, y, 0.1, 0, 0)        # 11 images: one shard
+    monkeypatch.setattr(Engine, "TRAIN_TOKENS_PER_SHARD", 2 * (cfg.num_patches + 1))
+    sizes = []
+    step = mv.train.STEPS["classify"]
+    monkeypatch.setitem(mv.train.STEPS, "classify", lambda p, xs, *a: sizes.append(len(xs)) or step(p, xs, *a))
+    engine = Engine(cfg, 2)
+    l2, c2, g2 = engine.loss_and_grads(params, x, y, 0.1, 0, 0)
+    engine.close()
+    assert sorted(sizes) == [1, 2, 2, 2, 2, 2]                                  # six shards: three for each thread
+    assert c1 == c2 and abs(float(l1) - float(l2)) < 1e-12
+    for k in g1:
+        np.testing.assert_allclose(g2[k], g1[k], rtol=1e-10, atol=1e-14, err_msg=k)
+
+
+def test_shards_are_shared_evenly_among_the_threads():
+    from minivit.train import shard_slices
+    for n, threads, size in [(256, 2, 31), (128, 2, 31), (16, 2, 10), (11, 2, 2), (3, 2, 5), (1, 2, 4), (10, 3, None)]:
+        shards = shard_slices(n, threads, size)
+        assert shards[0].start == 0 and shards[-1].stop == n
+        assert all(a.stop == b.start for a, b in zip(shards, shards[1:]))     # in order, no gaps
+        rows = [s.stop - s.start for s in shards]
+        assert min(rows) >= 1 and max(rows) - min(rows) <= 1, (n, size, rows)
+        assert size is None or max(rows) <= size
+        assert len(shards) % threads == 0 or len(shards) == n                  # as many for each thread
+    assert len(shard_slices(128, 2, 31)) == 6      # five would do, but three on one thread and two on the other
+
+
 def test_same_seed_same_run(tmp_path):
     a, b = small_run(tmp_path, "a"), small_run(tmp_path, "b")
     a.fit(), b.fit()
