@@ -49,39 +49,51 @@ def cases(mv):
     tokens = rng.standard_normal((8 * 197, 192), dtype=np.float32)
     w, b = rng.standard_normal(192, dtype=np.float32), rng.standard_normal(192, dtype=np.float32)
 
-    def forward(preset, batch):
-        def make(m):
-            cfg = m.ViTConfig.preset(preset)
-            params = m.init_params(cfg, seed=0, dtype="float32")
-            images = np.random.default_rng(1).standard_normal((batch, 3, cfg.image_size, cfg.image_size),
-                                                              dtype=np.float32)
-            return lambda: m.forward(params, images, cfg, keep_cache=False)
-        return make
-
-    def train_step(preset, batch):
-        """forward, loss and backward of a batch, the trainer's engine with its two threads"""
+    def model(preset, batch, train):
+        """train: forward, loss and backward through the trainer's engine with its two threads;
+        otherwise one inference forward pass"""
         def make(m):
             from importlib import import_module
             cfg = m.ViTConfig.preset(preset)
             params = m.init_params(cfg, seed=0, dtype="float32")
             images = np.random.default_rng(1).standard_normal((batch, 3, cfg.image_size, cfg.image_size),
                                                               dtype=np.float32)
+            if not train:
+                return lambda: m.forward(params, images, cfg, keep_cache=False)
             labels = np.random.default_rng(2).integers(0, cfg.num_classes, batch)
             engine = import_module(m.__name__ + ".train").Engine(cfg, threads=2)
             return lambda: engine.loss_and_grads(params, images, labels, 0.1, 0, 0)
         return make
 
     return {
-        "train-cifar-tiny": train_step("cifar-tiny", 256),
-        "train-cifar-small": train_step("cifar-small", 128),
-        "train-vit-ti16": train_step("vit-ti16", 16),
+        "train-cifar-tiny": model("cifar-tiny", 256, train=True),
+        "train-cifar-small": model("cifar-small", 128, train=True),
+        "train-vit-ti16": model("vit-ti16", 16, train=True),
         "gelu-eval": lambda m: lambda: m.gelu_forward(x, "exact", False),
         "gelu-train": lambda m: lambda: m.gelu_forward(x, "exact", True),
         "softmax-197": lambda m: lambda: m.softmax(logits),
         "layernorm-eval": lambda m: lambda: m.layernorm_forward(tokens, w, b, keep_cache=False),
-        "forward-vit-ti16": forward("vit-ti16", 8),
-        "forward-cifar-tiny": forward("cifar-tiny", 31),
+        "forward-vit-ti16": model("vit-ti16", 8, train=False),
+        "forward-cifar-tiny": model("cifar-tiny", 31, train=False),
     }
+
+
+def run(make, before, after, pairs):
+    """Time the case built for each package, one call of each in turn, the order swapped every pair."""
+    calls = {"before": make(before), "after": make(after)}
+    for f in calls.values():
+        for _ in range(3):
+            f()
+    ratios, times = [], {"before": [], "after": []}
+    for i in range(pairs):
+        t = {}
+        for name in (("before", "after") if i % 2 == 0 else ("after", "before")):
+            t0 = time.perf_counter()
+            calls[name]()
+            t[name] = time.perf_counter() - t0
+            times[name].append(t[name])
+        ratios.append(t["before"] / t["after"])
+    return ratios, times
 
 
 def main():
@@ -93,25 +105,13 @@ def main():
     if a.pairs < 4:
         p.error(f"--pairs must be at least 4, got {a.pairs}")
     from threadpoolctl import threadpool_limits
-    threadpool_limits(1, user_api="blas")
     import minivit
     from minivit.allocator import keep_freed_memory
     keep_freed_memory()   # as the trainer does: temporaries reuse freed memory
     before = load_before(a.before)
     make = cases(None)[a.case]
-    calls = {"before": make(before), "after": make(minivit)}
-    for f in calls.values():
-        for _ in range(3):
-            f()
-    ratios, times = [], {"before": [], "after": []}
-    for i in range(a.pairs):
-        t = {}
-        for name in (("before", "after") if i % 2 == 0 else ("after", "before")):
-            t0 = time.perf_counter()
-            calls[name]()
-            t[name] = time.perf_counter() - t0
-            times[name].append(t[name])
-        ratios.append(t["before"] / t["after"])
+    with threadpool_limits(1, user_api="blas"):
+        ratios, times = run(make, before, minivit, a.pairs)
     q1, _, q3 = statistics.quantiles(ratios, n=4)
     print(f"{a.case}: before {statistics.median(times['before']) * 1e3:.2f} ms, "
           f"this tree {statistics.median(times['after']) * 1e3:.2f} ms (medians of {a.pairs} calls each)")
