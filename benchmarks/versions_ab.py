@@ -68,6 +68,8 @@ def cases(mv):
     return {
         "train-cifar-tiny": model("cifar-tiny", 256, train=True),
         "train-cifar-small": model("cifar-small", 128, train=True),
+        "train-cifar-base": model("cifar-base", 128, train=True),
+        "train-cifar-hybrid": model("cifar-hybrid", 256, train=True),
         "train-vit-ti16": model("vit-ti16", 16, train=True),
         "gelu-eval": lambda m: lambda: m.gelu_forward(x, "exact", False),
         "gelu-train": lambda m: lambda: m.gelu_forward(x, "exact", True),
