@@ -21,8 +21,9 @@ layer of M rows is 2 M Din Dout forward and twice that backward). The elementwis
 (LayerNorm, GELU, softmax) do a handful of operations per element; their speed is set by
 passes over memory, not by arithmetic, so they show no FLOPs. The step runs on one thread
 with one BLAS thread: all the pieces that the trainer's two data-parallel threads share out,
-one after another (on a GPU, as the engine runs it there, the whole batch at once). Peak memory is the largest amount of array memory the step holds at
-once (NumPy reports its allocations to tracemalloc), beside the parameters and AdamW state.
+one after another (on a GPU, as the engine runs it there, the whole batch at once). Peak
+memory is the largest amount of array memory the step holds at once (NumPy reports its
+allocations to tracemalloc), beside the parameters and AdamW state.
 """
 import sys
 import time
@@ -39,7 +40,7 @@ from .config import ViTConfig
 from .loss import cross_entropy
 from .model import backward, forward, init_params
 from .optim import AdamW, clip_grad_norm
-from .train import Engine, images_per_shard, shard_slices
+from .train import Engine, add_grads, images_per_shard, shard_slices
 
 # (module, function) pairs that are wrapped. Functions are looked up by their module's global
 # name at call time, so each is wrapped in every module that imports it.
@@ -217,12 +218,7 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
         for sl in pieces:  # each piece's gradients of its share of the batch mean, summed
             logits, cache = forward(params, x[sl], cfg, train=True, rng=np.random.default_rng([seed, i, sl.start]))
             loss, dlogits = cross_entropy(logits, y[sl], label_smoothing)
-            g = backward(dlogits * ((sl.stop - sl.start) / batch_size), cache)
-            if grads is None:
-                grads = g
-            else:
-                for k, v in g.items():
-                    grads[k] += v
+            grads = add_grads(grads, backward(dlogits * ((sl.stop - sl.start) / batch_size), cache))
         t1 = time.perf_counter()
         clip_grad_norm(grads, 1.0)
         t2 = time.perf_counter()

@@ -134,6 +134,15 @@ def shard_slices(n, threads, size=None):
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]  # promote float32 math to float64
 
 
+def add_grads(total, grads):
+    """total + grads, name by name, added into total's arrays; total None: grads itself."""
+    if total is None:
+        return grads
+    for k, g in grads.items():
+        total[k] += g
+    return total
+
+
 def images_per_shard(cfg, tokens):
     """Images in a piece of about `tokens` tokens on the CPU; None on a GPU (the whole batch at once)."""
     if backend_name() != "numpy":
@@ -166,10 +175,10 @@ class Engine:
 
     # A training step runs in shards of about 2,048 tokens (31 CIFAR images, 10 at 224x224), which
     # the threads take in turn: several per thread on the CIFAR models. A small shard's layer
-    # outputs stay nearer the core (the CIFAR models' dense layers are narrow enough to wait on
-    # memory), and a thread slowed by the machine's other work takes fewer shards. Forward and
-    # backward ran 8-15% faster on cifar-tiny and cifar-small than in one shard per thread, in a
-    # fifth to a third of the memory; vit-ti16 at 16 images keeps its two shards (docs/results.md).
+    # outputs and temporaries stay nearer the core, and a thread slowed by the machine's other work
+    # takes fewer shards. Forward and backward ran 8-15% faster on the CIFAR presets than in one
+    # shard per thread, in a fifth to a third of the memory; vit-ti16 at 16 images keeps its two
+    # shards (docs/results.md).
     TRAIN_TOKENS_PER_SHARD = 2048
 
     def loss_and_grads(self, params, x, y, label_smoothing, seed, step):
@@ -192,12 +201,8 @@ class Engine:
 
         loss, correct, grads = 0, 0, None
         for l_, c_, g_ in self._map(shard, self._shards(B, images_per_shard(self.cfg, self.TRAIN_TOKENS_PER_SHARD))):
-            loss, correct = loss + l_, correct + c_     # in shard order, and each shard's gradients
-            if grads is None:                           # are freed once added
-                grads = g_
-            else:
-                for k, g in g_.items():
-                    grads[k] += g
+            loss, correct = loss + l_, correct + c_     # in shard order, and each shard's
+            grads = add_grads(grads, g_)                # gradients are freed once added
         return loss, correct, grads
 
     def close(self):
