@@ -187,9 +187,10 @@ def instrument(names):
 _WHAT = {"train": "training step", "eval": "forward pass (inference)"}
 
 
-def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing=0.1, mode="train"):
+def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing=0.1, mode="train", pieces=True):
     """Profile `steps` training steps of `cfg` on random images (mode="eval": `steps` inference
-    forward passes); returns a Report."""
+    forward passes); returns a Report. pieces=False runs the whole batch through each layer at
+    once, one piece, instead of the trainer's pieces (the shapes of a textbook FLOP or memory count)."""
     if steps < 1 or warmup < 0 or batch_size < 1:
         raise ValueError(f"profile needs steps >= 1, warmup >= 0 and batch_size >= 1, got {steps}, {warmup}, {batch_size}")
     if mode not in _WHAT:
@@ -206,7 +207,7 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
     names = {id(v): k for k, v in params.items()}
     # the pieces the trainer's engine cuts the batch into (two threads on the CPU, one on a GPU)
     size = images_per_shard(cfg, Engine.EVAL_TOKENS_PER_SHARD if mode == "eval" else Engine.TRAIN_TOKENS_PER_SHARD)
-    pieces = shard_slices(batch_size, 2 if size else 1, size)
+    pieces = shard_slices(batch_size, 2 if size else 1, size) if pieces else [slice(0, batch_size)]
 
     def step(i, timers=None):
         t0 = time.perf_counter()

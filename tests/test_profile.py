@@ -30,6 +30,14 @@ def test_profile_counts_flops_per_layer_and_restores_the_model():
     assert report.peak_mb > 0 and report.param_mb > 0
 
 
+def test_profile_whole_batch_runs_one_piece():
+    cfg = mv.ViTConfig.preset("test")
+    report = profile_step(cfg, batch_size=4, steps=1, warmup=0, pieces=False)
+    rows = {(r["layer"], r["direction"]): r for r in report.rows}
+    assert rows["norm1", "forward"]["calls"] == cfg.depth and rows["norm", "backward"]["calls"] == 1
+    assert report.piece == 4 and "in pieces" not in str(report)
+
+
 def test_cli_profile(capsys):
     assert main(["profile", "--preset", "test", "--batch-size", "4", "--steps", "1"]) == 0
     out = capsys.readouterr().out
