@@ -50,14 +50,17 @@ def cases(mv):
     w, b = rng.standard_normal(192, dtype=np.float32), rng.standard_normal(192, dtype=np.float32)
 
     def model(preset, batch, train):
-        """train: forward, loss and backward through the trainer's engine with its two threads;
-        otherwise one inference forward pass"""
+        """train True: forward, loss and backward through the trainer's engine with its two threads;
+        None: inference through the engine (two threads, its pieces); False: one forward pass"""
         def make(m):
             from importlib import import_module
             cfg = m.ViTConfig.preset(preset)
             params = m.init_params(cfg, seed=0, dtype="float32")
             images = np.random.default_rng(1).standard_normal((batch, 3, cfg.image_size, cfg.image_size),
                                                               dtype=np.float32)
+            if train is None:                         # inference as evaluate runs it: the engine's pieces
+                engine = import_module(m.__name__ + ".train").Engine(cfg, threads=2)
+                return lambda: engine.predict_logits(params, images)
             if not train:
                 return lambda: m.forward(params, images, cfg, keep_cache=False)
             labels = np.random.default_rng(2).integers(0, cfg.num_classes, batch)
@@ -75,6 +78,9 @@ def cases(mv):
         "gelu-train": lambda m: lambda: m.gelu_forward(x, "exact", True),
         "softmax-197": lambda m: lambda: m.softmax(logits),
         "layernorm-eval": lambda m: lambda: m.layernorm_forward(tokens, w, b, keep_cache=False),
+        "eval-cifar-tiny": model("cifar-tiny", 500, train=None),
+        "eval-cifar-small": model("cifar-small", 500, train=None),
+        "eval-vit-ti16": model("vit-ti16", 16, train=None),
         "forward-vit-ti16": model("vit-ti16", 8, train=False),
         "forward-cifar-tiny": model("cifar-tiny", 31, train=False),
     }
