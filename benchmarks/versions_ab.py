@@ -6,8 +6,8 @@
 
 `--before` is another checkout of the project; its `minivit` package is imported beside this
 one under another name, and both run the same case on the same arrays, one call each in turn
-(the order swapped every pair), on one thread (the `train-*` cases: the trainer's engine with
-two threads, one BLAS thread each). This machine's speed drifts by tens of percent
+(the order swapped every pair), on one thread (the `train-*` and `eval-*` cases: the trainer's
+engine with two threads, one BLAS thread each). This machine's speed drifts by tens of percent
 within minutes, so two processes (or two runs) minutes apart cannot resolve a change of a few
 percent; two calls milliseconds apart can. For each pair the ratio is before's time over this
 tree's (above 1: this tree is faster); the median and quartiles of those ratios are printed.
@@ -49,40 +49,40 @@ def cases(mv):
     tokens = rng.standard_normal((8 * 197, 192), dtype=np.float32)
     w, b = rng.standard_normal(192, dtype=np.float32), rng.standard_normal(192, dtype=np.float32)
 
-    def model(preset, batch, train):
-        """train True: forward, loss and backward through the trainer's engine with its two threads;
-        None: inference through the engine (two threads, its pieces); False: one forward pass"""
+    def model(preset, batch, mode):
+        """mode "train": forward, loss and backward through the trainer's engine (two threads);
+        "eval": inference through the engine, in its pieces, as `evaluate` runs it; "forward": one
+        inference forward pass of the whole batch, one thread"""
         def make(m):
             from importlib import import_module
             cfg = m.ViTConfig.preset(preset)
             params = m.init_params(cfg, seed=0, dtype="float32")
             images = np.random.default_rng(1).standard_normal((batch, 3, cfg.image_size, cfg.image_size),
                                                               dtype=np.float32)
-            if train is None:                         # inference as evaluate runs it: the engine's pieces
-                engine = import_module(m.__name__ + ".train").Engine(cfg, threads=2)
-                return lambda: engine.predict_logits(params, images)
-            if not train:
+            if mode == "forward":
                 return lambda: m.forward(params, images, cfg, keep_cache=False)
-            labels = np.random.default_rng(2).integers(0, cfg.num_classes, batch)
             engine = import_module(m.__name__ + ".train").Engine(cfg, threads=2)
+            if mode == "eval":
+                return lambda: engine.predict_logits(params, images)
+            labels = np.random.default_rng(2).integers(0, cfg.num_classes, batch)
             return lambda: engine.loss_and_grads(params, images, labels, 0.1, 0, 0)
         return make
 
     return {
-        "train-cifar-tiny": model("cifar-tiny", 256, train=True),
-        "train-cifar-small": model("cifar-small", 128, train=True),
-        "train-cifar-base": model("cifar-base", 128, train=True),
-        "train-cifar-hybrid": model("cifar-hybrid", 256, train=True),
-        "train-vit-ti16": model("vit-ti16", 16, train=True),
+        "train-cifar-tiny": model("cifar-tiny", 256, "train"),
+        "train-cifar-small": model("cifar-small", 128, "train"),
+        "train-cifar-base": model("cifar-base", 128, "train"),
+        "train-cifar-hybrid": model("cifar-hybrid", 256, "train"),
+        "train-vit-ti16": model("vit-ti16", 16, "train"),
         "gelu-eval": lambda m: lambda: m.gelu_forward(x, "exact", False),
         "gelu-train": lambda m: lambda: m.gelu_forward(x, "exact", True),
         "softmax-197": lambda m: lambda: m.softmax(logits),
         "layernorm-eval": lambda m: lambda: m.layernorm_forward(tokens, w, b, keep_cache=False),
-        "eval-cifar-tiny": model("cifar-tiny", 500, train=None),
-        "eval-cifar-small": model("cifar-small", 500, train=None),
-        "eval-vit-ti16": model("vit-ti16", 16, train=None),
-        "forward-vit-ti16": model("vit-ti16", 8, train=False),
-        "forward-cifar-tiny": model("cifar-tiny", 31, train=False),
+        "eval-cifar-tiny": model("cifar-tiny", 500, "eval"),
+        "eval-cifar-small": model("cifar-small", 500, "eval"),
+        "eval-vit-ti16": model("vit-ti16", 16, "eval"),
+        "forward-vit-ti16": model("vit-ti16", 8, "forward"),
+        "forward-cifar-tiny": model("cifar-tiny", 31, "forward"),
     }
 
 
