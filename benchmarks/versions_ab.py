@@ -41,7 +41,7 @@ def load_before(path):
     return module
 
 
-def cases(mv):
+def cases():
     """name -> a function of one minivit package that returns the call to time."""
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(1 << 17) * 3).astype(np.float32)        # 512 KB: one core's L2 here
@@ -107,7 +107,7 @@ def run(make, before, after, pairs):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--before", required=True, help="another checkout of this project")
-    p.add_argument("--case", required=True, choices=sorted(cases(None)))
+    p.add_argument("--case", required=True, choices=sorted(cases()))
     p.add_argument("--pairs", type=int, default=200)
     a = p.parse_args()
     if a.pairs < 4:
@@ -117,7 +117,7 @@ def main():
     from minivit.allocator import keep_freed_memory
     keep_freed_memory()   # as the trainer does: temporaries reuse freed memory
     before = load_before(a.before)
-    make = cases(None)[a.case]
+    make = cases()[a.case]
     with threadpool_limits(1, user_api="blas"):
         ratios, times = run(make, before, minivit, a.pairs)
     q1, _, q3 = statistics.quantiles(ratios, n=4)

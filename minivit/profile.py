@@ -205,18 +205,19 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
     params = init_params(cfg, seed=seed)
     opt = AdamW(lr=1e-4, weight_decay=0.05)
     names = {id(v): k for k, v in params.items()}
-    # the pieces the trainer's engine cuts the batch into (two threads on the CPU, one on a GPU)
-    size = images_per_shard(cfg, Engine.EVAL_TOKENS_PER_SHARD if mode == "eval" else Engine.TRAIN_TOKENS_PER_SHARD)
-    pieces = shard_slices(batch_size, 2 if size else 1, size) if pieces else [slice(0, batch_size)]
+    slices = [slice(0, batch_size)]
+    if pieces:  # the pieces the trainer's engine cuts the batch into (two threads on the CPU, one on a GPU)
+        size = images_per_shard(cfg, Engine.EVAL_TOKENS_PER_SHARD if mode == "eval" else Engine.TRAIN_TOKENS_PER_SHARD)
+        slices = shard_slices(batch_size, 2 if size else 1, size)
 
     def step(i, timers=None):
         t0 = time.perf_counter()
         if mode == "eval":
-            for sl in pieces:
+            for sl in slices:
                 float(forward(params, x[sl], cfg, keep_cache=False)[0][0, 0])
             return time.perf_counter() - t0
         grads = None
-        for sl in pieces:  # each piece's gradients of its share of the batch mean, summed
+        for sl in slices:  # each piece's gradients of its share of the batch mean, summed
             logits, cache = forward(params, x[sl], cfg, train=True, rng=np.random.default_rng([seed, i, sl.start]))
             loss, dlogits = cross_entropy(logits, y[sl], label_smoothing)
             grads = add_grads(grads, backward(dlogits * ((sl.stop - sl.start) / batch_size), cache))
@@ -251,6 +252,6 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
     state = sum(v.nbytes for v in params.values())
     if mode == "train":
         state += sum(v.nbytes for v in opt.m.values()) * 2
-    piece = max(sl.stop - sl.start for sl in pieces)
+    piece = max(sl.stop - sl.start for sl in slices)
     return Report(cfg, batch_size, steps, float(np.median(plain)) * 1e3, mode, piece, rows, state / 2 ** 20,
                   peak / 2 ** 20)
