@@ -51,6 +51,21 @@ def test_clip_grad_norm():
     assert g2["a"][0] == 0.3  # below the bound: untouched
 
 
+def test_global_norm_of_float32_gradients_matches_float64():
+    rng = np.random.default_rng(0)
+    g = {"w": rng.standard_normal((300, 200)).astype(np.float32), "b": rng.standard_normal(200).astype(np.float32)}
+    exact = math.sqrt(sum(float((a.astype(np.float64) ** 2).sum()) for a in g.values()))
+    assert mv.global_norm(g) == pytest.approx(exact, rel=1e-6)
+
+
+def test_global_norm_stays_finite_when_float32_squares_overflow():
+    # 1e20 squared is above float32's largest number (3.4e38): the float32 sum overflows to inf
+    g = {"w": np.full((4, 4), 1e20, dtype=np.float32), "b": np.ones(3, dtype=np.float32)}
+    assert mv.global_norm(g) == pytest.approx(math.sqrt(16 * float(np.float32(1e20)) ** 2 + 3), rel=1e-6)
+    mv.clip_grad_norm(g, 1.0)
+    assert np.isfinite(g["w"]).all() and mv.global_norm(g) == pytest.approx(1.0, rel=1e-5)
+
+
 def test_warmup_cosine():
     lrs = [mv.warmup_cosine(s, 100, 10, 1.0, 0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
