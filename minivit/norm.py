@@ -1,6 +1,6 @@
 """Layer normalisation over the last axis. Derivation: docs/derivations/layernorm.md."""
 from .backend import fused, get_array_module
-from .rows import mean_last  # row means as a matrix-vector product: minivit/rows.py
+from .rows import mean_last, sum_rows  # row means, column sums as matrix-vector products: minivit/rows.py
 
 
 def layernorm_forward(x, w, b, eps=1e-6, keep_cache=True):
@@ -35,12 +35,15 @@ def layernorm_backward(dy, cache):
         return gpu.layernorm_backward(dy, cache)
     xhat, rstd, w = cache
     D = xhat.shape[-1]
-    dw = (dy * xhat).reshape(-1, D).sum(axis=0)  # (D,)
-    db = dy.reshape(-1, D).sum(axis=0)           # (D,)
+    dy_xhat = dy * xhat                          # (..., D)
+    dw = sum_rows(dy_xhat)                       # (D,), summed over every token
+    db = sum_rows(dy)                            # (D,)
     dxhat = dy * w                               # (..., D)
     # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), computed in place in dxhat
     m1 = mean_last(dxhat)                        # (..., 1)
-    m2 = mean_last(dxhat * xhat)                 # (..., 1)
+    # mean(dxhat * xhat) = mean(dy * w * xhat) = (dy * xhat) @ w / D: a matrix-vector product with
+    # the dy * xhat that dw needed, so no third (..., D) product.
+    m2 = (dy_xhat.reshape(-1, D) @ (w / D)).reshape(*dy.shape[:-1], 1)  # (..., 1)
     dx = dxhat
     dx -= m1
     dx -= xhat * m2

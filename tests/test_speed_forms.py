@@ -16,7 +16,7 @@ from scipy.special import erf
 import minivit as mv
 from minivit.activations import _AS_A, _AS_P, erfc_as, normal_cdf_as
 from minivit import pieces
-from minivit.rows import mean_last, sum_last
+from minivit.rows import mean_last, sum_last, sum_rows
 from helpers import rel_error
 
 rng = np.random.default_rng(0)
@@ -68,6 +68,8 @@ def test_row_reductions_are_sums():
     assert rel_error(mean_last(x), x.mean(axis=-1, keepdims=True)) < TIGHT
     assert rel_error(sum_last(x, 0.25), 0.25 * x.sum(axis=-1, keepdims=True)) < TIGHT
     assert mean_last(x).shape == (3, 5, 1)
+    assert rel_error(sum_rows(x), x.sum(axis=(0, 1))) < TIGHT
+    assert sum_rows(x).shape == (7,)
 
 
 def test_layernorm_matches_textbook():
