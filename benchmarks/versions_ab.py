@@ -48,6 +48,8 @@ def cases():
     logits = x[:(1 << 17) // 197 * 197].reshape(-1, 197)
     tokens = rng.standard_normal((8 * 197, 192), dtype=np.float32)
     w, b = rng.standard_normal(192, dtype=np.float32), rng.standard_normal(192, dtype=np.float32)
+    w_fc1 = rng.standard_normal((192, 768), dtype=np.float32)           # vit-ti16's fc1 on 8 images
+    hidden = rng.standard_normal((8 * 197, 768), dtype=np.float32)
 
     def model(preset, batch, mode):
         """mode "train": forward, loss and backward through the trainer's engine (two threads);
@@ -68,7 +70,14 @@ def cases():
             return lambda: engine.loss_and_grads(params, images, labels, 0.1, 0, 0)
         return make
 
+    def global_norm(m):
+        """The norm that clipping takes, over gradients shaped like vit-ti16's 5.7M parameters"""
+        shapes = m.init_params(m.ViTConfig.preset("vit-ti16"), seed=0, dtype="float32")
+        grads = {k: rng.standard_normal(v.shape, dtype=np.float32) for k, v in shapes.items()}
+        return lambda: m.global_norm(grads)
+
     return {
+        "global-norm-vit-ti16": global_norm,
         "train-cifar-tiny": model("cifar-tiny", 256, "train"),
         "train-cifar-small": model("cifar-small", 128, "train"),
         "train-cifar-base": model("cifar-base", 128, "train"),
@@ -78,6 +87,8 @@ def cases():
         "gelu-train": lambda m: lambda: m.gelu_forward(x, "exact", True),
         "softmax-197": lambda m: lambda: m.softmax(logits),
         "layernorm-eval": lambda m: lambda: m.layernorm_forward(tokens, w, b, keep_cache=False),
+        "layernorm-backward": lambda m: lambda: m.layernorm_backward(tokens, m.layernorm_forward(tokens, w, b)[1]),
+        "linear-backward": lambda m: lambda: m.linear_backward(hidden, (tokens, w_fc1)),
         "eval-cifar-tiny": model("cifar-tiny", 500, "eval"),
         "eval-cifar-small": model("cifar-small", 500, "eval"),
         "eval-vit-ti16": model("vit-ti16", 16, "eval"),
