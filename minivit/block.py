@@ -11,6 +11,7 @@ from .activations import (drop_path_backward, drop_path_forward, dropout_backwar
 from .attention import mhsa_backward, mhsa_forward
 from .linear import linear_backward, linear_forward
 from .norm import layernorm_backward, layernorm_forward
+from .rows import sum_rows
 
 
 def mlp_forward(x, w1, b1, w2, b2, gelu="exact", p_drop=0.0, rng=None, train=False, keep_cache=True):
@@ -49,7 +50,7 @@ def layer_scale_backward(dy, cache):
     if cache is None:
         return dy, None
     x, gamma = cache
-    return dy * gamma, (dy * x).reshape(-1, x.shape[-1]).sum(axis=0)
+    return dy * gamma, sum_rows(dy * x)
 
 
 def drop_path_rate(cfg, i):

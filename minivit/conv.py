@@ -18,6 +18,7 @@ from functools import lru_cache
 import numpy as np
 
 from .backend import get_array_module
+from .rows import sum_rows
 
 
 def _out_size(size, k, stride, pad):
@@ -177,7 +178,7 @@ def patch_embed_backward(dtokens, cache, need_dx=True):
     cols, x_shape, w = cache
     D, _, P, _ = w.shape
     d2 = dtokens.reshape(-1, D)                   # (B*N, D)
-    db = d2.sum(axis=0)                           # (D,)
+    db = sum_rows(d2)                             # (D,), as the dense layer's bias gradient
     dw = (d2.T @ cols).reshape(w.shape)           # (D, C, P, P)
     dx = col2im(d2 @ w.reshape(D, -1), x_shape, P, P, stride=P) if need_dx else None  # (B, C, H, W)
     return dx, dw, db
