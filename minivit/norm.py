@@ -1,6 +1,6 @@
 """Layer normalisation over the last axis. Derivation: docs/derivations/layernorm.md."""
 from .backend import fused, get_array_module
-from .rows import mean_last, sum_rows  # row means, column sums as matrix-vector products: minivit/rows.py
+from .rows import dot_last, mean_last, sum_rows  # row means and sums as matrix-vector products: minivit/rows.py
 
 
 def layernorm_forward(x, w, b, eps=1e-6, keep_cache=True):
@@ -43,7 +43,7 @@ def layernorm_backward(dy, cache):
     m1 = mean_last(dxhat)                        # (..., 1)
     # mean(dxhat * xhat) = mean(dy * w * xhat) = (dy * xhat) @ w / D: a matrix-vector product with
     # the dy * xhat that dw needed, so no third (..., D) product.
-    m2 = (dy_xhat.reshape(-1, D) @ (w / D)).reshape(*dy.shape[:-1], 1)  # (..., 1)
+    m2 = dot_last(dy_xhat, w / D)                # (..., 1)
     dx = dxhat
     dx -= m1
     dx -= xhat * m2

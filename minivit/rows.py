@@ -1,4 +1,4 @@
-"""Sums and means over the last axis, and sums over rows, written as matrix-vector products.
+"""Sums, means and dot products over the last axis, and sums over rows, written as matrix-vector products.
 
 `x.sum(axis=-1)` over a short last axis (64 to 1024 features, 65 to 197 keys) makes NumPy
 reduce every row on its own, a few numbers at a time. The same sum is a product with a
@@ -12,11 +12,15 @@ reason.
 from .backend import get_array_module
 
 
+def dot_last(x, v):
+    """x (..., n), v (n,) -> (..., 1): (x * v).sum(axis=-1, keepdims=True), each row's dot product with v."""
+    n = x.shape[-1]
+    return (x.reshape(-1, n) @ v.reshape(n, 1)).reshape(*x.shape[:-1], 1)
+
+
 def sum_last(x, scale=1.0):
     """x (..., n) -> (..., 1): scale * x.sum(axis=-1, keepdims=True)."""
-    n = x.shape[-1]
-    col = get_array_module(x).full((n, 1), scale, dtype=x.dtype)  # (n, 1)
-    return (x.reshape(-1, n) @ col).reshape(*x.shape[:-1], 1)
+    return dot_last(x, get_array_module(x).full(x.shape[-1], scale, dtype=x.dtype))
 
 
 def mean_last(x):

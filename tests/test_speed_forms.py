@@ -16,7 +16,7 @@ from scipy.special import erf
 import minivit as mv
 from minivit.activations import _AS_A, _AS_P, erfc_as, normal_cdf_as
 from minivit import pieces
-from minivit.rows import mean_last, sum_last, sum_rows
+from minivit.rows import dot_last, mean_last, sum_last, sum_rows
 from helpers import rel_error
 
 rng = np.random.default_rng(0)
@@ -70,6 +70,8 @@ def test_row_reductions_are_sums():
     assert mean_last(x).shape == (3, 5, 1)
     assert rel_error(sum_rows(x), x.sum(axis=(0, 1))) < TIGHT
     assert sum_rows(x).shape == (7,)
+    v = randn(7)
+    assert rel_error(dot_last(x, v), (x * v).sum(axis=-1, keepdims=True)) < TIGHT
 
 
 def test_layernorm_matches_textbook():
