@@ -8,7 +8,7 @@ equivariance win on little data, and that a ViT catches up and overtakes it once
 large enough to learn them. This runs that comparison at CIFAR scale: for each training-set
 size, a class-balanced subset of the training images (the same images for both models), and
 both models trained on it with one recipe (AdamW, 5% warmup then cosine, label smoothing,
-clipping, random crop and flip: minivit/train.py) for the same number of images through the
+clipping, random crop and flip: minivit/train/trainer.py) for the same number of images through the
 model (`--images-seen`), so only the number of distinct images changes, not the compute.
 Only the peak learning rate is each model's own: 2e-3 for the ViT (the recipe of the 40-epoch
 CIFAR-10 run in docs/results.md), 5e-3 for the CNN, which trains too slowly at 2e-3 (4 epochs
@@ -35,10 +35,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minivit import ViTConfig  # noqa: E402
-from minivit.cnn import CNNConfig, count_params as cnn_params  # noqa: E402
+from minivit.models.cnn import CNNConfig, count_params as cnn_params  # noqa: E402
 from minivit.data import Dataset, Split, load_dataset  # noqa: E402
-from minivit.files import write_text_atomic  # noqa: E402
-from minivit.model import count_params as vit_params  # noqa: E402
+from minivit.atomic import write_text_atomic  # noqa: E402
+from minivit.models.vit import count_params as vit_params  # noqa: E402
 from minivit.train import TrainConfig, Trainer, evaluate  # noqa: E402
 from pretrain_experiment import labelled_subset, repeated  # noqa: E402  (the same class-balanced subsets)
 

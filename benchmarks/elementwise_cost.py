@@ -42,10 +42,10 @@ def measure(lib):
         softmax_of = {n: (lambda S: lambda: torch.softmax(S, -1))(torch.from_numpy(rows(x, n))) for n in ROWS}
     else:
         sys.path.insert(0, ROOT)
-        from minivit.allocator import keep_freed_memory
+        from minivit.train.allocator import keep_freed_memory
         keep_freed_memory()  # as minivit's trainer does: temporaries reuse freed memory, no page faults
-        from minivit.activations import gelu_forward
-        from minivit.attention import softmax
+        from minivit.layers.activations import gelu_forward
+        from minivit.layers.attention import softmax
         kernels = {"exp": lambda: np.exp(x, out=out), "multiply": lambda: np.multiply(x, x, out=out),
                    "tanh": lambda: np.tanh(x, out=out), "gelu (exact)": lambda: gelu_forward(x, "exact", False)}
         softmax_of = {n: (lambda s: lambda: softmax(s))(rows(x, n)) for n in ROWS}

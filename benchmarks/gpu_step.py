@@ -7,7 +7,7 @@
 A step is what the trainer does: forward, label-smoothed cross-entropy, backward, clipping to
 global norm 1, AdamW, and reading the loss back to the host. Implementations:
 
-    minivit           minivit on CuPy, float32, with its fused kernels (minivit/cuda_kernels.py)
+    minivit           minivit on CuPy, float32, with its fused kernels (minivit/gpu/kernels.py)
     minivit-unfused   the same with MINIVIT_FUSED=0: every layer as its NumPy-style lines
     torch             the same functional ViT in PyTorch eager (benchmarks/torch_vit.py), float32,
                       TF32 off (PyTorch's default for matrix products), torch.optim.AdamW (foreach)

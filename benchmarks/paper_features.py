@@ -66,7 +66,7 @@ def main():
     data48 = out / "data48"
     if not data48.exists():  # the test images upsampled to 48x48, as an image folder
         from minivit.data import load_dataset
-        from minivit.resolution import resize_images
+        from minivit.models.resolution import resize_images
         from PIL import Image
         d = load_dataset(a.data)
         for split, s in (("train", d.train), ("test", d.test)):

@@ -39,10 +39,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minivit import ViTConfig, forward, init_params, with_new_head  # noqa: E402
 from minivit.data import Dataset, Split, load_dataset, normalize  # noqa: E402
-from minivit.fewshot import features, fewshot_accuracy, linear_probe  # noqa: E402
-from minivit.files import write_text_atomic  # noqa: E402
+from minivit.tools.fewshot import features, fewshot_accuracy, linear_probe  # noqa: E402
+from minivit.atomic import write_text_atomic  # noqa: E402
 from minivit.train import TrainConfig, Trainer, evaluate  # noqa: E402
-from minivit.visualize import attention_maps, mean_attention_distance  # noqa: E402
+from minivit.tools.visualize import attention_maps, mean_attention_distance  # noqa: E402
 
 
 def labelled_subset(split, fraction, seed):

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minivit import ViTConfig, count_params  # noqa: E402
 from minivit.data import load_dataset  # noqa: E402
-from minivit.files import write_text_atomic  # noqa: E402
+from minivit.atomic import write_text_atomic  # noqa: E402
 from minivit.train import TrainConfig, Trainer  # noqa: E402
 
 BASE = dict(batch_size=256, lr=2e-3, warmup_epochs=0.5, weight_decay=0.05, label_smoothing=0.1)

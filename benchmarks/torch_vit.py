@@ -7,7 +7,7 @@ state dict has them, and (for the training peer) stochastic depth, as minivit.
 import torch
 import torch.nn.functional as F
 
-from minivit.block import drop_path_rate
+from minivit.models.block import drop_path_rate
 
 
 def drop_path(branch, p, generator):

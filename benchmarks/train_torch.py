@@ -25,7 +25,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 import minivit as mv  # noqa: E402
 from minivit.data import channel_stats, load_dataset, normalize  # noqa: E402
-from minivit.optim import decays  # noqa: E402
+from minivit.io import timm  # noqa: E402
+from minivit.train.optim import decays  # noqa: E402
 from minivit.train import TrainConfig, make_batch  # noqa: E402
 from torch_vit import torch_vit  # noqa: E402
 
@@ -62,7 +63,7 @@ def main():
     data = load_dataset(a.data)
     mean, std = channel_stats(data.train.images)
     init = mv.init_params(cfg, seed=t.seed)
-    names = {mv.timm._timm_name(k): k for k in init}
+    names = {timm._timm_name(k): k for k in init}
     sd = {k: torch.tensor(v, requires_grad=True) for k, v in mv.to_timm(init, cfg).items()}
     groups = [{"params": [v for k, v in sd.items() if decays(names[k], init[names[k]])], "weight_decay": t.weight_decay},
               {"params": [v for k, v in sd.items() if not decays(names[k], init[names[k]])], "weight_decay": 0.0}]

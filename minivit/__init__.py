@@ -1,23 +1,33 @@
-"""minivit: the Vision Transformer written out by hand on NumPy (CPU) or CuPy (GPU)."""
-from .activations import dropout_backward, dropout_forward, gelu_backward, gelu_forward
-from .attention import (attention_backward, attention_forward, mhsa_backward, mhsa_forward,
-                        softmax, softmax_backward)
+"""minivit: the Vision Transformer written out by hand on NumPy (CPU) or CuPy (GPU).
+
+The package is laid out as its architecture (docs/architecture.md), each floor importing only
+the floors below it: backend and config at the ground, then layers/, data/, models/, io/,
+train/, tools/ and cli/. This face gathers the names a notebook or script needs most.
+"""
 from .backend import BackendError, backend_name, get_array_module, to_device, to_numpy, use_backend
-from .block import block_backward, block_forward, mlp_backward, mlp_forward
 from .config import PRESETS, ConfigError, ViTConfig
-from .conv import (col2im, conv2d_backward, conv2d_forward, im2col, patch_embed_backward,
-                   patch_embed_forward)
-from .linear import linear_backward, linear_forward
-from .loss import cross_entropy
-from .model import (backward, check_input, count_params, forward, init_params, param_shapes, sincos_pos_embed,
-                    with_new_head)
-from .norm import layernorm_backward, layernorm_forward
-from .optim import SGD, AdamW, clip_grad_norm, global_norm, warmup_cosine
-from .timm import from_timm, to_timm
-from .resolution import resize_pos_embed
-from .jax_npz import load_jax_npz, save_jax_npz
-from .checkpoint import load_checkpoint, save_checkpoint
-from .cnn import CNNConfig
-from . import allocator, checkpoint, cnn, data, gradcheck, models, plots, posembed, pretrain, profile, stem, train, visualize  # noqa: F401  (minivit.data, ...)
+from .layers.activations import dropout_backward, dropout_forward, gelu_backward, gelu_forward
+from .layers.attention import (attention_backward, attention_forward, mhsa_backward, mhsa_forward, softmax,
+                               softmax_backward)
+from .layers.conv import col2im, conv2d_backward, conv2d_forward, im2col, patch_embed_backward, patch_embed_forward
+from .layers.linear import linear_backward, linear_forward
+from .layers.loss import cross_entropy
+from .layers.norm import layernorm_backward, layernorm_forward
+from .models.block import block_backward, block_forward, mlp_backward, mlp_forward
+from .models.cnn import CNNConfig
+from .models.resolution import resize_pos_embed
+from .models.vit import (backward, check_input, count_params, forward, init_params, param_shapes, sincos_pos_embed,
+                         with_new_head)
+from .io.checkpoint import load_checkpoint, save_checkpoint
+from .io.jax_npz import load_jax_npz, save_jax_npz
+from .io.timm import from_timm, to_timm
+from .train.optim import SGD, AdamW, clip_grad_norm, global_norm, warmup_cosine
+# The modules that were minivit.data, minivit.train, ... before the package had floors keep those names here.
+from . import data, models, train  # noqa: F401
+from .io import checkpoint  # noqa: F401
+from .layers import posembed, stem  # noqa: F401
+from .models import cnn, mpp as pretrain  # noqa: F401
+from .tools import gradcheck, profile, visualize  # noqa: F401
+from .train import allocator, plots  # noqa: F401
 
 __version__ = "0.1.0"

@@ -103,8 +103,8 @@ def fused_kernels():
         _fused = os.environ.get("MINIVIT_FUSED", "1").strip() != "0"
     if not _fused:
         return None
-    from . import cuda_kernels
-    return cuda_kernels
+    from .gpu import kernels
+    return kernels
 
 
 def to_device(x, dtype=None):

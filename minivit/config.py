@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 
-POS_EMBEDS = ("learned", "learned2d", "sincos", "relative", "none")  # minivit/posembed.py
+POS_EMBEDS = ("learned", "learned2d", "sincos", "relative", "none")  # minivit/layers/posembed.py
 HEADS = ("classify", "mpp")  # what reads the encoder's output: model.py's class head, pretrain.py's
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from minivit.data import Dataset, Split
-from minivit.gradcheck import check_grads, numerical_grad, rel_error  # noqa: F401
+from minivit.tools.gradcheck import check_grads, numerical_grad, rel_error  # noqa: F401
 
 
 def scalar_of(out_fn, R):

@@ -1,8 +1,9 @@
-"""MixUp and CutMix (minivit/data.py: mix_batch) and the soft-target cross-entropy they train with."""
+"""MixUp and CutMix (minivit/data/datasets.py: mix_batch) and the soft-target cross-entropy they train with."""
 import numpy as np
 import pytest
 
 import minivit as mv
+from minivit.train import optim
 from minivit.data import mix_batch
 from minivit.train import TrainConfig, Trainer
 from helpers import check_grads, full_and_resumed, rel_error, toy_dataset
@@ -99,13 +100,13 @@ def test_trainer_with_mixup_and_cutmix_records_them(tmp_path):
 def test_ema_of_the_weights():
     """After n updates towards a fixed p, the average is p + decay^n (p0 - p)."""
     p0, p = {"w": np.zeros(3)}, {"w": np.array([1.0, 2.0, -4.0])}
-    ema = mv.optim.EMA(p0, 0.9)
+    ema = optim.EMA(p0, 0.9)
     for _ in range(5):
         ema.update(p)
     np.testing.assert_allclose(ema.params["w"], p["w"] + 0.9 ** 5 * (p0["w"] - p["w"]), rtol=1e-12)
     assert np.all(p0["w"] == 0)                       # the starting weights are copied, not aliased
     with pytest.raises(ValueError, match="decay"):
-        mv.optim.EMA(p0, 1.0)
+        optim.EMA(p0, 1.0)
 
 
 def test_trainer_ema_is_evaluated_saved_and_resumed(tmp_path):

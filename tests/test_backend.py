@@ -74,7 +74,7 @@ def test_numpy_and_cupy_agree_on_masked_patch_prediction():
     """The pre-training objective is written with plain array operations (gathers, add.at):
     the same numbers on both backends, for the same corruption plan."""
     import cupy
-    from minivit.pretrain import corruption_plan, mpp_backward, mpp_loss, plan_rows
+    from minivit.models.mpp import corruption_plan, mpp_backward, mpp_loss, plan_rows
     cfg = mv.ViTConfig.preset("test", head="mpp")
     host = mv.init_params(cfg, dtype="float64")
     host = {k: v + 0.1 * np.random.default_rng(0).standard_normal(v.shape) for k, v in host.items()}

@@ -1,10 +1,10 @@
-"""The comparison CNN (minivit/cnn.py): its layers' gradients, PyTorch parity, training and checkpoints."""
+"""The comparison CNN (minivit/models/cnn.py): its layers' gradients, PyTorch parity, training and checkpoints."""
 import numpy as np
 import pytest
 
 import minivit as mv
-from minivit.checkpoint import CheckpointError, load_checkpoint
-from minivit.cnn import (CNNConfig, backward, count_params, forward, global_avg_pool_backward,
+from minivit.io.checkpoint import CheckpointError, load_checkpoint
+from minivit.models.cnn import (CNNConfig, backward, count_params, forward, global_avg_pool_backward,
                          global_avg_pool_forward, init_params, maxpool2x2_backward, maxpool2x2_forward)
 from minivit.config import ConfigError
 from minivit.train import Engine, TrainConfig, Trainer

@@ -1,4 +1,4 @@
-"""The fused CUDA kernels (minivit/cuda_kernels.py) against the NumPy code they replace.
+"""The fused CUDA kernels (minivit/gpu/kernels.py) against the NumPy code they replace.
 
 Each kernel runs on CuPy arrays and is compared with the same layer run by NumPy on the
 host: float64 to 1e-12 relative, float32 to 1e-5. Inputs are fresh random draws, with
@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 import minivit as mv
-from minivit import backend, cuda_kernels
-from minivit.activations import gelu_backward, gelu_forward
-from minivit.attention import attention_backward, attention_forward, softmax, softmax_backward
-from minivit.loss import cross_entropy
-from minivit.norm import layernorm_backward, layernorm_forward
-from minivit.optim import AdamW, clip_grad_norm, global_norm
+from minivit import backend
+from minivit.gpu import kernels as cuda_kernels
+from minivit.layers.activations import gelu_backward, gelu_forward
+from minivit.layers.attention import attention_backward, attention_forward, softmax, softmax_backward
+from minivit.layers.loss import cross_entropy
+from minivit.layers.norm import layernorm_backward, layernorm_forward
+from minivit.train.optim import AdamW, clip_grad_norm, global_norm
 
 
 def _gpu():
@@ -118,7 +119,7 @@ def test_column_sums(dtype, shape):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [((2, 7, 48), 40), ((5, 3), 1), ((300, 64), 256)])
 def test_linear_by_direct_cublas_calls(dtype, shape):
-    from minivit.linear import linear_backward, linear_forward
+    from minivit.layers.linear import linear_backward, linear_forward
     xs, n = shape
     rng = np.random.default_rng(n)
     x, w, b = (rng.standard_normal(s).astype(dtype) for s in (xs, (xs[-1], n), (n,)))
@@ -170,7 +171,7 @@ def test_cross_entropy(dtype, smoothing, label_dtype):
 
 
 def test_cross_entropy_out_of_range_label_is_nan_and_check_labels_names_it():
-    from minivit.loss import check_labels
+    from minivit.layers.loss import check_labels
     z = cp.asarray(np.random.default_rng(4).standard_normal((4, 3)))
     y = cp.asarray(np.array([0, 1, 3, 2]))
     loss, _ = cross_entropy(z, y)
@@ -260,7 +261,7 @@ def test_augment_on_the_device_draws_the_same_batch():
 
 def test_randaugment_on_the_device_is_the_host_result():
     """Every RandAugment operation, and random erasing, on CuPy gives NumPy's images."""
-    from minivit import randaugment as ra
+    from minivit.data import randaugment as ra
     images = np.random.default_rng(8).integers(0, 256, (12, 3, 32, 32)).astype(np.uint8)
     sign = np.where(np.arange(12) % 2, 1.0, -1.0)
     for name in ra.OPS:

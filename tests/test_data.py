@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from minivit import data
+from minivit.data import datasets as data
 from minivit.data import DataError
 from datagen import (image_folder_files, png_bytes, write_folder, write_official_archive, write_targz,
                      write_zip)

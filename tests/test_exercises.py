@@ -1,4 +1,4 @@
-"""The notebooks' exercise checkers (minivit/exercises.py): the solutions pass, the stubs are
+"""The notebooks' exercise checkers (minivit/tools/exercises.py): the solutions pass, the stubs are
 reported as not written, and typical wrong answers are rejected with a message that names the
 mistake."""
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minivit import exercises as ex
+from minivit.tools import exercises as ex
 
 SOLUTIONS = Path(__file__).parent.parent / "notebooks" / "solutions"
 

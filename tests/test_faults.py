@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import minivit as mv
-from minivit.cli import _new_run_folder
+from minivit.cli.commands import _new_run_folder
 from minivit.data import DataError, load_dataset, read_image
-from minivit.runlock import RunFolderBusy, RunLock
+from minivit.io.runlock import RunFolderBusy, RunLock
 from datagen import image_folder_files, png_bytes, write_folder, write_zip
 
 TRAIN = ["--preset", "test", "--batch-size", "8", "--no-progress"]
@@ -54,7 +54,7 @@ def test_second_run_on_a_busy_folder_is_refused_naming_the_holder(tmp_path, toy)
 
 def test_lock_of_a_killed_run_is_not_stale(tmp_path):
     out = tmp_path / "run"
-    child = subprocess.Popen([sys.executable, "-c", "import sys, time; from minivit.runlock import RunLock; "
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; from minivit.io.runlock import RunLock; "
                               f"RunLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
                              stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "locked"
@@ -318,7 +318,7 @@ def test_finetune_a_checkpoint_on_new_classes_at_a_new_resolution(tmp_path, toy)
 
 
 def test_finetune_an_official_npz(tmp_path, toy):
-    from minivit.jax_npz import save_jax_npz
+    from minivit.io.jax_npz import save_jax_npz
     cfg = mv.ViTConfig.preset("test", num_classes=7)
     save_jax_npz(tmp_path / "official.npz", mv.init_params(cfg, seed=1), cfg)
     r = run("finetune", str(tmp_path / "official.npz"), "--data", str(toy), "--out", str(tmp_path / "ft"),
@@ -338,7 +338,7 @@ def test_finetune_at_a_higher_resolution_than_the_data(tmp_path, toy):
 
 
 def test_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path):
-    from minivit.files import atomic_write, write_text_atomic
+    from minivit.atomic import atomic_write, write_text_atomic
     path = tmp_path / "f.txt"
     write_text_atomic(path, "old")
     with pytest.raises(OSError, match="disk full"):

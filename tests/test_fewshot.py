@@ -1,4 +1,4 @@
-"""Few-shot linear evaluation and the linear probe (minivit/fewshot.py), and `minivit fewshot`."""
+"""Few-shot linear evaluation and the linear probe (minivit/tools/fewshot.py), and `minivit fewshot`."""
 import json
 import os
 import subprocess
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import minivit as mv
-from minivit.fewshot import features, fewshot_accuracy, linear_probe, logistic_loss_and_grad, ridge_fit
-from minivit.gradcheck import check_grads
+from minivit.tools.fewshot import features, fewshot_accuracy, linear_probe, logistic_loss_and_grad, ridge_fit
+from minivit.tools.gradcheck import check_grads
 
 rng = np.random.default_rng(0)
 ASSET = Path(__file__).parent.parent / "notebooks" / "assets" / "vit-cifar10-tiny.npz"

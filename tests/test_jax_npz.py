@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import minivit as mv
-from minivit.checkpoint import CheckpointError
-from minivit.jax_npz import load_jax_npz, save_jax_npz
+from minivit.io.checkpoint import CheckpointError
+from minivit.io.jax_npz import load_jax_npz, save_jax_npz
 
 P, C, D, H, M, K, L, G = 4, 3, 8, 2, 16, 5, 2, 2   # patch, channels, width, heads, MLP, classes, depth, grid
 d = D // H

@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 
 import minivit as mv
+from minivit.models import block
+from minivit.train import optim
 from helpers import check_grads, rel_error, scalar_of
 
 rng = np.random.default_rng(0)
@@ -213,10 +215,10 @@ def test_encoder_block_with_layer_scale_and_drop_path():
 
 def test_drop_path_rates_and_layer_scale_init():
     cfg = mv.ViTConfig.preset("test", depth=5, drop_path=0.2, layer_scale=1e-4)
-    assert [mv.block.drop_path_rate(cfg, i) for i in range(5)] == pytest.approx([0, 0.05, 0.1, 0.15, 0.2])
+    assert [block.drop_path_rate(cfg, i) for i in range(5)] == pytest.approx([0, 0.05, 0.1, 0.15, 0.2])
     params = mv.init_params(cfg)
     assert np.all(params["blocks.4.ls2.gamma"] == np.float32(1e-4))
-    assert not mv.optim.decays("blocks.4.ls2.gamma", params["blocks.4.ls2.gamma"])
+    assert not optim.decays("blocks.4.ls2.gamma", params["blocks.4.ls2.gamma"])
     with pytest.raises(mv.ConfigError, match="drop_path"):
         mv.ViTConfig.preset("test", drop_path=1.0)
     with pytest.raises(mv.ConfigError, match="layer_scale"):

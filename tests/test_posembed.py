@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import minivit as mv
+from minivit.train import optim
 from minivit.config import ConfigError
 from helpers import rel_error
 
@@ -34,7 +35,7 @@ def test_parameters_of_each_variant():
     # none of them is weight-decayed
     for kw in (dict(pos_embed="learned2d", pos_embed_every_layer=True), dict(pos_embed="relative")):
         p = mv.init_params(mv.ViTConfig.preset("test", **kw))
-        assert not any(mv.optim.decays(k, v) for k, v in p.items() if "pos_embed" in k)
+        assert not any(optim.decays(k, v) for k, v in p.items() if "pos_embed" in k)
 
 
 def test_relative_logits_pick_the_offset_embedding():

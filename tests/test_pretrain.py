@@ -1,4 +1,4 @@
-"""Masked patch prediction (minivit/pretrain.py): the corruption, the colour targets, every gradient,
+"""Masked patch prediction (minivit/models/mpp.py): the corruption, the colour targets, every gradient,
 the trainer and `minivit pretrain`, and fine-tuning what it produces."""
 import json
 import math
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import minivit as mv
-from minivit.checkpoint import load_checkpoint
+from minivit.io.checkpoint import load_checkpoint
 from minivit.data import Dataset, Split, normalize
-from minivit.gradcheck import check_grads
-from minivit.pretrain import (Corruption, colour_targets, corrupt_backward, corrupt_forward, corruption_plan,
+from minivit.tools.gradcheck import check_grads
+from minivit.models.mpp import (Corruption, colour_targets, corrupt_backward, corrupt_forward, corruption_plan,
                               evaluate_mpp, mpp_backward, mpp_classes, mpp_loss, plan_rows)
 from minivit.train import Engine, TrainConfig, Trainer
 
@@ -233,7 +233,7 @@ def test_cli_pretrain_then_finetune_and_fewshot(tmp_path):
 
 def test_cli_pretrain_refuses_class_head_flags(capsys):
     """pretrain has no class head, so --num-classes (and label mixing) is an error, not silently ignored."""
-    from minivit.cli import main
+    from minivit.cli.commands import main
     assert main(["pretrain", "--preset", "test", "--num-classes", "5", "--epochs", "1"]) != 0
     assert "--num-classes sets the class head" in capsys.readouterr().err
     assert main(["pretrain", "--preset", "test", "--mixup", "0.8", "--epochs", "1"]) != 0

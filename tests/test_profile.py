@@ -1,14 +1,16 @@
 """The per-layer profiler: its FLOP counts follow from the shapes, and it leaves the model untouched."""
 import minivit as mv
-from minivit.cli import main
-from minivit.profile import profile_step
+from minivit.layers import attention, norm
+from minivit.models import block, vit
+from minivit.cli.commands import main
+from minivit.tools.profile import profile_step
 
 
 def test_profile_counts_flops_per_layer_and_restores_the_model():
     cfg = mv.ViTConfig.preset("test")
     B, T, D, M, L = 4, cfg.num_patches + 1, cfg.dim, cfg.mlp_dim, cfg.depth
     d = D // cfg.heads
-    originals = (mv.block.layernorm_forward, mv.attention.linear_forward, mv.model.block_backward)
+    originals = (block.layernorm_forward, attention.linear_forward, vit.block_backward)
     report = profile_step(cfg, batch_size=B, steps=2, warmup=1)
     rows = {(r["layer"], r["direction"]): r for r in report.rows}
     # a linear layer is 2 M Din Dout forward and twice that backward (dx and dw), over all L blocks
@@ -23,8 +25,8 @@ def test_profile_counts_flops_per_layer_and_restores_the_model():
     assert "batch 4 in pieces of up to 2" in str(report)
     assert rows["gelu", "forward"]["flops"] == 0
     assert all(r["ms"] >= 0 for r in report.rows)
-    assert (mv.block.layernorm_forward, mv.attention.linear_forward, mv.model.block_backward) == originals
-    assert mv.block.layernorm_forward is mv.norm.layernorm_forward
+    assert (block.layernorm_forward, attention.linear_forward, vit.block_backward) == originals
+    assert block.layernorm_forward is norm.layernorm_forward
     text = str(report)
     assert "attn.qkv" in text and "GFLOP/s" in text and "peak during a step" in text
     assert report.peak_mb > 0 and report.param_mb > 0

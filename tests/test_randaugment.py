@@ -1,10 +1,10 @@
-"""RandAugment and random erasing (minivit/randaugment.py): each operation against Pillow's own,
+"""RandAugment and random erasing (minivit/data/randaugment.py): each operation against Pillow's own,
 geometric operations against exact pixel moves, the batch-level draws, and the trainer's use."""
 import numpy as np
 import pytest
 
 import minivit as mv
-from minivit import randaugment as ra
+from minivit.data import randaugment as ra
 from minivit.train import TrainConfig, make_batch
 from helpers import full_and_resumed, toy_dataset
 

@@ -5,7 +5,7 @@ from scipy import ndimage
 
 import minivit as mv
 from minivit.config import ConfigError
-from minivit.resolution import bicubic_matrix, bilinear_matrix, resample_grid
+from minivit.models.resolution import bicubic_matrix, bilinear_matrix, resample_grid
 
 rng = np.random.default_rng(0)
 
@@ -67,7 +67,7 @@ def test_sincos_model_only_changes_its_config():
 
 def test_resize_images_is_torch_bicubic_on_uint8():
     torch = pytest.importorskip("torch")
-    from minivit.resolution import resize_images
+    from minivit.models.resolution import resize_images
     imgs = rng.integers(0, 256, (3, 3, 8, 8), dtype=np.uint8)
     ref = torch.nn.functional.interpolate(torch.from_numpy(imgs).double(), size=(12, 12), mode="bicubic",
                                           align_corners=False).round().clamp(0, 255).byte().numpy()

@@ -14,9 +14,9 @@ import pytest
 from scipy.special import erf
 
 import minivit as mv
-from minivit.activations import _AS_A, _AS_P, erfc_as, normal_cdf_as
-from minivit import pieces
-from minivit.rows import dot_last, mean_last, sum_last, sum_rows
+from minivit.layers.activations import _AS_A, _AS_P, erfc_as, normal_cdf_as
+from minivit.layers import pieces
+from minivit.layers.rowsums import dot_last, mean_last, sum_last, sum_rows
 from helpers import rel_error
 
 rng = np.random.default_rng(0)
@@ -34,7 +34,7 @@ def textbook_softmax(s):
 
 @pytest.fixture(params=[None, 8, 40], ids=["whole", "pieces-of-8", "pieces-of-40"])
 def piece_floats(request, monkeypatch):
-    """Runs a test on whole arrays and again cut into small pieces (minivit/pieces.py), one
+    """Runs a test on whole arrays and again cut into small pieces (minivit/layers/pieces.py), one
     row per piece or several with a shorter last piece: the results must not change."""
     if request.param is not None:
         monkeypatch.setattr(pieces, "PIECE_FLOATS", request.param)
@@ -108,7 +108,7 @@ def test_softmax_shift_over_wide_pieces_matches_textbook(piece_floats):
     """While a piece's logits span less than SHARED_SHIFT_SPAN one shift serves all its rows;
     here rows sit 500 apart, so one shift for them all would underflow whole rows to 0/0, and
     one row alone spans 400. Both must come out as the textbook's row-by-row softmax."""
-    from minivit.attention import SHARED_SHIFT_SPAN
+    from minivit.layers.attention import SHARED_SHIFT_SPAN
     s = randn(6, 9) * 3
     s[::2] += 500.0                                      # rows far above their neighbours
     s[1, 0] = -400.0                                     # a row wider than the span on its own
@@ -179,7 +179,7 @@ def test_gelu_written_over_its_input_gives_the_same_numbers(approximate, dtype, 
 def test_conv_windows_match_im2col_and_col2im(kh, kw, stride, pad):
     """windows() is im2col with each image's rows as columns, windows_adjoint() is col2im, also
     where windows overlap, where they skip pixels (stride 3 > kernel 2) and over the padding."""
-    from minivit.conv import windows, windows_adjoint
+    from minivit.layers.conv import windows, windows_adjoint
     x = randn(3, 2, 7, 8)
     cols = windows(x, kh, kw, stride, pad)                       # (B, C kh kw, Ho Wo)
     rows = mv.im2col(x, kh, kw, stride, pad)                     # (B Ho Wo, C kh kw)
@@ -260,7 +260,7 @@ def test_keep_freed_memory_stops_page_faults():
     code = textwrap.dedent("""
         import resource, sys
         import numpy as np
-        from minivit.allocator import keep_freed_memory
+        from minivit.train.allocator import keep_freed_memory
         if sys.argv[1] == "tuned":
             assert keep_freed_memory() and keep_freed_memory()  # idempotent
         np.ones(2 ** 21, np.float32)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import minivit as mv
+from minivit.train import optim
 from helpers import rel_error
 
 torch = pytest.importorskip("torch")
@@ -163,8 +164,8 @@ def _tiny_problem():
 def _torch_copy(params, weight_decay):
     """Torch copies of params, in two groups split by minivit's decay rule."""
     tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in params.items()}
-    decay = [p for k, p in tparams.items() if mv.optim.decays(k, params[k])]
-    no_decay = [p for k, p in tparams.items() if not mv.optim.decays(k, params[k])]
+    decay = [p for k, p in tparams.items() if optim.decays(k, params[k])]
+    no_decay = [p for k, p in tparams.items() if not optim.decays(k, params[k])]
     assert decay and no_decay
     return tparams, [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 

@@ -1,0 +1,484 @@
+"""Command line: `minivit train | pretrain | finetune | evaluate | predict | profile | make-subset` (also `python -m minivit`)."""
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import BackendError, to_numpy, use_backend
+from ..io.checkpoint import CheckpointError, load_checkpoint
+from ..config import POS_EMBEDS, PRESETS, ConfigError, ViTConfig
+from ..data.datasets import DataError
+from ..io.runlock import RunFolderBusy
+from ..train.trainer import TrainConfig, TrainingDiverged
+
+# Model flags: name -> (type, help, allowed values or None). Unset flags keep the preset's value.
+MODEL_FLAGS = {
+    "image_size": (int, "input height = width in pixels", None),
+    "patch_size": (int, "side P of the square patches; image_size must be a multiple", None),
+    "num_classes": (int, "classes of the head (default: the number of classes in --data)", None),
+    "dim": (int, "token width D", None),
+    "depth": (int, "number of encoder blocks", None),
+    "heads": (int, "attention heads; dim must be a multiple", None),
+    "mlp_dim": (int, "hidden width of each block's MLP", None),
+    "pool": (str, "what the head reads: the class token or the mean of the patch tokens", ("token", "gap")),
+    "pos_embed": (str, "position embedding (paper D.4): learned 1-D table, learned row and column tables, "
+                       "fixed 2-D sine-cosine, or none", POS_EMBEDS),
+    "pos_embed_every_layer": (bool, "add a separate position embedding at the start of every block "
+                                    "instead of once after the stem", None),
+    "gelu": (str, "GELU form: exact (erf) or the tanh approximation", ("exact", "tanh")),
+    "dropout": (float, "dropout after embeddings, attention output and MLP layers", None),
+    "attn_dropout": (float, "dropout on the attention weights", None),
+    "drop_path": (float, "stochastic depth: the drop rate of the last block's branches (0 at the first, "
+                         "linear in between)", None),
+    "layer_scale": (float, "LayerScale: per-channel gains on each residual branch, initialised to this "
+                           "(e.g. 1e-4); 0 = off", None),
+    "attn_init": (str, "attention weights at initialisation: Xavier, or mimetic (W_q W_k^T near +I, "
+                       "W_v W_proj near -I)", ("xavier", "mimetic")),
+}
+
+
+def _add_model_flags(parser):
+    for name, (typ, text, choices) in MODEL_FLAGS.items():
+        if typ is bool:  # a switch: given or not (None keeps the preset's value)
+            parser.add_argument("--" + name.replace("_", "-"), action="store_true", default=None,
+                                help=f"{text}%(default).0s")
+            continue
+        parser.add_argument("--" + name.replace("_", "-"), type=typ, default=None, choices=choices,
+                            help=f"{text} (default: the preset's)%(default).0s")  # .0s: no "(default: None)"
+
+
+def _add_training_flags(parser, defaults):
+    """The flags `train` and `pretrain` share: data, model, schedule, output."""
+    parser.add_argument("--data", default="subset",
+                        help="'subset' (shipped, offline), 'cifar10' (official archive, downloaded once), or a path to "
+                             "cifar-10-python.tar.gz / an image folder or its .tar.gz/.zip")
+    parser.add_argument("--preset", default="cifar-tiny", help=f"model preset: {', '.join(PRESETS)}")
+    _add_model_flags(parser)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help="passes over the training set (with --resume, a larger value extends a finished run)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per optimiser step")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (AdamW)")
+    parser.add_argument("--min-lr", type=float, default=defaults.min_lr, help="learning rate at the end of the cosine decay")
+    parser.add_argument("--warmup", type=float, default=defaults.warmup_epochs, help="linear warmup length, in epochs")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay,
+                        help="AdamW decoupled weight decay (matrices only)")
+    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
+                        help="cross-entropy target smoothing during training (the test loss is reported without it)")
+    parser.add_argument("--clip-norm", type=float, default=defaults.clip_norm, help="clip gradients to this global norm; 0 disables")
+    parser.add_argument("--no-augment", action="store_true", help="disable random crop and flip")
+    parser.add_argument("--mixup", type=float, default=defaults.mixup,
+                        help="MixUp: blend image pairs with a Beta(a, a) share, soft targets; a, 0 = off (e.g. 0.8)")
+    parser.add_argument("--cutmix", type=float, default=defaults.cutmix,
+                        help="CutMix: paste a box of another image, Beta(a, a) share; a, 0 = off (e.g. 1.0); "
+                             "with --mixup too, each batch is one of the two")
+    parser.add_argument("--randaugment", type=int, default=defaults.randaugment, metavar="N",
+                        help="RandAugment: N operations per image (of 14: colour, contrast, rotate, shear, ...); 0 = off")
+    parser.add_argument("--randaugment-magnitude", type=float, default=defaults.randaugment_magnitude, metavar="M",
+                        help="RandAugment's magnitude, 0..10")
+    parser.add_argument("--random-erasing", type=float, default=defaults.random_erasing, metavar="P",
+                        help="random erasing: each image gets a random box set to the mean colour with probability P")
+    parser.add_argument("--ema", type=float, default=defaults.ema,
+                        help="keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
+                             "report its test accuracy beside the weights'; 0 = off")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seeds initialisation, shuffling, augmentation, dropout")
+    parser.add_argument("--threads", type=int, default=defaults.threads, help="data-parallel threads (NumPy backend)")
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default=None, help="default: $MINIVIT_BACKEND or numpy")
+    parser.add_argument("--out", default=None, help="output folder (default: a new runs/<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they are off anyway when the output is not a terminal)")
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="minivit", description="A hand-written Vision Transformer on NumPy/CuPy.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a ViT (default: the shipped CIFAR-10 subset, a few minutes on a CPU)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_training_flags(t, TrainConfig())
+    pt = sub.add_parser("pretrain", help="self-supervised pre-training by masked patch prediction (paper B.1.2): "
+                                         "the labels are not used", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_training_flags(pt, TrainConfig(label_smoothing=0.0))
+
+    e = sub.add_parser("evaluate", help="test accuracy of a checkpoint")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", default=None, help="default: the data the checkpoint was trained on")
+    e.add_argument("--backend", choices=["numpy", "cupy"], default=None)
+    e.add_argument("--confusion", default=None, help="write the confusion matrix to this PNG")
+    e.add_argument("--json", action="store_true", help="print one JSON object (per-class accuracy included), nothing else")
+
+    r = sub.add_parser("predict", help="top-k classes for image files")
+    r.add_argument("checkpoint")
+    r.add_argument("images", nargs="+")
+    r.add_argument("--top-k", type=int, default=3, help="how many classes to print per image (at least 1)")
+    r.add_argument("--resize", action="store_true", help="resize images to the model's size instead of refusing")
+    r.add_argument("--backend", choices=["numpy", "cupy"], default=None)
+
+    ft = sub.add_parser("finetune", help="fine-tune a minivit checkpoint or an official ViT .npz on new data "
+                                         "(paper 3.2: new zero head, positions resized, SGD with momentum)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ft.add_argument("checkpoint", help="a minivit checkpoint.npz or an official google-research ViT .npz")
+    ft.add_argument("--data", default="subset", help="the data to fine-tune on (as for train)")
+    ft.add_argument("--image-size", type=int, default=None,
+                    help="resolution to fine-tune at (default: the data's); position embeddings are resized to it")
+    ft.add_argument("--epochs", type=int, default=5, help="passes over the training set")
+    ft.add_argument("--batch-size", type=int, default=128, help="images per optimiser step")
+    ft.add_argument("--lr", type=float, default=0.01, help="peak learning rate (the paper sweeps 0.001 to 0.03)")
+    ft.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    ft.add_argument("--warmup", type=float, default=0.5, help="linear warmup length, in epochs")
+    ft.add_argument("--weight-decay", type=float, default=0.0, help="the paper fine-tunes without weight decay")
+    ft.add_argument("--clip-norm", type=float, default=1.0, help="clip gradients to this global norm, as the paper")
+    ft.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy target smoothing")
+    ft.add_argument("--no-augment", action="store_true", help="disable random crop and flip")
+    ft.add_argument("--seed", type=int, default=0, help="seeds shuffling, augmentation, dropout")
+    ft.add_argument("--threads", type=int, default=2, help="data-parallel threads (NumPy backend)")
+    ft.add_argument("--backend", choices=["numpy", "cupy"], default=None, help="default: $MINIVIT_BACKEND or numpy")
+    ft.add_argument("--out", default=None, help="output folder (default: a new runs/<time>)")
+    ft.add_argument("--resume", action="store_true", help="continue the fine-tuning checkpoint in --out")
+    ft.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    f = sub.add_parser("profile", help="time each layer's forward and backward in a training step (or its "
+                       "forward in inference, --mode eval)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f.add_argument("--preset", default="cifar-small", help=f"model preset: {', '.join(PRESETS)}")
+    _add_model_flags(f)
+    f.add_argument("--batch-size", type=int, default=128, help="images in the profiled step")
+    f.add_argument("--steps", type=int, default=3, help="profiled steps (after one warm-up step)")
+    f.add_argument("--mode", choices=["train", "eval"], default="train",
+                   help="train: the training step; eval: the forward pass as evaluate/predict run it")
+    f.add_argument("--backend", choices=["numpy", "cupy"], default=None)
+
+    fs = sub.add_parser("fewshot", help="linear few-shot accuracy and a linear probe on a checkpoint's frozen features",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fs.add_argument("checkpoint")
+    fs.add_argument("--data", default=None, help="images whose classes are to be told apart (default: the "
+                    "data the checkpoint was trained on); its train split gives the shots, its test split the score")
+    fs.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10, 25], help="training images per class")
+    fs.add_argument("--draws", type=int, default=5, help="random draws of the shots, averaged")
+    fs.add_argument("--l2", type=float, default=100.0, help="ridge penalty of the least-squares map (on standardised features)")
+    fs.add_argument("--pool", choices=["token", "gap"], default=None,
+                    help="the representation: the class token or the mean of the patch tokens after the final "
+                         "LayerNorm (default: what the model's head reads; a masked-patch-prediction model never "
+                         "trains its class token, so 'gap' is its natural choice)")
+    fs.add_argument("--no-probe", action="store_true", help="skip the logistic-regression probe on all training images")
+    fs.add_argument("--seed", type=int, default=0)
+    fs.add_argument("--backend", choices=["numpy", "cupy"], default=None)
+    fs.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+
+    m = sub.add_parser("make-subset", help="build the shipped class-balanced CIFAR-10 subset from an image-folder archive")
+    m.add_argument("source", help="e.g. ../shared/datasets/cifar10-jpeg.tar.gz")
+    m.add_argument("--dest", default=None)
+    m.add_argument("--train-per-class", type=int, default=500)
+    m.add_argument("--test-per-class", type=int, default=100)
+    return p
+
+
+def _new_run_folder():
+    """runs/<time>, or runs/<time>-2, -3 ... when runs start within the same second: created here,
+    atomically, so two runs can never pick the same folder."""
+    base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1, 1000):
+        out = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        try:
+            out.mkdir(parents=True)
+            return out
+        except FileExistsError:
+            continue
+    raise OSError(f"could not create a new run folder next to {base}")
+
+
+@contextlib.contextmanager
+def _remove_if_unused(out, created):
+    """A run folder this command created is removed again if the command fails before writing into it."""
+    try:
+        yield
+    except BaseException:
+        if created and out.is_dir() and {f.name for f in out.iterdir()} <= {".lock"}:
+            shutil.rmtree(out, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                out.parent.rmdir()  # runs/ too, when nothing else is in it
+        raise
+
+
+def _check_out_folder(out, resume):
+    """Fail before any data is loaded: a file in the way, a folder that cannot be written, a busy folder."""
+    from ..io.runlock import RunLock
+    if out.exists() and not out.is_dir():
+        raise OSError(f"--out {out} is a file, not a folder")
+    if (out / "checkpoint.npz").exists() and not resume:
+        raise CheckpointError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"cannot write to --out {out} ({e.strerror or e})") from None
+    with RunLock(out):  # raises RunFolderBusy, naming the PID, if another run trains here
+        pass
+
+
+def cmd_train(a, head="classify"):
+    out = Path(a.out) if a.out else _new_run_folder()
+    with _remove_if_unused(out, created=a.out is None):
+        _check_out_folder(out, a.resume)
+        return _train(a, out, head)
+
+
+def cmd_pretrain(a):
+    """Masked patch prediction (minivit/models/mpp.py): the train command with the colour head instead of the
+    class head; the data's labels are not read. Fine-tune the result with `minivit finetune`."""
+    return cmd_train(a, head="mpp")
+
+
+def _train(a, out, head):
+    from ..data.datasets import load_dataset
+    from ..train.trainer import Trainer
+    tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, min_lr=a.min_lr, warmup_epochs=a.warmup,
+                       weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, clip_norm=a.clip_norm,
+                       augment=not a.no_augment, seed=a.seed, threads=a.threads, mixup=a.mixup, cutmix=a.cutmix,
+                       ema=a.ema, randaugment=a.randaugment, randaugment_magnitude=a.randaugment_magnitude,
+                       random_erasing=a.random_erasing)
+    if head == "mpp" and (a.mixup or a.cutmix):
+        raise ValueError("--mixup and --cutmix mix class labels; masked patch prediction has none (drop them for pretrain)")
+    if head == "mpp" and a.num_classes is not None:
+        raise ValueError("--num-classes sets the class head; masked patch prediction has a colour head instead "
+                         "(drop it for pretrain; `minivit finetune` makes the class head for the new data)")
+    data = load_dataset(a.data)
+    overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
+    cfg = ViTConfig.preset(a.preset, **{"num_classes": len(data.classes), **overrides, "head": head})
+    print(f"data: {a.data} ({len(data.train.labels)} train, {len(data.test.labels)} test, {len(data.classes)} classes); "
+          f"model: {a.preset} {overrides or ''}; output: {out}")
+    trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=_progress(a), data_spec=a.data)
+    from ..models.vit import count_params
+    print(f"{count_params(cfg):,} parameters; {trainer.total_steps} steps of {tcfg.batch_size} images")
+    return _fit(trainer, out)
+
+
+def _progress(a):
+    """Progress bars unless --no-progress, and never into a redirected log (no \r-flooded files)."""
+    return not a.no_progress and sys.stderr.isatty()
+
+
+def _fit(trainer, out):
+    """Record the command, train, and report: the end shared by train and finetune; returns the exit code."""
+    (out / "command.txt").write_text(" ".join(["minivit"] + sys.argv[1:]) + "\n")
+    history = trainer.fit()
+    if trainer.interrupted:
+        return 143 if trainer.interrupted == "SIGTERM" else 130  # 128 + the signal's number, as shells do
+    if history:
+        h = history[-1]
+        what = "test accuracy" if trainer.cfg.head == "classify" else "masked-patch colour accuracy on the test images"
+        print(f"done: {what} {h['test_acc']:.4f} after {h['epoch']} epochs, {h['elapsed_s']:.0f} s of training; "
+              f"checkpoint {out / 'checkpoint.npz'}, metrics {out / 'metrics.jsonl'}, plots {out / 'curves.png'}")
+    return 0
+
+
+def _by_model_class(data, model_classes):
+    """The data's test split with labels renumbered into the model's classes, matched by name."""
+    from ..data.datasets import Split
+    index = {c: i for i, c in enumerate(model_classes)}
+    unknown = [c for c in data.classes if c not in index]
+    if unknown:
+        raise DataError(f"the data has classes the model was not trained on: {', '.join(unknown)} "
+                        f"(the model knows {', '.join(model_classes)})")
+    remap = np.array([index[c] for c in data.classes], dtype=np.int64)
+    return Split(data.test.images, remap[data.test.labels])
+
+
+def _checkpoint_and_data(a):
+    """The checkpoint a.checkpoint and the data a.data (default: what it was trained on), with the
+    position embeddings resized to the data's images where their size differs (paper section 3.2)."""
+    from ..data.datasets import load_dataset
+    from ..models.resolution import adapt_to_images
+    params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"), family="vit")
+    spec = a.data or meta.get("data", "subset")
+    data = load_dataset(spec)
+    params, cfg = adapt_to_images(params, cfg, data.image_shape, log=lambda m: print(m, file=sys.stderr))
+    return params, cfg, meta, spec, data
+
+
+def cmd_evaluate(a):
+    from ..train.plots import plot_confusion
+    from ..train.trainer import evaluate
+    if a.confusion and not Path(a.confusion).resolve().parent.is_dir():
+        raise OSError(f"--confusion {a.confusion}: the folder {Path(a.confusion).parent} does not exist")
+    params, cfg, meta, spec, data = _checkpoint_and_data(a)
+    classes = list(meta.get("classes") or [str(i) for i in range(cfg.num_classes)])
+    test = _by_model_class(data, classes)
+    ev = evaluate(params, cfg, test, np.array(meta["mean"]), np.array(meta["std"]))
+    present = [i for i, c in enumerate(classes) if (test.labels == i).any()]  # only classes the data has
+    per_class = {classes[i]: round(float((ev["predictions"][test.labels == i] == i).mean()), 5) for i in present}
+    finite = lambda v: round(v, 5) if np.isfinite(v) else None  # JSON has no NaN
+    result = {"data": spec, "images": len(test.labels), "loss": finite(ev["loss"]), "accuracy": finite(ev["accuracy"])}
+    if a.json:
+        print(json.dumps({**result, "per_class": per_class}))
+    else:
+        print(json.dumps(result))
+        for c, acc in per_class.items():
+            print(f"  {c:>12s} {acc:.3f}")
+    if a.confusion:
+        plot_confusion(test.labels, ev["predictions"], classes, a.confusion,
+                       title=f"{Path(a.checkpoint).name}: test accuracy {ev['accuracy']:.1%}")
+    return 0
+
+
+def cmd_predict(a):
+    from ..layers.attention import softmax
+    from ..backend import xp
+    from ..data.datasets import normalize, read_image
+    from ..models.vit import forward
+    from ..models.resolution import adapt_to_images
+    if a.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {a.top_k}")
+    params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"), family="vit")
+    S, P = cfg.image_size, cfg.patch_size
+    images = [read_image(f, size=S if a.resize else None, resize=a.resize) for f in a.images]  # (3, H, W) uint8
+    for f, im in zip(a.images, images):
+        h, w = im.shape[1:]
+        if (h, w) != (S, S) and (h != w or h % P):
+            raise DataError(f"{f}: image is {w}x{h}, the model expects {S}x{S}; pass --resize to resize it "
+                            f"(square images whose side is a multiple of {P} also work as they are)")
+    classes = meta.get("classes") or [str(i) for i in range(cfg.num_classes)]
+    k = min(a.top_k, cfg.num_classes)
+    probs = {}
+    for shape in dict.fromkeys(im.shape for im in images):  # one batch per image size, in order of appearance
+        idx = [i for i, im in enumerate(images) if im.shape == shape]
+        p_, c_ = adapt_to_images(params, cfg, shape, log=lambda m: print(m, file=sys.stderr))
+        x = normalize(np.stack([images[i] for i in idx]), np.array(meta["mean"]), np.array(meta["std"]), xp(),
+                      params["cls_token"].dtype)
+        for i, p in zip(idx, to_numpy(softmax(forward(p_, x, c_, keep_cache=False)[0]))):
+            probs[i] = p
+    for i, f in enumerate(a.images):
+        top = np.argsort(-probs[i])[:k]
+        print(f"{f}: " + ", ".join(f"{classes[j]} {probs[i][j]:.3f}" for j in top))
+    return 0
+
+
+def _load_pretrained(path):
+    """(params, cfg) from a minivit checkpoint or an official .npz, told apart by minivit's 'meta' entry."""
+    from ..io.jax_npz import load_jax_npz
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ours = "meta" in z.files
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
+    if ours:
+        params, cfg, _, _ = load_checkpoint(path, family="vit")
+        return params, cfg
+    return load_jax_npz(path)
+
+
+def cmd_finetune(a):
+    """Paper section 3.2 and Appendix B.1.1: the pre-trained head is replaced by a zero-initialised one for the
+    new classes, the position embeddings follow the new resolution, and SGD with momentum 0.9, no weight decay,
+    clipping at 1, a short warmup and cosine decay train everything."""
+    out = Path(a.out) if a.out else _new_run_folder()
+    with _remove_if_unused(out, created=a.out is None):
+        _check_out_folder(out, a.resume)
+        return _finetune(a, out)
+
+
+def _finetune(a, out):
+    from ..data.datasets import Dataset, Split, load_dataset
+    from ..models.vit import with_new_head
+    from ..models.resolution import resize_images, resize_pos_embed
+    from ..train.trainer import Trainer
+    params, cfg = _load_pretrained(a.checkpoint)
+    data = load_dataset(a.data)
+    size = a.image_size or data.image_shape[1]
+    if data.image_shape[0] != cfg.in_channels:
+        raise DataError(f"the data's images have {data.image_shape[0]} channels, the model {cfg.in_channels}")
+    if data.image_shape[1:] != (size, size):  # fine-tuning at a higher resolution than the data (paper 3.2)
+        print(f"resizing the data's {data.image_shape[2]}x{data.image_shape[1]} images to {size}x{size} (bicubic)")
+        data = Dataset(Split(resize_images(data.train.images, size), data.train.labels),
+                       Split(resize_images(data.test.images, size), data.test.labels), data.classes, data.name)
+    if size != cfg.image_size:
+        old = cfg.image_size
+        params, cfg = resize_pos_embed(params, cfg, size)
+        print(f"position embeddings resized (bilinear) from {old}x{old} to {size}x{size}: {cfg.num_patches} patches")
+    K = len(data.classes)
+    params, cfg = with_new_head(params, cfg, K)  # a new, zero head (paper 3.2); a colour head and [mask] are dropped
+    tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, min_lr=0.0, warmup_epochs=a.warmup,
+                       weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, clip_norm=a.clip_norm,
+                       augment=not a.no_augment, seed=a.seed, threads=a.threads, optimizer="sgd", momentum=a.momentum)
+    print(f"fine-tuning {a.checkpoint} on {a.data} ({len(data.train.labels)} train images, {K} classes, "
+          f"{size}x{size}); output: {out}")
+    trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=_progress(a), data_spec=a.data, init=params)
+    return _fit(trainer, out)
+
+
+def cmd_fewshot(a):
+    from ..tools.fewshot import features, fewshot_accuracy, linear_probe
+    if min(a.shots) < 1 or a.draws < 1 or a.l2 <= 0:
+        raise ValueError(f"--shots must be >= 1, --draws >= 1 and --l2 > 0 (got {a.shots}, {a.draws}, {a.l2})")
+    params, cfg, meta, spec, data = _checkpoint_and_data(a)
+    if a.pool:
+        cfg = replace(cfg, pool=a.pool)
+    mean, std = np.array(meta["mean"]), np.array(meta["std"])
+    if not a.json:
+        print(f"features of {len(data.train.labels):,} training and {len(data.test.labels):,} test images ...",
+              file=sys.stderr)
+    train, test = (features(params, s.images, cfg, mean, std) for s in (data.train, data.test))
+    K = len(data.classes)
+    result = {"data": spec, "classes": K, "pool": cfg.pool, "draws": a.draws, "l2": a.l2, "fewshot": {}}
+    for k in a.shots:
+        acc, sd = fewshot_accuracy(train, data.train.labels, test, data.test.labels, k, K, a.draws, a.l2, a.seed)
+        result["fewshot"][str(k)] = {"accuracy": round(acc, 5), "std": round(sd, 5)}
+    if not a.no_probe:
+        result["linear_probe"] = round(linear_probe(train, data.train.labels, test, data.test.labels, K)[0], 5)
+    if a.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{Path(a.checkpoint).name} on {spec}: {K} classes, {len(data.test.labels):,} test images, "
+          f"representation: {'class token' if cfg.pool == 'token' else 'mean of the patch tokens'}")
+    print(f"{'shots':>6} {'accuracy':>9}  (mean ± std over {a.draws} draws, ridge l2 = {a.l2:g})")
+    for k, r in result["fewshot"].items():
+        print(f"{k:>6} {r['accuracy']:9.1%} ± {r['std']:.1%}")
+    if "linear_probe" in result:
+        print(f"linear probe on all {len(data.train.labels):,} training images: {result['linear_probe']:.1%}")
+    return 0
+
+
+def cmd_profile(a):
+    from ..tools.profile import profile_step
+    overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
+    print(profile_step(ViTConfig.preset(a.preset, **overrides), batch_size=a.batch_size, steps=a.steps,
+                        mode=a.mode))
+    return 0
+
+
+def cmd_make_subset(a):
+    from ..data.datasets import SUBSET_PATH, make_subset
+    dest = make_subset(a.source, a.dest or SUBSET_PATH, a.train_per_class, a.test_per_class)
+    print(f"wrote {dest} ({dest.stat().st_size:,} bytes)")
+    return 0
+
+
+def main(argv=None):
+    a = _parser().parse_args(argv)
+    try:
+        if getattr(a, "backend", None):
+            use_backend(a.backend)
+        return {"train": cmd_train, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "predict": cmd_predict,
+                "profile": cmd_profile, "finetune": cmd_finetune, "fewshot": cmd_fewshot, "make-subset": cmd_make_subset}[a.command](a)
+    except (DataError, CheckpointError, ConfigError, BackendError, TrainingDiverged, RunFolderBusy, ValueError,
+            OSError) as e:
+        if os.environ.get("MINIVIT_DEBUG"):
+            raise
+        print(f"minivit: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C outside training (loading data, evaluating): no traceback
+        print("minivit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,433 @@
+"""Datasets: the official CIFAR-10 python archive, image folders, and the shipped subset.
+
+Every loader returns a `Dataset`: uint8 images (N, C, H, W), integer labels (N,)
+and class names, for a train and a test split. Decoding happens once; the arrays
+are cached as .npz in the cache folder (MINIVIT_CACHE, default ~/.cache/minivit).
+"""
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import get_array_module
+from ..atomic import atomic_write
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SUBSET_PATH = Path(__file__).parent / "assets" / "cifar10-subset.tar.gz"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+class DataError(ValueError):
+    """Data that is missing, corrupted or not in a format minivit reads."""
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, C, H, W) uint8
+    labels: np.ndarray  # (N,) int64
+
+
+@dataclass
+class Dataset:
+    train: Split
+    test: Split
+    classes: tuple
+    name: str
+
+    @property
+    def image_shape(self):
+        return tuple(self.train.images.shape[1:])  # (C, H, W)
+
+
+def cache_dir():
+    d = Path(os.environ.get("MINIVIT_CACHE", Path.home() / ".cache" / "minivit"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def file_md5(path, chunk=1 << 20):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- official CIFAR-10 (python version)
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Accepts only what the CIFAR-10 batches contain: dicts, lists, bytes, ints and
+    NumPy arrays. Any other global (os.system, builtins.eval, ...) is refused, so a
+    tampered file cannot run code while it loads."""
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}: not part of the CIFAR-10 format")
+
+
+def _load_cifar_batch(data, where):
+    try:
+        d = _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise DataError(f"{where}: {e}") from None
+    except Exception as e:  # truncated or garbled pickle
+        raise DataError(f"{where}: not a readable CIFAR-10 batch ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict) or b"data" not in d or b"labels" not in d:
+        raise DataError(f"{where}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
+    x = np.asarray(d[b"data"], dtype=np.uint8)
+    y = np.asarray(d[b"labels"], dtype=np.int64)
+    if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
+        raise DataError(f"{where}: data has shape {x.shape} for {len(y)} labels; expected (N, 3072)")
+    return x.reshape(-1, 3, 32, 32), y
+
+
+def load_cifar10_python(path):
+    """The official `cifar-10-python.tar.gz`, or the `cifar-10-batches-py` folder extracted from it."""
+    path = Path(path)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    blobs = {}
+    if path.is_dir():
+        root = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+        for n in names:
+            if not (root / n).is_file():
+                raise DataError(f"{root}: missing {n}; expected the cifar-10-batches-py folder")
+            blobs[n] = (root / n).read_bytes()
+    else:
+        try:
+            with tarfile.open(path, "r:gz") as tar:
+                for m in tar.getmembers():
+                    base = m.name.rsplit("/", 1)[-1]
+                    if base in names and m.isfile():
+                        blobs[base] = tar.extractfile(m).read()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise DataError(f"{path}: truncated or corrupted archive ({e}); delete it and download again") from None
+        missing = [n for n in names if n not in blobs]
+        if missing:
+            raise DataError(f"{path}: not the CIFAR-10 python archive (missing {', '.join(missing)})")
+    train = [_load_cifar_batch(blobs[n], f"{path}:{n}") for n in names[:5]]
+    test = _load_cifar_batch(blobs["test_batch"], f"{path}:test_batch")
+    tr = Split(np.concatenate([a for a, _ in train]), np.concatenate([b for _, b in train]))
+    return Dataset(tr, Split(*test), CIFAR10_CLASSES, "cifar10")
+
+
+def download_cifar10(dest=None, url=CIFAR10_URL, md5=CIFAR10_MD5):
+    """Download the official archive (with a progress bar) unless a verified copy is cached."""
+    dest = Path(dest) if dest else cache_dir() / "cifar-10-python.tar.gz"
+    if dest.exists() and file_md5(dest) == md5:
+        return dest
+    from tqdm import tqdm
+    tmp = dest.with_suffix(".part")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc="downloading CIFAR-10") as bar:
+                for block in iter(lambda: r.read(1 << 16), b""):
+                    f.write(block)
+                    bar.update(len(block))
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"could not download CIFAR-10 from {url} ({e}). Without network, copy "
+                        f"cifar-10-python.tar.gz to {dest} or pass its path with --data PATH") from None
+    if file_md5(tmp) != md5:
+        tmp.unlink()
+        raise DataError(f"downloaded CIFAR-10 archive has the wrong md5 (expected {md5}); try again")
+    os.replace(tmp, dest)
+    return dest
+
+
+def load_cifar10(path=None):
+    """Official CIFAR-10: from `path` (archive or folder), else the cache, else downloaded."""
+    if path is None:
+        path = download_cifar10()
+    elif Path(path).is_file():
+        digest = file_md5(path)
+        if digest != CIFAR10_MD5:
+            raise DataError(f"{path}: md5 {digest} does not match the official CIFAR-10 archive "
+                            f"({CIFAR10_MD5}); the file is corrupted or not cifar-10-python.tar.gz")
+    return load_cifar10_python(path)
+
+
+# ---------------------------------------------------------------- image folders (train/<class>/*.jpg)
+
+MAX_IMAGE_PIXELS = 50_000_000  # about 7000 x 7000: far beyond any ViT input, and 150 MB once decoded
+
+
+def _is_16bit(im):
+    """Pillow's modes for 16-bit (and 32-bit integer) images: 'I;16', 'I;16B', 'I;16L', 'I'."""
+    return im.mode.startswith("I;16") or im.mode == "I"
+
+
+def _to_rgb_array(im):
+    """A Pillow image -> (H, W, 3) uint8. 16-bit images are scaled to 8 bits:
+    convert('RGB') would clip their 0..65535 values at 255 and turn the image white."""
+    if _is_16bit(im):
+        v = np.asarray(im).astype(np.float64)
+        hi = 65535.0 if im.mode != "I" or v.max() > 255 else 255.0
+        g = np.clip(np.rint(v * (255.0 / hi)), 0, 255).astype(np.uint8)  # (H, W)
+        return np.repeat(g[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def read_image(source, size=None, resize=False, where=None):
+    """An image file (a path or its bytes) -> (3, H, W) uint8, refusing huge or unreadable files.
+
+    The pixel count is read from the header and checked before anything is decoded, so a
+    decompression bomb costs nothing. With `size`, an image of another size is resized when
+    `resize` is set and refused otherwise.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+    where = where or str(source)
+    try:
+        with warnings.catch_warnings():  # Pillow warns about large images; the size is checked here instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        with im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise DataError(f"{where}: image is {w}x{h} pixels, more than minivit reads "
+                                f"({MAX_IMAGE_PIXELS:,}); resize it first")
+            if size is not None and (w, h) != (size, size):
+                if not resize:
+                    raise DataError(f"{where}: image is {w}x{h}, the model expects {size}x{size}; "
+                                    "pass --resize to resize it")
+                im = im if _is_16bit(im) else im.convert("RGB")
+                im = im.resize((size, size), Image.BILINEAR)
+            return _to_rgb_array(im).transpose(2, 0, 1)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as e:  # Pillow refuses the largest at open(), before our check
+        raise DataError(f"{where}: image has more pixels than minivit reads ({MAX_IMAGE_PIXELS:,}); "
+                        f"resize it first ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"{where}: cannot read image ({e})") from None
+
+
+def _decode(data, where):
+    return read_image(data, where=f"unreadable image {where}").transpose(1, 2, 0)  # (H, W, 3)
+
+
+def _is_metadata(parts):
+    """macOS archive litter: __MACOSX/ folders and ._name resource forks are not images."""
+    return "__MACOSX" in parts or parts[-1].startswith("._")
+
+
+def _iter_files(path):
+    """(relative path parts, bytes) for every file in a folder, .tar.gz or .zip."""
+    path = Path(path)
+    if path.is_dir():
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                yield f.relative_to(path).parts, f.read_bytes()
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            for name in sorted(z.namelist()):
+                if not name.endswith("/"):
+                    yield tuple(Path(name).parts), z.read(name)
+    else:
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                for m in tar:
+                    if m.isfile():
+                        yield tuple(Path(m.name).parts), tar.extractfile(m).read()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise DataError(f"{path}: truncated or corrupted archive ({e})") from None
+
+
+def _folder_key(path):
+    p = Path(path).resolve()
+    if p.is_dir():
+        stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.rglob("*")) if f.is_file()]
+        return hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{p}:{file_md5(p)}".encode()).hexdigest()[:16]
+
+
+def load_image_folder(path, use_cache=True):
+    """`train/<class>/*` and `test/<class>/*` (any leading folder) from a folder, .tar.gz or .zip.
+
+    Classes are the sorted folder names under train/. Images are decoded once with Pillow;
+    the arrays are cached by the archive's content hash.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    cache = cache_dir() / f"imagefolder-{_folder_key(path)}.npz"
+    if use_cache and cache.exists():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                return Dataset(Split(z["train_x"], z["train_y"]), Split(z["test_x"], z["test_y"]),
+                               tuple(z["classes"].tolist()), path.name)
+        except Exception:  # truncated or corrupted (a full disk, a killed writer): decode again
+            cache.unlink(missing_ok=True)
+    found = {"train": [], "test": []}
+    for parts, data in _iter_files(path):
+        if Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES or len(parts) < 3 or _is_metadata(parts):
+            continue
+        split, cls = parts[-3], parts[-2]
+        if split in found:
+            found[split].append((cls, "/".join(parts), data))
+    classes = sorted({c for c, _, _ in found["train"]})
+    if not classes:
+        raise DataError(f"{path}: no classes found; expected images under train/<class>/ and test/<class>/")
+    if not found["test"]:
+        raise DataError(f"{path}: no test images found under test/<class>/")
+    index = {c: i for i, c in enumerate(classes)}
+    splits = {}
+    for split, items in found.items():
+        unknown = sorted({c for c, _, _ in items} - set(index))
+        if unknown:
+            raise DataError(f"{path}: test classes {unknown} do not appear under train/")
+        images = [_decode(data, name) for _, name, data in items]
+        shapes = {im.shape for im in images}
+        if len(shapes) > 1:
+            raise DataError(f"{path}: images of different sizes in {split}/ ({sorted(shapes)[:3]}); resize them first")
+        x = np.stack(images).transpose(0, 3, 1, 2)  # (N, 3, H, W)
+        y = np.array([index[c] for c, _, _ in items], dtype=np.int64)
+        splits[split] = Split(np.ascontiguousarray(x), y)
+    if splits["train"].images.shape[1:] != splits["test"].images.shape[1:]:
+        raise DataError(f"{path}: train and test images differ in size")
+    if use_cache:
+        try:  # written atomically: a killed or concurrent first run cannot leave a half cache (minivit/atomic.py)
+            with atomic_write(cache) as f:
+                np.savez(f, train_x=splits["train"].images, train_y=splits["train"].labels,
+                         test_x=splits["test"].images, test_y=splits["test"].labels, classes=np.array(classes))
+        except OSError:  # a cache that cannot be written costs time, not the run
+            pass
+    return Dataset(splits["train"], splits["test"], tuple(classes), path.name)
+
+
+def load_dataset(spec=None):
+    """'subset' (default, shipped in the package), 'cifar10' (official, downloaded once) or a PATH
+    to the official archive/folder or to an image folder/archive."""
+    if spec in (None, "subset"):
+        if not SUBSET_PATH.exists():
+            raise DataError(f"the shipped CIFAR-10 subset is missing ({SUBSET_PATH}); reinstall minivit")
+        return load_image_folder(SUBSET_PATH)
+    if spec == "cifar10":
+        return load_cifar10()
+    p = Path(spec)
+    if not p.exists():
+        raise DataError(f"--data {spec}: no such file or folder (use 'subset', 'cifar10' or a path)")
+    is_official = (p.is_dir() and ((p / "cifar-10-batches-py").is_dir() or (p / "data_batch_1").is_file())) \
+        or p.name.startswith("cifar-10-python")
+    return load_cifar10(p) if is_official else load_image_folder(p)
+
+
+def make_subset(source, dest=SUBSET_PATH, train_per_class=500, test_per_class=100, seed=0):
+    """Write a class-balanced image-folder .tar.gz drawn from an image-folder archive,
+    keeping the JPEG bytes as they are (no second lossy encoding)."""
+    rng = np.random.default_rng(seed)
+    by_key = {}
+    for parts, data in _iter_files(source):
+        if len(parts) >= 3 and parts[-3] in ("train", "test") and Path(parts[-1]).suffix.lower() in IMAGE_SUFFIXES \
+                and not _is_metadata(parts):
+            by_key.setdefault((parts[-3], parts[-2]), []).append((parts[-1], data))
+    if not by_key:
+        raise DataError(f"{source}: no train/<class>/ images found")
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # gzip stream with no name and mtime 0, tar entries with mtime 0: same input, same bytes
+    with atomic_write(dest) as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9, filename="", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w") as tar:
+        for (split, cls), files in sorted(by_key.items()):
+            files.sort()
+            n = train_per_class if split == "train" else test_per_class
+            for i in sorted(rng.choice(len(files), min(n, len(files)), replace=False)):
+                name, data = files[i]
+                info = tarfile.TarInfo(f"cifar10-subset/{split}/{cls}/{name}")
+                info.size, info.mtime = len(data), 0
+                tar.addfile(info, io.BytesIO(data))
+    return dest
+
+
+# ---------------------------------------------------------------- normalisation and augmentation
+
+def channel_stats(images):
+    """Per-channel mean and std of uint8 images (N, C, H, W), on the 0..1 scale."""
+    x = images.astype(np.float64) / 255.0
+    return x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
+
+
+def normalize(images, mean, std, xp=np, dtype="float32"):
+    """uint8 (B, C, H, W) -> float (B, C, H, W), per-channel (x/255 - mean) / std, on backend xp."""
+    x = xp.asarray(images).astype(dtype) / 255.0
+    m = xp.asarray(mean, dtype=dtype).reshape(1, -1, 1, 1)
+    s = xp.asarray(std, dtype=dtype).reshape(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def augment(images, rng, pad=4, flip=True):
+    """Random crop with zero padding and random horizontal flip of a whole uint8 batch (B, C, H, W).
+
+    One gather with broadcast index arrays does every crop at once: image b takes rows
+    oy[b] .. oy[b]+H and columns ox[b] .. ox[b]+W of its padded copy (flipped when asked).
+    The random offsets are drawn on the host from `rng` and the gather runs on the images'
+    backend, so a batch already on the GPU is augmented there, with the same draws.
+    """
+    xp = get_array_module(images)
+    B, C, H, W = images.shape
+    xpad = xp.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oy = rng.integers(0, 2 * pad + 1, B)
+    ox = rng.integers(0, 2 * pad + 1, B)
+    rows = oy[:, None] + np.arange(H)                     # (B, H)
+    cols = ox[:, None] + np.arange(W)                     # (B, W)
+    if flip:
+        flipped = rng.random(B) < 0.5
+        cols = np.where(flipped[:, None], cols[:, ::-1], cols)
+    b = np.arange(B)[:, None, None, None]
+    c = np.arange(C)[None, :, None, None]
+    index = tuple(xp.asarray(i) for i in (b, c, rows[:, None, :, None], cols[:, None, None, :]))
+    return xpad[index]  # (B, C, H, W)
+
+
+def mix_batch(x, labels, num_classes, rng, mixup=0.0, cutmix=0.0):
+    """MixUp (Zhang et al., 2018) or CutMix (Yun et al., 2019) of a batch with itself reversed.
+
+    x (B, C, H, W) float (normalised), labels (B,) integers -> mixed x, soft targets t (B, K).
+    Image b is blended with image B-1-b: MixUp takes lam of one and 1 - lam of the other,
+    pixel by pixel; CutMix pastes a box of the other image covering a 1 - lam share of the
+    area. Either way t = lam onehot(y_b) + (1 - lam) onehot(y_{B-1-b}), with lam the share
+    actually kept (for CutMix, after the box is clipped at the border), and the soft-target
+    cross-entropy (minivit/layers/loss.py) trains on it. One lam per batch, drawn from
+    Beta(alpha, alpha) on the host from `rng`; with both alphas above 0, each batch is MixUp
+    or CutMix with equal chance (as timm's Mixup). The arithmetic runs on x's backend.
+    """
+    if mixup < 0 or cutmix < 0 or not (mixup or cutmix):
+        raise ValueError(f"mix_batch needs mixup >= 0 and cutmix >= 0, one of them above 0; got {mixup}, {cutmix}")
+    xp = get_array_module(x)
+    B, C, H, W = x.shape
+    use_cutmix = cutmix > 0 and (mixup == 0 or rng.random() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(rng.beta(alpha, alpha))
+    other = x[::-1]                                          # image B-1-b for image b
+    if use_cutmix:
+        cut = np.sqrt(1.0 - lam)                             # box sides, as shares of H and W
+        h, w = int(H * cut), int(W * cut)
+        cy, cx = int(rng.integers(H)), int(rng.integers(W))  # the box's centre, anywhere in the image
+        y0, y1 = max(cy - h // 2, 0), min(cy + h - h // 2, H)
+        x0, x1 = max(cx - w // 2, 0), min(cx + w - w // 2, W)
+        mixed = x.copy()
+        mixed[:, :, y0:y1, x0:x1] = other[:, :, y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / (H * W)          # the share of the image kept
+    else:
+        mixed = lam * x + (1.0 - lam) * other
+    onehot = xp.eye(num_classes, dtype=x.dtype)[xp.asarray(labels)]   # (B, K)
+    return mixed, lam * onehot + (1.0 - lam) * onehot[::-1]

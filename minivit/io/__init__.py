@@ -1,0 +1,1 @@
+"""Weights and runs on disk: minivit checkpoints, timm's state_dict layout, the official .npz, the run lock."""

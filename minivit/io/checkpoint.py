@@ -1,0 +1,137 @@
+"""Checkpoints: one .npz file, never a pickle, written atomically.
+
+Arrays are stored under 'param/<name>' and 'opt/<key>'; everything else (model and
+training config, step, seed, normalisation, class names) is one JSON string under
+'meta'. np.load(..., allow_pickle=False) reads it, so loading cannot run code.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import to_device, to_numpy
+from ..config import ConfigError
+from ..atomic import atomic_write
+
+FORMAT = "minivit-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupted or does not fit the model."""
+
+
+def save_checkpoint(path, params, cfg, opt_state=None, meta=None):
+    """Write params (+ optimiser state and metadata) to `path` atomically.
+
+    The file is written beside its destination and renamed over it in one step
+    (os.replace), so a crash mid-write leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    arrays = {"param/" + k: to_numpy(v) for k, v in params.items()}
+    scalars = {}
+    for k, v in (opt_state or {}).items():
+        if hasattr(v, "shape") and getattr(v, "ndim", 0) > 0:
+            arrays["opt/" + k] = to_numpy(v)
+        else:
+            scalars[k] = int(v) if float(v).is_integer() else float(v)
+    info = {"format": FORMAT, "config": cfg.to_dict(), "opt_scalars": scalars, **(meta or {})}
+    arrays["meta"] = np.array(json.dumps(info))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path) as f:  # a crash mid-write leaves the previous checkpoint (minivit/atomic.py)
+            np.savez(f, **arrays)
+    except OSError as e:  # a full disk, a read-only folder, a file where the folder should be
+        kept = "; the previous checkpoint is kept" if path.is_file() else ""
+        raise CheckpointError(f"could not write checkpoint {path} ({e.strerror or e}){kept}") from None
+    return path
+
+
+def _meta_problems(meta, cfg, require):
+    """What is wrong with the metadata: a list of messages (empty when it is well-formed)."""
+    problems = [f"missing {k!r}" for k in require if k not in meta]
+    is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+    for k in ("mean", "std"):
+        v = meta.get(k)
+        if k in meta and not (isinstance(v, list) and len(v) == cfg.in_channels and all(is_num(x) for x in v)):
+            problems.append(f"{k!r} must be a list of {cfg.in_channels} numbers, got {v!r}")
+    if "std" in meta and not problems and not all(x > 0 for x in meta["std"]):
+        problems.append(f"'std' must be positive, got {meta['std']!r}")
+    if "step" in meta and not (isinstance(meta["step"], int) and not isinstance(meta["step"], bool) and meta["step"] >= 0):
+        problems.append(f"'step' must be a whole number >= 0, got {meta['step']!r}")
+    if "classes" in meta:
+        c = meta["classes"]
+        if not (isinstance(c, list) and len(c) == cfg.num_classes and all(isinstance(x, str) for x in c)):
+            problems.append(f"'classes' must be a list of {cfg.num_classes} names, got {c!r}")
+    if "train_config" in meta:
+        from ..train.trainer import TrainConfig
+        try:
+            TrainConfig(**meta["train_config"])
+        except (TypeError, ValueError) as e:
+            problems.append(f"'train_config' is not a training configuration ({e})")
+    return problems
+
+
+def load_checkpoint(path, cfg=None, require=(), family=None):
+    """-> (params on the configured backend, model config, optimiser state dict, meta dict).
+
+    The config is a ViTConfig, or a CNNConfig for the comparison CNN (minivit/models/cnn.py); `family`
+    ("vit" or "cnn") refuses the other kind. With `cfg`, refuses a checkpoint whose model
+    configuration differs, naming the fields.
+    Every part is validated (parameters: shape, floating dtype, finite values; optimiser state:
+    shapes; metadata: types), and `require` names metadata keys the caller needs; each problem
+    found is listed in one CheckpointError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: z[k] for k in z.files if k != "meta"}
+    except Exception as e:  # zipfile.BadZipFile, KeyError, ValueError, EOFError ...
+        raise CheckpointError(f"{path}: not a readable minivit checkpoint ({type(e).__name__}: {e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
+    from ..models.families import config_from_dict, family_of
+    try:
+        saved = config_from_dict(meta["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: invalid model config ({e})") from None
+    kind, want = family_of(saved).name, family_of(cfg).name if cfg is not None else family
+    if want is not None and kind != want:
+        names = {"vit": "ViT", "cnn": "CNN"}
+        raise CheckpointError(f"{path}: this is a {names[kind]} checkpoint; a {names.get(want, want)} one is needed here")
+    if cfg is not None and cfg != saved:
+        diff = [f"{k}: checkpoint {v!r}, requested {getattr(cfg, k)!r}"
+                for k, v in saved.to_dict().items() if getattr(cfg, k) != v]
+        raise CheckpointError(f"{path}: checkpoint is for a different model ({'; '.join(diff)})")
+    shapes = family_of(saved).param_shapes(saved)
+    problems = []
+    for name, shape in shapes.items():
+        a = arrays.get("param/" + name)
+        if a is None or a.shape != shape:
+            raise CheckpointError(f"{path}: parameter {name!r} missing or of the wrong shape")
+        if a.dtype.kind != "f":
+            problems.append(f"parameter {name!r} has dtype {a.dtype}, not a floating-point type")
+        elif not np.isfinite(a).all():
+            problems.append(f"parameter {name!r} holds NaN or infinite values")
+    unknown = sorted(k for k in arrays if k.startswith("param/") and k[6:] not in shapes)
+    if unknown:
+        problems.append(f"unknown parameters {', '.join(k[6:] for k in unknown)}")
+    for k, v in arrays.items():
+        if k.startswith("opt/"):
+            _, _, name = k[4:].partition(".")  # 'm.blocks.0.attn.qkv.w' -> the parameter's name
+            if name not in shapes or v.shape != shapes[name] or v.dtype.kind != "f":
+                problems.append(f"optimiser state {k[4:]!r} does not fit parameter {name!r} "
+                                f"(shape {v.shape}, dtype {v.dtype})")
+    scalars = meta.pop("opt_scalars", {})
+    if not isinstance(scalars, dict) or not all(isinstance(v, (int, float)) for v in scalars.values()):
+        problems.append(f"optimiser scalars must be numbers, got {scalars!r}")
+        scalars = {}
+    problems += _meta_problems(meta, saved, require)
+    if problems:
+        raise CheckpointError(f"{path}: invalid checkpoint: " + "; ".join(problems))
+    params = {name: to_device(arrays["param/" + name]) for name in shapes}
+    opt_state = {k[4:]: to_device(v) for k, v in arrays.items() if k.startswith("opt/")}
+    opt_state.update(scalars)
+    return params, saved, opt_state, meta

@@ -1,0 +1,145 @@
+"""The official checkpoints: the .npz layout of google-research/vision_transformer.
+
+Those files hold flat arrays named by the Flax module path. minivit's names and layouts:
+
+| official key (L blocks, i = 0 .. L-1)                                  | shape        | minivit                         |
+| --- | --- | --- |
+| embedding/kernel, embedding/bias                                       | (P, P, C, D) | patch_embed.w (D, C, P, P), .b  |
+| cls                                                                    | (1, 1, D)    | cls_token                       |
+| Transformer/posembed_input/pos_embedding                               | (1, N+1, D)  | pos_embed                       |
+| Transformer/encoderblock_i/LayerNorm_0/{scale, bias}                   | (D,)         | blocks.i.norm1.{w, b}           |
+| .../MultiHeadDotProductAttention_1/{query, key, value}/kernel          | (D, H, d)    | blocks.i.attn.qkv.w (D, 3D)     |
+| .../MultiHeadDotProductAttention_1/{query, key, value}/bias            | (H, d)       | blocks.i.attn.qkv.b (3D,)       |
+| .../MultiHeadDotProductAttention_1/out/kernel, out/bias                | (H, d, D)    | blocks.i.attn.proj.w (D, D), .b |
+| Transformer/encoderblock_i/LayerNorm_2/{scale, bias}                   | (D,)         | blocks.i.norm2.{w, b}           |
+| .../MlpBlock_3/Dense_0/{kernel, bias}, Dense_1/{kernel, bias}          | (D, M), (M, D) | blocks.i.mlp.fc1, fc2         |
+| Transformer/encoder_norm/{scale, bias}                                 | (D,)         | norm.{w, b}                     |
+| head/kernel, head/bias                                                 | (D, K)       | head.{w, b}                     |
+
+Flax kernels are (in, out), as minivit's, so dense kernels copy over; q, k and v are
+concatenated into the fused qkv kernel in minivit's (3, H, d) column order, and the
+convolution kernel goes from (P, P, C, D) to (D, C, P, P).
+"""
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import to_device, to_numpy
+from .checkpoint import CheckpointError
+from ..config import ViTConfig
+from ..atomic import atomic_write
+from ..models.vit import param_shapes
+
+_BLOCK = "Transformer/encoderblock_{}/"
+_ATT = "MultiHeadDotProductAttention_1/"
+
+
+def _block_keys(i):
+    b = _BLOCK.format(i)
+    keys = [b + f"LayerNorm_{n}/{leaf}" for n in (0, 2) for leaf in ("scale", "bias")]
+    keys += [b + _ATT + f"{part}/{leaf}" for part in ("query", "key", "value", "out") for leaf in ("kernel", "bias")]
+    keys += [b + f"MlpBlock_3/Dense_{n}/{leaf}" for n in (0, 1) for leaf in ("kernel", "bias")]
+    return keys
+
+
+def _all_keys(depth):
+    keys = ["embedding/kernel", "embedding/bias", "cls", "Transformer/posembed_input/pos_embedding",
+            "Transformer/encoder_norm/scale", "Transformer/encoder_norm/bias", "head/kernel", "head/bias"]
+    for i in range(depth):
+        keys += _block_keys(i)
+    return keys
+
+
+def load_jax_npz(path, gelu="exact", log=print):
+    """-> (params on the configured backend, ViTConfig) from an official ViT .npz.
+
+    The configuration is read off the shapes. `pre_logits` (the extra dense layer of the
+    ImageNet-21k pre-training heads) has no place in minivit's model and is dropped with a
+    message; any other key minivit does not know is an error that names it. `gelu` says which
+    GELU to run the weights with: timm runs them with the exact form; jax.nn.gelu, which Flax
+    models call, defaults to the tanh approximation.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            a = {k: z[k] for k in z.files}
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
+    for required in ("embedding/kernel", "Transformer/posembed_input/pos_embedding", "head/kernel"):
+        if required not in a:
+            raise CheckpointError(f"{path}: no {required!r}; not a ViT checkpoint in the official layout")
+    if "cls" not in a:
+        raise CheckpointError(f"{path}: no 'cls' (class token): a model that pools without a class token cannot be "
+                              "represented (minivit's pool='gap' keeps the class token)")
+    P, _, C, D = a["embedding/kernel"].shape
+    depth = len({m.group(1) for k in a for m in [re.match(r"Transformer/encoderblock_(\d+)/", k)] if m})
+    att = _BLOCK.format(0) + _ATT
+    heads = a[att + "query/kernel"].shape[1]
+    mlp_dim = a[_BLOCK.format(0) + "MlpBlock_3/Dense_0/kernel"].shape[1]
+    tokens = a["Transformer/posembed_input/pos_embedding"].shape[1]
+    grid = int(round((tokens - 1) ** 0.5))
+    if grid * grid != tokens - 1:
+        raise CheckpointError(f"{path}: {tokens - 1} position rows besides the class token is not a square grid")
+    cfg = ViTConfig(image_size=grid * P, patch_size=P, in_channels=C, num_classes=a["head/kernel"].shape[1],
+                    dim=D, depth=depth, heads=heads, mlp_dim=mlp_dim, gelu=gelu)
+    dropped = sorted(k for k in a if k.startswith("pre_logits/"))
+    if dropped:
+        log(f"{path}: dropped {', '.join(dropped)} (a pre-training head layer minivit's model does not have)")
+    unknown = sorted(set(a) - set(_all_keys(depth)) - set(dropped))
+    if unknown:
+        raise CheckpointError(f"{path}: keys minivit cannot represent: {', '.join(unknown[:12])}"
+                              + (f" and {len(unknown) - 12} more" if len(unknown) > 12 else ""))
+    missing = [k for k in _all_keys(depth) if k not in a]
+    if missing:
+        raise CheckpointError(f"{path}: missing {', '.join(missing[:12])}")
+    p = {"patch_embed.w": a["embedding/kernel"].transpose(3, 2, 0, 1), "patch_embed.b": a["embedding/bias"],
+         "cls_token": a["cls"], "pos_embed": a["Transformer/posembed_input/pos_embedding"],
+         "norm.w": a["Transformer/encoder_norm/scale"], "norm.b": a["Transformer/encoder_norm/bias"],
+         "head.w": a["head/kernel"], "head.b": a["head/bias"]}
+    for i in range(depth):
+        b, q = _BLOCK.format(i), f"blocks.{i}."
+        p[q + "norm1.w"], p[q + "norm1.b"] = a[b + "LayerNorm_0/scale"], a[b + "LayerNorm_0/bias"]
+        p[q + "norm2.w"], p[q + "norm2.b"] = a[b + "LayerNorm_2/scale"], a[b + "LayerNorm_2/bias"]
+        qkv = [b + _ATT + part for part in ("query", "key", "value")]
+        p[q + "attn.qkv.w"] = np.concatenate([a[k + "/kernel"].reshape(D, D) for k in qkv], axis=1)  # (D, 3D)
+        p[q + "attn.qkv.b"] = np.concatenate([a[k + "/bias"].reshape(D) for k in qkv])              # (3D,)
+        p[q + "attn.proj.w"] = a[b + _ATT + "out/kernel"].reshape(D, D)                               # (H d, D)
+        p[q + "attn.proj.b"] = a[b + _ATT + "out/bias"]
+        for n, name in ((0, "fc1"), (1, "fc2")):
+            p[q + f"mlp.{name}.w"] = a[b + f"MlpBlock_3/Dense_{n}/kernel"]
+            p[q + f"mlp.{name}.b"] = a[b + f"MlpBlock_3/Dense_{n}/bias"]
+    for name, shape in param_shapes(cfg).items():
+        if p[name].shape != shape:
+            raise CheckpointError(f"{path}: {name} has shape {p[name].shape}, the inferred config expects {shape}")
+    return {k: to_device(np.ascontiguousarray(p[k])) for k in param_shapes(cfg)}, cfg
+
+
+def save_jax_npz(path, params, cfg):
+    """Write minivit params in the official .npz layout (load_jax_npz reads it back)."""
+    if cfg.pos_embed != "learned" or cfg.pos_embed_every_layer or cfg.pool != "token" or cfg.stem_channels:
+        raise ValueError("save_jax_npz: the official layout holds a learned position embedding and a class-token "
+                         f"head; this model has pos_embed={cfg.pos_embed!r}, pool={cfg.pool!r}")
+    p = {k: to_numpy(v) for k, v in params.items()}
+    D, H = cfg.dim, cfg.heads
+    d = D // H
+    a = {"embedding/kernel": p["patch_embed.w"].transpose(2, 3, 1, 0), "embedding/bias": p["patch_embed.b"],
+         "cls": p["cls_token"], "Transformer/posembed_input/pos_embedding": p["pos_embed"],
+         "Transformer/encoder_norm/scale": p["norm.w"], "Transformer/encoder_norm/bias": p["norm.b"],
+         "head/kernel": p["head.w"], "head/bias": p["head.b"]}
+    for i in range(cfg.depth):
+        b, q = _BLOCK.format(i), f"blocks.{i}."
+        a[b + "LayerNorm_0/scale"], a[b + "LayerNorm_0/bias"] = p[q + "norm1.w"], p[q + "norm1.b"]
+        a[b + "LayerNorm_2/scale"], a[b + "LayerNorm_2/bias"] = p[q + "norm2.w"], p[q + "norm2.b"]
+        w, bias = p[q + "attn.qkv.w"].reshape(D, 3, H, d), p[q + "attn.qkv.b"].reshape(3, H, d)
+        for j, part in enumerate(("query", "key", "value")):
+            a[b + _ATT + part + "/kernel"], a[b + _ATT + part + "/bias"] = w[:, j], bias[j]
+        a[b + _ATT + "out/kernel"] = p[q + "attn.proj.w"].reshape(H, d, D)
+        a[b + _ATT + "out/bias"] = p[q + "attn.proj.b"]
+        for n, name in ((0, "fc1"), (1, "fc2")):
+            a[b + f"MlpBlock_3/Dense_{n}/kernel"] = p[q + f"mlp.{name}.w"]
+            a[b + f"MlpBlock_3/Dense_{n}/bias"] = p[q + f"mlp.{name}.b"]
+    path = Path(path)
+    with atomic_write(path) as f:
+        np.savez(f, **{k: np.ascontiguousarray(v) for k, v in a.items()})
+    return path

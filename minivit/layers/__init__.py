@@ -1,0 +1,2 @@
+"""The layers: each a pair of pure functions, forward(x, params...) -> (out, cache) and
+backward(dout, cache) -> (dx, dparams...), on NumPy or CuPy arrays. The math a student reads first."""

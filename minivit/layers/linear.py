@@ -1,0 +1,29 @@
+"""Dense layer y = x W + b. Derivation: docs/derivations/linear.md."""
+from ..backend import fused
+from .rowsums import sum_rows
+
+
+def linear_forward(x, w, b):
+    """x (..., Din), w (Din, Dout), b (Dout,) -> y (..., Dout)."""
+    gpu = fused(x)
+    if gpu:  # on a GPU: the same lines, with cuBLAS called directly (minivit/gpu/kernels.py)
+        return gpu.linear_forward(x, w, b)
+    lead = x.shape[:-1]
+    # One 2D matrix product over all leading dimensions: BLAS is fastest on one large GEMM.
+    y = x.reshape(-1, x.shape[-1]) @ w  # (M, Dout), M = prod(lead)
+    y += b                              # in place: no second (M, Dout) array
+    return y.reshape(*lead, w.shape[1]), (x, w)
+
+
+def linear_backward(dy, cache):
+    """dy (..., Dout) -> dx (..., Din), dw (Din, Dout), db (Dout,)."""
+    gpu = fused(dy)
+    if gpu:
+        return gpu.linear_backward(dy, cache)
+    x, w = cache
+    x2 = x.reshape(-1, x.shape[-1])     # (M, Din)
+    dy2 = dy.reshape(-1, dy.shape[-1])  # (M, Dout)
+    dx = (dy2 @ w.T).reshape(x.shape)   # (..., Din)
+    dw = x2.T @ dy2                     # (Din, Dout)
+    db = sum_rows(dy2)                  # (Dout,) = dy2.sum(axis=0), as a product with ones (minivit/layers/rowsums.py)
+    return dx, dw, db

@@ -1,0 +1,51 @@
+"""Layer normalisation over the last axis. Derivation: docs/derivations/layernorm.md."""
+from ..backend import fused, get_array_module
+from .rowsums import dot_last, mean_last, sum_rows  # row means and sums as matrix-vector products: minivit/layers/rowsums.py
+
+
+def layernorm_forward(x, w, b, eps=1e-6, keep_cache=True):
+    """x (..., D), w (D,), b (D,) -> y (..., D); y = (x - mean) / sqrt(var + eps) * w + b.
+
+    keep_cache=False (inference): the cache is None, and y is written over xhat."""
+    gpu = fused(x)
+    if gpu:  # on a GPU: these lines as one CUDA kernel (minivit/gpu/kernels.py)
+        y, cache = gpu.layernorm_forward(x, w, b, eps)
+        return y, (cache if keep_cache else None)
+    xp = get_array_module(x)
+    mean = mean_last(x)                         # (..., 1)
+    xhat = x - mean                             # (..., D), centred
+    var = mean_last(xhat * xhat)                # (..., 1), biased as in torch F.layer_norm
+    rstd = 1.0 / xp.sqrt(var + eps)             # (..., 1)
+    xhat *= rstd                                # (..., D), normalised in place
+    if not keep_cache:                          # nothing to keep: y in place of xhat
+        xhat *= w
+        xhat += b
+        return xhat, None
+    y = xhat * w
+    y += b
+    # Backward needs xhat and rstd. Caching xhat (not x and mean, from which it could be
+    # recomputed) costs the same memory, since x itself is no longer needed, and saves two passes.
+    return y, (xhat, rstd, w)
+
+
+def layernorm_backward(dy, cache):
+    """dy (..., D) -> dx (..., D), dw (D,), db (D,)."""
+    gpu = fused(dy)
+    if gpu:
+        return gpu.layernorm_backward(dy, cache)
+    xhat, rstd, w = cache
+    D = xhat.shape[-1]
+    dy_xhat = dy * xhat                          # (..., D)
+    dw = sum_rows(dy_xhat)                       # (D,), summed over every token
+    db = sum_rows(dy)                            # (D,)
+    dxhat = dy * w                               # (..., D)
+    # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), computed in place in dxhat
+    m1 = mean_last(dxhat)                        # (..., 1)
+    # mean(dxhat * xhat) = mean(dy * w * xhat) = (dy * xhat) @ w / D: a matrix-vector product with
+    # the dy * xhat that dw needed, so no third (..., D) product.
+    m2 = dot_last(dy_xhat, w / D)                # (..., 1)
+    dx = dxhat
+    dx -= m1
+    dx -= xhat * m2
+    dx *= rstd
+    return dx, dw, db

@@ -1,0 +1,131 @@
+"""Changing the input resolution (paper section 3.2): resample the position embedding.
+
+A ViT trained at one resolution can run at another with the same patch size: the patch grid
+grows, so there are more tokens, and only the learned position embedding has to change. The
+paper "performs 2D interpolation of the pre-trained position embeddings, according to their
+location in the original image". The class token's row has no location and is kept apart.
+
+Interpolation in 1-D is linear in the samples, so it is a matrix R (n_out, n_in); a separable
+2-D resample of a grid G (g, g, D) is R G R^T on every channel. Two kernels are written out:
+
+- "bilinear": linear interpolation with the corners aligned, sample i of the output taken at
+  x = i (n_in - 1) / (n_out - 1) of the input: what the paper's code does with
+  `scipy.ndimage.zoom(grid, zoom, order=1)`.
+- "bicubic": Keys' cubic convolution with a = -0.75 and pixel centres aligned, x = (i + 0.5)
+  n_in / n_out - 0.5, reads past the border clamped to it: as
+  `torch.nn.functional.interpolate(mode="bicubic", align_corners=False)`.
+"""
+from dataclasses import replace
+
+import numpy as np
+
+from ..backend import get_array_module
+from ..config import ConfigError
+
+_A = -0.75  # the cubic kernel's free parameter, as PyTorch uses
+
+
+def bilinear_matrix(n_out, n_in):
+    """(n_out, n_in) matrix of linear interpolation with aligned corners."""
+    R = np.zeros((n_out, n_in))
+    if n_in == 1 or n_out == 1:  # a single sample on either side: copy the first one
+        R[:, 0] = 1.0
+        return R
+    x = np.arange(n_out) * (n_in - 1) / (n_out - 1)  # where each output sample lies on the input
+    lo = np.minimum(np.floor(x).astype(int), n_in - 2)
+    t = x - lo                                        # in [0, 1]
+    rows = np.arange(n_out)
+    R[rows, lo] += 1.0 - t
+    R[rows, lo + 1] += t
+    return R
+
+
+def _cubic(d):
+    """Keys' cubic convolution kernel at distance d >= 0 (a = -0.75)."""
+    d = np.abs(d)
+    near = ((_A + 2) * d - (_A + 3)) * d * d + 1                  # |d| <= 1
+    far = ((_A * d - 5 * _A) * d + 8 * _A) * d - 4 * _A            # 1 < |d| < 2
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+def bicubic_matrix(n_out, n_in):
+    """(n_out, n_in) matrix of bicubic interpolation with aligned pixel centres, clamped borders."""
+    x = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+    base = np.floor(x).astype(int)
+    R = np.zeros((n_out, n_in))
+    rows = np.arange(n_out)
+    for k in (-1, 0, 1, 2):                                        # the four input samples around x
+        idx = np.clip(base + k, 0, n_in - 1)
+        # Near a border several taps clamp to the same sample: add them all (np.add.at, not +=).
+        np.add.at(R, (rows, idx), _cubic(x - (base + k)))
+    return R
+
+
+_METHODS = {"bilinear": bilinear_matrix, "bicubic": bicubic_matrix}
+
+
+def resample_grid(grid, size, method="bilinear"):
+    """grid (g, g, D) -> (size, size, D), separably: R G R^T on every channel."""
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {', '.join(_METHODS)}, got {method!r}")
+    xp = get_array_module(grid)
+    R = xp.asarray(_METHODS[method](size, grid.shape[0]), dtype=grid.dtype)  # (size, g)
+    return xp.einsum("ij,jkd,lk->ild", R, grid, R)                          # (size, size, D)
+
+
+def resize_images(images, size, chunk=1000):
+    """uint8 images (N, C, H, W) -> (N, C, size, size) uint8, bicubic (as torch's interpolate with
+    align_corners=False), by the same interpolation matrices: R_h X R_w^T on every channel."""
+    N, C, H, W = images.shape
+    Rh, Rw = bicubic_matrix(size, H).astype(np.float32), bicubic_matrix(size, W).astype(np.float32)
+    out = np.empty((N, C, size, size), dtype=np.uint8)
+    for a in range(0, N, chunk):  # in chunks: the float copy of a whole dataset would be large
+        x = images[a:a + chunk].astype(np.float32)
+        y = np.einsum("ih,nchw,jw->ncij", Rh, x, Rw, optimize=True)
+        out[a:a + chunk] = np.clip(np.rint(y), 0, 255)  # the cubic kernel overshoots a little at edges
+    return out
+
+
+def resize_pos_embed(params, cfg, image_size, method="bilinear"):
+    """-> (params, cfg) for images of `image_size`, the patch size unchanged.
+
+    The class token's row of each learned table is kept; the (g, g) grid of patch rows is
+    resampled to the new grid. With pos_embed='sincos' or 'none' there is nothing learned to
+    resample (the fixed table is recomputed for the new grid), so only the config changes; the
+    'learned2d' and 'relative' tables are not resampled (an error says so).
+    """
+    try:
+        new_cfg = replace(cfg, image_size=int(image_size))
+    except ConfigError as e:
+        raise ConfigError(f"cannot run this model on {image_size}x{image_size} images: {e}") from None
+    if new_cfg == cfg or cfg.pos_embed in ("sincos", "none"):   # nothing learned to resample
+        return dict(params), new_cfg
+    if cfg.pos_embed != "learned":
+        raise ConfigError(f"resize_pos_embed: pos_embed={cfg.pos_embed!r} is not resampled (only 'learned' "
+                          "tables are; 'sincos' and 'none' need nothing)")
+    g, D = cfg.grid, cfg.dim
+    out = dict(params)
+    for name in params:  # "pos_embed", or "blocks.i.pos_embed" with pos_embed_every_layer
+        if name.rsplit(".", 1)[-1] != "pos_embed":
+            continue
+        pe = params[name]                                        # (1, 1 + g*g, D)
+        grid = pe[0, 1:].reshape(g, g, D)                        # rows numbered row by row
+        new = resample_grid(grid, new_cfg.grid, method).reshape(1, new_cfg.num_patches, D)
+        out[name] = get_array_module(pe).concatenate([pe[:, :1], new], axis=1)  # (1, 1 + g'*g', D)
+    return out, new_cfg
+
+
+def adapt_to_images(params, cfg, image_shape, log=print):
+    """Params and config that accept images of (C, H, W): the same ones when they already fit,
+    position embeddings resized (bilinear) for square images of another size."""
+    C, H, W = image_shape
+    if (C, H, W) == (cfg.in_channels, cfg.image_size, cfg.image_size):
+        return params, cfg
+    if C != cfg.in_channels or H != W:
+        raise ValueError(f"the images are {C}x{H}x{W} (C x H x W); the model takes {cfg.in_channels}-channel "
+                         "square images")
+    params, new_cfg = resize_pos_embed(params, cfg, H)
+    log(f"the model was trained on {cfg.image_size}x{cfg.image_size} images: position embeddings "
+        f"resized (bilinear) to {H}x{H}, {new_cfg.num_patches} patches")
+    return params, new_cfg
+

@@ -1,0 +1,1 @@
+"""Tools around a model: the layer profiler, few-shot probes, attention maps, gradient checks, exercises."""
