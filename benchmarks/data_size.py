@@ -8,7 +8,7 @@ equivariance win on little data, and that a ViT catches up and overtakes it once
 large enough to learn them. This runs that comparison at CIFAR scale: for each training-set
 size, a class-balanced subset of the training images (the same images for both models), and
 both models trained on it with one recipe (AdamW, 5% warmup then cosine, label smoothing,
-clipping, random crop and flip: minivit/train/trainer.py) for the same number of images through the
+clipping, random crop and flip: minivit/train/) for the same number of images through the
 model (`--images-seen`), so only the number of distinct images changes, not the compute.
 Only the peak learning rate is each model's own: 2e-3 for the ViT (the recipe of the 40-epoch
 CIFAR-10 run in docs/results.md), 5e-3 for the CNN, which trains too slowly at 2e-3 (4 epochs

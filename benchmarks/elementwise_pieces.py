@@ -1,4 +1,4 @@
-"""GELU and softmax on whole arrays against cache-sized pieces of rows (minivit/layers/pieces.py), in turn.
+"""GELU and softmax on whole arrays against cache-sized pieces of rows (minivit/layers/cache_pieces.py), in turn.
 
 Two threads each run the layer on their own vit-ti16 shard, as the trainer's two threads do:
 GELU forward on (8, 197, 768) and the in-place softmax on (8, 3, 197, 197) attention logits.
@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from minivit.layers import pieces
+from minivit.layers import cache_pieces as pieces
 from minivit.train import allocator
 from minivit.layers.activations import gelu_forward
 from minivit.layers.attention import softmax

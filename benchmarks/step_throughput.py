@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_vit, bes
 
 def minivit_step(cfg, x, y, threads):
     from minivit.models import family_of
-    from minivit.train.trainer import Engine, _blas_single_thread
+    from minivit.train.engine import Engine, _blas_single_thread
     params = family_of(cfg).init_params(cfg, seed=0)
     opt = mv.AdamW(lr=1e-3, weight_decay=0.05)
     engine = Engine(cfg, threads)
@@ -48,7 +48,7 @@ def minivit_step(cfg, x, y, threads):
 
 def minivit_eval(cfg, x, y, threads):
     from minivit.models import family_of
-    from minivit.train.trainer import Engine, _blas_single_thread
+    from minivit.train.engine import Engine, _blas_single_thread
     params = family_of(cfg).init_params(cfg, seed=0)
     engine = Engine(cfg, threads)
     _blas_single_thread(threads).__enter__()

@@ -1,6 +1,6 @@
 """Where a trainer step's time goes beyond the bare gradient step: making the batch (augmentation,
 normalisation), the forward/backward itself, clipping, AdamW and the EMA, each timed in the loop
-the trainer runs (minivit/train/trainer.py), on random CIFAR-shaped uint8 images held in memory as the
+the trainer runs (minivit/train/), on random CIFAR-shaped uint8 images held in memory as the
 loaded dataset is.
 
     python benchmarks/trainer_overhead.py --preset cifar-tiny --batch-size 256 \\
@@ -23,7 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import minivit as mv  # noqa: E402
 from minivit.data import Split  # noqa: E402
 from minivit.train.optim import EMA  # noqa: E402
-from minivit.train.trainer import Engine, TrainConfig, _blas_single_thread, epoch_order, make_batch  # noqa: E402
+from minivit.config import TrainConfig  # noqa: E402
+from minivit.train.batches import epoch_order, make_batch  # noqa: E402
+from minivit.train.engine import Engine, _blas_single_thread  # noqa: E402
 
 
 def main():

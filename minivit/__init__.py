@@ -16,8 +16,9 @@ from .layers.norm import layernorm_backward, layernorm_forward
 from .models.block import block_backward, block_forward, mlp_backward, mlp_forward
 from .models.cnn import CNNConfig
 from .models.resolution import resize_pos_embed
-from .models.vit import (backward, check_input, count_params, forward, init_params, param_shapes, sincos_pos_embed,
-                         with_new_head)
+from .models.init import init_params
+from .layers.posembed import sincos_table as sincos_pos_embed
+from .models.vit import backward, check_input, count_params, forward, param_shapes, with_new_head
 from .io.checkpoint import load_checkpoint, save_checkpoint
 from .io.jax_npz import load_jax_npz, save_jax_npz
 from .io.timm import from_timm, to_timm

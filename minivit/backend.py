@@ -126,7 +126,7 @@ def erf(x):
     what minivit teaches, so we take SciPy's (and CuPy's port of it on a GPU) for float64
     and on the GPU. SciPy computes its float32 erf in float64, too slow for training, so the
     float32 NumPy GELU uses a rational approximation written out in
-    minivit.activations.normal_cdf_as instead.
+    minivit.layers.erf.normal_cdf_as instead.
     """
     if get_array_module(x) is np:
         from scipy.special import erf as _erf

@@ -1,4 +1,4 @@
-"""Model configuration: one dataclass and named presets.
+"""Configuration: the model (ViTConfig and its named presets) and the training run (TrainConfig).
 
 Presets follow the ViT paper's Table 1 (at 224x224 with 1000 classes, as timm's
 `vit_*_patch16_224`), small CIFAR-10 models (32x32, patch 4), and a tiny model
@@ -37,7 +37,7 @@ class ViTConfig:
     #                             rate drop_path * i / (depth - 1), 0 at the first block (timm's rule)
     layer_scale: float = 0.0    # LayerScale (CaiT): a per-channel gain on each branch, initialised to this; 0: none
     attn_init: str = "xavier"   # "xavier" (the original ViT's), or "mimetic" (Trockman & Kolter, 2023): each head's
-    #                             W_q W_k^T starts near +I and W_v W_proj near -I (model.py: mimetic_attention)
+    #                             W_q W_k^T starts near +I and W_v W_proj near -I (models/init.py: mimetic_attention)
     ln_eps: float = 1e-6        # LayerNorm epsilon (1e-6 as in the original ViT code)
     stem_channels: tuple = ()   # hybrid (paper 3.1): widths of the conv3x3-GroupNorm-ReLU stem; () = image patches
     stem_strides: tuple = ()    # the stride of each stem layer
@@ -163,3 +163,41 @@ PRESETS = {
     # For tests: 8x8 images, 4 patches, two thin blocks.
     "test": ViTConfig(image_size=8, patch_size=4, in_channels=3, num_classes=5, dim=8, depth=2, heads=2, mlp_dim=16),
 }
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10              # passes over the training set
+    batch_size: int = 128         # images per optimiser step
+    lr: float = 1e-3              # peak learning rate (AdamW)
+    min_lr: float = 1e-5          # learning rate at the end of the cosine decay
+    warmup_epochs: float = 1.0    # linear warmup length, in epochs
+    weight_decay: float = 0.05    # AdamW decoupled decay (2-D+ tensors only)
+    label_smoothing: float = 0.1  # cross-entropy target smoothing
+    clip_norm: float = 1.0        # clip gradients to this global norm (0: off)
+    augment: bool = True          # random crop (pad 4) and horizontal flip
+    seed: int = 0                 # seeds init, shuffling, augmentation and dropout
+    threads: int = 2              # data-parallel threads on NumPy (one BLAS thread each)
+    eval_batch_size: int = 500    # images per evaluation batch
+    optimizer: str = "adamw"      # "adamw", or "sgd" (with momentum: the paper's fine-tuning optimiser)
+    momentum: float = 0.9         # SGD momentum (unused by AdamW)
+    mixup: float = 0.0            # MixUp's Beta(alpha, alpha) parameter; 0: off (minivit/data/transforms.py: mix_batch)
+    cutmix: float = 0.0           # CutMix's Beta(alpha, alpha) parameter; 0: off; both on: each batch one of the two
+    ema: float = 0.0              # decay of an EMA of the weights, evaluated beside them (e.g. 0.999); 0: off
+    randaugment: int = 0          # RandAugment's number of operations per image; 0: off (minivit/data/randaugment.py)
+    randaugment_magnitude: float = 9.0   # their magnitude, 0..10
+    random_erasing: float = 0.0   # probability that an image gets a box erased to its mean colour; 0: off
+
+    def __post_init__(self):
+        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
+                  ("lr", self.lr > 0), ("min_lr", self.min_lr >= 0), ("warmup_epochs", self.warmup_epochs >= 0),
+                  ("weight_decay", self.weight_decay >= 0), ("label_smoothing", 0 <= self.label_smoothing < 1),
+                  ("clip_norm", self.clip_norm >= 0), ("threads", self.threads >= 1),
+                  ("eval_batch_size", self.eval_batch_size >= 1), ("optimizer", self.optimizer in ("adamw", "sgd")),
+                  ("momentum", 0 <= self.momentum < 1), ("mixup", self.mixup >= 0), ("cutmix", self.cutmix >= 0),
+                  ("ema", 0 <= self.ema < 1), ("randaugment", self.randaugment >= 0),
+                  ("randaugment_magnitude", 0 <= self.randaugment_magnitude <= 10),
+                  ("random_erasing", 0 <= self.random_erasing <= 1)]
+        bad = [name for name, ok in checks if not ok]
+        if bad:
+            raise ValueError("invalid training setting(s): " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))

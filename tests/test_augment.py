@@ -1,4 +1,4 @@
-"""MixUp and CutMix (minivit/data/datasets.py: mix_batch) and the soft-target cross-entropy they train with."""
+"""MixUp and CutMix (minivit/data/transforms.py: mix_batch) and the soft-target cross-entropy they train with."""
 import numpy as np
 import pytest
 

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from minivit.data import datasets as data
+from minivit.data import datasets as data, transforms
 from minivit.data import DataError
 from datagen import (image_folder_files, png_bytes, write_folder, write_official_archive, write_targz,
                      write_zip)
@@ -173,8 +173,8 @@ def test_make_subset_is_balanced_and_deterministic(tmp_path):
 def test_normalize_and_channel_stats():
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (50, 3, 4, 4), dtype=np.uint8)
-    mean, std = data.channel_stats(imgs)
-    x = data.normalize(imgs, mean, std)
+    mean, std = transforms.channel_stats(imgs)
+    x = transforms.normalize(imgs, mean, std)
     assert x.dtype == np.float32
     np.testing.assert_allclose(x.mean(axis=(0, 2, 3)), 0, atol=1e-5)
     np.testing.assert_allclose(x.std(axis=(0, 2, 3)), 1, atol=1e-4)
@@ -183,11 +183,11 @@ def test_normalize_and_channel_stats():
 def test_augment_shapes_determinism_and_crops():
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (16, 3, 8, 8), dtype=np.uint8)
-    a = data.augment(imgs, np.random.default_rng(5))
-    b = data.augment(imgs, np.random.default_rng(5))
+    a = transforms.augment(imgs, np.random.default_rng(5))
+    b = transforms.augment(imgs, np.random.default_rng(5))
     assert a.shape == imgs.shape and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
-    assert not np.array_equal(a, data.augment(imgs, np.random.default_rng(6)))
+    assert not np.array_equal(a, transforms.augment(imgs, np.random.default_rng(6)))
     # replay the same draws and cut each crop out by hand
     r = np.random.default_rng(5)
     oy, ox, flip = r.integers(0, 9, 16), r.integers(0, 9, 16), r.random(16) < 0.5
@@ -195,4 +195,4 @@ def test_augment_shapes_determinism_and_crops():
     for i in range(16):
         crop = pad[i, :, oy[i]:oy[i] + 8, ox[i]:ox[i] + 8]
         np.testing.assert_array_equal(a[i], crop[:, :, ::-1] if flip[i] else crop)
-    np.testing.assert_array_equal(data.augment(imgs, rng, pad=0, flip=False), imgs)
+    np.testing.assert_array_equal(transforms.augment(imgs, rng, pad=0, flip=False), imgs)

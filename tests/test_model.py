@@ -191,7 +191,7 @@ def test_hybrid_parameter_count():
 def test_mimetic_init_products():
     """Each head's W_q W_k^T is the rank-d SVD truncation of a1 Z + b1 I, so its diagonal is
     strongly positive; W_v W_proj is a2 Z - b2 I, full rank: its trace is near -b2 D."""
-    from minivit.models.vit import MIMETIC_QK, MIMETIC_VO, mimetic_attention
+    from minivit.models.init import MIMETIC_QK, MIMETIC_VO, mimetic_attention
     D, heads = 64, 4
     d = D // heads
     wqkv, wproj = mimetic_attention(np.random.default_rng(0), D, heads)

@@ -14,8 +14,8 @@ import pytest
 from scipy.special import erf
 
 import minivit as mv
-from minivit.layers.activations import _AS_A, _AS_P, erfc_as, normal_cdf_as
-from minivit.layers import pieces
+from minivit.layers.erf import _AS_A, _AS_P, erfc_as, normal_cdf_as
+from minivit.layers import cache_pieces as pieces
 from minivit.layers.rowsums import dot_last, mean_last, sum_last, sum_rows
 from helpers import rel_error
 
@@ -34,7 +34,7 @@ def textbook_softmax(s):
 
 @pytest.fixture(params=[None, 8, 40], ids=["whole", "pieces-of-8", "pieces-of-40"])
 def piece_floats(request, monkeypatch):
-    """Runs a test on whole arrays and again cut into small pieces (minivit/layers/pieces.py), one
+    """Runs a test on whole arrays and again cut into small pieces (minivit/layers/cache_pieces.py), one
     row per piece or several with a shorter last piece: the results must not change."""
     if request.param is not None:
         monkeypatch.setattr(pieces, "PIECE_FLOATS", request.param)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import minivit as mv
-from minivit.train import trainer
+from minivit.train.engine import STEPS
 from minivit.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivit.train import Engine, TrainConfig, Trainer, TrainingDiverged
 from helpers import toy_dataset
@@ -91,8 +91,8 @@ def test_training_in_several_shards_per_thread_gives_the_full_batch_gradient(mon
     l1, c1, g1 = Engine(cfg, 1).loss_and_grads(params, x, y, 0.1, 0, 0)        # 11 images: one shard
     monkeypatch.setattr(Engine, "TRAIN_TOKENS_PER_SHARD", 2 * (cfg.num_patches + 1))
     sizes = []
-    step = trainer.STEPS["classify"]
-    monkeypatch.setitem(trainer.STEPS, "classify", lambda p, xs, *a: sizes.append(len(xs)) or step(p, xs, *a))
+    step = STEPS["classify"]
+    monkeypatch.setitem(STEPS, "classify", lambda p, xs, *a: sizes.append(len(xs)) or step(p, xs, *a))
     engine = Engine(cfg, 2)
     l2, c2, g2 = engine.loss_and_grads(params, x, y, 0.1, 0, 0)
     engine.close()
@@ -103,7 +103,7 @@ def test_training_in_several_shards_per_thread_gives_the_full_batch_gradient(mon
 
 
 def test_shards_are_shared_evenly_among_the_threads():
-    from minivit.train.trainer import shard_slices
+    from minivit.train.engine import shard_slices
     for n, threads, size in [(256, 2, 31), (128, 2, 31), (16, 2, 10), (11, 2, 2), (3, 2, 5), (1, 2, 4), (10, 3, None)]:
         shards = shard_slices(n, threads, size)
         assert shards[0].start == 0 and shards[-1].stop == n

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import to_device, to_numpy
-from ..config import ConfigError
+from ..config import ConfigError, TrainConfig
 from ..atomic import atomic_write
 
 FORMAT = "minivit-checkpoint-1"
@@ -63,7 +63,6 @@ def _meta_problems(meta, cfg, require):
         if not (isinstance(c, list) and len(c) == cfg.num_classes and all(isinstance(x, str) for x in c)):
             problems.append(f"'classes' must be a list of {cfg.num_classes} names, got {c!r}")
     if "train_config" in meta:
-        from ..train.trainer import TrainConfig
         try:
             TrainConfig(**meta["train_config"])
         except (TypeError, ValueError) as e:

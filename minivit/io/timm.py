@@ -11,7 +11,8 @@ order), which is timm's avg pooling with fc_norm=False.
 import numpy as np
 
 from ..backend import to_device, to_numpy
-from ..models.vit import param_shapes, sincos_pos_embed
+from ..layers.posembed import sincos_table as sincos_pos_embed
+from ..models.vit import param_shapes
 
 _LEAF = {"w": "weight", "b": "bias", "gamma": "gamma"}  # gamma: LayerScale's ls1/ls2
 

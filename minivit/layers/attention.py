@@ -10,7 +10,7 @@ import numpy as np
 from .activations import dropout_backward, dropout_forward
 from ..backend import fused, get_array_module
 from .linear import linear_backward, linear_forward
-from .pieces import in_pieces
+from .cache_pieces import in_pieces
 from .posembed import relpos_backward, relpos_forward
 from .rowsums import sum_last
 
@@ -19,7 +19,7 @@ def softmax(x, axis=-1, out=None):
     """Numerically stable softmax, exp(x - max) / sum(exp(x - max)): subtracting the row
     maximum leaves the result unchanged (it cancels between numerator and denominator) and
     keeps exp() <= 1. With out=x the input is overwritten: no new array, three passes fewer.
-    Over the last axis it runs in cache-sized pieces of rows (minivit/layers/pieces.py)."""
+    Over the last axis it runs in cache-sized pieces of rows (minivit/layers/cache_pieces.py)."""
     xp = get_array_module(x)
     gpu = fused(x)
     if gpu and axis in (-1, x.ndim - 1):  # on a GPU: one CUDA kernel (minivit/gpu/kernels.py)

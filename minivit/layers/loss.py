@@ -6,7 +6,7 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
     """logits (B, K), labels -> (mean loss as a 0-d array, dlogits (B, K)).
 
     labels: integers (B,), or soft targets (B, K), each row a distribution over the K classes
-    (what MixUp and CutMix make, minivit/data/datasets.py: mix_batch). The target is
+    (what MixUp and CutMix make, minivit/data/transforms.py: mix_batch). The target is
     q = (1 - eps) * t + eps / K with t the one-hot label or the soft row (as torch
     F.cross_entropy's label_smoothing, which also takes class probabilities); loss =
     -sum_k q_k log softmax(z)_k, averaged over the batch, and dlogits = (softmax(z) - q) / B

@@ -7,13 +7,14 @@ A family is the four functions the trainer needs from a model, chosen by the con
 from collections import namedtuple
 
 from . import cnn, vit as model
+from .init import init_params as vit_init_params
 from .cnn import CNNConfig
 from ..config import ConfigError, ViTConfig
 
 Family = namedtuple("Family", "name config init_params forward backward param_shapes")
 
 FAMILIES = {
-    "vit": Family("vit", ViTConfig, model.init_params, model.forward, model.backward, model.param_shapes),
+    "vit": Family("vit", ViTConfig, vit_init_params, model.forward, model.backward, model.param_shapes),
     "cnn": Family("cnn", CNNConfig, cnn.init_params, cnn.forward, cnn.backward, cnn.param_shapes),
 }
 

@@ -25,22 +25,11 @@ import numpy as np
 from ..backend import get_array_module
 from ..layers.linear import linear_backward, linear_forward
 from ..layers.loss import cross_entropy
+from .heads import LEVELS, mpp_classes, mpp_shapes  # noqa: F401  (minivit.models.mpp.mpp_classes)
 from .vit import embed_patches, embed_patches_backward, encode, encode_backward, param_shapes
 
 MASK_RATE = 0.5             # the share of each image's patches that are corrupted and predicted
 SHOW = (0.8, 0.1, 0.1)      # of those: [mask], another patch's embedding, the patch itself
-LEVELS = 8                  # 3 bits per colour channel: 8 ** 3 = 512 classes for RGB
-
-
-def mpp_classes(cfg):
-    """Number of mean colours: 8 levels per channel, 512 for RGB."""
-    return LEVELS ** cfg.in_channels
-
-
-def mpp_shapes(cfg):
-    """The parameters masked patch prediction adds to the encoder (model.param_shapes uses it)."""
-    D, K = cfg.dim, mpp_classes(cfg)
-    return {"mask_token": (1, 1, D), "mpp_head.w": (D, K), "mpp_head.b": (K,)}
 
 
 def colour_targets(x, mean, std, cfg):
@@ -178,7 +167,7 @@ def evaluate_mpp(params, cfg, split, mean, std, batch_size=500, engine=None, see
     every evaluation corrupts the same images the same way and epochs compare fairly. Labels
     are not used. With the trainer's `engine`, each batch is split over its threads."""
     from ..backend import xp as backend_xp
-    from ..data.datasets import normalize
+    from ..data.transforms import normalize
     xp = backend_xp()
     run = engine._map if engine else (lambda fn, shards: [fn(s) for s in shards])
     total, correct, count = 0.0, 0.0, 0

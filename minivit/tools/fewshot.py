@@ -20,8 +20,8 @@ import numpy as np
 
 from ..layers.attention import softmax
 from ..backend import get_array_module, to_device, to_numpy
-from ..data.datasets import normalize
-from ..train.trainer import Engine, _blas_single_thread
+from ..data.transforms import normalize
+from ..train.engine import Engine, _blas_single_thread
 
 
 def features(params, images, cfg, mean, std, batch_size=500, threads=2):

@@ -39,9 +39,10 @@ from ..models import block, vit as model
 from ..backend import to_device
 from ..config import ViTConfig
 from ..layers.loss import cross_entropy
-from ..models.vit import backward, forward, init_params
+from ..models.init import init_params
+from ..models.vit import backward, forward
 from ..train.optim import AdamW, clip_grad_norm
-from ..train.trainer import Engine, add_grads, images_per_shard, shard_slices
+from ..train.engine import Engine, add_grads, images_per_shard, shard_slices
 
 # (module, function) pairs that are wrapped. Functions are looked up by their module's global
 # name at call time, so each is wrapped in every module that imports it.

@@ -1,3 +1,5 @@
 """Training: the data-parallel engine, the trainer's loop, the optimisers, batches and plots."""
-from .trainer import (Engine, TrainConfig, Trainer, TrainingDiverged, epoch_order, evaluate,  # noqa: F401
-                      make_batch)
+from ..config import TrainConfig  # noqa: F401
+from .batches import epoch_order, make_batch  # noqa: F401
+from .engine import Engine, evaluate  # noqa: F401
+from .trainer import Trainer, TrainingDiverged  # noqa: F401

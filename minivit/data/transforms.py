@@ -1,0 +1,75 @@
+"""From uint8 images to a training batch: per-channel statistics and normalisation, random crop and
+flip, and MixUp/CutMix (docs/augmentation.md)."""
+import numpy as np
+
+from ..backend import get_array_module
+
+
+def channel_stats(images):
+    """Per-channel mean and std of uint8 images (N, C, H, W), on the 0..1 scale."""
+    x = images.astype(np.float64) / 255.0
+    return x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
+
+def normalize(images, mean, std, xp=np, dtype="float32"):
+    """uint8 (B, C, H, W) -> float (B, C, H, W), per-channel (x/255 - mean) / std, on backend xp."""
+    x = xp.asarray(images).astype(dtype) / 255.0
+    m = xp.asarray(mean, dtype=dtype).reshape(1, -1, 1, 1)
+    s = xp.asarray(std, dtype=dtype).reshape(1, -1, 1, 1)
+    return (x - m) / s
+
+def augment(images, rng, pad=4, flip=True):
+    """Random crop with zero padding and random horizontal flip of a whole uint8 batch (B, C, H, W).
+
+    One gather with broadcast index arrays does every crop at once: image b takes rows
+    oy[b] .. oy[b]+H and columns ox[b] .. ox[b]+W of its padded copy (flipped when asked).
+    The random offsets are drawn on the host from `rng` and the gather runs on the images'
+    backend, so a batch already on the GPU is augmented there, with the same draws.
+    """
+    xp = get_array_module(images)
+    B, C, H, W = images.shape
+    xpad = xp.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oy = rng.integers(0, 2 * pad + 1, B)
+    ox = rng.integers(0, 2 * pad + 1, B)
+    rows = oy[:, None] + np.arange(H)                     # (B, H)
+    cols = ox[:, None] + np.arange(W)                     # (B, W)
+    if flip:
+        flipped = rng.random(B) < 0.5
+        cols = np.where(flipped[:, None], cols[:, ::-1], cols)
+    b = np.arange(B)[:, None, None, None]
+    c = np.arange(C)[None, :, None, None]
+    index = tuple(xp.asarray(i) for i in (b, c, rows[:, None, :, None], cols[:, None, None, :]))
+    return xpad[index]  # (B, C, H, W)
+
+def mix_batch(x, labels, num_classes, rng, mixup=0.0, cutmix=0.0):
+    """MixUp (Zhang et al., 2018) or CutMix (Yun et al., 2019) of a batch with itself reversed.
+
+    x (B, C, H, W) float (normalised), labels (B,) integers -> mixed x, soft targets t (B, K).
+    Image b is blended with image B-1-b: MixUp takes lam of one and 1 - lam of the other,
+    pixel by pixel; CutMix pastes a box of the other image covering a 1 - lam share of the
+    area. Either way t = lam onehot(y_b) + (1 - lam) onehot(y_{B-1-b}), with lam the share
+    actually kept (for CutMix, after the box is clipped at the border), and the soft-target
+    cross-entropy (minivit/layers/loss.py) trains on it. One lam per batch, drawn from
+    Beta(alpha, alpha) on the host from `rng`; with both alphas above 0, each batch is MixUp
+    or CutMix with equal chance (as timm's Mixup). The arithmetic runs on x's backend.
+    """
+    if mixup < 0 or cutmix < 0 or not (mixup or cutmix):
+        raise ValueError(f"mix_batch needs mixup >= 0 and cutmix >= 0, one of them above 0; got {mixup}, {cutmix}")
+    xp = get_array_module(x)
+    B, C, H, W = x.shape
+    use_cutmix = cutmix > 0 and (mixup == 0 or rng.random() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    lam = float(rng.beta(alpha, alpha))
+    other = x[::-1]                                          # image B-1-b for image b
+    if use_cutmix:
+        cut = np.sqrt(1.0 - lam)                             # box sides, as shares of H and W
+        h, w = int(H * cut), int(W * cut)
+        cy, cx = int(rng.integers(H)), int(rng.integers(W))  # the box's centre, anywhere in the image
+        y0, y1 = max(cy - h // 2, 0), min(cy + h - h // 2, H)
+        x0, x1 = max(cx - w // 2, 0), min(cx + w - w // 2, W)
+        mixed = x.copy()
+        mixed[:, :, y0:y1, x0:x1] = other[:, :, y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / (H * W)          # the share of the image kept
+    else:
+        mixed = lam * x + (1.0 - lam) * other
+    onehot = xp.eye(num_classes, dtype=x.dtype)[xp.asarray(labels)]   # (B, K)
+    return mixed, lam * onehot + (1.0 - lam) * onehot[::-1]
