@@ -29,6 +29,7 @@ MODEL_FLAGS = {
                        "W_v W_proj near -I)", ("xavier", "mimetic")),
 }
 
+
 def _add_model_flags(parser):
     for name, (typ, text, choices) in MODEL_FLAGS.items():
         if typ is bool:  # a switch: given or not (None keeps the preset's value)
@@ -37,6 +38,7 @@ def _add_model_flags(parser):
             continue
         parser.add_argument("--" + name.replace("_", "-"), type=typ, default=None, choices=choices,
                             help=f"{text} (default: the preset's)%(default).0s")  # .0s: no "(default: None)"
+
 
 def _add_training_flags(parser, defaults):
     """The flags `train` and `pretrain` share: data, model, schedule, output."""
@@ -78,6 +80,7 @@ def _add_training_flags(parser, defaults):
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars (they are off anyway when the output is not a terminal)")
+
 
 def _parser():
     p = argparse.ArgumentParser(prog="minivit", description="A hand-written Vision Transformer on NumPy/CuPy.")

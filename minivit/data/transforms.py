@@ -10,12 +10,14 @@ def channel_stats(images):
     x = images.astype(np.float64) / 255.0
     return x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
 
+
 def normalize(images, mean, std, xp=np, dtype="float32"):
     """uint8 (B, C, H, W) -> float (B, C, H, W), per-channel (x/255 - mean) / std, on backend xp."""
     x = xp.asarray(images).astype(dtype) / 255.0
     m = xp.asarray(mean, dtype=dtype).reshape(1, -1, 1, 1)
     s = xp.asarray(std, dtype=dtype).reshape(1, -1, 1, 1)
     return (x - m) / s
+
 
 def augment(images, rng, pad=4, flip=True):
     """Random crop with zero padding and random horizontal flip of a whole uint8 batch (B, C, H, W).
@@ -39,6 +41,7 @@ def augment(images, rng, pad=4, flip=True):
     c = np.arange(C)[None, :, None, None]
     index = tuple(xp.asarray(i) for i in (b, c, rows[:, None, :, None], cols[:, None, None, :]))
     return xpad[index]  # (B, C, H, W)
+
 
 def mix_batch(x, labels, num_classes, rng, mixup=0.0, cutmix=0.0):
     """MixUp (Zhang et al., 2018) or CutMix (Yun et al., 2019) of a batch with itself reversed.

@@ -9,6 +9,7 @@ from ..backend import erf, fused, get_array_module
 from .cache_pieces import in_pieces
 from .erf import erfc_as, normal_cdf_as
 
+
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)

@@ -11,14 +11,15 @@ _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 # erf(u) = 1 - (a1 t + a2 t^2 + a3 t^3 + a4 t^4 + a5 t^5) exp(-u^2), t = 1 / (1 + p u),
 # with absolute error at most 1.5e-7: one to two float32 rounding steps near 1 (spacing 6e-8 to 1.2e-7).
 _AS_P = 0.3275911
-
 _AS_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
 
 @lru_cache(maxsize=None)
 def _as_monic(scale):
     """lambda and (c1, c2, c3, c4) with scale * (a1 t + ... + a5 t^5) = tau^5 + c4 tau^4 + ... + c1 tau, tau = t / lambda."""
     lam = (scale * _AS_A[4]) ** -0.2                        # scale a5 lambda^5 = 1: the leading coefficient is 1
     return lam, tuple(scale * a * lam ** i for i, a in enumerate(_AS_A[:4], start=1))
+
 
 def erfc_as(v, kappa, e, scale=1.0):
     """scale * erfc(u) by A&S 7.1.26, for u = kappa * v >= 0, given v (not changed) and e = exp(-u^2).
@@ -42,6 +43,7 @@ def erfc_as(v, kappa, e, scale=1.0):
     q *= tau
     q *= e
     return q
+
 
 def normal_cdf_as(x, e):
     """Phi(x), the standard normal CDF, by A&S 7.1.26, given e = exp(-x^2 / 2).

@@ -17,11 +17,14 @@ def _truncated_normal(rng, shape, std):
             return z * std / 0.87962566103423978  # the std of N(0,1) truncated to [-2, 2]
         z[bad] = rng.standard_normal(int(bad.sum()))
 
+
 # Mimetic initialisation's mixing weights: W_q W_k^T ~ a Z + b I per head, W_v W_proj ~ a Z - b I.
 # The scheme is Trockman & Kolter's (2023); these values are minivit's choice, to be tuned.
 MIMETIC_QK = (0.7, 0.7)
 
+
 MIMETIC_VO = (0.4, 0.4)
+
 
 def _factor(a, rank):
     """(L, R) with L @ R.T the best rank-`rank` approximation of the square matrix a (SVD):
@@ -29,6 +32,7 @@ def _factor(a, rank):
     u, s, vt = np.linalg.svd(a)
     root = np.sqrt(s[:rank])
     return u[:, :rank] * root, vt[:rank].T * root
+
 
 def mimetic_attention(rng, D, heads):
     """Mimetic initialisation of one block's attention (Trockman & Kolter, 2023): the weights are
@@ -48,6 +52,7 @@ def mimetic_attention(rng, D, heads):
         wq[:, cols], wk[:, cols] = _factor(a1 * rng.normal(0.0, D ** -0.5, (D, D)) + b1 * np.eye(D), d)
     wv, wproj_t = _factor(a2 * rng.normal(0.0, D ** -0.5, (D, D)) - b2 * np.eye(D), D)
     return np.concatenate([wq, wk, wv], axis=1), wproj_t.T
+
 
 def init_params(cfg, seed=0, dtype="float32"):
     """Fresh parameters as the original ViT code initialises them (google-research/vision_transformer).

@@ -28,6 +28,7 @@ from ..layers.loss import cross_entropy
 from .heads import LEVELS, mpp_classes, mpp_shapes  # noqa: F401  (minivit.models.mpp.mpp_classes)
 from .vit import embed_patches, embed_patches_backward, encode, encode_backward, param_shapes
 
+
 MASK_RATE = 0.5             # the share of each image's patches that are corrupted and predicted
 SHOW = (0.8, 0.1, 0.1)      # of those: [mask], another patch's embedding, the patch itself
 

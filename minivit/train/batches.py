@@ -11,6 +11,7 @@ def epoch_order(seed, epoch, n):
     """The shuffled order of the n training images in `epoch`: default_rng([seed, epoch])."""
     return np.random.default_rng([seed, epoch]).permutation(n)
 
+
 def make_batch(split, tcfg, mean, std, epoch, index, step, dtype="float32", order=None):
     """Batch `index` of `epoch`: its images augmented with the streams of `step` and normalised,
     on the configured backend. Shuffle: epoch_order (pass `order` to reuse it within an epoch).

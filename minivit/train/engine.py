@@ -20,6 +20,7 @@ def _blas_single_thread(threads):
     from threadpoolctl import threadpool_limits
     return threadpool_limits(1, user_api="blas")
 
+
 def classify_step(params, x, y, cfg, label_smoothing, share, rng, plan=None):
     """One shard of a training step: loss (times the shard's `share` of the batch), number
     correct, gradients of the scaled loss."""
@@ -32,7 +33,9 @@ def classify_step(params, x, y, cfg, label_smoothing, share, rng, plan=None):
     label = y if y.ndim == 1 else y.argmax(axis=1)   # mixed targets: the larger share counts as the label
     return loss, (logits.argmax(axis=1) == label).sum(), grads
 
+
 STEPS = {"classify": classify_step, "mpp": mpp_step}  # by ViTConfig.head
+
 
 def shard_slices(n, threads, size=None):
     """Slices of n rows: one per thread, or (with size) pieces of at most `size` rows, as many
@@ -40,6 +43,7 @@ def shard_slices(n, threads, size=None):
     k = min(threads * (-(-n // (size * threads)) if size else 1), n)
     bounds = [n * i // k for i in range(k + 1)]  # Python ints: a NumPy scalar here would
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]  # promote float32 math to float64
+
 
 def add_grads(total, grads):
     """total + grads, name by name, added into total's arrays; total None: grads itself."""
@@ -49,12 +53,14 @@ def add_grads(total, grads):
         total[k] += g
     return total
 
+
 def images_per_shard(cfg, tokens):
     """Images in a piece of about `tokens` tokens on the CPU; None on a GPU (the whole batch at once)."""
     if backend_name() != "numpy":
         return None
     per_image = getattr(cfg, "num_patches", (cfg.image_size // 4) ** 2) + 1  # a CNN: as a patch-4 ViT
     return max(1, tokens // per_image)
+
 
 class Engine:
     """Runs forward/backward over a batch split into shards, which its threads take in turn.
@@ -127,6 +133,7 @@ class Engine:
         shards = self._shards(len(x), images_per_shard(self.cfg, self.EVAL_TOKENS_PER_SHARD))
         return backend_xp().concatenate(list(self._map(shard, shards)))
 
+
 def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smoothing=0.0, engine=None):
     """-> dict(loss, accuracy, predictions (N,) numpy) over a Split, in eval mode.
 
@@ -147,6 +154,7 @@ def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smo
         engine.close()
     preds = np.concatenate(preds)
     return {"loss": total / len(split.labels), "accuracy": float((preds == split.labels).mean()), "predictions": preds}
+
 
 def _dtype(params):
     """The parameters' float type, which the input batches take."""
