@@ -121,6 +121,16 @@ class ViTConfig:
         """N: patch tokens per image (the class token makes N + 1)."""
         return self.grid ** 2
 
+    @property
+    def tokens_per_image(self):
+        """N + 1: the tokens each image puts through the encoder (the trainer sizes its shards by them)."""
+        return self.num_patches + 1
+
+    @property
+    def random_masks(self):
+        """Whether a training forward pass draws random masks (dropout, drop path), so needs an rng."""
+        return bool(self.dropout or self.attn_dropout or self.drop_path)
+
     def to_dict(self):
         return asdict(self)
 

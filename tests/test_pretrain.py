@@ -15,8 +15,8 @@ from minivit.io.checkpoint import load_checkpoint
 from minivit.data import Dataset, Split, normalize
 from minivit.tools.gradcheck import check_grads
 from minivit.models.mpp import (Corruption, colour_targets, corrupt_backward, corrupt_forward, corruption_plan,
-                              evaluate_mpp, mpp_backward, mpp_classes, mpp_loss, plan_rows)
-from minivit.train import Engine, TrainConfig, Trainer
+                              mpp_backward, mpp_classes, mpp_loss, plan_rows)
+from minivit.train import Engine, TrainConfig, Trainer, evaluate
 
 rng = np.random.default_rng(0)
 MPP = mv.ViTConfig.preset("test", head="mpp")
@@ -177,7 +177,7 @@ def test_pretraining_learns_and_resumes_exactly(tmp_path):
                        augment=False)
     quiet = dict(progress=False, log=lambda *_: None)
     full = Trainer(MPP, tcfg, colour_dataset(), tmp_path / "full", **quiet)
-    before = evaluate_mpp(full.params, MPP, full.data.test, full.mean, full.std)
+    before = evaluate(full.params, MPP, full.data.test, full.mean, full.std)
     full.fit()
     assert abs(before["loss"] - math.log(512)) < 1e-5
     assert full.history[-1]["test_loss"] < before["loss"] - 2    # it learns the colours of the test images

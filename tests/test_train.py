@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import minivit as mv
-from minivit.train.engine import STEPS
+from minivit.train import objectives
 from minivit.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivit.train import Engine, TrainConfig, Trainer, TrainingDiverged
 from helpers import toy_dataset
@@ -91,8 +91,9 @@ def test_training_in_several_shards_per_thread_gives_the_full_batch_gradient(mon
     l1, c1, g1 = Engine(cfg, 1).loss_and_grads(params, x, y, 0.1, 0, 0)        # 11 images: one shard
     monkeypatch.setattr(Engine, "TRAIN_TOKENS_PER_SHARD", 2 * (cfg.num_patches + 1))
     sizes = []
-    step = STEPS["classify"]
-    monkeypatch.setitem(STEPS, "classify", lambda p, xs, *a: sizes.append(len(xs)) or step(p, xs, *a))
+    step = objectives.classify_step
+    recording = objectives.CLASSIFICATION._replace(step=lambda p, xs, *a: sizes.append(len(xs)) or step(p, xs, *a))
+    monkeypatch.setitem(objectives.OBJECTIVES, "classify", recording)
     engine = Engine(cfg, 2)
     l2, c2, g2 = engine.loss_and_grads(params, x, y, 0.1, 0, 0)
     engine.close()
@@ -194,6 +195,6 @@ def test_inference_in_small_shards_matches_one_forward():
     x = np.random.default_rng(4).standard_normal((11, 3, 8, 8))
     engine = Engine(cfg, threads=2)
     engine.EVAL_TOKENS_PER_SHARD = 2 * (cfg.num_patches + 1)  # two images a shard: six shards
-    assert len(engine._shards(11, 2)) == 6
+    assert len(engine.shards(11, 2)) == 6
     np.testing.assert_allclose(engine.predict_logits(params, x), mv.forward(params, x, cfg)[0], rtol=1e-12)
     engine.close()

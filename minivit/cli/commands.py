@@ -15,6 +15,8 @@ from ..io.checkpoint import CheckpointError, load_checkpoint
 from ..config import ConfigError, TrainConfig, ViTConfig
 from ..data.datasets import DataError
 from ..io.runlock import RunFolderBusy
+from ..models.vit import require_class_head
+from ..train.objectives import OBJECTIVES
 from ..train.trainer import TrainingDiverged
 from .parser import MODEL_FLAGS, _parser
 
@@ -85,13 +87,9 @@ def _train(a, out, head):
                        augment=not a.no_augment, seed=a.seed, threads=a.threads, mixup=a.mixup, cutmix=a.cutmix,
                        ema=a.ema, randaugment=a.randaugment, randaugment_magnitude=a.randaugment_magnitude,
                        random_erasing=a.random_erasing)
-    if head == "mpp" and (a.mixup or a.cutmix):
-        raise ValueError("--mixup and --cutmix mix class labels; masked patch prediction has none (drop them for pretrain)")
-    if head == "mpp" and a.num_classes is not None:
-        raise ValueError("--num-classes sets the class head; masked patch prediction has a colour head instead "
-                         "(drop it for pretrain; `minivit finetune` makes the class head for the new data)")
-    data = load_dataset(a.data)
     overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
+    OBJECTIVES[head].check_settings(tcfg, overrides)   # before any data loads
+    data = load_dataset(a.data)
     cfg = ViTConfig.preset(a.preset, **{"num_classes": len(data.classes), **overrides, "head": head})
     print(f"data: {a.data} ({len(data.train.labels)} train, {len(data.test.labels)} test, {len(data.classes)} classes); "
           f"model: {a.preset} {overrides or ''}; output: {out}")
@@ -114,8 +112,7 @@ def _fit(trainer, out):
         return 143 if trainer.interrupted == "SIGTERM" else 130  # 128 + the signal's number, as shells do
     if history:
         h = history[-1]
-        what = "test accuracy" if trainer.cfg.head == "classify" else "masked-patch colour accuracy on the test images"
-        print(f"done: {what} {h['test_acc']:.4f} after {h['epoch']} epochs, {h['elapsed_s']:.0f} s of training; "
+        print(f"done: {trainer.objective.metric} {h['test_acc']:.4f} after {h['epoch']} epochs, {h['elapsed_s']:.0f} s of training; "
               f"checkpoint {out / 'checkpoint.npz'}, metrics {out / 'metrics.jsonl'}, plots {out / 'curves.png'}")
     return 0
 
@@ -150,6 +147,7 @@ def cmd_evaluate(a):
     if a.confusion and not Path(a.confusion).resolve().parent.is_dir():
         raise OSError(f"--confusion {a.confusion}: the folder {Path(a.confusion).parent} does not exist")
     params, cfg, meta, spec, data = _checkpoint_and_data(a)
+    require_class_head(cfg)   # the test accuracy of a class head; pre-training's colours are not classes
     classes = list(meta.get("classes") or [str(i) for i in range(cfg.num_classes)])
     test = _by_model_class(data, classes)
     ev = evaluate(params, cfg, test, np.array(meta["mean"]), np.array(meta["std"]))

@@ -50,6 +50,16 @@ class CNNConfig:
             raise ConfigError(f"image_size {self.image_size} must be a multiple of {pools} "
                               f"({len(self.channels) - 1} 2x2 max pools)")
 
+    @property
+    def tokens_per_image(self):
+        """The trainer sizes its shards in tokens: a CNN counts as a patch-4 ViT of its image size."""
+        return (self.image_size // 4) ** 2 + 1
+
+    @property
+    def random_masks(self):
+        """A CNN draws nothing at random in its forward pass (no dropout)."""
+        return False
+
     def to_dict(self):
         return {"family": self.family, **asdict(self)}
 

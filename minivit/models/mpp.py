@@ -161,26 +161,3 @@ def plan_rows(plan, sl, xp=np):
     return Corruption(*(xp.asarray(a) for a in rows))
 
 
-def evaluate_mpp(params, cfg, split, mean, std, batch_size=500, engine=None, seed=0):
-    """-> dict(loss, accuracy, predictions=None): masked patch prediction on a Split's images.
-
-    The corruption of the batch starting at image `a` is drawn from default_rng([seed, a]), so
-    every evaluation corrupts the same images the same way and epochs compare fairly. Labels
-    are not used. With the trainer's `engine`, each batch is split over its threads."""
-    from ..backend import xp as backend_xp
-    from ..data.transforms import normalize
-    xp = backend_xp()
-    run = engine._map if engine else (lambda fn, shards: [fn(s) for s in shards])
-    total, correct, count = 0.0, 0.0, 0
-    for a in range(0, len(split.labels), batch_size):
-        x = normalize(split.images[a:a + batch_size], mean, std, xp, params["mask_token"].dtype)
-        colours = colour_targets(x, mean, std, cfg)                               # (B, N)
-        plan = corruption_plan(np.random.default_rng([seed, a]), len(x), cfg.num_patches)
-
-        def shard(sl):
-            loss, _, logits, target, _ = mpp_loss(params, x[sl], colours[sl], cfg, plan_rows(plan, sl, xp))
-            return float(loss) * target.size, float((logits.argmax(axis=2) == target).sum()), target.size
-
-        for l_, c_, n_ in run(shard, engine._shards(len(x)) if engine else [slice(0, len(x))]):
-            total, correct, count = total + l_, correct + c_, count + n_
-    return {"loss": total / max(count, 1), "accuracy": correct / max(count, 1), "predictions": None}

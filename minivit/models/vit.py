@@ -86,6 +86,13 @@ def check_input(x, cfg, params=None):
         raise ValueError("input and parameters live on different backends; move the batch with minivit.to_device")
 
 
+def require_class_head(cfg):
+    """Raise a clear ValueError unless the model ends in the class head (pre-training's does not)."""
+    if cfg.head != "classify":
+        raise ValueError(f"this model has no class head (head={cfg.head!r}: a masked-patch-prediction model, "
+                         "minivit/models/mpp.py); fine-tune it first (`minivit finetune CHECKPOINT --data ...`)")
+
+
 def forward(params, x, cfg, train=False, rng=None, keep_cache=True):
     """x (B, C, H, W) -> logits (B, K), cache for backward.
 
@@ -96,9 +103,7 @@ def forward(params, x, cfg, train=False, rng=None, keep_cache=True):
     as soon as the next layer has read it, and memory holds a layer's inputs and outputs,
     not the whole model's activations; the cache returned is then None.
     """
-    if cfg.head != "classify":
-        raise ValueError(f"this model has no class head (head={cfg.head!r}: a masked-patch-prediction model, "
-                         "minivit/models/mpp.py); fine-tune it first (`minivit finetune CHECKPOINT --data ...`)")
+    require_class_head(cfg)
     tok, c_embed = embed_patches(params, x, cfg)                                           # (B, N, D)
     if not keep_cache:
         c_embed = None                                   # the patches (and a stem's maps) are freed here

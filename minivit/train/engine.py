@@ -6,11 +6,10 @@ from contextlib import nullcontext
 import numpy as np
 
 from .allocator import keep_freed_memory
-from ..backend import backend_name, get_array_module, to_numpy, xp as backend_xp
+from ..backend import backend_name, xp as backend_xp
 from ..data.transforms import normalize
-from ..layers.loss import cross_entropy
 from ..models.families import family_of
-from ..models.mpp import corruption_plan, mpp_step, plan_rows
+from .objectives import objective_of
 
 
 def _blas_single_thread(threads):
@@ -19,22 +18,6 @@ def _blas_single_thread(threads):
         return nullcontext()
     from threadpoolctl import threadpool_limits
     return threadpool_limits(1, user_api="blas")
-
-
-def classify_step(params, x, y, cfg, label_smoothing, share, rng, plan=None):
-    """One shard of a training step: loss (times the shard's `share` of the batch), number
-    correct, gradients of the scaled loss."""
-    model = family_of(cfg)                      # the ViT, or the comparison CNN (minivit/models/families.py)
-    logits, cache = model.forward(params, x, cfg, train=True, rng=rng)
-    loss, dlogits = cross_entropy(logits, y, label_smoothing)   # y: labels (B,), or MixUp/CutMix targets (B, K)
-    if share != 1.0:                            # (one shard, as on a GPU: nothing to scale)
-        loss, dlogits = loss * share, dlogits * share
-    grads = model.backward(dlogits, cache)
-    label = y if y.ndim == 1 else y.argmax(axis=1)   # mixed targets: the larger share counts as the label
-    return loss, (logits.argmax(axis=1) == label).sum(), grads
-
-
-STEPS = {"classify": classify_step, "mpp": mpp_step}  # by ViTConfig.head
 
 
 def shard_slices(n, threads, size=None):
@@ -58,8 +41,7 @@ def images_per_shard(cfg, tokens):
     """Images in a piece of about `tokens` tokens on the CPU; None on a GPU (the whole batch at once)."""
     if backend_name() != "numpy":
         return None
-    per_image = getattr(cfg, "num_patches", (cfg.image_size // 4) ** 2) + 1  # a CNN: as a patch-4 ViT
-    return max(1, tokens // per_image)
+    return max(1, tokens // cfg.tokens_per_image)
 
 
 class Engine:
@@ -74,14 +56,16 @@ class Engine:
     def __init__(self, cfg, threads=1):
         keep_freed_memory()  # reuse freed temporaries between steps instead of faulting in new pages
         self.cfg = cfg
+        self.objective = objective_of(cfg)   # what a shard's step computes (minivit/train/objectives.py)
         self.threads = threads if backend_name() == "numpy" else 1
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
-    def _map(self, fn, shards):
+    def map(self, fn, shards):
         """fn over the shards, the threads taking them in turn; yields the results in shard order."""
         return self.pool.map(fn, shards) if self.pool else map(fn, shards)
 
-    def _shards(self, n, size=None):
+    def shards(self, n, size=None):
+        """Slices of n rows for the threads: one each, or pieces of at most `size` rows (shard_slices)."""
         return shard_slices(n, self.threads, size)
 
     # A training step runs in shards of about 2,048 tokens (31 CIFAR images, 10 at 224x224), which
@@ -95,23 +79,21 @@ class Engine:
     def loss_and_grads(self, params, x, y, label_smoothing, seed, step):
         """Mean loss over the batch, number correct, gradients of the mean loss.
 
-        y: the labels (B,), or for masked patch prediction the patch colours (B, N)."""
+        y: the objective's targets: labels (B,), soft targets (B, K), or patch colours (B, N).
+        What the batch draws once (masked patch prediction: which patches to corrupt) is cut into
+        the shards, so no draw depends on the number of threads."""
         B = len(y)
-        step_fn = STEPS[self.cfg.head]
-        plan = None  # masked patch prediction: which patches to corrupt, drawn once for the batch
-        if self.cfg.head == "mpp":
-            plan = corruption_plan(np.random.default_rng([seed, step, 2]), B, self.cfg.num_patches)
+        obj, cfg = self.objective, self.cfg
+        plan = obj.draw_plan(seed, step, B, cfg)
+        xp = backend_xp()
 
         def shard(sl):
-            i = sl.start
-            random = any(getattr(self.cfg, k, 0.0) for k in ("dropout", "attn_dropout", "drop_path"))  # (a CNN has none)
-            rng = np.random.default_rng([seed, step, 1, i]) if random else None  # dropout and drop-path masks
+            rng = np.random.default_rng([seed, step, 1, sl.start]) if cfg.random_masks else None  # dropout, drop path
             share = (sl.stop - sl.start) / B            # each shard's share of the batch mean
-            rows = plan_rows(plan, sl, get_array_module(x)) if plan is not None else None
-            return step_fn(params, x[sl], y[sl], self.cfg, label_smoothing, share, rng, rows)
+            return obj.step(params, x[sl], y[sl], cfg, label_smoothing, share, rng, obj.shard_plan(plan, sl, xp))
 
         loss, correct, grads = 0, 0, None
-        for l_, c_, g_ in self._map(shard, self._shards(B, images_per_shard(self.cfg, self.TRAIN_TOKENS_PER_SHARD))):
+        for l_, c_, g_ in self.map(shard, self.shards(B, images_per_shard(cfg, self.TRAIN_TOKENS_PER_SHARD))):
             loss, correct = loss + l_, correct + c_     # in shard order, and each shard's
             grads = add_grads(grads, g_)                # gradients are freed once added
         return loss, correct, grads
@@ -130,30 +112,30 @@ class Engine:
         forward = family_of(self.cfg).forward
         def shard(sl):
             return forward(params, x[sl], self.cfg, keep_cache=False)[0]
-        shards = self._shards(len(x), images_per_shard(self.cfg, self.EVAL_TOKENS_PER_SHARD))
-        return backend_xp().concatenate(list(self._map(shard, shards)))
+        shards = self.shards(len(x), images_per_shard(self.cfg, self.EVAL_TOKENS_PER_SHARD))
+        return backend_xp().concatenate(list(self.map(shard, shards)))
 
 
 def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smoothing=0.0, engine=None):
-    """-> dict(loss, accuracy, predictions (N,) numpy) over a Split, in eval mode.
+    """-> dict(loss, accuracy, predictions) over a Split, in eval mode, for the model's objective:
+    classification (predictions: (N,) numpy) or masked patch prediction (predictions: None).
 
     Pass the trainer's `engine` to reuse its threads; otherwise one is made and closed here."""
     own = engine is None
     engine = engine or Engine(cfg, threads)
-    xp = backend_xp()
-    total, preds = 0.0, []
+    obj, xp = engine.objective, backend_xp()
+    total, correct, count, preds = 0.0, 0.0, 0, []
     with _blas_single_thread(engine.threads):
         for a in range(0, len(split.labels), batch_size):
             x = normalize(split.images[a:a + batch_size], mean, std, xp, _dtype(params))
-            y = xp.asarray(split.labels[a:a + batch_size])
-            logits = engine.predict_logits(params, x)
-            loss, _ = cross_entropy(logits, y, label_smoothing)
-            total += float(loss) * len(y)
-            preds.append(to_numpy(logits.argmax(axis=1)))
+            y = obj.eval_targets(x, split.labels[a:a + batch_size], mean, std, cfg)
+            l_, c_, n_, p_ = obj.score(engine, params, x, y, a, cfg, label_smoothing)
+            total, correct, count = total + l_, correct + c_, count + n_
+            preds.append(p_)
     if own:
         engine.close()
-    preds = np.concatenate(preds)
-    return {"loss": total / len(split.labels), "accuracy": float((preds == split.labels).mean()), "predictions": preds}
+    preds = np.concatenate(preds) if preds and preds[0] is not None else None
+    return {"loss": total / max(count, 1), "accuracy": correct / max(count, 1), "predictions": preds}
 
 
 def _dtype(params):
