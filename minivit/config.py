@@ -5,11 +5,21 @@ Presets follow the ViT paper's Table 1 (at 224x224 with 1000 classes, as timm's
 for tests.
 """
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
-
+# The allowed values of the settings that name a choice: the checks below and the command line's flags read them.
 POS_EMBEDS = ("learned", "learned2d", "sincos", "relative", "none")  # minivit/layers/posembed.py
-HEADS = ("classify", "mpp")  # what reads the encoder's output: model.py's class head, pretrain.py's
+HEADS = ("classify", "mpp")   # what reads the encoder's output: the class head, or pre-training's (models/mpp.py)
+POOLS = ("token", "gap")
+GELUS = ("exact", "tanh")
+ATTN_INITS = ("xavier", "mimetic")
+OPTIMIZERS = ("adamw", "sgd")
+
+
+def setting(default, help, choices=None, flag=None):
+    """A config field that is also a command-line flag (minivit/cli/parser.py): its help line, its allowed
+    values, and the flag's name where it is not the field's (`--warmup` for warmup_epochs)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
 
 
 class ConfigError(ValueError):
@@ -18,26 +28,31 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ViTConfig:
-    image_size: int = 32        # input height = width, pixels
-    patch_size: int = 4         # P: side of a square patch; image_size must be a multiple
+    # Fields made with setting() are also the model flags of `minivit train`, `pretrain` and `profile`.
+    image_size: int = setting(32, "input height = width, in pixels")
+    patch_size: int = setting(4, "P: side of the square patches; image_size must be a multiple")
     in_channels: int = 3        # C: colour channels of the input
-    num_classes: int = 10       # K: classes of the head
-    dim: int = 128              # D: token width ("Hidden size D" in Table 1)
-    depth: int = 6              # number of encoder blocks ("Layers")
-    heads: int = 4              # H: attention heads; dim must be a multiple
-    mlp_dim: int = 256          # hidden width of each block's MLP ("MLP size")
-    pool: str = "token"         # "token": head reads the class token; "gap": mean of patch tokens
-    pos_embed: str = "learned"  # "learned" (1-D table), "learned2d" (row + column tables), "sincos" (fixed),
-    #                             "relative" (offset embeddings inside attention), "none"
-    pos_embed_every_layer: bool = False  # add a (separate) position embedding at the start of every block
-    gelu: str = "exact"         # "exact": x*Phi(x) with erf; "tanh": the tanh approximation
-    dropout: float = 0.0        # dropout after embeddings, attention output and MLP layers
-    attn_dropout: float = 0.0   # dropout on the attention weights
-    drop_path: float = 0.0      # stochastic depth: block i drops each residual branch for a whole image with
-    #                             rate drop_path * i / (depth - 1), 0 at the first block (timm's rule)
-    layer_scale: float = 0.0    # LayerScale (CaiT): a per-channel gain on each branch, initialised to this; 0: none
-    attn_init: str = "xavier"   # "xavier" (the original ViT's), or "mimetic" (Trockman & Kolter, 2023): each head's
-    #                             W_q W_k^T starts near +I and W_v W_proj near -I (models/init.py: mimetic_attention)
+    num_classes: int = setting(10, "K: classes of the head")
+    dim: int = setting(128, "D: token width (Table 1's hidden size D)")
+    depth: int = setting(6, "number of encoder blocks (Table 1's layers)")
+    heads: int = setting(4, "H: attention heads; dim must be a multiple")
+    mlp_dim: int = setting(256, "hidden width of each block's MLP (Table 1's MLP size)")
+    pool: str = setting("token", "what the head reads: the class token, or gap: the mean of the patch tokens",
+                        POOLS)
+    pos_embed: str = setting("learned", "position embedding (paper D.4): learned 1-D table, learned row and column "
+                             "tables (learned2d), fixed 2-D sine-cosine, offsets inside attention (relative), "
+                             "or none", POS_EMBEDS)
+    pos_embed_every_layer: bool = setting(False, "add a separate position embedding at the start of every block "
+                                          "instead of once after the patch embedding")
+    gelu: str = setting("exact", "GELU form: exact (erf) or the tanh approximation", GELUS)
+    dropout: float = setting(0.0, "dropout after embeddings, attention output and MLP layers")
+    attn_dropout: float = setting(0.0, "dropout on the attention weights")
+    drop_path: float = setting(0.0, "stochastic depth: block i drops each residual branch for a whole image at "
+                               "rate drop_path * i / (depth - 1), 0 at the first block (timm's rule)")
+    layer_scale: float = setting(0.0, "LayerScale (CaiT): per-channel gains on each residual branch, initialised "
+                                 "to this (e.g. 1e-4); 0 = off")
+    attn_init: str = setting("xavier", "attention weights at initialisation: Xavier (the original ViT's), or "
+                             "mimetic (Trockman & Kolter, 2023: W_q W_k^T near +I, W_v W_proj near -I)", ATTN_INITS)
     ln_eps: float = 1e-6        # LayerNorm epsilon (1e-6 as in the original ViT code)
     stem_channels: tuple = ()   # hybrid (paper 3.1): widths of the conv3x3-GroupNorm-ReLU stem; () = image patches
     stem_strides: tuple = ()    # the stride of each stem layer
@@ -56,8 +71,8 @@ class ViTConfig:
             raise ConfigError(f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}")
         if self.dim % self.heads:
             raise ConfigError(f"dim {self.dim} is not divisible by heads {self.heads}")
-        if self.pool not in ("token", "gap"):
-            raise ConfigError(f"pool must be 'token' or 'gap', got {self.pool!r}")
+        if self.pool not in POOLS:
+            raise ConfigError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if self.pos_embed not in POS_EMBEDS:
             raise ConfigError(f"pos_embed must be one of {', '.join(POS_EMBEDS)}, got {self.pos_embed!r}")
         if self.pos_embed == "sincos" and self.dim % 4:
@@ -69,10 +84,10 @@ class ViTConfig:
                               f"not pos_embed={self.pos_embed!r}")
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
-        if self.attn_init not in ("xavier", "mimetic"):
-            raise ConfigError(f"attn_init must be 'xavier' or 'mimetic', got {self.attn_init!r}")
-        if self.gelu not in ("exact", "tanh"):
-            raise ConfigError(f"gelu must be 'exact' or 'tanh', got {self.gelu!r}")
+        if self.attn_init not in ATTN_INITS:
+            raise ConfigError(f"attn_init must be one of {', '.join(ATTN_INITS)}, got {self.attn_init!r}")
+        if self.gelu not in GELUS:
+            raise ConfigError(f"gelu must be one of {', '.join(GELUS)}, got {self.gelu!r}")
         for name in ("dropout", "attn_dropout", "drop_path"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
@@ -177,33 +192,40 @@ PRESETS = {
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10              # passes over the training set
-    batch_size: int = 128         # images per optimiser step
-    lr: float = 1e-3              # peak learning rate (AdamW)
-    min_lr: float = 1e-5          # learning rate at the end of the cosine decay
-    warmup_epochs: float = 1.0    # linear warmup length, in epochs
-    weight_decay: float = 0.05    # AdamW decoupled decay (2-D+ tensors only)
-    label_smoothing: float = 0.1  # cross-entropy target smoothing
-    clip_norm: float = 1.0        # clip gradients to this global norm (0: off)
-    augment: bool = True          # random crop (pad 4) and horizontal flip
-    seed: int = 0                 # seeds init, shuffling, augmentation and dropout
-    threads: int = 2              # data-parallel threads on NumPy (one BLAS thread each)
-    eval_batch_size: int = 500    # images per evaluation batch
-    optimizer: str = "adamw"      # "adamw", or "sgd" (with momentum: the paper's fine-tuning optimiser)
-    momentum: float = 0.9         # SGD momentum (unused by AdamW)
-    mixup: float = 0.0            # MixUp's Beta(alpha, alpha) parameter; 0: off (minivit/data/transforms.py: mix_batch)
-    cutmix: float = 0.0           # CutMix's Beta(alpha, alpha) parameter; 0: off; both on: each batch one of the two
-    ema: float = 0.0              # decay of an EMA of the weights, evaluated beside them (e.g. 0.999); 0: off
-    randaugment: int = 0          # RandAugment's number of operations per image; 0: off (minivit/data/randaugment.py)
-    randaugment_magnitude: float = 9.0   # their magnitude, 0..10
-    random_erasing: float = 0.0   # probability that an image gets a box erased to its mean colour; 0: off
+    # Every field is a flag of `minivit train`, `pretrain` and `finetune` (minivit/cli/parser.py).
+    epochs: int = setting(10, "passes over the training set (with --resume, a larger value extends a finished run)")
+    batch_size: int = setting(128, "images per optimiser step")
+    lr: float = setting(1e-3, "peak learning rate")
+    min_lr: float = setting(1e-5, "learning rate at the end of the cosine decay")
+    warmup_epochs: float = setting(1.0, "linear warmup length, in epochs", flag="--warmup")
+    weight_decay: float = setting(0.05, "decoupled weight decay (matrices only)")
+    label_smoothing: float = setting(0.1, "cross-entropy target smoothing during training (the test loss is "
+                                     "reported without it)")
+    clip_norm: float = setting(1.0, "clip gradients to this global norm; 0 = off")
+    augment: bool = setting(True, "random crop (pad 4) and horizontal flip", flag="--no-augment")
+    seed: int = setting(0, "seeds initialisation, shuffling, augmentation and dropout")
+    threads: int = setting(2, "data-parallel threads on NumPy, one BLAS thread each")
+    eval_batch_size: int = setting(500, "images per evaluation batch")
+    optimizer: str = setting("adamw", "adamw, or sgd with momentum (the paper's fine-tuning optimiser)", OPTIMIZERS)
+    momentum: float = setting(0.9, "SGD's momentum (unused by AdamW)")
+    mixup: float = setting(0.0, "MixUp (minivit/data/transforms.py): blend image pairs with a Beta(a, a) share, "
+                           "soft targets; a, 0 = off (e.g. 0.8)")
+    cutmix: float = setting(0.0, "CutMix: paste a box of another image, Beta(a, a) share; a, 0 = off (e.g. 1.0); "
+                            "with --mixup too, each batch is one of the two")
+    ema: float = setting(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.999) and "
+                         "report its test accuracy beside the weights'; 0 = off")
+    randaugment: int = setting(0, "RandAugment (minivit/data/randaugment.py): N operations per image (of 14: "
+                               "colour, contrast, rotate, shear, ...); 0 = off")
+    randaugment_magnitude: float = setting(9.0, "RandAugment's magnitude, 0..10")
+    random_erasing: float = setting(0.0, "random erasing: each image gets a random box set to its mean colour "
+                                    "with probability P")
 
     def __post_init__(self):
         checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
                   ("lr", self.lr > 0), ("min_lr", self.min_lr >= 0), ("warmup_epochs", self.warmup_epochs >= 0),
                   ("weight_decay", self.weight_decay >= 0), ("label_smoothing", 0 <= self.label_smoothing < 1),
                   ("clip_norm", self.clip_norm >= 0), ("threads", self.threads >= 1),
-                  ("eval_batch_size", self.eval_batch_size >= 1), ("optimizer", self.optimizer in ("adamw", "sgd")),
+                  ("eval_batch_size", self.eval_batch_size >= 1), ("optimizer", self.optimizer in OPTIMIZERS),
                   ("momentum", 0 <= self.momentum < 1), ("mixup", self.mixup >= 0), ("cutmix", self.cutmix >= 0),
                   ("ema", 0 <= self.ema < 1), ("randaugment", self.randaugment >= 0),
                   ("randaugment_magnitude", 0 <= self.randaugment_magnitude <= 10),

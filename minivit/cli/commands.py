@@ -12,13 +12,13 @@ import numpy as np
 
 from ..backend import BackendError, to_numpy, use_backend
 from ..io.checkpoint import CheckpointError, load_checkpoint
-from ..config import ConfigError, TrainConfig, ViTConfig
+from ..config import ConfigError, ViTConfig
 from ..data.datasets import DataError
 from ..io.runlock import RunFolderBusy
 from ..models.vit import require_class_head
 from ..train.objectives import OBJECTIVES
 from ..train.trainer import TrainingDiverged
-from .parser import MODEL_FLAGS, _parser
+from .parser import MODEL_FLAGS, _parser, train_config
 
 
 def _new_run_folder():
@@ -82,11 +82,7 @@ def cmd_pretrain(a):
 def _train(a, out, head):
     from ..data.datasets import load_dataset
     from ..train.trainer import Trainer
-    tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, min_lr=a.min_lr, warmup_epochs=a.warmup,
-                       weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, clip_norm=a.clip_norm,
-                       augment=not a.no_augment, seed=a.seed, threads=a.threads, mixup=a.mixup, cutmix=a.cutmix,
-                       ema=a.ema, randaugment=a.randaugment, randaugment_magnitude=a.randaugment_magnitude,
-                       random_erasing=a.random_erasing)
+    tcfg = train_config(a)
     overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
     OBJECTIVES[head].check_settings(tcfg, overrides)   # before any data loads
     data = load_dataset(a.data)
@@ -244,9 +240,7 @@ def _finetune(a, out):
         print(f"position embeddings resized (bilinear) from {old}x{old} to {size}x{size}: {cfg.num_patches} patches")
     K = len(data.classes)
     params, cfg = with_new_head(params, cfg, K)  # a new, zero head (paper 3.2); a colour head and [mask] are dropped
-    tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, min_lr=0.0, warmup_epochs=a.warmup,
-                       weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, clip_norm=a.clip_norm,
-                       augment=not a.no_augment, seed=a.seed, threads=a.threads, optimizer="sgd", momentum=a.momentum)
+    tcfg = train_config(a)
     print(f"fine-tuning {a.checkpoint} on {a.data} ({len(data.train.labels)} train images, {K} classes, "
           f"{size}x{size}); output: {out}")
     trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=_progress(a), data_spec=a.data, init=params)
