@@ -202,7 +202,7 @@ def test_encoder_block_with_layer_scale_and_drop_path():
     x = randn(4, 5, cfg.dim)
     fwd = lambda: mv.block_forward(x, params, "blocks.0.", cfg, np.random.default_rng(1), True, drop_path=0.5)
     out, cache = fwd()
-    masks = [cache[5].ravel(), cache[9].ravel()]                       # m_dp1, m_dp2: (B,) of 0 or 2
+    masks = [cache.drop_path1.ravel(), cache.drop_path2.ravel()]      # (B,) of 0 or 2
     assert all(set(m.tolist()) == {0.0, 2.0} for m in masks)
     R = randn(*out.shape)
     grads = {}

@@ -130,8 +130,8 @@ def test_attention_matches_textbook(p_drop, piece_floats):
     q, k, v, dout = randn(B, H, N, d), randn(B, H, N, d), randn(B, H, N, d), randn(B, H, N, d)
     out, cache = mv.attention_forward(q, k, v, p_drop=p_drop, rng=np.random.default_rng(1), train=True)
     A = textbook_softmax(q @ k.swapaxes(-1, -2) / math.sqrt(d))
-    mask = cache[5] if p_drop else np.ones_like(A)  # the mask forward drew
-    assert rel_error(cache[3], A) < TIGHT
+    mask = cache.mask if p_drop else np.ones_like(A)  # the mask forward drew
+    assert rel_error(cache.probs, A) < TIGHT
     assert rel_error(out, (A * mask) @ v) < TIGHT
     dq, dk, dv = mv.attention_backward(dout, cache)
     dA = (dout @ v.swapaxes(-1, -2)) * mask

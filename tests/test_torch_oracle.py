@@ -103,7 +103,8 @@ def test_mhsa_against_nn_multiheadattention():
     ty, _ = mha(tx, tx, tx, need_weights=False)
     R = randn(*y.shape)
     ty.backward(T(R, False))
-    dx, dwq, dbq, dwp, dbp = mv.mhsa_backward(R, cache)
+    dx, dwq, dbq, dwp, dbp, drel = mv.mhsa_backward(R, cache)
+    assert drel is None                          # no relative table: the same six fields, the last empty
     agree(y, ty); agree(dx, tx.grad)
     agree(dwq, mha.in_proj_weight.grad.T); agree(dbq, mha.in_proj_bias.grad)
     agree(dwp, mha.out_proj.weight.grad.T); agree(dbp, mha.out_proj.bias.grad)

@@ -4,6 +4,7 @@ Attention is the only layer of the ViT that mixes information across tokens;
 every other layer acts on each token alone.
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -69,6 +70,38 @@ def _softmax_grad_rows(dp, rowdot, p, out):
     out *= p
 
 
+class AttentionCache(NamedTuple):
+    """What attention_backward needs from attention_forward. (With the fused GPU kernels the cache is
+    minivit.gpu.kernels.AttentionCache, which keeps q, k, v, the probabilities and the scale.)"""
+    q: object              # (..., N, d) the queries, unscaled
+    k: object              # (..., N, d)
+    v: object              # (..., N, d)
+    probs: object          # (..., N, N) softmax(q k^T * scale): each row sums to 1
+    probs_dropped: object  # (..., N, N) the probabilities after attention dropout (probs itself without)
+    mask: object           # the dropout mask, or None
+    out: object            # (..., N, d) the output, probs_dropped @ v
+    scale: float
+
+
+class MHSACache(NamedTuple):
+    """What mhsa_backward needs from mhsa_forward."""
+    qkv: object            # the qkv projection's cache (minivit/layers/linear.py)
+    attention: object      # AttentionCache of the heads' attention, (B, H, N, d) arrays
+    proj: object           # the output projection's cache
+    heads: int
+    rel: object            # the relative position logits' cache, or None (minivit/layers/posembed.py)
+
+
+class MHSAGrads(NamedTuple):
+    """mhsa_backward's result: the input's gradient and the parameters' (rel None without a relative table)."""
+    dx: object             # (B, N, D)
+    w_qkv: object          # (D, 3D)
+    b_qkv: object          # (3D,)
+    w_proj: object         # (D, D)
+    b_proj: object         # (D,)
+    rel: object            # (H, 2N-1, d), or None
+
+
 def attention_forward(q, k, v, scale=None, p_drop=0.0, rng=None, train=False, bias=None):
     """Scaled dot-product attention softmax(q k^T * scale) v over the last two axes.
 
@@ -91,7 +124,7 @@ def attention_forward(q, k, v, scale=None, p_drop=0.0, rng=None, train=False, bi
     attn = softmax(scores, out=scores)                    # (..., N, N): each row sums to 1
     attn_d, mask = dropout_forward(attn, p_drop, rng, train)
     out = attn_d @ v                                      # (..., N, d)
-    return out, (q, k, v, attn, attn_d, mask, out, scale)
+    return out, AttentionCache(q, k, v, attn, attn_d, mask, out, scale)
 
 
 def attention_backward(dout, cache, with_dbias=False):
@@ -145,17 +178,17 @@ def mhsa_forward(x, w_qkv, b_qkv, w_proj, b_proj, heads, attn_dropout=0.0, rng=N
     ctx = ctx.transpose(0, 2, 1, 3).reshape(B, N, D)             # (B, N, D): heads concatenated (a copy)
     if not keep_cache:
         c_att = None                                             # the scores are freed before the projection
-    if isinstance(c_att, tuple):
+    if isinstance(c_att, AttentionCache):
         # The attention cache keeps its output for backward; ctx now holds the same numbers, and
         # the projection caches ctx. A view of ctx replaces that copy: one (B, N, D) array fewer.
-        c_att = c_att[:6] + (ctx.reshape(B, N, heads, d).transpose(0, 2, 1, 3),) + c_att[7:]
+        c_att = c_att._replace(out=ctx.reshape(B, N, heads, d).transpose(0, 2, 1, 3))
     out, c_proj = linear_forward(ctx, w_proj, b_proj)            # (B, N, D)
-    return out, ((c_qkv, c_att, c_proj, heads, c_rel) if keep_cache else None)
+    return out, (MHSACache(c_qkv, c_att, c_proj, heads, c_rel) if keep_cache else None)
 
 
 def mhsa_backward(dout, cache):
-    """dout (B, N, D) -> dx (B, N, D), dw_qkv, db_qkv, dw_proj, db_proj (and drel (H, 2N-1, d)
-    last when forward was given a relative table)."""
+    """dout (B, N, D) -> MHSAGrads: dx (B, N, D), dw_qkv, db_qkv, dw_proj, db_proj, and drel
+    (H, 2N-1, d) when forward was given a relative table (else None)."""
     c_qkv, c_att, c_proj, heads, c_rel = cache
     B, N, D = dout.shape
     d = D // heads
@@ -163,6 +196,7 @@ def mhsa_backward(dout, cache):
     dctx = dctx.reshape(B, N, heads, d).transpose(0, 2, 1, 3)    # (B, H, N, d)
     if get_array_module(dout) is not np:
         dctx = dctx.copy()                                       # contiguous for both products (as in forward)
+    drel = None
     if c_rel is None:
         dq, dk, dv = attention_backward(dctx, c_att)             # (B, H, N, d) each
     else:  # the relative logits depend on the queries too: their gradient joins dq
@@ -172,5 +206,4 @@ def mhsa_backward(dout, cache):
     xp = get_array_module(dout)
     dqkv = xp.stack([g.transpose(0, 2, 1, 3) for g in (dq, dk, dv)], axis=2)  # (B, N, 3, H, d): qkv's layout
     dx, dw_qkv, db_qkv = linear_backward(dqkv.reshape(B, N, 3 * D), c_qkv)  # (B, N, D)
-    grads = (dx, dw_qkv, db_qkv, dw_proj, db_proj)
-    return grads if c_rel is None else grads + (drel,)
+    return MHSAGrads(dx, dw_qkv, db_qkv, dw_proj, db_proj, drel)

@@ -1,6 +1,15 @@
 """Layer normalisation over the last axis. Derivation: docs/derivations/layernorm.md."""
+from typing import NamedTuple
+
 from ..backend import fused, get_array_module
 from .rowsums import dot_last, mean_last, sum_rows  # row means and sums as matrix-vector products: minivit/layers/rowsums.py
+
+
+class LayerNormCache(NamedTuple):
+    """What layernorm_backward needs (the fused GPU kernel returns the same three arrays)."""
+    xhat: object    # (..., D) the normalised input, (x - mean) * rstd
+    rstd: object    # (..., 1) 1 / sqrt(var + eps)
+    w: object       # (D,) the gain
 
 
 def layernorm_forward(x, w, b, eps=1e-6, keep_cache=True):
@@ -25,7 +34,7 @@ def layernorm_forward(x, w, b, eps=1e-6, keep_cache=True):
     y += b
     # Backward needs xhat and rstd. Caching xhat (not x and mean, from which it could be
     # recomputed) costs the same memory, since x itself is no longer needed, and saves two passes.
-    return y, (xhat, rstd, w)
+    return y, LayerNormCache(xhat, rstd, w)
 
 
 def layernorm_backward(dy, cache):

@@ -6,12 +6,36 @@
 Parameters are read from the model's flat dict under a prefix such as
 "blocks.3."; gradients come back under the same keys.
 """
+from typing import NamedTuple
+
 from ..layers.activations import (drop_path_backward, drop_path_forward, dropout_backward, dropout_forward,
                           gelu_backward, gelu_forward)
 from ..layers.attention import mhsa_backward, mhsa_forward
 from ..layers.linear import linear_backward, linear_forward
 from ..layers.norm import layernorm_backward, layernorm_forward
 from ..layers.rowsums import sum_rows
+
+
+class MLPCache(NamedTuple):
+    fc1: object       # the first dense layer's cache
+    gelu: object      # GELU's cache: its derivative at fc1's output
+    drop1: object     # dropout masks (None when off)
+    fc2: object
+    drop2: object
+
+
+class BlockCache(NamedTuple):
+    """One encoder block's caches, in the order forward made them; backward reads them in reverse."""
+    prefix: str       # the block's parameter names start with this ("blocks.3.")
+    norm1: object     # LayerNorm before attention
+    attn: object      # MHSACache (minivit/layers/attention.py)
+    drop_attn: object # dropout mask on attention's output
+    ls1: object       # LayerScale's cache (None when off)
+    drop_path1: object  # the stochastic-depth mask of the attention branch (B, 1, 1), or None
+    norm2: object
+    mlp: object       # MLPCache
+    ls2: object
+    drop_path2: object
 
 
 def mlp_forward(x, w1, b1, w2, b2, gelu="exact", p_drop=0.0, rng=None, train=False, keep_cache=True):
@@ -24,7 +48,7 @@ def mlp_forward(x, w1, b1, w2, b2, gelu="exact", p_drop=0.0, rng=None, train=Fal
     h, m1 = dropout_forward(h, p_drop, rng, train)
     y, c2 = linear_forward(h, w2, b2)           # (B, N, D)
     y, m2 = dropout_forward(y, p_drop, rng, train)
-    return y, ((c1, cg, m1, c2, m2) if keep_cache else None)
+    return y, (MLPCache(c1, cg, m1, c2, m2) if keep_cache else None)
 
 
 def mlp_backward(dy, cache):
@@ -82,7 +106,7 @@ def block_forward(x, params, prefix, cfg, rng=None, train=False, keep_cache=True
     x = x + h                                   # residual around the MLP
     if not keep_cache:
         return x, None
-    return x, (prefix, c_ln1, c_att, m_att, c_ls1, m_dp1, c_ln2, c_mlp, c_ls2, m_dp2)
+    return x, BlockCache(prefix, c_ln1, c_att, m_att, c_ls1, m_dp1, c_ln2, c_mlp, c_ls2, m_dp2)
 
 
 def block_backward(dx, cache, grads):
@@ -104,9 +128,9 @@ def block_backward(dx, cache, grads):
     if dgamma is not None:
         grads[prefix + "ls1.gamma"] = dgamma
     dh = dropout_backward(dh, m_att)
-    dh, dwqkv, dbqkv, dwproj, dbproj, *drel = mhsa_backward(dh, c_att)  # drel: pos_embed='relative' only
-    if drel:
-        grads[prefix + "attn.pos_embed_rel"] = drel[0]
+    dh, dwqkv, dbqkv, dwproj, dbproj, drel = mhsa_backward(dh, c_att)  # drel: pos_embed='relative' only
+    if drel is not None:
+        grads[prefix + "attn.pos_embed_rel"] = drel
     dh, dln_w, dln_b = layernorm_backward(dh, c_ln1)
     _put(grads, prefix, {"attn.qkv.w": dwqkv, "attn.qkv.b": dbqkv, "attn.proj.w": dwproj, "attn.proj.b": dbproj,
                          "norm1.w": dln_w, "norm1.b": dln_b})

@@ -53,6 +53,15 @@ def colour_targets(x, mean, std, cfg):
     return colour.reshape(B, g * g)                                    # (B, N), row by row like the tokens
 
 
+class MPPCache(NamedTuple):
+    cfg: object
+    z_shape: tuple      # (B, N+1, D): the encoder's output
+    embed: object       # the patch embedding's caches
+    corruption: object  # the Corruption plan
+    encoder: object     # EncoderCache (minivit/models/vit.py)
+    head: object        # the colour head's dense-layer cache
+
+
 class Corruption(NamedTuple):
     """Which patches are corrupted and how; the same arrays serve forward and backward."""
     chosen: object   # (B, M) int: the corrupted (and predicted) patches of each image, ascending
@@ -113,7 +122,7 @@ def mpp_forward(params, x, cfg, plan, train=False, rng=None, keep_cache=True):
     logits, c_head = linear_forward(picked, params["mpp_head.w"], params["mpp_head.b"])  # (B, M, K)
     if not keep_cache:
         return logits, None
-    return logits, (cfg, z.shape, c_embed, c_corrupt, c_enc, c_head)
+    return logits, MPPCache(cfg, z.shape, c_embed, c_corrupt, c_enc, c_head)
 
 
 def mpp_backward(dlogits, cache):

@@ -10,6 +10,7 @@ the patch projection (D, C, P, P) as torch F.conv2d. minivit.timm converts.
 """
 import math
 from dataclasses import replace
+from typing import NamedTuple
 
 from ..layers.activations import dropout_backward, dropout_forward
 from ..backend import get_array_module
@@ -20,6 +21,22 @@ from ..layers.linear import linear_backward, linear_forward
 from ..layers.norm import layernorm_backward, layernorm_forward
 from ..layers.posembed import block_pos_shapes, pos_backward, pos_forward, pos_shapes
 from ..layers.stem import stem_backward, stem_forward, stem_shapes
+
+
+class EncoderCache(NamedTuple):
+    cfg: object
+    drop_mask: object   # dropout on the embeddings, or None
+    blocks: list        # a BlockCache per block (minivit/models/block.py)
+    norm: object        # the final LayerNorm's cache
+    pos: list           # the position embeddings' caches: one, or one per block (pos_embed_every_layer)
+
+
+class ViTCache(NamedTuple):
+    cfg: object
+    z_shape: tuple      # (B, N+1, D): the encoder's output
+    embed: object       # the patch embedding's (and a stem's) caches
+    encoder: EncoderCache
+    head: object        # the head's dense-layer cache
 
 
 def param_shapes(cfg):
@@ -112,7 +129,7 @@ def forward(params, x, cfg, train=False, rng=None, keep_cache=True):
     logits, c_head = linear_forward(pooled, params["head.w"], params["head.b"])            # (B, K)
     if not keep_cache:
         return logits, None
-    return logits, (cfg, z.shape, c_embed, c_enc, c_head)
+    return logits, ViTCache(cfg, z.shape, c_embed, c_enc, c_head)
 
 
 def backward(dlogits, cache):
@@ -175,7 +192,7 @@ def encode(params, tok, cfg, train=False, rng=None, keep_cache=True):
         if keep_cache:
             c_blocks.append(c)
     z, c_norm = layernorm_forward(z, params["norm.w"], params["norm.b"], cfg.ln_eps, keep_cache)  # (B, N+1, D)
-    return z, ((cfg, m_emb, c_blocks, c_norm, c_pos) if keep_cache else None)
+    return z, (EncoderCache(cfg, m_emb, c_blocks, c_norm, c_pos) if keep_cache else None)
 
 
 def encode_backward(dz, cache, grads):

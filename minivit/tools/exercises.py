@@ -215,7 +215,7 @@ def check_attention_backward(fn):
     want = attention_backward(dout, cache)
     got = _outputs("attention_backward", _call(fn, dout.copy(), q.copy(), k.copy(), v.copy()), ["dq", "dk", "dv"])
     root_d = math.sqrt(q.shape[-1])
-    p = cache[3]
+    p = cache.probs
     ds_no_sum = p * (dout @ v.swapaxes(-1, -2)) / root_d     # the softmax backward without its row-sum term
     for name, g, w, wrong in zip(["dq", "dk", "dv"], got, want, [
             [("missing the factor 1/sqrt(d) of the scores", want[0] * root_d),
@@ -239,7 +239,7 @@ def check_layernorm_backward(fn):
     dy = rng.standard_normal(y.shape)
     want = layernorm_backward(dy, cache)
     got = _outputs("layernorm_backward", _call(fn, dy.copy(), x.copy(), w.copy(), eps), ["dx", "dw", "db"])
-    xhat, rstd = cache[0], cache[1]
+    xhat, rstd = cache.xhat, cache.rstd
     g = dy * w
     compare("layernorm_backward: dx", got[0], want[0], [
         ("this is dy * w / sqrt(var + eps): the mean and the variance depend on x too, so the two "

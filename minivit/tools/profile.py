@@ -78,7 +78,7 @@ def _flops(fn, args, kwargs):
         return 4 * q.size * k.shape[-2]                 # q k^T and attn v: 2 N N d each per head
     if fn == "attention_backward":
         dout, cache = args[0], args[1]
-        return 8 * dout.size * cache[1].shape[-2]       # dv, dattn, dq, dk
+        return 8 * dout.size * cache.k.shape[-2]       # dv, dattn, dq, dk
     if fn == "conv2d_forward":
         x, w, stride, pad = args[0], args[1], kwargs.get("stride", 1), kwargs.get("pad", 0)
         Ho = (x.shape[2] + 2 * pad - w.shape[2]) // stride + 1

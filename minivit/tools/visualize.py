@@ -9,10 +9,7 @@ from ..backend import to_numpy
 
 def attention_maps(cache):
     """Attention weights of every block from a forward cache: list of (B, H, N+1, N+1), one per block."""
-    c_blocks = cache[3][2]  # model cache: (cfg, z_shape, c_embed, c_enc, c_head); c_enc = (cfg, m_emb, c_blocks, ...)
-    # block cache: (prefix, c_ln1, c_att, ...); c_att = (c_qkv, c_attention, c_proj, heads);
-    # c_attention = (q * scale, k, v, attn, attn_dropped, mask, out, scale)
-    return [to_numpy(c[2][1][3]) for c in c_blocks]
+    return [to_numpy(block.attn.attention.probs) for block in cache.encoder.blocks]
 
 
 def attention_rollout(maps):
