@@ -1,8 +1,9 @@
 """The fast forms of the layers agree with the textbook lines they replace.
 
-Each optimised layer keeps its formula in a docstring or derivation page; here the textbook
-form is written out once more, naively, and the two must agree in float64 to 1e-12. The
-float32 erf is pinned against SciPy's, and the allocator tuning against page-fault counts.
+Each layer whose fast form departs from its formula shows the formula first, as a short reference
+function beside it (gelu_reference, softmax_reference, attention_reference, layernorm_reference,
+layernorm_backward_reference); here the two must agree in float64 to 1e-12. The float32 erf is
+pinned against SciPy's, and the allocator tuning against page-fault counts.
 """
 import math
 import subprocess
@@ -14,7 +15,10 @@ import pytest
 from scipy.special import erf
 
 import minivit as mv
+from minivit.layers.activations import gelu_reference
+from minivit.layers.attention import attention_reference, softmax_reference
 from minivit.layers.erf import _AS_A, _AS_P, erfc_as, normal_cdf_as
+from minivit.layers.norm import layernorm_backward_reference, layernorm_reference
 from minivit.layers import cache_pieces as pieces
 from minivit.layers.rowsums import dot_last, mean_last, sum_last, sum_rows
 from helpers import rel_error
@@ -27,9 +31,25 @@ def randn(*shape):
     return rng.standard_normal(shape)
 
 
-def textbook_softmax(s):
-    e = np.exp(s - s.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+def test_the_references_are_the_formulas():
+    """The reference functions themselves, against the formulas written out once more by hand."""
+    x = randn(3, 5, 8) * 2 + 1
+    s = np.exp(x - x.max(axis=-1, keepdims=True))
+    assert rel_error(softmax_reference(x), s / s.sum(axis=-1, keepdims=True)) < TIGHT
+    assert rel_error(softmax_reference(x).sum(axis=-1), np.ones((3, 5))) < TIGHT
+    y, d = gelu_reference(x)
+    assert rel_error(y, x * 0.5 * (1 + erf(x / math.sqrt(2)))) < TIGHT
+    h = 1e-6                                                   # the derivative is the formula's
+    assert rel_error(d, (gelu_reference(x + h)[0] - gelu_reference(x - h)[0]) / (2 * h)) < 1e-8
+    yt, dt = gelu_reference(x, "tanh")
+    assert rel_error(dt, (gelu_reference(x + h, "tanh")[0] - gelu_reference(x - h, "tanh")[0]) / (2 * h)) < 1e-8
+    assert np.abs(yt - y).max() < 1e-2                         # the tanh form approximates the exact one
+    w, b = randn(8), randn(8)
+    z = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+    assert rel_error(layernorm_reference(x, w, b), z * w + b) < TIGHT
+    q, k, v = randn(2, 4, 3), randn(2, 4, 3), randn(2, 4, 3)
+    a = np.exp(q @ k.swapaxes(-1, -2) / math.sqrt(3))
+    assert rel_error(attention_reference(q, k, v), (a / a.sum(-1, keepdims=True)) @ v) < TIGHT
 
 
 @pytest.fixture(params=[None, 8, 40], ids=["whole", "pieces-of-8", "pieces-of-40"])
@@ -78,24 +98,17 @@ def test_layernorm_matches_textbook():
     x, w, b, dy = randn(4, 6, 16) * 3 + 2, randn(16), randn(16), randn(4, 6, 16)
     eps = 1e-6
     y, cache = mv.layernorm_forward(x, w, b, eps)
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    xhat = (x - mean) / np.sqrt(var + eps)
-    assert rel_error(y, xhat * w + b) < TIGHT
+    assert rel_error(y, layernorm_reference(x, w, b, eps)) < TIGHT
     y_only, none = mv.layernorm_forward(x, w, b, eps, keep_cache=False)  # inference: y over xhat
     assert none is None
     np.testing.assert_array_equal(y_only, y)
-    dx, dw, db = mv.layernorm_backward(dy, cache)
-    g = dy * w
-    ref = (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True)) / np.sqrt(var + eps)
-    assert rel_error(dx, ref) < TIGHT
-    assert rel_error(dw, (dy * xhat).sum(axis=(0, 1))) < TIGHT
-    assert rel_error(db, dy.sum(axis=(0, 1))) < TIGHT
+    for got, want in zip(mv.layernorm_backward(dy, cache), layernorm_backward_reference(dy, x, w, eps)):
+        assert rel_error(got, want) < TIGHT
 
 
 def test_softmax_in_place_matches_textbook_and_overwrites(piece_floats):
     s = randn(3, 4, 9) * 5
-    ref = textbook_softmax(s)
+    ref = softmax_reference(s)
     assert rel_error(mv.softmax(s), ref) < TIGHT
     buf = s.copy()
     out = mv.softmax(buf, out=buf)
@@ -113,13 +126,13 @@ def test_softmax_shift_over_wide_pieces_matches_textbook(piece_floats):
     s[::2] += 500.0                                      # rows far above their neighbours
     s[1, 0] = -400.0                                     # a row wider than the span on its own
     assert np.ptp(s[0:2]) > SHARED_SHIFT_SPAN
-    ref = textbook_softmax(s)
+    ref = softmax_reference(s)
     got = mv.softmax(s)
     assert np.isfinite(got).all() and rel_error(got, ref) < TIGHT
     s32 = s.astype(np.float32)
     got32 = mv.softmax(s32)
     assert got32.dtype == np.float32 and np.isfinite(got32).all()
-    assert np.abs(got32 - textbook_softmax(s32.astype(np.float64))).max() < 1e-6
+    assert np.abs(got32 - softmax_reference(s32.astype(np.float64))).max() < 1e-6
 
 
 @pytest.mark.parametrize("p_drop", [0.0, 0.3])
@@ -129,10 +142,12 @@ def test_attention_matches_textbook(p_drop, piece_floats):
     B, H, N, d = 2, 3, 7, 5
     q, k, v, dout = randn(B, H, N, d), randn(B, H, N, d), randn(B, H, N, d), randn(B, H, N, d)
     out, cache = mv.attention_forward(q, k, v, p_drop=p_drop, rng=np.random.default_rng(1), train=True)
-    A = textbook_softmax(q @ k.swapaxes(-1, -2) / math.sqrt(d))
+    A = softmax_reference(q @ k.swapaxes(-1, -2) / math.sqrt(d))
     mask = cache.mask if p_drop else np.ones_like(A)  # the mask forward drew
     assert rel_error(cache.probs, A) < TIGHT
     assert rel_error(out, (A * mask) @ v) < TIGHT
+    if not p_drop:
+        assert rel_error(out, attention_reference(q, k, v)) < TIGHT
     dq, dk, dv = mv.attention_backward(dout, cache)
     dA = (dout @ v.swapaxes(-1, -2)) * mask
     dS = mv.softmax_backward(dA, A)          # the textbook softmax backward, sum over N x N
@@ -145,13 +160,7 @@ def test_attention_matches_textbook(p_drop, piece_floats):
 def test_gelu_cached_derivative_matches_textbook(approximate, piece_floats):
     x, dy = randn(10, 5) * 3, randn(10, 5)
     y, cache = mv.gelu_forward(x, approximate)
-    if approximate == "exact":
-        phi = 0.5 * (1 + erf(x / math.sqrt(2)))
-        ref_y, ref_d = x * phi, phi + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-    else:
-        t = np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3))
-        ref_y = 0.5 * x * (1 + t)
-        ref_d = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x * x)
+    ref_y, ref_d = gelu_reference(x, approximate)
     assert rel_error(y, ref_y) < TIGHT
     assert rel_error(mv.gelu_backward(dy, cache), dy * ref_d) < TIGHT
     y_only, none = mv.gelu_forward(x, approximate, keep_cache=False)  # inference: no derivative

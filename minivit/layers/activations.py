@@ -16,6 +16,25 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _GELU_C = 0.044715  # the cubic coefficient of Hendrycks & Gimpel's tanh approximation
 
 
+def gelu_reference(x, approximate="exact"):
+    """The textbook GELU (Hendrycks & Gimpel, 2016) and its derivative, written as the formulas read:
+
+        exact:  y = x Phi(x) = x/2 (1 + erf(x / sqrt 2)),      y' = Phi(x) + x phi(x)
+        tanh:   y = x/2 (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3),
+                y' = (1 + tanh u)/2 + x/2 (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+
+    phi the standard normal density. gelu_forward computes the same in fewer passes over memory, in
+    cache-sized pieces, with a hand-written erf in float32; tests/test_speed_forms.py pins the two
+    together in float64. -> (y, y')"""
+    xp = get_array_module(x)
+    if approximate == "exact":
+        phi_cdf = 0.5 * (1.0 + erf(x / math.sqrt(2.0)))
+        return x * phi_cdf, phi_cdf + x * xp.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    t = xp.tanh(math.sqrt(2.0 / math.pi) * (x + _GELU_C * x ** 3))
+    dt = (1.0 - t * t) * math.sqrt(2.0 / math.pi) * (1.0 + 3.0 * _GELU_C * x * x)
+    return 0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * dt
+
+
 def gelu_forward(x, approximate="exact", keep_cache=True, out=None):
     """GELU(x) = x * Phi(x), Phi the standard normal CDF; as torch F.gelu(approximate='none'|'tanh').
 
@@ -69,8 +88,8 @@ def _gelu_exact_y(x, y):
 
     The two are equal: for x >= 0, x Phi(x) = x - x (1 - Phi(x)) = x - x Phi(-x); for x < 0,
     relu(x) = 0 and x Phi(x) = -|x| Phi(-|x|). GELU is ReLU minus a small, even correction that
-    decays like exp(-x^2 / 2). Phi(-|x|) = erfc(|x| / sqrt 2) / 2 needs no sign(x), which costs
-    NumPy four times a multiplication; the training form needs Phi(x) itself for the derivative.
+    decays like exp(-x^2 / 2). Phi(-|x|) = erfc(|x| / sqrt 2) / 2 needs no sign(x), which NumPy
+    runs slower than a multiplication (docs/results.md); the training form needs Phi(x) itself for the derivative.
     """
     xp = get_array_module(x)
     hn = x * -0.5                                          # -x/2

@@ -16,6 +16,24 @@ from .posembed import relpos_backward, relpos_forward
 from .rowsums import sum_last
 
 
+def softmax_reference(x, axis=-1):
+    """The textbook softmax, exp(x - max) / sum(exp(x - max)) along `axis`. softmax below computes
+    the same in place, in cache-sized pieces, with one shift per piece where that is safe;
+    tests/test_speed_forms.py pins the two together in float64."""
+    xp = get_array_module(x)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def attention_reference(q, k, v, scale=None):
+    """The textbook scaled dot-product attention, softmax(q k^T / sqrt(d)) v ("Attention Is All You
+    Need", eq. 1), without dropout. attention_forward scales q instead of the N x N scores and
+    writes the softmax over them in place; its backward takes rowsum(dout * out) for the softmax's
+    row sums (docs/derivations/attention.md)."""
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return softmax_reference(q @ k.swapaxes(-1, -2) * scale) @ v
+
+
 def softmax(x, axis=-1, out=None):
     """Numerically stable softmax, exp(x - max) / sum(exp(x - max)): subtracting the row
     maximum leaves the result unchanged (it cancels between numerator and denominator) and

@@ -35,7 +35,7 @@ def erfc_as(v, kappa, e, scale=1.0):
     """
     lam, c = _as_monic(scale)
     tau = v + 1.0 / (_AS_P * kappa)
-    np.divide(1.0 / (lam * _AS_P * kappa), tau, out=tau)   # (np.reciprocal runs ~1.7x slower than a divide)
+    np.divide(1.0 / (lam * _AS_P * kappa), tau, out=tau)   # a divide, not np.reciprocal: docs/results.md
     q = tau + c[3]                          # Horner: (((tau + c4) tau + c3) tau + c2) tau + c1, times tau
     for ci in (c[2], c[1], c[0]):
         q *= tau
@@ -51,10 +51,9 @@ def normal_cdf_as(x, e):
     Phi(x) = (1 + erf(x / sqrt 2)) / 2. With u = |x| / sqrt 2, exp(-u^2) is e, so
     erf(u) = 1 - 2q with q = erfc(u) / 2, and because erf is odd,
     Phi(x) = 1/2 + sign(x) (1/2 - q). (A select, np.where(x >= 0, 1 - q, q), reads the
-    same but NumPy runs it several times slower than the two arithmetic passes.)
-    Its error against SciPy's erf is pinned by tests/test_speed_forms.py. NumPy only:
-    this is the float32 path of gelu_forward, where SciPy's erf (which works in float64)
-    cost a tenth of a training step.
+    same but NumPy runs it slower than the two arithmetic passes: docs/results.md, "What made
+    the difference".) Its error against SciPy's erf is pinned by tests/test_speed_forms.py.
+    NumPy only: this is the float32 path of gelu_forward, where SciPy's erf works in float64.
     """
     q = erfc_as(np.abs(x), _INV_SQRT_2, e, 0.5)   # (1 - erf(u)) / 2, u = |x| / sqrt 2
     np.subtract(0.5, q, out=q)              # erf(u) / 2

@@ -5,6 +5,28 @@ from ..backend import fused, get_array_module
 from .rowsums import dot_last, mean_last, sum_rows  # row means and sums as matrix-vector products: minivit/layers/rowsums.py
 
 
+def layernorm_reference(x, w, b, eps=1e-6):
+    """The textbook LayerNorm (Ba et al., 2016) over the last axis, as torch F.layer_norm:
+    y = (x - mean) / sqrt(var + eps) * w + b, the variance biased. layernorm_forward computes the
+    same with the row means as matrix-vector products (minivit/layers/rowsums.py)."""
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / get_array_module(x).sqrt(var + eps) * w + b
+
+
+def layernorm_backward_reference(dy, x, w, eps=1e-6):
+    """The textbook LayerNorm backward (docs/derivations/layernorm.md), g = dy * w:
+        dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps),  dw = sum(dy * xhat),  db = sum(dy),
+    the sums over every row. layernorm_backward takes mean(g * xhat) as (dy * xhat) @ w / D, reusing
+    the product dw needs. -> (dx, dw, db)"""
+    mean = x.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / get_array_module(x).sqrt(((x - mean) ** 2).mean(axis=-1, keepdims=True) + eps)
+    xhat, g = (x - mean) * rstd, dy * w
+    dx = (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True)) * rstd
+    rows = (-1, x.shape[-1])
+    return dx, (dy * xhat).reshape(rows).sum(axis=0), dy.reshape(rows).sum(axis=0)
+
+
 class LayerNormCache(NamedTuple):
     """What layernorm_backward needs (the fused GPU kernel returns the same three arrays)."""
     xhat: object    # (..., D) the normalised input, (x - mean) * rstd

@@ -2,8 +2,8 @@
 
 `x.sum(axis=-1)` over a short last axis (64 to 1024 features, 65 to 197 keys) makes NumPy
 reduce every row on its own, a few numbers at a time. The same sum is a product with a
-column of ones, `x.reshape(-1, n) @ ones`, which BLAS runs over all rows at once: 2 to 6
-times faster on the project's CPU (docs/results.md). LayerNorm and softmax use these.
+column of ones, `x.reshape(-1, n) @ ones`, which BLAS runs over all rows at once (measured in
+docs/results.md, "What made the difference"). LayerNorm and softmax use these.
 
 The sums over rows that backward takes for a bias or a LayerNorm gain, `dy.sum(axis=0)` over
 (tokens, features), are the product of a row of ones with the matrix, `ones @ dy2`, for the same

@@ -5,8 +5,8 @@ A training step makes and drops hundreds of temporary arrays of a few MB each (t
 every block above its mmap threshold (128 KiB, raised on the fly up to 32 MiB) with a
 fresh mmap, and gives it back with munmap when freed; it also trims the top of its heap
 whenever more than 128 KiB is free there. The next step then touches brand-new pages,
-and the kernel zero-fills each 4 KiB page on its first write: a page fault. On the
-project's 2-core machine this cost a tenth of every step (docs/results.md, "CPU speed").
+and the kernel zero-fills each 4 KiB page on its first write: a page fault (what that
+cost a training step is measured in docs/results.md, "What made the difference").
 
 `keep_freed_memory()` asks glibc, through its documented `mallopt` call (man 3 mallopt),
 to serve blocks up to 32 MiB from its heap and never trim it. Freed arrays then stay

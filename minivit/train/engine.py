@@ -71,9 +71,8 @@ class Engine:
     # A training step runs in shards of about 2,048 tokens (31 CIFAR images, 10 at 224x224), which
     # the threads take in turn: several per thread on the CIFAR models. A small shard's layer
     # outputs and temporaries stay nearer the core, and a thread slowed by the machine's other work
-    # takes fewer shards. Forward and backward ran 8-15% faster on the CIFAR presets than in one
-    # shard per thread, in a fifth to a third of the memory; vit-ti16 at 16 images keeps its two
-    # shards (docs/results.md).
+    # takes fewer shards; vit-ti16 at 16 images keeps its two shards. What this buys in time and
+    # memory: docs/results.md, "Training in shards of about 2,048 tokens".
     TRAIN_TOKENS_PER_SHARD = 2048
 
     def loss_and_grads(self, params, x, y, label_smoothing, seed, step):
@@ -104,8 +103,8 @@ class Engine:
             self.pool.shutdown()
 
     # Inference keeps nothing for a backward pass, so it can run in small pieces whose
-    # activations stay in the CPU's caches: 1.3-1.4x faster than one piece per thread and a
-    # seventh of the memory (docs/results.md). About 2,048 tokens: 31 CIFAR images, 10 at 224x224.
+    # activations stay in the CPU's caches (measured in docs/results.md, "Inference, and where it
+    # falls short"). About 2,048 tokens: 31 CIFAR images, 10 at 224x224.
     EVAL_TOKENS_PER_SHARD = 2048
 
     def predict_logits(self, params, x):
