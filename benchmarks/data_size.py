@@ -16,7 +16,7 @@ of the shipped 5,000-image subset, 1,000 test images: CNN 32.7% at 2e-3, 37.9% a
 1e-2; the ViT 34.1% at 2e-3, 34.9% at 5e-3).
 
 The models: `--preset` (default `cifar-tiny`: patch 4, dim 64, depth 4, 142K parameters) and
-minivit.cnn.CNNConfig (three 3x3 conv-ReLU stages of 32, 64 and 128 channels with 2x2 max pools,
+minivit.models.cnn.CNNConfig (three 3x3 conv-ReLU stages of 32, 64 and 128 channels with 2x2 max pools,
 global average pool, linear head: 95K parameters), both minivit's own hand-written layers.
 
 A small subset is repeated to at least `--min-epoch` images per epoch, so the test accuracy is

@@ -11,7 +11,7 @@ To compare the two frameworks, run them in turn in separate processes: benchmark
     python benchmarks/step_throughput.py --impl minivit --threads 1 --preset cifar-tiny --batch-size 256
     python benchmarks/step_throughput.py --impl torch --threads 2 --preset cifar-tiny --batch-size 256
 
-`--preset cnn` times minivit's CNN baseline (minivit.cnn.CNNConfig(); minivit only).
+`--preset cnn` times minivit's CNN baseline (minivit.models.cnn.CNNConfig(); minivit only).
 """
 import argparse
 import json

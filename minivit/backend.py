@@ -83,7 +83,7 @@ def use_fused_kernels(on):
 
 
 def fused(x):
-    """minivit.cuda_kernels if x is a CuPy array and the fused kernels are on, else None.
+    """minivit.gpu.kernels if x is a CuPy array and the fused kernels are on, else None.
 
     A layer asks `gpu = fused(x)` and, given the module, runs its one-launch kernel in place of
     its NumPy-style lines; on NumPy arrays (and dtypes other than float32/float64) the
@@ -96,7 +96,7 @@ def fused(x):
 
 
 def fused_kernels():
-    """minivit.cuda_kernels if the fused kernels are on (MINIVIT_FUSED, default on), else None.
+    """minivit.gpu.kernels if the fused kernels are on (MINIVIT_FUSED, default on), else None.
     Only for arrays that live on a GPU: see fused(x)."""
     global _fused
     if _fused is None:

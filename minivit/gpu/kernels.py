@@ -291,7 +291,7 @@ def _contiguous(*arrays):
 
 
 def layernorm_forward(x, w, b, eps):
-    """As minivit.norm.layernorm_forward: -> y, (xhat, rstd, w)."""
+    """As minivit.layers.norm.layernorm_forward: -> y, (xhat, rstd, w)."""
     import cupy
     x, w, b = _contiguous(x, w.astype(x.dtype, copy=False), b.astype(x.dtype, copy=False))
     D = x.shape[-1]
@@ -305,7 +305,7 @@ def layernorm_forward(x, w, b, eps):
 
 
 def layernorm_backward(dy, cache):
-    """As minivit.norm.layernorm_backward: -> dx, dw, db."""
+    """As minivit.layers.norm.layernorm_backward: -> dx, dw, db."""
     import cupy
     xhat, rstd, w = cache
     dy, = _contiguous(dy)
@@ -323,7 +323,7 @@ def layernorm_backward(dy, cache):
 
 
 def softmax(x, out=None):
-    """As minivit.attention.softmax over the last axis; out may be x."""
+    """As minivit.layers.attention.softmax over the last axis; out may be x."""
     import cupy
     x, = _contiguous(x)
     if out is None or not out.flags.c_contiguous:
@@ -335,7 +335,7 @@ def softmax(x, out=None):
 
 
 def softmax_backward(dp, p, out=None, scale=1.0):
-    """scale * minivit.attention.softmax_backward(dp, p) over the last axis; out may be dp."""
+    """scale * minivit.layers.attention.softmax_backward(dp, p) over the last axis; out may be dp."""
     import cupy
     dp, p = _contiguous(dp, p)
     if out is None or not out.flags.c_contiguous:
@@ -348,7 +348,7 @@ def softmax_backward(dp, p, out=None, scale=1.0):
 
 
 def gelu(x, approximate):
-    """As minivit.activations.gelu_forward: -> y, GELU'(x)."""
+    """As minivit.layers.activations.gelu_forward: -> y, GELU'(x)."""
     import cupy
     x, = _contiguous(x)
     y, dydx = cupy.empty(x.shape, x.dtype), cupy.empty(x.shape, x.dtype)
@@ -443,7 +443,7 @@ def matmul(a, b, trans_a=False, trans_b=False):
 
 
 def linear_forward(x, w, b):
-    """As minivit.linear.linear_forward."""
+    """As minivit.layers.linear.linear_forward."""
     x2 = x.reshape(-1, x.shape[-1])
     y = matmul(x2, w)
     y += b
@@ -451,7 +451,7 @@ def linear_forward(x, w, b):
 
 
 def linear_backward(dy, cache):
-    """As minivit.linear.linear_backward."""
+    """As minivit.layers.linear.linear_backward."""
     x, w = cache
     x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
     return matmul(dy2, w, trans_b=True).reshape(x.shape), matmul(x2, dy2, trans_a=True), column_sums(dy2)
@@ -465,7 +465,7 @@ class AttentionCache:
 
 
 def attention_forward(q, k, v, scale):
-    """As minivit.attention.attention_forward without dropout or bias: q, k, v (..., N, d) -> out, cache.
+    """As minivit.layers.attention.attention_forward without dropout or bias: q, k, v (..., N, d) -> out, cache.
 
     The N x N logits are stored with each row padded to a multiple of 4 entries (16 bytes).
     With N = 65 or 197, unpadded rows leave cuBLAS only its unaligned kernels, several times
@@ -505,7 +505,7 @@ def attention_backward(dout, cache):
 
 
 def cross_entropy(logits, labels, label_smoothing):
-    """As minivit.loss.cross_entropy, without a host sync: a label outside [0, K) makes the loss NaN."""
+    """As minivit.layers.loss.cross_entropy, without a host sync: a label outside [0, K) makes the loss NaN."""
     import cupy
     logits, = _contiguous(logits)
     B, K = logits.shape
@@ -543,7 +543,7 @@ def _upload(*columns):
 
 
 def sum_of_squares(arrays):
-    """sum over every array of sum(a^2), in float64, as a 0-d device array (minivit.optim.global_norm)."""
+    """sum over every array of sum(a^2), in float64, as a 0-d device array (minivit.train.optim.global_norm)."""
     import cupy
     tab = TensorTable(list(arrays))
     blocks = _flat_blocks(tab.total)
@@ -569,7 +569,7 @@ def scale_all(arrays, s):
 
 
 def adamw_step(params, grads, decays, m, v, lr, b1, b2, bc1, bc2, eps, weight_decay):
-    """As minivit.optim.AdamW.step over every tensor in one launch.
+    """As minivit.train.optim.AdamW.step over every tensor in one launch.
 
     params, grads: lists of arrays in the same order; decays: booleans; m, v: the flat state
     (the concatenation of every tensor's moments, in that order), updated in place.
