@@ -31,11 +31,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_vit, bes
 
 def minivit_step(cfg, x, y, threads):
     from minivit.models import family_of
-    from minivit.train.engine import Engine, _blas_single_thread
+    from minivit.train.engine import Engine, blas_single_thread
     params = family_of(cfg).init_params(cfg, seed=0)
     opt = mv.AdamW(lr=1e-3, weight_decay=0.05)
     engine = Engine(cfg, threads)
-    ctx = _blas_single_thread(threads)
+    ctx = blas_single_thread(threads)
     ctx.__enter__()  # held for the whole benchmark, as the trainer does
 
     def step(i):
@@ -48,10 +48,10 @@ def minivit_step(cfg, x, y, threads):
 
 def minivit_eval(cfg, x, y, threads):
     from minivit.models import family_of
-    from minivit.train.engine import Engine, _blas_single_thread
+    from minivit.train.engine import Engine, blas_single_thread
     params = family_of(cfg).init_params(cfg, seed=0)
     engine = Engine(cfg, threads)
-    _blas_single_thread(threads).__enter__()
+    blas_single_thread(threads).__enter__()
     return lambda i: engine.predict_logits(params, x).argmax(axis=1)
 
 

@@ -25,7 +25,7 @@ from minivit.data import Split  # noqa: E402
 from minivit.train.optim import EMA  # noqa: E402
 from minivit.config import TrainConfig  # noqa: E402
 from minivit.train.batches import epoch_order, make_batch  # noqa: E402
-from minivit.train.engine import Engine, _blas_single_thread  # noqa: E402
+from minivit.train.engine import Engine, blas_single_thread  # noqa: E402
 
 
 def main():
@@ -55,7 +55,7 @@ def main():
     engine = Engine(cfg, a.threads)
     order = epoch_order(0, 0, n)
     parts = {k: [] for k in ("make_batch", "forward+backward", "clip", "adamw", "ema")}
-    with _blas_single_thread(a.threads):
+    with blas_single_thread(a.threads):
         for i in range(a.warmup + a.steps):
             t = [time.perf_counter()]
             x, y = make_batch(split, tcfg, mean, std, 0, i % 40, i, order=order)

@@ -21,7 +21,7 @@ import numpy as np
 from ..layers.attention import softmax
 from ..backend import get_array_module, to_device, to_numpy
 from ..data.transforms import normalize
-from ..train.engine import Engine, _blas_single_thread
+from ..train.engine import Engine, blas_single_thread
 
 
 def features(params, images, cfg, mean, std, batch_size=500, threads=2):
@@ -36,7 +36,7 @@ def features(params, images, cfg, mean, std, batch_size=500, threads=2):
     xp = get_array_module(body["head.w"])
     engine = Engine(replace(cfg, num_classes=cfg.dim, head="classify"), threads)  # (a pre-training model has no class head)
     try:
-        with _blas_single_thread(engine.threads):
+        with blas_single_thread(engine.threads):
             parts = [to_numpy(engine.predict_logits(body, normalize(images[i:i + batch_size], mean, std, xp, dtype)))
                      for i in range(0, len(images), batch_size)]
     finally:

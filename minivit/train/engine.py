@@ -12,7 +12,7 @@ from ..models.families import family_of
 from .objectives import objective_of
 
 
-def _blas_single_thread(threads):
+def blas_single_thread(threads):
     """With several data-parallel threads, each should run BLAS on one core (else 2 x 2 threads fight)."""
     if threads <= 1:
         return nullcontext()
@@ -124,9 +124,9 @@ def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smo
     engine = engine or Engine(cfg, threads)
     obj, xp = engine.objective, backend_xp()
     total, correct, count, preds = 0.0, 0.0, 0, []
-    with _blas_single_thread(engine.threads):
+    with blas_single_thread(engine.threads):
         for a in range(0, len(split.labels), batch_size):
-            x = normalize(split.images[a:a + batch_size], mean, std, xp, _dtype(params))
+            x = normalize(split.images[a:a + batch_size], mean, std, xp, params_dtype(params))
             y = obj.eval_targets(x, split.labels[a:a + batch_size], mean, std, cfg)
             l_, c_, n_, p_ = obj.score(engine, params, x, y, a, cfg, label_smoothing)
             total, correct, count = total + l_, correct + c_, count + n_
@@ -137,6 +137,6 @@ def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smo
     return {"loss": total / max(count, 1), "accuracy": correct / max(count, 1), "predictions": preds}
 
 
-def _dtype(params):
+def params_dtype(params):
     """The parameters' float type, which the input batches take."""
     return next(iter(params.values())).dtype

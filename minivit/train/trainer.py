@@ -17,7 +17,7 @@ import numpy as np
 
 from . import plots
 from .batches import epoch_order, make_batch
-from .engine import Engine, _blas_single_thread, _dtype, evaluate
+from .engine import Engine, blas_single_thread, evaluate, params_dtype
 from .objectives import objective_of
 from .optim import EMA, SGD, AdamW, clip_grad_norm, warmup_cosine
 from ..atomic import write_text_atomic
@@ -161,7 +161,7 @@ class Trainer:
         interrupted = []  # set by Ctrl-C or SIGTERM; the step in progress finishes first
         handlers = _catch_signals(interrupted.append)
         try:
-            with _blas_single_thread(self.engine.threads):
+            with blas_single_thread(self.engine.threads):
                 while self.step < self.total_steps and not interrupted:
                     self._run_epoch(interrupted)
         finally:
@@ -202,7 +202,7 @@ class Trainer:
         if self._order[0] != epoch:  # the epoch's shuffle, drawn once per epoch
             self._order = (epoch, epoch_order(self.tcfg.seed, epoch, len(self.data.train.labels)))
         x, y = make_batch(self.data.train, self.tcfg, self.mean, self.std, epoch, index, self.step,
-                          _dtype(self.params), order=self._order[1])
+                          params_dtype(self.params), order=self._order[1])
         return self.objective.targets(x, y, self.cfg, self.tcfg, self.mean, self.std, self.step)
 
     def _step(self, x, y, epoch):
