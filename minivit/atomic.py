@@ -31,3 +31,23 @@ def write_text_atomic(path, text):
     """The text file `path`, written through atomic_write."""
     with atomic_write(path) as f:
         f.write(text.encode())
+
+
+def remove_stale_temporaries(path):
+    """Delete the temporaries that killed writers left beside `path` (`<name>.<PID>.tmp` of a PID that
+    no longer runs): a kill -9 gives atomic_write no chance to clean up. A live writer's is kept."""
+    path = Path(path)
+    for tmp in path.parent.glob(f"{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 1:-len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)          # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # it exists, under another user
+        return True
+    return True

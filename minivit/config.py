@@ -5,6 +5,7 @@ Presets follow the ViT paper's Table 1 (at 224x224 with 1000 classes, as timm's
 for tests.
 """
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 
 # The allowed values of the settings that name a choice: the checks below and the command line's flags read them.
@@ -92,9 +93,9 @@ class ViTConfig:
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {v!r}")
-        if not (isinstance(self.layer_scale, (int, float)) and self.layer_scale >= 0):
-            raise ConfigError(f"layer_scale must be >= 0 (0: no LayerScale), got {self.layer_scale!r}")
-        if not self.ln_eps > 0:
+        if not (isinstance(self.layer_scale, (int, float)) and math.isfinite(self.layer_scale) and self.layer_scale >= 0):
+            raise ConfigError(f"layer_scale must be a finite number >= 0 (0: no LayerScale), got {self.layer_scale!r}")
+        if not (self.ln_eps > 0 and math.isfinite(self.ln_eps)):
             raise ConfigError(f"ln_eps must be positive, got {self.ln_eps!r}")
         if len(self.stem_channels) != len(self.stem_strides):
             raise ConfigError(f"stem_channels {self.stem_channels} and stem_strides {self.stem_strides} "
@@ -221,15 +222,37 @@ class TrainConfig:
                                     "with probability P")
 
     def __post_init__(self):
-        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1),
-                  ("lr", self.lr > 0), ("min_lr", self.min_lr >= 0), ("warmup_epochs", self.warmup_epochs >= 0),
-                  ("weight_decay", self.weight_decay >= 0), ("label_smoothing", 0 <= self.label_smoothing < 1),
-                  ("clip_norm", self.clip_norm >= 0), ("threads", self.threads >= 1),
-                  ("eval_batch_size", self.eval_batch_size >= 1), ("optimizer", self.optimizer in OPTIMIZERS),
-                  ("momentum", 0 <= self.momentum < 1), ("mixup", self.mixup >= 0), ("cutmix", self.cutmix >= 0),
-                  ("ema", 0 <= self.ema < 1), ("randaugment", self.randaugment >= 0),
-                  ("randaugment_magnitude", 0 <= self.randaugment_magnitude <= 10),
-                  ("random_erasing", 0 <= self.random_erasing <= 1)]
-        bad = [name for name, ok in checks if not ok]
+        # Each setting's range, checked once here, before any data loads; a message names the flag.
+        # name: (whole number or not, lowest, highest, the lowest excluded, the highest excluded)
+        ranges = {"epochs": (True, 1, None), "batch_size": (True, 1, None), "lr": (False, 0, None, True),
+                  "min_lr": (False, 0, None), "warmup_epochs": (False, 0, None), "weight_decay": (False, 0, None),
+                  "label_smoothing": (False, 0, 1, False, True), "clip_norm": (False, 0, None),
+                  "seed": (True, 0, None), "threads": (True, 1, None), "eval_batch_size": (True, 1, None),
+                  "momentum": (False, 0, 1, False, True), "mixup": (False, 0, None), "cutmix": (False, 0, None),
+                  "ema": (False, 0, 1, False, True), "randaugment": (True, 0, None),
+                  "randaugment_magnitude": (False, 0, 10), "random_erasing": (False, 0, 1)}
+        bad = [f"{flag_of(TrainConfig, name)} must be {problem}, got {getattr(self, name)!r}"
+               for name, rule in ranges.items() if (problem := _out_of_range(getattr(self, name), *rule))]
+        if self.optimizer not in OPTIMIZERS:
+            bad.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if bad:
-            raise ValueError("invalid training setting(s): " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+            raise ValueError("invalid training setting: " + "; ".join(bad))
+
+
+def flag_of(config, name):
+    """The command-line flag of a config field: --batch-size for batch_size, or the one its setting() names."""
+    f = next(f for f in fields(config) if f.name == name)
+    return f.metadata.get("flag") or "--" + name.replace("_", "-")
+
+
+def _out_of_range(v, whole, low, high=None, low_excluded=False, high_excluded=False):
+    """None if the setting v is in range, else what it must be ('a finite number in [0, 1)', ...)."""
+    kind = "a whole number" if whole else "a finite number"
+    rng = (f"> {low}" if low_excluded else f">= {low}") if high is None else \
+        f"in {'(' if low_excluded else '['}{low}, {high}{')' if high_excluded else ']'}"
+    ok_type = isinstance(v, numbers.Integral) if whole else isinstance(v, numbers.Real) and math.isfinite(v)
+    if isinstance(v, bool) or not ok_type:
+        return f"{kind} {rng}"
+    below = v <= low if low_excluded else v < low
+    above = high is not None and (v >= high if high_excluded else v > high)
+    return f"{kind} {rng}" if below or above else None

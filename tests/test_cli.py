@@ -34,9 +34,9 @@ def test_train_evaluate_predict(tmp_path, toy):
     for f in ("checkpoint.npz", "curves.png", "confusion.png", "command.txt"):
         assert (out / f).exists(), f
 
-    r = run("evaluate", str(out / "checkpoint.npz"), "--confusion", str(tmp_path / "cm.png"))
+    r = run("evaluate", str(out / "checkpoint.npz"), "--confusion", str(tmp_path / "cm.png"), "--json")
     assert r.returncode == 0, r.stderr
-    result = json.loads(r.stdout.splitlines()[0])
+    result = json.loads(r.stdout)
     assert result["images"] == 10 and abs(result["accuracy"] - rows[-1]["test_acc"]) < 1e-9
     assert (tmp_path / "cm.png").exists()
 

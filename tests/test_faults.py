@@ -4,6 +4,7 @@ Two runs on one folder, kill -9 at random moments then --resume, a full disk (RL
 child process), changed data on resume, classes matched by name, 16-bit, oversized and
 metadata-littered images, and the smaller edges of the command line.
 """
+import io
 import json
 import os
 import resource
@@ -12,6 +13,7 @@ import struct
 import subprocess
 import sys
 import time
+import zipfile
 import zlib
 
 import numpy as np
@@ -348,3 +350,257 @@ def test_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path):
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
     write_text_atomic(path, "new")
     assert path.read_text() == "new"
+
+
+# ---------------------------------------------------------------- round two: what the second adversarial pass found
+
+def test_a_blow_up_on_an_epochs_last_step_is_never_saved(tmp_path, monkeypatch):
+    """One step per epoch (60 images, batch 60): the loss is finite before the update that breaks the
+    weights, so only a check of the weights keeps them out of the checkpoint."""
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    data = write_folder(tmp_path / "data", image_folder_files(classes=tuple("abcde"), size=8, per_class=(12, 2)))
+    for epochs in ("1", "2"):
+        out = tmp_path / f"run{epochs}"
+        r = run("train", "--data", str(data), "--out", str(out), "--epochs", epochs, "--lr", "1e38",
+                "--preset", "test", "--batch-size", "60", "--no-progress")
+        assert r.returncode == 1 and "done" not in r.stdout, r.stdout
+        assert "parameters became NaN or infinite at step 1" in r.stderr and "no checkpoint had been saved" in r.stderr
+        assert not (out / "checkpoint.npz").exists() and not (out / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    (["--warmup", "nan"], "--warmup must be a finite number >= 0, got nan"),
+    (["--seed", "-1"], "--seed must be a whole number >= 0, got -1"),
+    (["--label-smoothing", "1"], "--label-smoothing must be a finite number in [0, 1), got 1.0"),
+])
+def test_numeric_flags_are_checked_before_any_data_loads(tmp_path, flags, message):
+    r = run("train", "--data", str(tmp_path / "no-such-data"), "--out", str(tmp_path / "run"), *TRAIN, *flags)
+    assert r.returncode == 1 and message in r.stderr and "no such file" not in r.stderr, r.stderr
+
+
+def test_metrics_hold_json_null_for_a_non_finite_figure_and_plots_skip_it(tmp_path):
+    from minivit.train.plots import plot_curves
+    history = [{"epoch": 1, "train_loss": 2.0, "test_loss": None, "train_acc": 0.1, "test_acc": 0.2},
+               {"epoch": 2, "train_loss": 1.5, "test_loss": 1.4, "train_acc": 0.3, "test_acc": 0.4}]
+    plot_curves(history, tmp_path / "c.png", train_loss_label="train (label-smoothed)")
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_make_subset_never_writes_into_the_package(tmp_path):
+    from minivit.data import SUBSET_PATH
+    src = write_zip(tmp_path / "src.zip", image_folder_files(classes=("cat", "dog"), size=8, per_class=(3, 1)))
+    before = SUBSET_PATH.read_bytes()
+    r = subprocess.run([sys.executable, "-m", "minivit", "make-subset", str(src), "--train-per-class", "2",
+                        "--test-per-class", "1"], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cifar10-subset.tar.gz").is_file() and SUBSET_PATH.read_bytes() == before
+    r = run("make-subset", str(src), "--dest", str(SUBSET_PATH))
+    assert r.returncode == 1 and "inside the installed minivit package" in r.stderr
+    assert SUBSET_PATH.read_bytes() == before
+    r = run("make-subset", str(src), "--dest", str(tmp_path / "s.tar.gz"), "--train-per-class", "-1")
+    assert r.returncode == 1 and "at least one image per class" in r.stderr
+
+
+def test_finetune_at_a_size_that_cannot_fit_is_refused_with_the_figures(tmp_path, toy):
+    pre = tmp_path / "pre"
+    assert run("train", "--data", str(toy), "--out", str(pre), "--epochs", "1", *TRAIN).returncode == 0
+    t0 = time.perf_counter()
+    r = run("finetune", str(pre / "checkpoint.npz"), "--data", str(toy), "--image-size", "4096",
+            "--out", str(tmp_path / "ft"), "--no-progress")
+    assert r.returncode == 1 and "fine-tuning at --image-size 4096 would need about" in r.stderr, r.stderr
+    assert "GB available" in r.stderr and "Traceback" not in r.stderr
+    assert time.perf_counter() - t0 < 60                       # refused before any resizing
+    for size in ("0", "-8"):
+        r = run("finetune", str(pre / "checkpoint.npz"), "--data", str(toy), "--image-size", size)
+        assert r.returncode == 1 and "--image-size must be a positive number of pixels" in r.stderr
+
+
+def test_a_corrupt_zip_member_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    files = image_folder_files(classes=("cat", "dog"), size=8, per_class=(3, 1))
+    path = tmp_path / "toy.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for rel, data in files.items():
+            z.writestr(rel, data)
+    raw = bytearray(path.read_bytes())
+    info = zipfile.ZipFile(path).getinfo("toy/train/cat/001.png")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    raw[start + 5:start + 25] = bytes(20)                       # damage the deflated data of one member
+    path.write_bytes(bytes(raw))
+    r = run("train", "--data", str(path), "--out", str(tmp_path / "run"), *TRAIN)
+    assert r.returncode == 1 and "corrupted archive member toy/train/cat/001.png" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("head", ["classify", "mpp"])
+def test_a_constant_colour_channel_trains_with_finite_losses(tmp_path, head):
+    from minivit.data import Dataset, Split, channel_stats
+    from minivit.train import TrainConfig, Trainer
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        x = rng.integers(0, 256, (n, 3, 8, 8), dtype=np.uint8)
+        x[:, 2] = 0                                             # a zeroed blue channel
+        return Split(x, rng.integers(0, 5, n))
+    data = Dataset(split(16), split(4), tuple("abcde"), "no-blue")
+    assert channel_stats(data.train.images)[1][2] > 0         # floored, not 0
+    cfg = mv.ViTConfig.preset("test", head=head)
+    trainer = Trainer(cfg, TrainConfig(epochs=1, batch_size=8, threads=1, label_smoothing=0.0), data, tmp_path / "r",
+                      progress=False, log=lambda *_: None, plots=False)
+    history = trainer.fit()
+    assert np.isfinite(history[-1]["train_loss"]) and np.isfinite(history[-1]["test_loss"])
+
+
+def test_image_folders_follow_symlinked_classes_and_take_nested_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    files = image_folder_files(classes=("a", "b"), size=8, per_class=(2, 1))
+    root = write_folder(tmp_path / "data", files)
+    elsewhere = write_folder(tmp_path / "other", image_folder_files(classes=("c",), size=8, per_class=(2, 1), seed=1))
+    (root / "train" / "c").symlink_to(elsewhere / "train" / "c", target_is_directory=True)   # a linked class
+    (root / "test" / "c").symlink_to(elsewhere / "test" / "c", target_is_directory=True)
+    nested = root / "train" / "a" / "more"
+    nested.mkdir()
+    (nested / "009.png").write_bytes(files["toy/train/a/000.png"])                          # an image one level deeper
+    (nested / "loop").symlink_to(root, target_is_directory=True)                           # a link back up
+    d = load_dataset(str(root))
+    assert d.classes == ("a", "b", "c")
+    assert np.bincount(d.train.labels).tolist() == [3, 2, 2]
+
+
+def test_the_same_images_in_any_container_are_the_same_data(tmp_path, monkeypatch):
+    """A folder, a .zip and a .tar.gz whose members are not in sorted order: one order, one fingerprint."""
+    import tarfile
+    from minivit.train.trainer import data_fingerprint
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    files = image_folder_files(classes=("cat", "dog", "emu"), size=8, per_class=(3, 1))
+    folder = write_folder(tmp_path / "folder", files)
+    zipped = write_zip(tmp_path / "toy.zip", files)
+    tgz = tmp_path / "toy.tar.gz"
+    with tarfile.open(tgz, "w:gz") as tar:
+        for rel in reversed(list(files)):                                  # the archive's own order is reversed
+            info = tarfile.TarInfo(rel)
+            info.size = len(files[rel])
+            tar.addfile(info, io.BytesIO(files[rel]))
+    sets = [load_dataset(str(p)) for p in (folder, zipped, tgz)]
+    prints = {data_fingerprint(d) for d in sets}
+    assert len(prints) == 1
+    for d in sets[1:]:
+        np.testing.assert_array_equal(d.train.images, sets[0].train.images)
+        np.testing.assert_array_equal(d.test.labels, sets[0].test.labels)
+
+
+def test_data_cifar10_takes_a_local_cifar10_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    files = {k.replace("toy/", "cifar10/", 1): v for k, v in image_folder_files(classes=tuple("abcde"), size=8,
+                                                                                per_class=(4, 1)).items()}
+    write_folder(tmp_path, files)
+    r = subprocess.run([sys.executable, "-m", "minivit", "train", "--data", "cifar10", "--out", "run", "--epochs", "1",
+                        *TRAIN], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "data: cifar10 (20 train, 5 test, 5 classes)" in r.stdout and "download" not in r.stderr
+
+
+def test_the_cache_variable_is_named_when_it_cannot_be_used(tmp_path, toy, monkeypatch):
+    (tmp_path / "a-file").write_text("x")
+    for value in (str(tmp_path / "a-file"), str(tmp_path / "a-file" / "below")):
+        monkeypatch.setenv("MINIVIT_CACHE", value)
+        r = run("train", "--data", str(toy), "--out", str(tmp_path / "run"), "--epochs", "1", *TRAIN)
+        assert r.returncode == 1 and f"cannot use MINIVIT_CACHE={value}" in r.stderr, r.stderr
+    monkeypatch.setenv("MINIVIT_CACHE", "")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))                  # empty means unset: ~/.cache/minivit
+    r = subprocess.run([sys.executable, "-m", "minivit", "train", "--data", str(toy), "--out", "run", "--epochs", "1",
+                        *TRAIN], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert list((tmp_path / "home" / ".cache" / "minivit").glob("imagefolder-*.npz"))
+    assert not list(tmp_path.glob("imagefolder-*"))
+
+
+def test_what_is_not_a_dataset_is_named_and_never_read(tmp_path, toy):
+    img = next(toy.glob("test/a/*.png"))
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path, message in ((img, "a single image, not a dataset"), ("/dev/zero", "not a regular file or folder"),
+                          (fifo, "not a regular file or folder")):
+        r = run("train", "--data", str(path), "--out", str(tmp_path / "run"), *TRAIN, timeout=120)
+        assert r.returncode == 1 and message in r.stderr, r.stderr
+
+
+def test_a_zero_byte_image_is_named_without_python_object_reprs(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    files = image_folder_files(classes=("cat", "dog"), size=8, per_class=(2, 1))
+    files["toy/train/cat/empty.png"] = b""
+    with pytest.raises(DataError, match="empty.png: cannot read image \\(the file is empty\\)") as e:
+        load_dataset(str(write_zip(tmp_path / "toy.zip", files)))
+    assert "BytesIO" not in str(e.value) and "0x" not in str(e.value)
+
+
+def test_fewshot_l2_nan_is_refused(tmp_path, toy):
+    out = tmp_path / "run"
+    assert run("train", "--data", str(toy), "--out", str(out), "--epochs", "1", *TRAIN).returncode == 0
+    r = run("fewshot", str(out / "checkpoint.npz"), "--l2", "nan")
+    assert r.returncode == 1 and "--l2 > 0" in r.stderr
+
+
+def test_a_finished_run_is_tidy_and_evaluate_reads_as_a_table(tmp_path, toy):
+    out = tmp_path / "run"
+    r = run("train", "--data", str(toy), "--out", str(out), "--epochs", "1", *TRAIN)
+    assert r.returncode == 0, r.stderr
+    assert "model: test;" in r.stdout and " ;" not in r.stdout             # the header has no stray space
+    assert "confusion.png" in r.stdout.splitlines()[-1]                    # the last line names both plots
+    assert not (out / ".lock").exists()                                    # the lock goes with the run
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    r = run("evaluate", str(out / "checkpoint.npz"), "--confusion", str(folder))
+    assert r.returncode == 0, r.stderr
+    assert (folder / "confusion.png").is_file() and not (tmp_path / "plots.png").exists()
+    assert not r.stdout.lstrip().startswith("{") and "accuracy" in r.stdout.splitlines()[0]
+
+
+def test_resume_without_out_is_refused(tmp_path, toy):
+    r = subprocess.run([sys.executable, "-m", "minivit", "train", "--data", str(toy), "--resume", *TRAIN],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 1 and "--resume continues the run in --out" in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_evaluate_elsewhere_says_to_pass_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    write_folder(tmp_path / "project", image_folder_files(classes=tuple("abcde"), size=8, per_class=(4, 1)))
+    r = subprocess.run([sys.executable, "-m", "minivit", "train", "--data", "toy", "--out", "run", "--epochs", "1",
+                        *TRAIN], capture_output=True, text=True, cwd=tmp_path / "project")
+    assert r.returncode == 0, r.stderr
+    r = run("evaluate", str(tmp_path / "project" / "run" / "checkpoint.npz"), cwd=tmp_path)
+    assert r.returncode == 1 and "was trained on --data toy, which is not found from" in r.stderr
+    assert "pass --data" in r.stderr
+
+
+def test_sigterm_while_loading_leaves_no_empty_run_folder(tmp_path, monkeypatch):
+    """SIGTERM before training starts: the run folder this command made is removed, exit 143."""
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    data = write_folder(tmp_path / "data", image_folder_files(classes=tuple("abcde"), size=8, per_class=(400, 40)))
+    p = subprocess.Popen([sys.executable, "-m", "minivit", "train", "--data", str(data), *TRAIN],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.time() + 60
+    while not list((tmp_path / "runs").glob("*")) and time.time() < deadline:  # the folder exists: loading began
+        time.sleep(0.01)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_a_killed_writers_temporary_is_removed_on_the_next_load(tmp_path, monkeypatch):
+    from minivit.atomic import remove_stale_temporaries
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    src = write_folder(tmp_path / "data", image_folder_files())
+    load_dataset(str(src))
+    (cache,) = (tmp_path / "cache").glob("imagefolder-*.npz")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()                                                          # a PID that no longer runs
+    stale = cache.with_name(f"{cache.name}.{dead.pid}.tmp")
+    live = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")           # this process's own: kept
+    stale.write_bytes(b"half a file")
+    live.write_bytes(b"being written")
+    remove_stale_temporaries(cache)
+    assert not stale.exists() and live.exists()

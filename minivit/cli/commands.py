@@ -1,9 +1,12 @@
 """Command line: `minivit train | pretrain | finetune | evaluate | predict | profile | make-subset` (also `python -m minivit`)."""
 import contextlib
 import json
+import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +21,10 @@ from ..io.runlock import RunFolderBusy
 from ..models.vit import require_class_head
 from ..train.objectives import OBJECTIVES
 from ..train.trainer import TrainingDiverged
+from ..train.engine import check_memory
 from .parser import MODEL_FLAGS, _parser, train_config
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1]   # the installed minivit/ folder
 
 
 def _new_run_folder():
@@ -66,8 +72,15 @@ def _check_out_folder(out, resume):
         pass
 
 
+def _run_folder(a):
+    """--out, or a new runs/<time> folder; --resume needs the folder of the run it continues."""
+    if a.resume and not a.out:
+        raise ValueError("--resume continues the run in --out; name its folder (e.g. --out runs/20261206-101500)")
+    return Path(a.out) if a.out else _new_run_folder()
+
+
 def cmd_train(a, head="classify"):
-    out = Path(a.out) if a.out else _new_run_folder()
+    out = _run_folder(a)
     with _remove_if_unused(out, created=a.out is None):
         _check_out_folder(out, a.resume)
         return _train(a, out, head)
@@ -87,8 +100,9 @@ def _train(a, out, head):
     OBJECTIVES[head].check_settings(tcfg, overrides)   # before any data loads
     data = load_dataset(a.data)
     cfg = ViTConfig.preset(a.preset, **{"num_classes": len(data.classes), **overrides, "head": head})
+    changed = "".join(f", {k}={v}" for k, v in overrides.items())
     print(f"data: {a.data} ({len(data.train.labels)} train, {len(data.test.labels)} test, {len(data.classes)} classes); "
-          f"model: {a.preset} {overrides or ''}; output: {out}")
+          f"model: {a.preset}{changed}; output: {out}")
     trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=_progress(a), data_spec=a.data)
     from ..models.vit import count_params
     print(f"{count_params(cfg):,} parameters; {trainer.total_steps} steps of {tcfg.batch_size} images")
@@ -108,8 +122,9 @@ def _fit(trainer, out):
         return 143 if trainer.interrupted == "SIGTERM" else 130  # 128 + the signal's number, as shells do
     if history:
         h = history[-1]
+        plots = " and ".join(str(out / f) for f in ("curves.png", "confusion.png") if (out / f).exists())
         print(f"done: {trainer.objective.metric} {h['test_acc']:.4f} after {h['epoch']} epochs, {h['elapsed_s']:.0f} s of training; "
-              f"checkpoint {out / 'checkpoint.npz'}, metrics {out / 'metrics.jsonl'}, plots {out / 'curves.png'}")
+              f"checkpoint {out / 'checkpoint.npz'}, metrics {out / 'metrics.jsonl'}" + (f", plots {plots}" if plots else ""))
     return 0
 
 
@@ -132,6 +147,9 @@ def _checkpoint_and_data(a):
     from ..models.resolution import adapt_to_images
     params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"), family="vit")
     spec = a.data or meta.get("data", "subset")
+    if not a.data and spec not in ("subset", "cifar10") and not Path(spec).exists():
+        raise DataError(f"{a.checkpoint} was trained on --data {spec}, which is not found from {Path.cwd()}; "
+                        "pass --data with its path from here")
     data = load_dataset(spec)
     params, cfg = adapt_to_images(params, cfg, data.image_shape, log=lambda m: print(m, file=sys.stderr))
     return params, cfg, meta, spec, data
@@ -140,7 +158,8 @@ def _checkpoint_and_data(a):
 def cmd_evaluate(a):
     from ..train.plots import plot_confusion
     from ..train.engine import evaluate
-    if a.confusion and not Path(a.confusion).resolve().parent.is_dir():
+    confusion = Path(a.confusion) / "confusion.png" if a.confusion and Path(a.confusion).is_dir() else a.confusion
+    if confusion and not Path(confusion).resolve().parent.is_dir():
         raise OSError(f"--confusion {a.confusion}: the folder {Path(a.confusion).parent} does not exist")
     params, cfg, meta, spec, data = _checkpoint_and_data(a)
     require_class_head(cfg)   # the test accuracy of a class head; pre-training's colours are not classes
@@ -154,12 +173,15 @@ def cmd_evaluate(a):
     if a.json:
         print(json.dumps({**result, "per_class": per_class}))
     else:
-        print(json.dumps(result))
+        print(f"{Path(a.checkpoint).name} on {spec}: {result['images']:,} images, accuracy {ev['accuracy']:.4f}, "
+              f"loss {ev['loss']:.4f}\n{'class':>14s} accuracy")
         for c, acc in per_class.items():
             print(f"  {c:>12s} {acc:.3f}")
-    if a.confusion:
-        plot_confusion(test.labels, ev["predictions"], classes, a.confusion,
+    if confusion:
+        plot_confusion(test.labels, ev["predictions"], classes, confusion,
                        title=f"{Path(a.checkpoint).name}: test accuracy {ev['accuracy']:.1%}")
+        if not a.json:
+            print(f"confusion matrix: {confusion}")
     return 0
 
 
@@ -214,7 +236,9 @@ def cmd_finetune(a):
     """Paper section 3.2 and Appendix B.1.1: the pre-trained head is replaced by a zero-initialised one for the
     new classes, the position embeddings follow the new resolution, and SGD with momentum 0.9, no weight decay,
     clipping at 1, a short warmup and cosine decay train everything."""
-    out = Path(a.out) if a.out else _new_run_folder()
+    if a.image_size is not None and a.image_size < 1:
+        raise ValueError(f"--image-size must be a positive number of pixels, got {a.image_size}")
+    out = _run_folder(a)
     with _remove_if_unused(out, created=a.out is None):
         _check_out_folder(out, a.resume)
         return _finetune(a, out)
@@ -226,10 +250,15 @@ def _finetune(a, out):
     from ..models.resolution import resize_images, resize_pos_embed
     from ..train.trainer import Trainer
     params, cfg = _load_pretrained(a.checkpoint)
+    tcfg = train_config(a)
     data = load_dataset(a.data)
     size = a.image_size or data.image_shape[1]
     if data.image_shape[0] != cfg.in_channels:
         raise DataError(f"the data's images have {data.image_shape[0]} channels, the model {cfg.in_channels}")
+    if size != cfg.image_size:   # before any resizing: the images and a step at the new size must fit
+        images = (len(data.train.labels) + len(data.test.labels)) * cfg.in_channels * size * size
+        check_memory(ViTConfig.from_dict({**cfg.to_dict(), "image_size": size}), tcfg.batch_size, tcfg.threads,
+                     images, what=f"fine-tuning at --image-size {size}")
     if data.image_shape[1:] != (size, size):  # fine-tuning at a higher resolution than the data (paper 3.2)
         print(f"resizing the data's {data.image_shape[2]}x{data.image_shape[1]} images to {size}x{size} (bicubic)")
         data = Dataset(Split(resize_images(data.train.images, size), data.train.labels),
@@ -240,7 +269,6 @@ def _finetune(a, out):
         print(f"position embeddings resized (bilinear) from {old}x{old} to {size}x{size}: {cfg.num_patches} patches")
     K = len(data.classes)
     params, cfg = with_new_head(params, cfg, K)  # a new, zero head (paper 3.2); a colour head and [mask] are dropped
-    tcfg = train_config(a)
     print(f"fine-tuning {a.checkpoint} on {a.data} ({len(data.train.labels)} train images, {K} classes, "
           f"{size}x{size}); output: {out}")
     trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=_progress(a), data_spec=a.data, init=params)
@@ -249,7 +277,7 @@ def _finetune(a, out):
 
 def cmd_fewshot(a):
     from ..tools.fewshot import features, fewshot_accuracy, linear_probe
-    if min(a.shots) < 1 or a.draws < 1 or a.l2 <= 0:
+    if min(a.shots) < 1 or a.draws < 1 or not (a.l2 > 0 and math.isfinite(a.l2)):
         raise ValueError(f"--shots must be >= 1, --draws >= 1 and --l2 > 0 (got {a.shots}, {a.draws}, {a.l2})")
     params, cfg, meta, spec, data = _checkpoint_and_data(a)
     if a.pool:
@@ -288,21 +316,45 @@ def cmd_profile(a):
 
 
 def cmd_make_subset(a):
-    from ..data.datasets import SUBSET_PATH, make_subset
-    dest = make_subset(a.source, a.dest or SUBSET_PATH, a.train_per_class, a.test_per_class)
+    from ..data.datasets import make_subset
+    dest = Path(a.dest)
+    if PACKAGE_DIR in dest.resolve().parents:  # the shipped subset, or anything else inside the package
+        raise ValueError(f"--dest {a.dest} is inside the installed minivit package; write the subset elsewhere "
+                         "(the package's own data is not to be overwritten)")
+    dest = make_subset(a.source, dest, a.train_per_class, a.test_per_class)
     print(f"wrote {dest} ({dest.stat().st_size:,} bytes)")
     return 0
 
 
+class Terminated(BaseException):
+    """SIGTERM outside training (loading data, evaluating): unwinds like Ctrl-C, so a run folder this
+    command created and never used is removed. (Training catches SIGTERM itself and saves.)"""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv=None):
     a = _parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    try:
+        return _run(a)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(a):
+    """Run the parsed command; a user's mistake is one line on stderr and exit status 1."""
     try:
         if getattr(a, "backend", None):
             use_backend(a.backend)
         return {"train": cmd_train, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "predict": cmd_predict,
                 "profile": cmd_profile, "finetune": cmd_finetune, "fewshot": cmd_fewshot, "make-subset": cmd_make_subset}[a.command](a)
     except (DataError, CheckpointError, ConfigError, BackendError, TrainingDiverged, RunFolderBusy, ValueError,
-            OSError) as e:
+            MemoryError, OSError) as e:
         if os.environ.get("MINIVIT_DEBUG"):
             raise
         print(f"minivit: error: {e}", file=sys.stderr)
@@ -310,6 +362,9 @@ def main(argv=None):
     except KeyboardInterrupt:  # Ctrl-C outside training (loading data, evaluating): no traceback
         print("minivit: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("minivit: terminated (SIGTERM)", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

@@ -152,7 +152,8 @@ def _parser():
 
     m = sub.add_parser("make-subset", help="build the shipped class-balanced CIFAR-10 subset from an image-folder archive")
     m.add_argument("source", help="an image-folder archive, e.g. ../shared/datasets/cifar10-jpeg.tar.gz")
-    m.add_argument("--dest", default=None, help="the .tar.gz to write (default: the subset shipped in the package)")
+    m.add_argument("--dest", default="cifar10-subset.tar.gz",
+                   help="the .tar.gz to write; never inside the package (default: cifar10-subset.tar.gz here)")
     m.add_argument("--train-per-class", type=int, default=500, help="training images per class (default: 500)")
     m.add_argument("--test-per-class", type=int, default=100, help="test images per class (default: 100)")
     return p

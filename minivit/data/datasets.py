@@ -12,12 +12,13 @@ import pickle
 import tarfile
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write
+from ..atomic import atomic_write, remove_stale_temporaries
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -49,8 +50,16 @@ class Dataset:
 
 
 def cache_dir():
-    d = Path(os.environ.get("MINIVIT_CACHE", Path.home() / ".cache" / "minivit"))
-    d.mkdir(parents=True, exist_ok=True)
+    """The folder for decoded datasets and downloads: $MINIVIT_CACHE, else ~/.cache/minivit (an empty
+    MINIVIT_CACHE counts as unset, never as the working directory)."""
+    env = os.environ.get("MINIVIT_CACHE", "").strip()
+    d = Path(env) if env else Path.home() / ".cache" / "minivit"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, no permission, a read-only disk
+        what = f"MINIVIT_CACHE={env}" if env else f"the cache folder {d}"
+        raise DataError(f"cannot use {what} as the cache folder ({e.strerror or e}); "
+                        "set MINIVIT_CACHE to a folder minivit can write") from None
     return d
 
 
@@ -216,8 +225,18 @@ def read_image(source, size=None, resize=False, where=None):
     except Image.DecompressionBombError as e:  # Pillow refuses the largest at open(), before our check
         raise DataError(f"{where}: image has more pixels than minivit reads ({MAX_IMAGE_PIXELS:,}); "
                         f"resize it first ({e})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except UnidentifiedImageError:  # Pillow's message names its BytesIO object, not the file
+        empty = isinstance(source, bytes) and not source or not isinstance(source, bytes) and _is_empty(source)
+        raise DataError(f"{where}: cannot read image ({'the file is empty' if empty else 'not an image format Pillow reads'})") from None
+    except (OSError, ValueError) as e:
         raise DataError(f"{where}: cannot read image ({e})") from None
+
+
+def _is_empty(path):
+    try:
+        return os.path.getsize(path) == 0
+    except (OSError, TypeError):
+        return False
 
 
 def _decode(data, where):
@@ -229,18 +248,39 @@ def _is_metadata(parts):
     return "__MACOSX" in parts or parts[-1].startswith("._")
 
 
+def _walk(root):
+    """Every file under the folder `root`, as paths relative to it, following symlinked folders (a
+    class folder may be a link) but entering each real folder once, so a link loop ends."""
+    seen = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        for name in sorted(files):
+            yield Path(folder, name).relative_to(root)
+
+
 def _iter_files(path):
     """(relative path parts, bytes) for every file in a folder, .tar.gz or .zip."""
     path = Path(path)
     if path.is_dir():
-        for f in sorted(path.rglob("*")):
+        for rel in _walk(path):
+            f = path / rel
             if f.is_file():
-                yield f.relative_to(path).parts, f.read_bytes()
+                yield rel.parts, f.read_bytes()
     elif zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             for name in sorted(z.namelist()):
                 if not name.endswith("/"):
-                    yield tuple(Path(name).parts), z.read(name)
+                    try:
+                        data = z.read(name)
+                    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
+                        raise DataError(f"{path}: corrupted archive member {name} ({e}); "
+                                        "unpack it again or re-create the .zip") from None
+                    yield tuple(Path(name).parts), data
     else:
         try:
             with tarfile.open(path, "r:*") as tar:
@@ -251,12 +291,27 @@ def _iter_files(path):
             raise DataError(f"{path}: truncated or corrupted archive ({e})") from None
 
 
+# Bumped when the decoded arrays of the same files change (v2: images in one canonical order).
+CACHE_VERSION = 2
+
+
 def _folder_key(path):
     p = Path(path).resolve()
     if p.is_dir():
-        stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(p.rglob("*")) if f.is_file()]
-        return hashlib.sha256(repr(stats).encode()).hexdigest()[:16]
-    return hashlib.sha256(f"{p}:{file_md5(p)}".encode()).hexdigest()[:16]
+        stats = [(str(rel), (p / rel).stat().st_size, (p / rel).stat().st_mtime_ns) for rel in _walk(p)]
+        return hashlib.sha256(repr((CACHE_VERSION, stats)).encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{CACHE_VERSION}:{p}:{file_md5(p)}".encode()).hexdigest()[:16]
+
+
+def _split_and_class(parts):
+    """(split, class, the path inside the class folder) of an image at `parts`, or None.
+
+    The split is the last `train` or `test` folder with a class folder below it; an image may sit
+    deeper, in a subfolder of its class (train/cat/indoor/1.jpg is a cat)."""
+    for i in range(len(parts) - 3, -1, -1):
+        if parts[i] in ("train", "test"):
+            return parts[i], parts[i + 1], "/".join(parts[i + 2:])
+    return None
 
 
 def load_image_folder(path, use_cache=True):
@@ -269,6 +324,7 @@ def load_image_folder(path, use_cache=True):
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     cache = cache_dir() / f"imagefolder-{_folder_key(path)}.npz"
+    remove_stale_temporaries(cache)
     if use_cache and cache.exists():
         try:
             with np.load(cache, allow_pickle=False) as z:
@@ -278,11 +334,14 @@ def load_image_folder(path, use_cache=True):
             cache.unlink(missing_ok=True)
     found = {"train": [], "test": []}
     for parts, data in _iter_files(path):
-        if Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES or len(parts) < 3 or _is_metadata(parts):
+        place = _split_and_class(parts)
+        if Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES or place is None or _is_metadata(parts):
             continue
-        split, cls = parts[-3], parts[-2]
-        if split in found:
-            found[split].append((cls, "/".join(parts), data))
+        split, cls, inside = place
+        found[split].append((cls, inside, "/".join(parts), data))
+    for items in found.values():  # one order whatever the container (folder, .tar.gz, .zip): class, then path
+        items.sort(key=lambda item: item[:2])
+    found = {split: [(cls, name, data) for cls, _, name, data in items] for split, items in found.items()}
     classes = sorted({c for c, _, _ in found["train"]})
     if not classes:
         raise DataError(f"{path}: no classes found; expected images under train/<class>/ and test/<class>/")
@@ -320,25 +379,35 @@ def load_dataset(spec=None):
         if not SUBSET_PATH.exists():
             raise DataError(f"the shipped CIFAR-10 subset is missing ({SUBSET_PATH}); reinstall minivit")
         return load_image_folder(SUBSET_PATH)
-    if spec == "cifar10":
+    if spec == "cifar10" and not Path(spec).exists():  # a ./cifar10 folder or file of the user's wins
         return load_cifar10()
     p = Path(spec)
     if not p.exists():
         raise DataError(f"--data {spec}: no such file or folder (use 'subset', 'cifar10' or a path)")
+    if not (p.is_dir() or p.is_file()):
+        raise DataError(f"--data {spec}: not a regular file or folder (a device or a pipe); give an image folder, "
+                        "its .tar.gz/.zip, or cifar-10-python.tar.gz")
+    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+        raise DataError(f"--data {spec}: a single image, not a dataset; give a folder with train/<class>/ and "
+                        "test/<class>/ (or its .tar.gz/.zip); `minivit predict` classifies single images")
     is_official = (p.is_dir() and ((p / "cifar-10-batches-py").is_dir() or (p / "data_batch_1").is_file())) \
         or p.name.startswith("cifar-10-python")
     return load_cifar10(p) if is_official else load_image_folder(p)
 
 
-def make_subset(source, dest=SUBSET_PATH, train_per_class=500, test_per_class=100, seed=0):
+def make_subset(source, dest, train_per_class=500, test_per_class=100, seed=0):
     """Write a class-balanced image-folder .tar.gz drawn from an image-folder archive,
     keeping the JPEG bytes as they are (no second lossy encoding)."""
+    if min(train_per_class, test_per_class) < 1:
+        raise DataError(f"make-subset needs at least one image per class, got {train_per_class} train and "
+                        f"{test_per_class} test")
     rng = np.random.default_rng(seed)
     by_key = {}
     for parts, data in _iter_files(source):
-        if len(parts) >= 3 and parts[-3] in ("train", "test") and Path(parts[-1]).suffix.lower() in IMAGE_SUFFIXES \
-                and not _is_metadata(parts):
-            by_key.setdefault((parts[-3], parts[-2]), []).append((parts[-1], data))
+        place = _split_and_class(parts)
+        if place is not None and Path(parts[-1]).suffix.lower() in IMAGE_SUFFIXES and not _is_metadata(parts):
+            split, cls, inside = place
+            by_key.setdefault((split, cls), []).append((inside.replace("/", "_"), data))
     if not by_key:
         raise DataError(f"{source}: no train/<class>/ images found")
     dest = Path(dest)

@@ -5,10 +5,16 @@ import numpy as np
 from ..backend import get_array_module
 
 
+# The smallest standard deviation normalisation divides by: one grey level. A channel that never varies
+# (all-black images, a zeroed blue channel) would otherwise divide by 0 and make every input NaN; with
+# the floor it normalises to 0, and pixel = x * std + mean still gives the pixels back exactly.
+MIN_STD = 1.0 / 255.0
+
+
 def channel_stats(images):
-    """Per-channel mean and std of uint8 images (N, C, H, W), on the 0..1 scale."""
+    """Per-channel mean and std of uint8 images (N, C, H, W), on the 0..1 scale; the std at least MIN_STD."""
     x = images.astype(np.float64) / 255.0
-    return x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3))
+    return x.mean(axis=(0, 2, 3)), np.maximum(x.std(axis=(0, 2, 3)), MIN_STD)
 
 
 def normalize(images, mean, std, xp=np, dtype="float32"):

@@ -1,5 +1,6 @@
 """The data-parallel engine: a batch split into shards that threads take in turn, their gradients
 summed in a fixed order; and evaluation over a Split in the same shards."""
+import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
@@ -42,6 +43,49 @@ def images_per_shard(cfg, tokens):
     if backend_name() != "numpy":
         return None
     return max(1, tokens // cfg.tokens_per_image)
+
+
+def step_memory(cfg, batch_size, threads=2):
+    """About how many bytes a training step's activations take: the images in flight (the shards the
+    threads run at once on the CPU, the whole batch on a GPU) times what each keeps for backward.
+
+    Per image and block, in float32: the LayerNorms, qkv, the context, the projections and the MLP
+    keep about T (10 D + 3 M) numbers, T = tokens per image; attention keeps its T x T probabilities
+    per head, and backward makes their gradient beside them: 3 H T^2. It is an estimate, to refuse a
+    setting that cannot fit before any work; docs/results.md measures real steps."""
+    if not hasattr(cfg, "depth"):   # the comparison CNN: small maps, never refused
+        return 0
+    T, D, M, H = cfg.tokens_per_image, cfg.dim, cfg.mlp_dim, cfg.heads
+    per_shard = images_per_shard(cfg, Engine.TRAIN_TOKENS_PER_SHARD)
+    in_flight = batch_size if per_shard is None else min(batch_size, per_shard * threads)
+    return 4 * in_flight * cfg.depth * (T * (10 * D + 3 * M) + 3 * H * T * T)
+
+
+def available_memory():
+    """Bytes of memory this machine can still give (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(cfg, batch_size, threads, data_bytes=0, what="this setting"):
+    """Raise a MemoryError that names the figures when the data (`data_bytes`) and a training step's
+    activations (step_memory) would not fit in the memory available now."""
+    step, free = step_memory(cfg, batch_size, threads), available_memory()
+    if free is None or data_bytes + step <= free:
+        return
+    raise MemoryError(f"{what} would need about {(data_bytes + step) / 1e9:.1f} GB: {data_bytes / 1e9:.1f} GB of "
+                      f"images and about {step / 1e9:.1f} GB for a training step's activations ({cfg.tokens_per_image:,} "
+                      f"tokens per image, attention's tokens^2 included), more than the {free / 1e9:.1f} GB available; "
+                      "choose a smaller image size, model or batch")
 
 
 class Engine:

@@ -12,16 +12,19 @@ def _figure(**kw):
     return Figure(**kw)
 
 
-def plot_curves(history, path, accuracy="accuracy"):
-    """Loss and accuracy per epoch, train and test, side by side; `accuracy` names what is counted."""
+def plot_curves(history, path, accuracy="accuracy", train_loss_label="train"):
+    """Loss and accuracy per epoch, train and test, side by side; `accuracy` names what is counted,
+    `train_loss_label` what the training loss is (the objective minimised: label-smoothed, say).
+    A figure recorded as null (not finite) is left out of its line."""
     ep = [h["epoch"] for h in history]
+    col = lambda key: [np.nan if h.get(key) is None else h[key] for h in history]
     fig = _figure(figsize=(10, 4))
     a, b = fig.subplots(1, 2)
-    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
-    a.plot(ep, [h["test_loss"] for h in history], "o-", label="test")
+    a.plot(ep, col("train_loss"), "o-", label=train_loss_label)
+    a.plot(ep, col("test_loss"), "o-", label="test")
     a.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    b.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
-    b.plot(ep, [h["test_acc"] for h in history], "o-", label="test")
+    b.plot(ep, col("train_acc"), "o-", label="train")
+    b.plot(ep, col("test_acc"), "o-", label="test")
     b.set(xlabel="epoch", ylabel="accuracy", title=accuracy)
     for ax in (a, b):
         ax.grid(alpha=0.3)

@@ -21,7 +21,7 @@ from .engine import Engine, blas_single_thread, evaluate, params_dtype
 from .objectives import objective_of
 from .optim import EMA, SGD, AdamW, clip_grad_norm, warmup_cosine
 from ..atomic import write_text_atomic
-from ..backend import backend_name
+from ..backend import backend_name, get_array_module
 from ..config import TrainConfig
 from ..data.transforms import channel_stats
 from ..io.checkpoint import load_checkpoint, save_checkpoint
@@ -187,6 +187,7 @@ class Trainer:
                 break
         bar.close()
         self.elapsed += meter.seconds()
+        self._check_weights(epoch)                 # nothing non-finite is ever saved or evaluated
         if self.step % self.steps_per_epoch == 0:  # a whole epoch: evaluate and record it
             self._end_epoch(epoch, meter)
         else:
@@ -225,10 +226,21 @@ class Trainer:
     def _diverged(self, loss, y, epoch):
         """Stop on a non-finite loss before the update, naming a bad target if that is the cause."""
         self.objective.check_targets(y, self.cfg)
-        kept = (f"the last good checkpoint is kept at {self.ckpt_path}" if self.ckpt_path.exists()
-                else "no checkpoint had been saved yet (one is written at the end of every epoch)")
         raise TrainingDiverged(f"loss became {loss} at step {self.step} (epoch {epoch + 1}); parameters were not "
-                               f"updated and {kept}. Lower --lr or raise --warmup")
+                               f"updated and {self._kept()}. Lower --lr or raise --warmup")
+
+    def _check_weights(self, epoch):
+        """The loss is checked before each update; an update can still make the weights non-finite (an
+        overflow on the last step of an epoch). Before anything is evaluated or saved, stop if it did."""
+        weights = list(self.params.items()) + (list(self.ema.params.items()) if self.ema else [])
+        bad = next((k for k, v in weights if not bool(get_array_module(v).isfinite(v).all())), None)
+        if bad is not None:
+            raise TrainingDiverged(f"the parameters became NaN or infinite at step {self.step} (epoch {epoch + 1}; "
+                                   f"{bad} first); they were not saved and {self._kept()}. Lower --lr or raise --warmup")
+
+    def _kept(self):
+        return (f"the last good checkpoint is kept at {self.ckpt_path}" if self.ckpt_path.exists()
+                else "no checkpoint had been saved yet (one is written at the end of every epoch)")
 
     def _end_epoch(self, epoch, meter):
         """Evaluate, then commit the epoch: the checkpoint first, metrics.jsonl (rewritten from the
@@ -242,13 +254,15 @@ class Trainer:
         if self.ema:  # the moving average of the weights, on the same test images
             ev_ema = self._evaluate(self.ema.params)
             row.update(ema_test_loss=ev_ema["loss"], ema_test_acc=ev_ema["accuracy"])
+        # JSON has no NaN or infinity: a non-finite figure (an overflowing test loss) is recorded as null
+        row = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()}
         self.history.append(row)
         self.save()
         write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
-        self.log(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
+        self.log(f"epoch {epoch + 1}: train loss {meter.loss():.4f} acc {meter.accuracy():.4f} | "
                  f"test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}"
-                 + (f" (EMA {row['ema_test_acc']:.4f})" if self.ema else "")
-                 + f" | {row['images_per_s']:.0f} img/s, {self.elapsed:.0f} s")
+                 + (f" (EMA {ev_ema['accuracy']:.4f})" if self.ema else "")
+                 + f" | {meter.images_per_s():.0f} img/s, {self.elapsed:.0f} s")
         self._plot(epoch, ev)
         if self.on_epoch_end:
             self.on_epoch_end(self.history)
@@ -261,7 +275,8 @@ class Trainer:
     def _plot(self, epoch, ev):
         if not self.plots:
             return
-        plots.plot_curves(self.history, self.out / "curves.png", self.objective.curve)
+        train = "train (label-smoothed)" if self.tcfg.label_smoothing else "train"
+        plots.plot_curves(self.history, self.out / "curves.png", self.objective.curve, train_loss_label=train)
         if ev["predictions"] is not None:
             plots.plot_confusion(self.data.test.labels, ev["predictions"], self.data.classes, self.out / "confusion.png",
                                  title=f"test accuracy {ev['accuracy']:.1%} after epoch {epoch + 1}")
