@@ -32,7 +32,7 @@ def test_every_exercise_has_a_checker_and_a_solution():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_solution_passes(name, capsys):
-    assert getattr(ex, f"check_{name}")(SOL[f"my_{name}"]) is True
+    assert getattr(ex, f"check_{name}")(SOL[f"my_{name}"]) is None     # nothing for a notebook to echo as Out
     assert f"{name}: correct" in capsys.readouterr().out
 
 
@@ -41,7 +41,7 @@ def test_stub_is_not_written_yet_unless_strict(name, capsys, monkeypatch):
     def stub(*args):
         raise NotImplementedError
     check = getattr(ex, f"check_{name}")
-    assert check(stub) is False
+    assert check(stub) is None
     assert "not written yet" in capsys.readouterr().out
     monkeypatch.setenv("MINIVIT_EXERCISES", "strict")
     with pytest.raises(ex.ExerciseError, match="NotImplementedError"):
@@ -107,7 +107,7 @@ def _attention_backward(dout, q, k, v, scale_grads=True, row_sum=True, transpose
 
 def test_attention_backward_mistakes():
     check = ex.check_attention_backward
-    assert check(_attention_backward)
+    check(_attention_backward)  # a right answer raises nothing
     rejects(check, lambda *a: _attention_backward(*a, scale_grads=False), "dq", "1/sqrt(d)")
     rejects(check, lambda *a: _attention_backward(*a, row_sum=False), "dq", "rowsum(dp * p)")
     rejects(check, lambda *a: _attention_backward(*a, transpose_p=False), "dv", "p^T")
@@ -130,7 +130,7 @@ def _layernorm_backward(dy, x, w, eps, mean_term=True, var_term=True, use_w=True
 
 def test_layernorm_backward_mistakes():
     check = ex.check_layernorm_backward
-    assert check(_layernorm_backward)
+    check(_layernorm_backward)  # a right answer raises nothing
     rejects(check, lambda *a: _layernorm_backward(*a, mean_term=False, var_term=False), "two mean terms")
     rejects(check, lambda *a: _layernorm_backward(*a, var_term=False), "through the variance")
     rejects(check, lambda *a: _layernorm_backward(*a, mean_term=False), "through the mean")
@@ -175,7 +175,7 @@ def _adamw(p, g, m, v, t, lr, betas, eps, wd, correct=True, decay="decoupled", v
 
 def test_adamw_step_mistakes():
     check = ex.check_adamw_step
-    assert check(_adamw)
+    check(_adamw)  # a right answer raises nothing
     rejects(check, lambda *a: _adamw(*a, correct=False), "no bias correction")
     rejects(check, lambda *a: _adamw(*a, decay="none"), "no weight decay")
     rejects(check, lambda *a: _adamw(*a, decay="unscaled"), "scaled by the learning rate")
@@ -200,3 +200,18 @@ def test_maxpool_backward_mistakes():
     rejects(check, lambda dy, x: up(dy) / 4, "average pooling")
     rejects(check, every_max, "first in raster order")
     rejects(check, no_transpose, "relative error")
+
+
+def test_a_wrong_answer_shows_one_message_and_none_of_the_checkers_lines():
+    import traceback
+    with pytest.raises(ex.ExerciseError) as info:
+        ex.check_softmax(lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True))
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert all("compare(" not in (f.line or "") and "want" not in (f.line or "") for f in frames)
+    assert len([f for f in frames if f.filename.endswith(("tools/exercises.py", "tools\\exercises.py"))]) == 1  # the re-raise
+
+
+def test_a_softmax_without_keepdims_is_told_about_keepdims():
+    rejects(ex.check_softmax, lambda x: np.exp(x - x.max(-1)) / np.exp(x).sum(-1), "keepdims=True")
+

@@ -10,11 +10,12 @@ often (softmax over the wrong axis, a head split without the transpose, a missin
 1/sqrt(d), a LayerNorm backward without its mean terms, L2 decay in place of decoupled
 decay, ...) the wrong answer is recognised and named.
 
-A passing function prints one line and the checker returns True. A wrong one raises
-ExerciseError. A function that still raises NotImplementedError (the stub as handed out)
-prints "not written yet" and returns False, so a notebook runs top to bottom before its
-exercises are done; with the environment variable MINIVIT_EXERCISES=strict it raises
-instead (the tests run the notebooks with the solutions filled in that way).
+A passing function prints one line ("softmax: correct"). A wrong one raises ExerciseError with
+that one message and none of the checker's own lines (which hold the answer). A function that
+still raises NotImplementedError (the stub as handed out) prints "not written yet", so a notebook
+runs top to bottom before its exercises are done; with the environment variable
+MINIVIT_EXERCISES=strict it raises instead (the tests run the notebooks with the solutions filled
+in that way). A checker returns nothing, so a notebook cell shows no stray Out: True.
 
 The signatures the exercises ask for:
 
@@ -63,6 +64,12 @@ def _call(fn, *args):
         return fn(*args)
     except NotImplementedError:
         raise _NotWritten from None
+    except ValueError as e:
+        if "broadcast" not in str(e):
+            raise
+        raise ExerciseError(f"your function raised NumPy's broadcasting error ({e}). A sum, mean or max over "
+                            "the last axis keeps that axis only with keepdims=True, shape (..., 1), and only "
+                            "then divides or subtracts row by row against (..., n)") from None
 
 
 def _graded(name):
@@ -75,9 +82,10 @@ def _graded(name):
                 if os.environ.get("MINIVIT_EXERCISES", "") == "strict":
                     raise ExerciseError(f"{name}: the function still raises NotImplementedError") from None
                 print(f"{name}: not written yet (the function raises NotImplementedError)")
-                return False
+                return
+            except ExerciseError as e:   # raised again here: the traceback shows the learner's cell, not the key
+                raise ExerciseError(str(e)) from None
             print(f"{name}: correct")
-            return True
         checker.__name__ = f"check_{name}"
         checker.__doc__ = check.__doc__
         return checker
