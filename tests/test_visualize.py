@@ -1,5 +1,6 @@
 """The Figure 7 quantities and attention rollout, on cases whose answer is known."""
 import numpy as np
+import pytest
 
 import minivit as mv
 from minivit import visualize as vz
@@ -61,3 +62,16 @@ def test_position_similarity():
     for i in range(2):
         for j in range(2):
             assert abs(sim[i, j, i, j] - 1) < 1e-6
+
+
+@pytest.mark.parametrize("preset,overrides", [("cifar-small", {}), ("cifar-hybrid", {"pool": "gap"}),
+                                               ("vit-b16", {"num_classes": 10})])
+def test_the_architecture_picture_shows_the_configs_shapes(tmp_path, preset, overrides):
+    from minivit.tools.diagram import draw_architecture
+    cfg = mv.ViTConfig.preset(preset, **overrides)
+    fig = draw_architecture(cfg, tmp_path / "a.png")
+    text = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert f"({cfg.num_patches}, {cfg.dim})" in text and f"({cfg.num_patches + 1}, {cfg.dim})" in text
+    assert f"encoder block x {cfg.depth}" in text and f"({cfg.num_classes},)" in text
+    assert ("class token" if cfg.pool == "token" else "token mean") in text
+    assert (tmp_path / "a.png").stat().st_size > 10_000
