@@ -161,7 +161,7 @@ def test_make_batch_uses_randaugment_and_erasing_streams():
     expect = ra.random_erase(mv.data.normalize(u8, mean, std), np.random.default_rng([3, 4, 5]), 1.0)
     np.testing.assert_array_equal(x1, expect)
     assert not np.array_equal(x0, x1)
-    with pytest.raises(ValueError, match="random_erasing"):
+    with pytest.raises(ValueError, match="--random-erasing"):
         TrainConfig(random_erasing=1.5)
 
 
