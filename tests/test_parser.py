@@ -8,7 +8,7 @@ import pytest
 from minivit.cli.parser import FINETUNE_DEFAULTS, MODEL_FLAGS, _parser, train_config
 from minivit.config import POS_EMBEDS, TrainConfig, ViTConfig
 
-COMMANDS = ["train", "pretrain", "finetune", "evaluate", "predict", "profile", "fewshot", "make-subset"]
+COMMANDS = ["train", "pretrain", "finetune", "evaluate", "predict", "profile", "fewshot", "export", "make-subset"]
 
 
 def _subparser(name):

@@ -1,4 +1,4 @@
-"""Command line: `minivit train | pretrain | finetune | evaluate | predict | profile | make-subset` (also `python -m minivit`)."""
+"""Command line: `minivit train | pretrain | finetune | evaluate | predict | fewshot | profile | export | make-subset` (also `python -m minivit`)."""
 import contextlib
 import json
 import math
@@ -18,6 +18,7 @@ from ..io.checkpoint import CheckpointError, load_checkpoint
 from ..config import ConfigError, ViTConfig
 from ..data.datasets import DataError
 from ..io.runlock import RunFolderBusy
+from ..io.hub import load_pretrained
 from ..models.vit import require_class_head
 from ..train.objectives import OBJECTIVES
 from ..train.trainer import TrainingDiverged
@@ -145,7 +146,9 @@ def _checkpoint_and_data(a):
     position embeddings resized to the data's images where their size differs (paper section 3.2)."""
     from ..data.datasets import load_dataset
     from ..models.resolution import adapt_to_images
-    params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"), family="vit")
+    params, cfg, meta = _load_for_inference(a.checkpoint)
+    if "data" not in meta and not a.data:
+        raise DataError(f"{a.checkpoint} records no training data; pass --data with the images to use")
     spec = a.data or meta.get("data", "subset")
     if not a.data and spec not in ("subset", "cifar10") and not Path(spec).exists():
         raise DataError(f"{a.checkpoint} was trained on --data {spec}, which is not found from {Path.cwd()}; "
@@ -194,7 +197,7 @@ def cmd_predict(a):
     from ..models.resolution import adapt_to_images
     if a.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {a.top_k}")
-    params, cfg, _, meta = load_checkpoint(a.checkpoint, require=("mean", "std"), family="vit")
+    params, cfg, meta = _load_for_inference(a.checkpoint)
     S, P = cfg.image_size, cfg.patch_size
     images = [read_image(f, size=S if a.resize else None, resize=a.resize) for f in a.images]  # (3, H, W) uint8
     for f, im in zip(a.images, images):
@@ -218,18 +221,19 @@ def cmd_predict(a):
     return 0
 
 
-def _load_pretrained(path):
-    """(params, cfg) from a minivit checkpoint or an official .npz, told apart by minivit's 'meta' entry."""
-    from ..io.jax_npz import load_jax_npz
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            ours = "meta" in z.files
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
-    if ours:
-        params, cfg, _, _ = load_checkpoint(path, family="vit")
-        return params, cfg
-    return load_jax_npz(path)
+def _load_for_inference(path):
+    """(params, cfg, meta) of a minivit checkpoint, or of any pretrained file (a .safetensors, a transformers
+    folder, an official .npz) that records its normalisation: meta holds 'mean', 'std' and 'classes'."""
+    if Path(path).suffix == ".npz":
+        with contextlib.suppress(Exception), np.load(path, allow_pickle=False) as z:
+            if "meta" in z.files:
+                params, cfg, _, meta = load_checkpoint(path, require=("mean", "std"), family="vit")
+                return params, cfg, meta
+    params, cfg, info = load_pretrained(path, log=lambda m: print(m, file=sys.stderr))
+    if "mean" not in info:
+        raise CheckpointError(f"{path}: the file records no normalisation (mean and std), which this command needs; "
+                              "fine-tune it on your data first (`minivit finetune`), which measures them")
+    return params, cfg, info
 
 
 def cmd_finetune(a):
@@ -249,7 +253,8 @@ def _finetune(a, out):
     from ..models.vit import with_new_head
     from ..models.resolution import resize_images, resize_pos_embed
     from ..train.trainer import Trainer
-    params, cfg = _load_pretrained(a.checkpoint)
+    params, cfg, _ = load_pretrained(a.checkpoint, heads=a.heads, bfloat16=a.bfloat16,
+                                     log=lambda m: print(m, file=sys.stderr))
     tcfg = train_config(a)
     data = load_dataset(a.data)
     size = a.image_size or data.image_shape[1]
@@ -315,6 +320,30 @@ def cmd_profile(a):
     return 0
 
 
+def cmd_export(a):
+    """Write a checkpoint (or any file load_pretrained reads) as timm's or transformers' .safetensors,
+    the official .npz, or an ONNX graph (minivit/io/hub.py, minivit/io/onnx_graph.py)."""
+    from ..io.hub import save_hf, save_timm
+    from ..io.jax_npz import save_jax_npz
+    from ..io.onnx_graph import save_onnx
+    params, cfg, info = load_pretrained(a.checkpoint, log=lambda m: print(m, file=sys.stderr))
+    classes, mean, std = info.get("classes"), info.get("mean"), info.get("std")
+    out = Path(a.out)
+    if a.format == "timm":
+        save_timm(out, params, cfg, classes, mean, std)
+    elif a.format == "hf":
+        save_hf(out, params, cfg, classes, mean, std)
+    elif a.format == "npz":
+        save_jax_npz(out, params, cfg)
+    else:
+        if mean is None:
+            raise CheckpointError(f"{a.checkpoint} records no normalisation; the ONNX graph normalises its input "
+                                  "itself and needs the mean and std")
+        save_onnx(out, params, cfg, mean, std, classes)
+    print(f"wrote {out} ({a.format})")
+    return 0
+
+
 def cmd_make_subset(a):
     from ..data.datasets import make_subset
     dest = Path(a.dest)
@@ -352,7 +381,8 @@ def _run(a):
         if getattr(a, "backend", None):
             use_backend(a.backend)
         return {"train": cmd_train, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                "profile": cmd_profile, "finetune": cmd_finetune, "fewshot": cmd_fewshot, "make-subset": cmd_make_subset}[a.command](a)
+                "profile": cmd_profile, "finetune": cmd_finetune, "fewshot": cmd_fewshot, "make-subset": cmd_make_subset,
+                "export": cmd_export}[a.command](a)
     except (DataError, CheckpointError, ConfigError, BackendError, TrainingDiverged, RunFolderBusy, ValueError,
             MemoryError, OSError) as e:
         if os.environ.get("MINIVIT_DEBUG"):

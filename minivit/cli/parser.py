@@ -99,7 +99,8 @@ def _parser():
                           "the labels are not used", TrainConfig(label_smoothing=0.0))
 
     e = sub.add_parser("evaluate", help="test accuracy of a checkpoint")
-    e.add_argument("checkpoint", help="a checkpoint.npz written by train or finetune")
+    e.add_argument("checkpoint", help="a checkpoint.npz written by train or finetune, or an exported "
+                   ".safetensors / transformers folder that records its normalisation")
     e.add_argument("--data", default=None, help=f"{DATA_HELP} (default: the data the checkpoint was trained on)")
     _add_backend_flag(e)
     e.add_argument("--confusion", default=None, help="also write the confusion matrix to this PNG file")
@@ -115,7 +116,13 @@ def _parser():
     text = ("fine-tune a minivit checkpoint or an official ViT .npz on new data (paper 3.2: a new zero head, "
             "positions resized, SGD with momentum)")
     ft = sub.add_parser("finetune", help=text, description=text)
-    ft.add_argument("checkpoint", help="a minivit checkpoint.npz or an official google-research ViT .npz")
+    ft.add_argument("checkpoint", help="a minivit checkpoint.npz, an official google-research ViT .npz, a timm "
+                    ".safetensors or a transformers model folder (config.json + model.safetensors)")
+    ft.add_argument("--heads", type=int, default=None,
+                    help="attention heads of a timm .safetensors, which does not record them (default: the paper's "
+                         "for its width: 3, 6, 12, 16 for 192, 384, 768, 1024)")
+    ft.add_argument("--bfloat16", action="store_true",
+                    help="widen bfloat16 weights to float32 (exact) instead of refusing them")
     ft.add_argument("--data", default="subset", help=f"the data to fine-tune on: {DATA_HELP} (default: subset)")
     ft.add_argument("--image-size", type=int, default=None,
                     help="resolution to fine-tune at; position embeddings are resized to it (default: the data's)")
@@ -149,6 +156,14 @@ def _parser():
     fs.add_argument("--seed", type=int, default=0, help="seeds the draws of the shots (default: 0)")
     _add_backend_flag(fs)
     fs.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+
+    x = sub.add_parser("export", help="write a checkpoint as timm's or transformers' .safetensors, the official "
+                       ".npz, or an ONNX graph for onnxruntime")
+    x.add_argument("checkpoint", help="a minivit checkpoint.npz (or any file finetune reads)")
+    x.add_argument("--format", required=True, choices=["timm", "hf", "npz", "onnx"],
+                   help="timm: a .safetensors in timm's layout; hf: a transformers ViTForImageClassification folder; "
+                        "npz: google-research's layout; onnx: the forward pass as an ONNX graph (opset 17)")
+    x.add_argument("--out", required=True, help="the file to write (a folder for --format hf)")
 
     m = sub.add_parser("make-subset", help="build the shipped class-balanced CIFAR-10 subset from an image-folder archive")
     m.add_argument("source", help="an image-folder archive, e.g. ../shared/datasets/cifar10-jpeg.tar.gz")

@@ -117,9 +117,11 @@ def load_jax_npz(path, gelu="exact", log=print):
 
 def save_jax_npz(path, params, cfg):
     """Write minivit params in the official .npz layout (load_jax_npz reads it back)."""
-    if cfg.pos_embed != "learned" or cfg.pos_embed_every_layer or cfg.pool != "token" or cfg.stem_channels:
-        raise ValueError("save_jax_npz: the official layout holds a learned position embedding and a class-token "
-                         f"head; this model has pos_embed={cfg.pos_embed!r}, pool={cfg.pool!r}")
+    if cfg.pos_embed != "learned" or cfg.pos_embed_every_layer or cfg.pool != "token" or cfg.stem_channels \
+            or cfg.layer_scale or cfg.head != "classify":
+        raise ValueError("save_jax_npz: the official layout holds a learned position embedding, plain blocks and a "
+                         f"class-token head; this model has pos_embed={cfg.pos_embed!r}, pool={cfg.pool!r}, "
+                         f"layer_scale={cfg.layer_scale}, stem {cfg.stem_channels or 'none'}, head {cfg.head!r}")
     p = {k: to_numpy(v) for k, v in params.items()}
     D, H = cfg.dim, cfg.heads
     d = D // H
