@@ -7,7 +7,9 @@ using their respective patch representations."
 
     tok  = x_p E                            (B, N, D)    the patch embeddings (model.embed_patches)
     tok' = corrupt(tok)                     half of each image's patches chosen; of those, 80% show
-                                            [mask], 10% another patch of the same image, 10% themselves
+                                            [mask], 10% another patch of the same image (the paper
+                                            says "a random other patch": the same image is minivit's
+                                            choice), 10% themselves
     z    = encode(tok')                     (B, N+1, D)  the encoder, unchanged (model.encode)
     y    = z[chosen] W_mpp + b_mpp          (B, M, 512)  one linear head over each chosen patch's token
     loss = CE(y, colour(chosen patches))    colour: each channel's mean over the patch, in 8 levels
