@@ -39,7 +39,14 @@ def main():
     p.add_argument("--rounds", type=int, default=5, help="minivit/PyTorch pairs")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", help="also write every round, the command and the machine to this JSON file")
     a = p.parse_args()
+    sys.path.insert(0, os.path.dirname(HERE))
+    from minivit.backend import machine
+    import numpy  # noqa: F401  (loaded, so that threadpoolctl reports NumPy's BLAS)
+    here = machine()
+    print(f"machine: {here['cpu']}, {here['cores']} cores, {' '.join(here.get('isa', []))}; BLAS {', '.join(here.get('blas', []))}",
+          flush=True)
     rows = []
     for r in range(a.rounds):
         order = ("minivit", "torch") if r % 2 == 0 else ("torch", "minivit")
@@ -54,6 +61,10 @@ def main():
           f"median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}, {a.rounds} rounds); "
           f"images/s median {med('images_per_s', 0):.1f} vs {med('images_per_s', 1):.1f}; "
           f"step memory median {med('step_mb', 0):.0f} MB vs {med('step_mb', 1):.0f} MB")
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"command": " ".join(["python"] + sys.argv), "machine": here, "torch": rows[0][1].get("torch"),
+                       "rounds": [{"minivit": m, "torch": t, "ratio": r} for m, t, r in rows]}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minivit import ViTConfig  # noqa: E402
+from minivit.backend import machine  # noqa: E402
 from minivit.models.cnn import CNNConfig, count_params as cnn_params  # noqa: E402
 from minivit.data import Dataset, Split, load_dataset  # noqa: E402
 from minivit.atomic import write_text_atomic  # noqa: E402
@@ -67,7 +68,7 @@ def main():
     models = {"vit": ViTConfig.preset(a.preset, num_classes=K),
               "cnn": CNNConfig(image_size=data.image_shape[1], in_channels=data.image_shape[0], num_classes=K)}
     out = Path(a.out)
-    results = {"command": " ".join(["python"] + sys.argv), "data": a.data, "test_images": len(data.test.labels),
+    results = {"command": " ".join(["python"] + sys.argv), "machine": machine(), "data": a.data, "test_images": len(data.test.labels),
                "images_seen": a.images_seen,
                "models": {"vit": {"preset": a.preset, "config": models["vit"].to_dict(),
                                   "parameters": vit_params(models["vit"])},

@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minivit import ViTConfig, forward, init_params, with_new_head  # noqa: E402
+from minivit.backend import machine  # noqa: E402
 from minivit.data import Dataset, Split, load_dataset, normalize  # noqa: E402
 from minivit.tools.fewshot import features, fewshot_accuracy, linear_probe  # noqa: E402
 from minivit.atomic import write_text_atomic  # noqa: E402
@@ -115,7 +116,7 @@ def main():
     pick = np.random.default_rng([a.seed, 1]).choice(len(data.test.labels), min(a.eval_images, len(data.test.labels)),
                                                    replace=False)
     quick_test = Split(data.test.images[np.sort(pick)], data.test.labels[np.sort(pick)])
-    results = {"command": " ".join(["python"] + sys.argv), "preset": a.preset, "data": a.data,
+    results = {"command": " ".join(["python"] + sys.argv), "machine": machine(), "preset": a.preset, "data": a.data,
                "train_images": len(data.train.labels), "test_images": len(data.test.labels), "runs": {}}
 
     # 1. pre-training: the training images without their labels

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minivit import ViTConfig, count_params  # noqa: E402
+from minivit.backend import machine  # noqa: E402
 from minivit.data import load_dataset  # noqa: E402
 from minivit.atomic import write_text_atomic  # noqa: E402
 from minivit.train import TrainConfig, Trainer  # noqa: E402
@@ -58,7 +59,7 @@ def main():
     data = load_dataset(a.data)
     K = len(data.classes)
     out = Path(a.out)
-    results = {"command": " ".join(["python"] + sys.argv), "data": a.data, "epochs": a.epochs, "base": BASE,
+    results = {"command": " ".join(["python"] + sys.argv), "machine": machine(), "data": a.data, "epochs": a.epochs, "base": BASE,
                "runs": []}
     for name in a.recipes:
         preset, model_kw, train_kw = RECIPES[name]

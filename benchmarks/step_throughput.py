@@ -114,7 +114,7 @@ def main():
     if a.json:
         print(json.dumps({"impl": a.impl, "mode": a.mode, "preset": a.preset, "batch": a.batch_size,
                           "threads": a.threads, "images_per_s": a.batch_size / med, "step_ms": med * 1e3,
-                          "step_mb": step_mb}))
+                          "step_mb": step_mb, "torch": sys.modules["torch"].__version__ if "torch" in sys.modules else None}))
         return
     print(f"{a.impl} {a.mode} threads={a.threads} preset={a.preset} batch={a.batch_size}: median step {med * 1e3:.1f} ms, "
           f"{a.batch_size / med:.0f} images/s (min {a.batch_size / max(times):.0f}, max {a.batch_size / min(times):.0f}), "

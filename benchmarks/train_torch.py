@@ -73,6 +73,7 @@ def main():
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "command.txt").write_text(" ".join(["python"] + sys.argv) + "\n")
+    (out / "machine.json").write_text(json.dumps(mv.backend.machine(), indent=2) + "\n")   # torch's version included
     metrics = open(out / "metrics.jsonl", "w")
     xtest = torch.from_numpy(normalize(data.test.images, mean, std))
     ytest = torch.from_numpy(data.test.labels)

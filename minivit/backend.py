@@ -133,3 +133,31 @@ def erf(x):
     else:
         from cupyx.scipy.special import erf as _erf
     return _erf(x)
+
+
+def machine():
+    """What a measurement ran on, for the raw result files: CPU model, cores, vector ISA, the BLAS
+    kernel threadpoolctl reports, Python, NumPy (and PyTorch, CuPy where loaded) versions."""
+    import platform
+    info = {"python": platform.python_version(), "numpy": np.__version__, "cores": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
+        flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+        info["cpu"] = model or info["cpu"]
+        info["isa"] = [f for f in ("avx2", "avx512f", "amx_tile", "asimd", "sve") if f in flags]
+    except OSError:
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+        info["blas"] = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip()
+                        for i in threadpool_info() if i.get("user_api") == "blas"]
+    except ImportError:
+        pass
+    if "torch" in sys.modules:
+        info["torch"] = sys.modules["torch"].__version__
+    if "cupy" in sys.modules:   # the GPU itself is named by the GPU scripts (benchmarks/gpu_step.py)
+        info["cupy"] = sys.modules["cupy"].__version__
+    return info

@@ -33,6 +33,8 @@ def test_train_evaluate_predict(tmp_path, toy):
     assert [row["epoch"] for row in rows] == [1, 2]
     for f in ("checkpoint.npz", "curves.png", "confusion.png", "command.txt"):
         assert (out / f).exists(), f
+    machine = json.loads((out / "config.json").read_text())["machine"]     # what the run's figures ran on
+    assert machine["numpy"] == np.__version__ and machine["cores"] >= 1 and machine["cpu"]
 
     r = run("evaluate", str(out / "checkpoint.npz"), "--confusion", str(tmp_path / "cm.png"), "--json")
     assert r.returncode == 0, r.stderr

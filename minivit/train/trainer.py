@@ -21,7 +21,7 @@ from .engine import Engine, blas_single_thread, evaluate, params_dtype
 from .objectives import objective_of
 from .optim import EMA, SGD, AdamW, clip_grad_norm, warmup_cosine
 from ..atomic import write_text_atomic
-from ..backend import backend_name, get_array_module
+from ..backend import backend_name, get_array_module, machine
 from ..config import TrainConfig
 from ..data.transforms import channel_stats
 from ..io.checkpoint import load_checkpoint, save_checkpoint
@@ -156,8 +156,8 @@ class Trainer:
 
     def _fit(self):
         self.out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.out / "config.json",
-                          json.dumps({"model": self.cfg.to_dict(), "train": asdict(self.tcfg)}, indent=2))
+        write_text_atomic(self.out / "config.json", json.dumps({"model": self.cfg.to_dict(), "train": asdict(self.tcfg),
+                                                                "machine": machine()}, indent=2))
         interrupted = []  # set by Ctrl-C or SIGTERM; the step in progress finishes first
         handlers = _catch_signals(interrupted.append)
         try:
