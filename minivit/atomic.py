@@ -35,7 +35,9 @@ def write_text_atomic(path, text):
 
 def remove_stale_temporaries(path):
     """Delete the temporaries that killed writers left beside `path` (`<name>.<PID>.tmp` of a PID that
-    no longer runs): a kill -9 gives atomic_write no chance to clean up. A live writer's is kept."""
+    no longer runs): a kill -9 gives atomic_write no chance to clean up. A live writer's is kept. (On a
+    folder shared between machines a PID names a process of this machine only: another machine's live
+    writer would lose its write, which for a cache costs a rebuild, no more.)"""
     path = Path(path)
     for tmp in path.parent.glob(f"{path.name}.*.tmp"):
         pid = tmp.name[len(path.name) + 1:-len(".tmp")]
@@ -46,7 +48,7 @@ def remove_stale_temporaries(path):
 def _running(pid):
     try:
         os.kill(pid, 0)          # signal 0: only asks whether the process exists
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):   # (a number too large to be a PID)
         return False
     except PermissionError:      # it exists, under another user
         return True

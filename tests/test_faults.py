@@ -604,3 +604,15 @@ def test_a_killed_writers_temporary_is_removed_on_the_next_load(tmp_path, monkey
     live.write_bytes(b"being written")
     remove_stale_temporaries(cache)
     assert not stale.exists() and live.exists()
+
+
+def test_broken_links_are_skipped_and_two_links_to_one_folder_both_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
+    root = write_folder(tmp_path / "data", image_folder_files(classes=("a",), size=8, per_class=(2, 1)))
+    shared = write_folder(tmp_path / "shared", image_folder_files(classes=("s",), size=8, per_class=(2, 1), seed=3))
+    for name in ("b", "c"):                                          # two classes, one real folder
+        (root / "train" / name).symlink_to(shared / "train" / "s", target_is_directory=True)
+        (root / "test" / name).symlink_to(shared / "test" / "s", target_is_directory=True)
+    (root / "train" / "a" / "gone.png").symlink_to(tmp_path / "no-such-file.png")   # a broken link
+    d = load_dataset(str(root))
+    assert d.classes == ("a", "b", "c") and np.bincount(d.train.labels).tolist() == [2, 2, 2]

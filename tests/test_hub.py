@@ -237,3 +237,40 @@ def test_the_official_npz_refuses_layer_scale_instead_of_dropping_it(tmp_path):
     cfg = mv.ViTConfig.preset("test", layer_scale=0.1)
     with pytest.raises(ValueError, match="layer_scale=0.1"):
         save_jax_npz(tmp_path / "x.npz", random_params(cfg), cfg)
+
+
+@pytest.mark.parametrize("kw,message", [(dict(gelu="tanh"), "GELU form"), (dict(ln_eps=1e-5), "eps")])
+def test_the_official_npz_refuses_what_it_cannot_record(tmp_path, kw, message):
+    from minivit.io.jax_npz import save_jax_npz
+    cfg = mv.ViTConfig.preset("test", **kw)
+    with pytest.raises(ValueError, match=message):
+        save_jax_npz(tmp_path / "x.npz", random_params(cfg), cfg)
+
+
+def test_timm_refuses_a_pretraining_model_by_name():
+    cfg = mv.ViTConfig.preset("test", head="mpp")
+    with pytest.raises(ValueError, match="masked-patch-prediction"):
+        mv.to_timm(random_params(cfg), cfg)
+
+
+def test_transformers_labels_must_number_the_classes(tmp_path):
+    cfg = mv.ViTConfig.preset("test")
+    folder = hub.save_hf(tmp_path / "hf", random_params(cfg), cfg, CLASSES)
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"] = {str(i + 1): c for i, c in enumerate(CLASSES)}          # 1 .. K, not 0 .. K-1
+    (folder / "config.json").write_text(json.dumps(config))
+    sd, _ = hub.read_safetensors(folder / "model.safetensors")                  # a file without minivit's metadata
+    hub.write_safetensors(folder / "model.safetensors", sd, {"format": "pt"})
+    with pytest.raises(CheckpointError, match="0 .. K-1"):
+        hub.load_pretrained(folder)
+
+
+def test_export_names_its_suffixes_and_never_overwrites_its_input(tmp_path):
+    cfg = mv.ViTConfig.preset("test")
+    path = hub.save_timm(tmp_path / "m.safetensors", random_params(cfg), cfg, CLASSES, MEAN, STD)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "minivit", "export", *a], capture_output=True, text=True)
+    r = run(str(path), "--format", "timm", "--out", str(path))
+    assert r.returncode == 1 and "is the file being exported" in r.stderr
+    r = run(str(path), "--format", "onnx", "--out", str(tmp_path / "m.npz"))
+    assert r.returncode == 1 and "writes a .onnx file" in r.stderr
+    assert hub.load_pretrained(path)[1] == cfg                                   # untouched

@@ -221,14 +221,21 @@ def cmd_predict(a):
     return 0
 
 
+def _is_minivit_checkpoint(path):
+    """Whether the .npz at `path` is minivit's (it has a 'meta' entry); False when it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "meta" in z.files
+    except Exception:  # not a readable .npz: load_pretrained says what it is
+        return False
+
+
 def _load_for_inference(path):
     """(params, cfg, meta) of a minivit checkpoint, or of any pretrained file (a .safetensors, a transformers
     folder, an official .npz) that records its normalisation: meta holds 'mean', 'std' and 'classes'."""
-    if Path(path).suffix == ".npz":
-        with contextlib.suppress(Exception), np.load(path, allow_pickle=False) as z:
-            if "meta" in z.files:
-                params, cfg, _, meta = load_checkpoint(path, require=("mean", "std"), family="vit")
-                return params, cfg, meta
+    if Path(path).suffix == ".npz" and _is_minivit_checkpoint(path):
+        params, cfg, _, meta = load_checkpoint(path, require=("mean", "std"), family="vit")
+        return params, cfg, meta
     params, cfg, info = load_pretrained(path, log=lambda m: print(m, file=sys.stderr))
     if "mean" not in info:
         raise CheckpointError(f"{path}: the file records no normalisation (mean and std), which this command needs; "
@@ -260,7 +267,7 @@ def _finetune(a, out):
     size = a.image_size or data.image_shape[1]
     if data.image_shape[0] != cfg.in_channels:
         raise DataError(f"the data's images have {data.image_shape[0]} channels, the model {cfg.in_channels}")
-    if size != cfg.image_size:   # before any resizing: the images and a step at the new size must fit
+    if size != cfg.image_size or data.image_shape[1:] != (size, size):   # before any resizing: must it fit?
         images = (len(data.train.labels) + len(data.test.labels)) * cfg.in_channels * size * size
         check_memory(ViTConfig.from_dict({**cfg.to_dict(), "image_size": size}), tcfg.batch_size, tcfg.threads,
                      images, what=f"fine-tuning at --image-size {size}")
@@ -326,9 +333,17 @@ def cmd_export(a):
     from ..io.hub import save_hf, save_timm
     from ..io.jax_npz import save_jax_npz
     from ..io.onnx_graph import save_onnx
-    params, cfg, info = load_pretrained(a.checkpoint, log=lambda m: print(m, file=sys.stderr))
-    classes, mean, std = info.get("classes"), info.get("mean"), info.get("std")
     out = Path(a.out)
+    suffix = {"timm": ".safetensors", "npz": ".npz", "onnx": ".onnx"}.get(a.format)
+    if suffix and out.suffix != suffix:
+        raise ValueError(f"--format {a.format} writes a {suffix} file; name --out so (got {a.out})")
+    if a.format == "hf" and out.is_file():
+        raise ValueError(f"--format hf writes a folder; --out {a.out} is a file")
+    if out.exists() and out.resolve() == Path(a.checkpoint).resolve():
+        raise ValueError(f"--out {a.out} is the file being exported; write it elsewhere")
+    params, cfg, info = load_pretrained(a.checkpoint, heads=a.heads, bfloat16=a.bfloat16,
+                                        log=lambda m: print(m, file=sys.stderr))
+    classes, mean, std = info.get("classes"), info.get("mean"), info.get("std")
     if a.format == "timm":
         save_timm(out, params, cfg, classes, mean, std)
     elif a.format == "hf":
@@ -371,8 +386,8 @@ def main(argv=None):
     try:
         return _run(a)
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        if main_thread:  # (None: a handler from outside Python; the default then)
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _run(a):

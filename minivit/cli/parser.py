@@ -163,7 +163,12 @@ def _parser():
     x.add_argument("--format", required=True, choices=["timm", "hf", "npz", "onnx"],
                    help="timm: a .safetensors in timm's layout; hf: a transformers ViTForImageClassification folder; "
                         "npz: google-research's layout; onnx: the forward pass as an ONNX graph (opset 17)")
-    x.add_argument("--out", required=True, help="the file to write (a folder for --format hf)")
+    x.add_argument("--out", required=True,
+                   help="the file to write: .safetensors (timm), .npz, .onnx, or a folder for --format hf")
+    x.add_argument("--heads", type=int, default=None,
+                   help="attention heads of a timm .safetensors, which does not record them (default: the paper's "
+                        "for its width)")
+    x.add_argument("--bfloat16", action="store_true", help="widen bfloat16 weights to float32 instead of refusing them")
 
     m = sub.add_parser("make-subset", help="build the shipped class-balanced CIFAR-10 subset from an image-folder archive")
     m.add_argument("source", help="an image-folder archive, e.g. ../shared/datasets/cifar10-jpeg.tar.gz")

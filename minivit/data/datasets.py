@@ -248,19 +248,20 @@ def _is_metadata(parts):
     return "__MACOSX" in parts or parts[-1].startswith("._")
 
 
-def _walk(root):
-    """Every file under the folder `root`, as paths relative to it, following symlinked folders (a
-    class folder may be a link) but entering each real folder once, so a link loop ends."""
-    seen = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs.sort()
-        for name in sorted(files):
-            yield Path(folder, name).relative_to(root)
+def _walk(root, rel=Path(), ancestors=frozenset()):
+    """Every entry under the folder `root` that is not a folder, as paths relative to it, following
+    symlinked folders (a class folder may be a link). A link back to a folder it lies in would loop
+    for ever, so a folder whose real path is one of its own ancestors' is not entered again; two
+    links to the same folder elsewhere are both read."""
+    folder = Path(root) / rel
+    real = os.path.realpath(folder)
+    if real in ancestors:
+        return
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_dir():           # follows links
+            yield from _walk(root, rel / entry.name, ancestors | {real})
+        else:
+            yield rel / entry.name
 
 
 def _iter_files(path):
@@ -277,7 +278,8 @@ def _iter_files(path):
                 if not name.endswith("/"):
                     try:
                         data = z.read(name)
-                    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
+                    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError,
+                            RuntimeError) as e:      # RuntimeError: an encrypted member wants a password
                         raise DataError(f"{path}: corrupted archive member {name} ({e}); "
                                         "unpack it again or re-create the .zip") from None
                     yield tuple(Path(name).parts), data
@@ -298,7 +300,8 @@ CACHE_VERSION = 2
 def _folder_key(path):
     p = Path(path).resolve()
     if p.is_dir():
-        stats = [(str(rel), (p / rel).stat().st_size, (p / rel).stat().st_mtime_ns) for rel in _walk(p)]
+        stats = [(str(rel), (p / rel).stat().st_size, (p / rel).stat().st_mtime_ns) for rel in _walk(p)
+                 if (p / rel).is_file()]          # a broken link is no file: skipped, as when reading
         return hashlib.sha256(repr((CACHE_VERSION, stats)).encode()).hexdigest()[:16]
     return hashlib.sha256(f"{CACHE_VERSION}:{p}:{file_md5(p)}".encode()).hexdigest()[:16]
 
@@ -340,7 +343,7 @@ def load_image_folder(path, use_cache=True):
         split, cls, inside = place
         found[split].append((cls, inside, "/".join(parts), data))
     for items in found.values():  # one order whatever the container (folder, .tar.gz, .zip): class, then path
-        items.sort(key=lambda item: item[:2])
+        items.sort(key=lambda item: item[:3])      # class, path inside it, then the whole path
     found = {split: [(cls, name, data) for cls, _, name, data in items] for split, items in found.items()}
     classes = sorted({c for c, _, _ in found["train"]})
     if not classes:

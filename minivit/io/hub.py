@@ -62,7 +62,7 @@ def read_safetensors(path, bfloat16=False):
     if bf16 and not bfloat16:
         raise CheckpointError(f"{path}: {len(bf16)} bfloat16 tensors ({', '.join(bf16[:3])}, ...), which NumPy cannot "
                               "hold; ask for the conversion to float32 (load_pretrained(..., bfloat16=True), "
-                              "--bfloat16 on the command line)")
+                              "--bfloat16 on finetune and export)")
     if not bf16:
         try:
             return _safetensors().load_file(str(path)), meta
@@ -131,7 +131,7 @@ def timm_config(sd, meta, heads=None):
     heads = heads or HEADS_BY_DIM.get(D)
     if heads is None:
         raise CheckpointError(f"timm weights of width {D}: the file does not say how many attention heads; "
-                              "pass heads=H (--heads H)")
+                              "pass heads=H (--heads H on finetune and export)")
     depth = len({m.group(1) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m})
     gamma = sd.get("blocks.0.ls1.gamma")
     return ViTConfig(image_size=grid * P, patch_size=P, in_channels=C, num_classes=sd["head.weight"].shape[0], dim=D,
@@ -284,7 +284,10 @@ def _metadata_info(meta, config=None, preprocessor=None):
     if "classes" in meta:
         info["classes"] = json.loads(meta["classes"])
     elif config and "id2label" in config:
-        info["classes"] = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+        try:
+            info["classes"] = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+        except KeyError:
+            raise CheckpointError("config.json: id2label does not number its classes 0 .. K-1") from None
     if "mean" in meta:
         info["mean"], info["std"] = json.loads(meta["mean"]), json.loads(meta["std"])
     elif preprocessor and preprocessor.get("do_normalize", True) and "image_mean" in preprocessor:
@@ -342,4 +345,8 @@ def _load_hf(weights, config_path, bfloat16, loaded=None):
     pre_path = config_path.parent / "preprocessor_config.json"
     pre = json.loads(pre_path.read_text()) if pre_path.is_file() else None
     params, cfg = from_hf(sd, config)
-    return params, cfg, _metadata_info(meta, config, pre)
+    info = _metadata_info(meta, config, pre)
+    if len(info.get("classes", [None] * cfg.num_classes)) != cfg.num_classes:
+        raise CheckpointError(f"config.json: id2label names {len(info['classes'])} classes, the classifier has "
+                              f"{cfg.num_classes}")
+    return params, cfg, info

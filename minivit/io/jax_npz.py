@@ -118,10 +118,12 @@ def load_jax_npz(path, gelu="exact", log=print):
 def save_jax_npz(path, params, cfg):
     """Write minivit params in the official .npz layout (load_jax_npz reads it back)."""
     if cfg.pos_embed != "learned" or cfg.pos_embed_every_layer or cfg.pool != "token" or cfg.stem_channels \
-            or cfg.layer_scale or cfg.head != "classify":
+            or cfg.layer_scale or cfg.head != "classify" or cfg.gelu != "exact" or cfg.ln_eps != 1e-6:
         raise ValueError("save_jax_npz: the official layout holds a learned position embedding, plain blocks and a "
                          f"class-token head; this model has pos_embed={cfg.pos_embed!r}, pool={cfg.pool!r}, "
-                         f"layer_scale={cfg.layer_scale}, stem {cfg.stem_channels or 'none'}, head {cfg.head!r}")
+                         f"layer_scale={cfg.layer_scale}, stem {cfg.stem_channels or 'none'}, head {cfg.head!r}; and the "
+                         f"file records neither the GELU form ({cfg.gelu!r}) nor LayerNorm's eps ({cfg.ln_eps:g}), "
+                         "which are taken as exact and 1e-6 when read back")
     p = {k: to_numpy(v) for k, v in params.items()}
     D, H = cfg.dim, cfg.heads
     d = D // H

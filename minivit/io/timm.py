@@ -31,6 +31,9 @@ def _is_dense_kernel(name, shape):
 
 
 def _check_timm_can_hold(cfg):
+    if cfg.head != "classify":
+        raise ValueError("timm's VisionTransformer has a class head; this is a masked-patch-prediction model "
+                         "(fine-tune it first: `minivit finetune`)")
     if cfg.stem_channels:
         raise ValueError("timm's VisionTransformer has no conv stem; this is a hybrid model (stem_channels "
                          f"{cfg.stem_channels})")

@@ -176,8 +176,8 @@ class Trainer:
         """The rest of the current epoch, a step per batch; then evaluate and commit it, or (when
         `interrupted` fills up in between) save where it stopped."""
         epoch, first = divmod(self.step, self.steps_per_epoch)
-        meter = _EpochMeter()
         bar = self._progress_bar(epoch, first)
+        meter = _EpochMeter()                      # its clock starts once the bar is up, as the loop's did
         for index in bar:
             x, y = self._batch(epoch, index)
             loss, correct = self._step(x, y, epoch)
