@@ -274,3 +274,24 @@ def test_export_names_its_suffixes_and_never_overwrites_its_input(tmp_path):
     r = run(str(path), "--format", "onnx", "--out", str(tmp_path / "m.npz"))
     assert r.returncode == 1 and "writes a .onnx file" in r.stderr
     assert hub.load_pretrained(path)[1] == cfg                                   # untouched
+
+
+def test_timm_loads_the_exported_file_and_gives_minivits_logits(tmp_path):
+    """timm's own VisionTransformer, load_state_dict(strict=True) from the exported .safetensors. Runs where
+    timm is importable; timm needs torchvision, which does not import beside the CPU PyTorch 2.13 that
+    CI installs, so there it is skipped (the GPU machine's image has timm)."""
+    torch = pytest.importorskip("torch", reason="timm parity needs torch")
+    pytest.importorskip("timm", reason="timm is not importable here (it needs torchvision)")
+    from safetensors.torch import load_file
+    from timm.models.vision_transformer import VisionTransformer
+    for pool, timm_pool in (("token", "token"), ("gap", "avg")):
+        cfg = mv.ViTConfig(image_size=16, patch_size=4, dim=16, depth=2, heads=2, mlp_dim=32, num_classes=5, pool=pool)
+        params = random_params(cfg)
+        path = hub.save_timm(tmp_path / f"{pool}.safetensors", params, cfg)
+        model = VisionTransformer(img_size=16, patch_size=4, num_classes=5, embed_dim=16, depth=2, num_heads=2,
+                                  mlp_ratio=2.0, qkv_bias=True, global_pool=timm_pool, fc_norm=False).eval()
+        model.load_state_dict(load_file(str(path)), strict=True)
+        x = np.random.default_rng(2).standard_normal((3, 3, 16, 16)).astype(np.float32)
+        with torch.no_grad():
+            theirs = model(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(theirs, mv.forward(params, x, cfg, keep_cache=False)[0], rtol=1e-5, atol=1e-5)
