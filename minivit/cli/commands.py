@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import BackendError, to_numpy, use_backend
-from ..io.checkpoint import CheckpointError, load_checkpoint
+from ..io.checkpoint import CheckpointError
 from ..config import ConfigError, ViTConfig
 from ..data.datasets import DataError
 from ..io.runlock import RunFolderBusy
@@ -221,22 +221,11 @@ def cmd_predict(a):
     return 0
 
 
-def _is_minivit_checkpoint(path):
-    """Whether the .npz at `path` is minivit's (it has a 'meta' entry); False when it cannot be read."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return "meta" in z.files
-    except Exception:  # not a readable .npz: load_pretrained says what it is
-        return False
-
-
 def _load_for_inference(path):
     """(params, cfg, meta) of a minivit checkpoint, or of any pretrained file (a .safetensors, a transformers
-    folder, an official .npz) that records its normalisation: meta holds 'mean', 'std' and 'classes'."""
-    if Path(path).suffix == ".npz" and _is_minivit_checkpoint(path):
-        params, cfg, _, meta = load_checkpoint(path, require=("mean", "std"), family="vit")
-        return params, cfg, meta
-    params, cfg, info = load_pretrained(path, log=lambda m: print(m, file=sys.stderr))
+    folder, an official .npz) that records its normalisation: meta holds 'mean', 'std' and 'classes'
+    (and, for a minivit checkpoint, the 'data' it was trained on)."""
+    params, cfg, info = load_pretrained(path, require=("mean", "std"), log=lambda m: print(m, file=sys.stderr))
     if "mean" not in info:
         raise CheckpointError(f"{path}: the file records no normalisation (mean and std), which this command needs; "
                               "fine-tune it on your data first (`minivit finetune`), which measures them")

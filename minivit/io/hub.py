@@ -295,7 +295,7 @@ def _metadata_info(meta, config=None, preprocessor=None):
     return info
 
 
-def load_pretrained(path, heads=None, bfloat16=False, log=print):
+def load_pretrained(path, heads=None, bfloat16=False, log=print, require=()):
     """(params, cfg, info) from any file minivit reads, told apart by what it holds:
 
     - a folder with config.json and model.safetensors: transformers' ViTForImageClassification;
@@ -303,7 +303,9 @@ def load_pretrained(path, heads=None, bfloat16=False, log=print):
     - a .npz: a minivit checkpoint (it has 'meta') or the official google-research layout.
 
     `info` holds what the file records of the data: 'classes', 'mean' and 'std' (absent where it
-    records none). `heads`: timm's files do not say; HEADS_BY_DIM gives the paper's models'."""
+    records none), and for a minivit checkpoint the 'data' it was trained on. `heads`: timm's files do
+    not say; HEADS_BY_DIM gives the paper's models'. `require`: metadata a minivit checkpoint must
+    hold (load_checkpoint's)."""
     path = Path(path)
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -330,8 +332,8 @@ def load_pretrained(path, heads=None, bfloat16=False, log=print):
         raise CheckpointError(f"{path}: not a .safetensors, .npz or model folder minivit can read "
                               f"({type(e).__name__}: {e})") from None
     if ours:
-        params, cfg, _, meta = load_checkpoint(path, family="vit")
-        return params, cfg, {k: meta[k] for k in ("classes", "mean", "std") if k in meta}
+        params, cfg, _, meta = load_checkpoint(path, require=require, family="vit")
+        return params, cfg, {k: meta[k] for k in ("classes", "mean", "std", "data") if k in meta}
     params, cfg = load_jax_npz(path, log=log)
     return params, cfg, {}
 
