@@ -207,6 +207,9 @@ class TrainConfig:
     seed: int = setting(0, "seeds initialisation, shuffling, augmentation and dropout")
     threads: int = setting(2, "data-parallel threads on NumPy, one BLAS thread each")
     eval_batch_size: int = setting(500, "images per evaluation batch")
+    val_split: int = setting(0, "hold out this many training images, class-balanced, as a validation set: every "
+                             "epoch is scored on it, and the test set is read once, after the last epoch; 0 = off "
+                             "(the test set scores every epoch)")
     optimizer: str = setting("adamw", "adamw, or sgd with momentum (the paper's fine-tuning optimiser)", OPTIMIZERS)
     momentum: float = setting(0.9, "SGD's momentum (unused by AdamW)")
     mixup: float = setting(0.0, "MixUp (minivit/data/transforms.py): blend image pairs with a Beta(a, a) share, "
@@ -228,6 +231,7 @@ class TrainConfig:
                   "min_lr": (False, 0, None), "warmup_epochs": (False, 0, None), "weight_decay": (False, 0, None),
                   "label_smoothing": (False, 0, 1, False, True), "clip_norm": (False, 0, None),
                   "seed": (True, 0, None), "threads": (True, 1, None), "eval_batch_size": (True, 1, None),
+                  "val_split": (True, 0, None),
                   "momentum": (False, 0, 1, False, True), "mixup": (False, 0, None), "cutmix": (False, 0, None),
                   "ema": (False, 0, 1, False, True), "randaugment": (True, 0, None),
                   "randaugment_magnitude": (False, 0, 10), "random_erasing": (False, 0, 1)}

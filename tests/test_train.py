@@ -198,3 +198,45 @@ def test_inference_in_small_shards_matches_one_forward():
     assert len(engine.shards(11, 2)) == 6
     np.testing.assert_allclose(engine.predict_logits(params, x), mv.forward(params, x, cfg)[0], rtol=1e-12)
     engine.close()
+
+
+# ---------------------------------------------------------------- --val-split: choosing on held-out training images
+
+def test_hold_out_is_class_balanced_disjoint_and_the_same_for_every_run():
+    from minivit.data import DataError, hold_out
+    data = toy_dataset(n_train=60)
+    rest, val = hold_out(data.train, 12)
+    counts = np.bincount(val.labels, minlength=5)
+    assert len(val.labels) == 12 and counts.max() - counts.min() <= 1            # 12 over 5 classes: 3,3,2,2,2
+    assert len(rest.labels) + len(val.labels) == 60
+    seen = {im.tobytes() for im in rest.images}
+    assert not any(im.tobytes() in seen for im in val.images)                     # disjoint (random images are unique)
+    np.testing.assert_array_equal(hold_out(data.train, 12)[1].images, val.images)   # no training seed involved
+    with pytest.raises(DataError, match="between 1 and 59"):
+        hold_out(data.train, 60)
+
+
+def test_a_validation_split_scores_every_epoch_and_reads_the_test_set_once(tmp_path, monkeypatch):
+    from minivit.train import trainer as trainer_module
+    read = []
+    real = trainer_module.evaluate
+
+    def counting(params, cfg, split, *a, **kw):
+        read.append(len(split.labels))
+        return real(params, cfg, split, *a, **kw)
+    monkeypatch.setattr(trainer_module, "evaluate", counting)
+    data = toy_dataset(n_train=40, n_test=10)
+    tcfg = TrainConfig(epochs=3, batch_size=8, seed=1, threads=1, val_split=10)
+    t = Trainer(mv.ViTConfig.preset("test"), tcfg, data, tmp_path / "r", progress=False, log=lambda *_: None)
+    assert len(t.data.train.labels) == 30 and len(t.val.labels) == 10
+    history = t.fit()
+    assert read == [10, 10, 10, 10]                        # validation after each epoch, the test set after the last
+    assert all("val_acc" in h for h in history) and [("test_acc" in h) for h in history] == [False, False, True]
+    assert t.fingerprint == trainer_module.data_fingerprint(data)   # the data's identity: all of it
+    assert (tmp_path / "r" / "curves.png").exists()
+
+
+def test_a_run_with_a_validation_split_resumes_exactly(tmp_path):
+    from helpers import full_and_resumed
+    full_and_resumed(mv.ViTConfig.preset("test", dropout=0.1),
+                     TrainConfig(epochs=2, batch_size=8, seed=2, threads=2, val_split=8), toy_dataset(n_train=60), tmp_path)

@@ -375,6 +375,29 @@ def load_image_folder(path, use_cache=True):
     return Dataset(splits["train"], splits["test"], tuple(classes), path.name)
 
 
+def hold_out(split, n, seed=0):
+    """(the rest, the held-out): `n` images of `split` taken class by class, as evenly as the classes
+    allow (the first n % K classes give one more), drawn from default_rng(seed). The seed is not the
+    training run's, so every run that holds out `n` images of the same data holds out the same ones,
+    and recipes are compared on one validation set."""
+    labels = np.asarray(split.labels)
+    classes = np.unique(labels)
+    if not 0 < n < len(labels):
+        raise DataError(f"--val-split {n}: hold out between 1 and {len(labels) - 1} of the {len(labels)} training images")
+    quota = [n // len(classes) + (i < n % len(classes)) for i in range(len(classes))]
+    rng = np.random.default_rng(seed)
+    held = []
+    for c, q in zip(classes, quota):
+        idx = np.flatnonzero(labels == c)
+        if q >= len(idx):
+            raise DataError(f"--val-split {n}: class {c} has {len(idx)} training images, too few to hold out {q} "
+                            "and train on the rest")
+        held.append(rng.permutation(idx)[:q])
+    held = np.sort(np.concatenate(held))
+    rest = np.setdiff1d(np.arange(len(labels)), held)
+    return Split(split.images[rest], labels[rest]), Split(split.images[held], labels[held])
+
+
 def load_dataset(spec=None):
     """'subset' (default, shipped in the package), 'cifar10' (official, downloaded once) or a PATH
     to the official archive/folder or to an image folder/archive."""

@@ -18,13 +18,18 @@ def plot_curves(history, path, accuracy="accuracy", train_loss_label="train"):
     A figure recorded as null (not finite) is left out of its line."""
     ep = [h["epoch"] for h in history]
     col = lambda key: [np.nan if h.get(key) is None else h[key] for h in history]
+    on_val = any("val_loss" in h for h in history)       # what scored the epochs: the validation or test set
+    key, held = ("val", "validation") if on_val else ("test", "test")
     fig = _figure(figsize=(10, 4))
     a, b = fig.subplots(1, 2)
     a.plot(ep, col("train_loss"), "o-", label=train_loss_label)
-    a.plot(ep, col("test_loss"), "o-", label="test")
+    a.plot(ep, col(key + "_loss"), "o-", label=held)
     a.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     b.plot(ep, col("train_acc"), "o-", label="train")
-    b.plot(ep, col("test_acc"), "o-", label="test")
+    b.plot(ep, col(key + "_acc"), "o-", label=held)
+    if on_val:   # the test set, read once at the end: a single point
+        for ax, key in ((a, "test_loss"), (b, "test_acc")):
+            ax.plot(ep, col(key), "k*", markersize=10, label="test (once, at the end)")
     b.set(xlabel="epoch", ylabel="accuracy", title=accuracy)
     for ax in (a, b):
         ax.grid(alpha=0.3)

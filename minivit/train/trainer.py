@@ -23,6 +23,7 @@ from .optim import EMA, SGD, AdamW, clip_grad_norm, warmup_cosine
 from ..atomic import write_text_atomic
 from ..backend import backend_name, get_array_module, machine
 from ..config import TrainConfig
+from ..data.datasets import Dataset, hold_out
 from ..data.transforms import channel_stats
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.runlock import RunLock
@@ -94,17 +95,21 @@ class Trainer:
         `data_spec`: recorded so `minivit evaluate` can reload the same data (default: the dataset's name).
         `on_epoch_end`: called with the history after each evaluated epoch (live plots).
         `plots`: draw curves.png and confusion.png after every epoch (False for many short runs)."""
-        self.cfg, self.tcfg, self.data = cfg, tcfg, dataset
+        self.cfg, self.tcfg = cfg, tcfg
         self.objective = objective_of(cfg)       # classification or masked patch prediction (objectives.py)
         self.data_spec = data_spec or dataset.name
         self.out, self.ckpt_path = Path(out_dir), Path(out_dir) / "checkpoint.npz"
         self.progress, self.log, self.on_epoch_end, self.plots = progress, log, on_epoch_end, plots
         check_images_fit(cfg, dataset)
         self.objective.check_data(cfg, dataset)
-        self.steps_per_epoch = math.ceil(len(dataset.train.labels) / tcfg.batch_size)
+        self.fingerprint = data_fingerprint(dataset)   # the data's identity: all of it, the held-out images included
+        self.data, self.val = dataset, None
+        if tcfg.val_split:   # honest selection: epochs are scored on held-out training images, not on the test set
+            train, self.val = hold_out(dataset.train, tcfg.val_split)
+            self.data = Dataset(train, dataset.test, dataset.classes, dataset.name)
+        self.steps_per_epoch = math.ceil(len(self.data.train.labels) / tcfg.batch_size)
         self.total_steps = tcfg.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(tcfg.warmup_epochs * self.steps_per_epoch))
-        self.fingerprint = data_fingerprint(dataset)
         self.opt = make_optimizer(tcfg)
         opt_state = self._resume() if resume and self.ckpt_path.exists() else None
         if opt_state is None:
@@ -245,41 +250,51 @@ class Trainer:
     def _end_epoch(self, epoch, meter):
         """Evaluate, then commit the epoch: the checkpoint first, metrics.jsonl (rewritten from the
         checkpoint's history) and the plots after it, so no record shows an epoch the checkpoint lacks."""
-        # The test loss is plain cross-entropy, as `minivit evaluate` reports it; the train loss is
-        # the objective being minimised, with label smoothing.
-        ev = self._evaluate(self.params)
+        # The test (and validation) loss is plain cross-entropy, as `minivit evaluate` reports it; the
+        # train loss is the objective being minimised, with label smoothing. With --val-split every epoch
+        # is scored on the held-out images and the test set is read once, after the last epoch.
+        split, name = (self.val, "val") if self.val is not None else (self.data.test, "test")
+        ev = self._evaluate(self.params, split)
         row = {"epoch": epoch + 1, "step": self.step, "lr": self.opt.lr, "train_loss": meter.loss(),
-               "train_acc": meter.accuracy(), "test_loss": ev["loss"], "test_acc": ev["accuracy"],
+               "train_acc": meter.accuracy(), f"{name}_loss": ev["loss"], f"{name}_acc": ev["accuracy"],
                "images_per_s": meter.images_per_s(), "elapsed_s": self.elapsed}
-        if self.ema:  # the moving average of the weights, on the same test images
-            ev_ema = self._evaluate(self.ema.params)
-            row.update(ema_test_loss=ev_ema["loss"], ema_test_acc=ev_ema["accuracy"])
+        if self.ema:  # the moving average of the weights, on the same images
+            ev_ema = self._evaluate(self.ema.params, split)
+            row.update({f"ema_{name}_loss": ev_ema["loss"], f"ema_{name}_acc": ev_ema["accuracy"]})
+        final_test = self.val is not None and self.step == self.total_steps
+        if final_test:  # the run is finished: its one reading of the test set, for the report
+            ev = self._evaluate(self.params, self.data.test)
+            row.update(test_loss=ev["loss"], test_acc=ev["accuracy"])
+            if self.ema:
+                ev_ema = self._evaluate(self.ema.params, self.data.test)
+                row.update(ema_test_loss=ev_ema["loss"], ema_test_acc=ev_ema["accuracy"])
         # JSON has no NaN or infinity: a non-finite figure (an overflowing test loss) is recorded as null
         row = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()}
         self.history.append(row)
         self.save()
         write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
-        self.log(f"epoch {epoch + 1}: train loss {meter.loss():.4f} acc {meter.accuracy():.4f} | "
-                 f"test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}"
+        scored = f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | " if self.val is not None else ""
+        tested = (f"test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}" if self.val is None or final_test
+                  else "test set not read")
+        self.log(f"epoch {epoch + 1}: train loss {meter.loss():.4f} acc {meter.accuracy():.4f} | {scored}{tested}"
                  + (f" (EMA {ev_ema['accuracy']:.4f})" if self.ema else "")
                  + f" | {meter.images_per_s():.0f} img/s, {self.elapsed:.0f} s")
-        self._plot(epoch, ev)
+        self._plot(epoch, ev, *((self.data.test, "test") if self.val is None or final_test else (self.val, "validation")))
         if self.on_epoch_end:
             self.on_epoch_end(self.history)
 
-    def _evaluate(self, params):
-        """The objective's loss and accuracy on the test images, in the trainer's threads."""
-        return evaluate(params, self.cfg, self.data.test, self.mean, self.std, self.tcfg.eval_batch_size,
-                        engine=self.engine)
+    def _evaluate(self, params, split):
+        """The objective's loss and accuracy on a Split (the validation or the test images), in the trainer's threads."""
+        return evaluate(params, self.cfg, split, self.mean, self.std, self.tcfg.eval_batch_size, engine=self.engine)
 
-    def _plot(self, epoch, ev):
+    def _plot(self, epoch, ev, split, name):
         if not self.plots:
             return
         train = "train (label-smoothed)" if self.tcfg.label_smoothing else "train"
         plots.plot_curves(self.history, self.out / "curves.png", self.objective.curve, train_loss_label=train)
-        if ev["predictions"] is not None:
-            plots.plot_confusion(self.data.test.labels, ev["predictions"], self.data.classes, self.out / "confusion.png",
-                                 title=f"test accuracy {ev['accuracy']:.1%} after epoch {epoch + 1}")
+        if ev["predictions"] is not None:   # of the last evaluation: the test set's, or the validation set's
+            plots.plot_confusion(split.labels, ev["predictions"], self.data.classes, self.out / "confusion.png",
+                                 title=f"{name} accuracy {ev['accuracy']:.1%} after epoch {epoch + 1}")
 
 
 class _EpochMeter:
