@@ -15,6 +15,7 @@ POOLS = ("token", "gap")
 GELUS = ("exact", "tanh")
 ATTN_INITS = ("xavier", "mimetic")
 OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "linear")   # the learning rate's decay after warmup (minivit/train/optim.py: DECAYS)
 
 
 def setting(default, help, choices=None, flag=None):
@@ -199,6 +200,12 @@ class TrainConfig:
     lr: float = setting(1e-3, "peak learning rate")
     min_lr: float = setting(1e-5, "learning rate at the end of the cosine decay")
     warmup_epochs: float = setting(1.0, "linear warmup length, in epochs", flag="--warmup")
+    schedule: str = setting("cosine", "the learning rate's decay after warmup, to min-lr at the end: cosine, or "
+                            "linear (budgeted training's choice)", SCHEDULES)
+    time_budget: float = setting(0.0, "train for this many minutes of training time (evaluation not counted), the "
+                                 "learning rate annealed at the deadline; --epochs is then not used; 0 = off "
+                                 "(train for --epochs). Such a run is not bit-reproducible: its steps depend on "
+                                 "the clock")
     weight_decay: float = setting(0.05, "decoupled weight decay (matrices only)")
     label_smoothing: float = setting(0.1, "cross-entropy target smoothing during training (the test loss is "
                                      "reported without it)")
@@ -228,7 +235,7 @@ class TrainConfig:
         # Each setting's range, checked once here, before any data loads; a message names the flag.
         # name: (whole number or not, lowest, highest, the lowest excluded, the highest excluded)
         ranges = {"epochs": (True, 1, None), "batch_size": (True, 1, None), "lr": (False, 0, None, True),
-                  "min_lr": (False, 0, None), "warmup_epochs": (False, 0, None), "weight_decay": (False, 0, None),
+                  "min_lr": (False, 0, None), "warmup_epochs": (False, 0, None), "time_budget": (False, 0, None), "weight_decay": (False, 0, None),
                   "label_smoothing": (False, 0, 1, False, True), "clip_norm": (False, 0, None),
                   "seed": (True, 0, None), "threads": (True, 1, None), "eval_batch_size": (True, 1, None),
                   "val_split": (True, 0, None),
@@ -237,6 +244,8 @@ class TrainConfig:
                   "randaugment_magnitude": (False, 0, 10), "random_erasing": (False, 0, 1)}
         bad = [f"{flag_of(TrainConfig, name)} must be {problem}, got {getattr(self, name)!r}"
                for name, rule in ranges.items() if (problem := _out_of_range(getattr(self, name), *rule))]
+        if self.schedule not in SCHEDULES:
+            bad.append(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.optimizer not in OPTIMIZERS:
             bad.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if bad:

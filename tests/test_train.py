@@ -240,3 +240,35 @@ def test_a_run_with_a_validation_split_resumes_exactly(tmp_path):
     from helpers import full_and_resumed
     full_and_resumed(mv.ViTConfig.preset("test", dropout=0.1),
                      TrainConfig(epochs=2, batch_size=8, seed=2, threads=2, val_split=8), toy_dataset(n_train=60), tmp_path)
+
+
+# ---------------------------------------------------------------- --time-budget and --schedule linear
+
+def test_linear_decay_and_cosine_share_the_warmup_and_end_at_min_lr():
+    from minivit.train.optim import warmup_decay
+    lin = [warmup_decay(s, 100, 10, 1.0, 0.1, "linear") for s in range(101)]
+    cos = [warmup_decay(s, 100, 10, 1.0, 0.1, "cosine") for s in range(101)]
+    assert lin[:10] == cos[:10] and lin[9] == pytest.approx(1.0)        # the same warmup
+    assert lin[55] == pytest.approx(0.1 + 0.9 * (1 - 45 / 90))          # a straight line from 1 to 0.1
+    assert lin[100] == pytest.approx(0.1) and cos[100] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(lin[10:], lin[11:]))
+
+
+def test_a_time_budget_ends_the_run_at_the_deadline_with_the_rate_annealed(tmp_path):
+    data = toy_dataset(n_train=256, n_test=10)
+    tcfg = TrainConfig(epochs=1, batch_size=8, seed=0, threads=1, warmup_epochs=0.25, time_budget=0.02,   # 1.2 s
+                       schedule="linear", min_lr=0.0, val_split=10)
+    quiet = dict(progress=False, log=lambda *_: None, plots=False)
+    t = Trainer(mv.ViTConfig.preset("test"), tcfg, data, tmp_path / "r", **quiet)
+    lrs = []
+    real = t._learning_rate
+    t._learning_rate = lambda meter: lrs.append(real(meter)) or lrs[-1]
+    history = t.fit()
+    assert t.elapsed >= 1.2 and t.step > t.steps_per_epoch           # past --epochs 1: the budget decides
+    assert "test_acc" in history[-1] and not any("test_acc" in h for h in history[:-1])   # read once, at the end
+    warm = t.warmup_steps
+    assert lrs[warm - 1] == pytest.approx(tcfg.lr)                      # warmup reached the peak
+    assert all(a >= b for a, b in zip(lrs[warm:], lrs[warm + 1:]))     # then decayed with the clock ...
+    assert lrs[-1] < 0.2 * tcfg.lr                                      # ... to near 0 by the deadline
+    again = Trainer(mv.ViTConfig.preset("test"), tcfg, data, tmp_path / "r", resume=True, **quiet)
+    assert again.fit() == history and again.step == t.step             # a finished budget run stays finished

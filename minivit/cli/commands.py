@@ -106,7 +106,8 @@ def _train(a, out, head):
           f"model: {a.preset}{changed}; output: {out}")
     trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=_progress(a), data_spec=a.data)
     from ..models.vit import count_params
-    print(f"{count_params(cfg):,} parameters; {trainer.total_steps} steps of {tcfg.batch_size} images")
+    length = (f"{tcfg.time_budget:g} minutes of training" if tcfg.time_budget else f"{trainer.total_steps} steps")
+    print(f"{count_params(cfg):,} parameters; {length} of {tcfg.batch_size}-image steps")
     return _fit(trainer, out)
 
 

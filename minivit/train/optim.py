@@ -212,10 +212,22 @@ def clip_grad_norm(grads, max_norm):
     return norm
 
 
-def warmup_cosine(step, total_steps, warmup_steps, base_lr, min_lr=0.0):
-    """Learning rate at `step` (0-based): linear warmup to base_lr, then cosine decay to min_lr."""
+# The decay after warmup, from base_lr at q = 0 to min_lr at q = 1 (q: the share of the decay done).
+# Linear is Li, Yumer & Ramanan's choice for a run on a budget (ICLR 2020, "Budgeted training").
+DECAYS = {
+    "cosine": lambda base_lr, min_lr, q: min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * q)),
+    "linear": lambda base_lr, min_lr, q: min_lr + (base_lr - min_lr) * (1.0 - q),
+}
+
+
+def warmup_decay(step, total_steps, warmup_steps, base_lr, min_lr=0.0, shape="cosine"):
+    """Learning rate at `step` (0-based): linear warmup to base_lr, then DECAYS[shape] to min_lr at the end."""
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    progress = min(progress, 1.0)
-    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+    return DECAYS[shape](base_lr, min_lr, min(progress, 1.0))
+
+
+def warmup_cosine(step, total_steps, warmup_steps, base_lr, min_lr=0.0):
+    """Learning rate at `step` (0-based): linear warmup to base_lr, then cosine decay to min_lr."""
+    return warmup_decay(step, total_steps, warmup_steps, base_lr, min_lr, "cosine")

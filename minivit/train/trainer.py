@@ -19,7 +19,7 @@ from . import plots
 from .batches import epoch_order, make_batch
 from .engine import Engine, blas_single_thread, evaluate, params_dtype
 from .objectives import objective_of
-from .optim import EMA, SGD, AdamW, clip_grad_norm, warmup_cosine
+from .optim import DECAYS, EMA, SGD, AdamW, clip_grad_norm, warmup_decay
 from ..atomic import write_text_atomic
 from ..backend import backend_name, get_array_module, machine
 from ..config import TrainConfig
@@ -108,8 +108,11 @@ class Trainer:
             train, self.val = hold_out(dataset.train, tcfg.val_split)
             self.data = Dataset(train, dataset.test, dataset.classes, dataset.name)
         self.steps_per_epoch = math.ceil(len(self.data.train.labels) / tcfg.batch_size)
-        self.total_steps = tcfg.epochs * self.steps_per_epoch
+        # A run ends after --epochs, or (with --time-budget) once its training time reaches the budget.
+        self.budget_s = tcfg.time_budget * 60.0
+        self.total_steps = math.inf if self.budget_s else tcfg.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(tcfg.warmup_epochs * self.steps_per_epoch))
+        self.warmup_end_s = None   # on a budget: the training time at which warmup ended (the decay starts there)
         self.opt = make_optimizer(tcfg)
         opt_state = self._resume() if resume and self.ckpt_path.exists() else None
         if opt_state is None:
@@ -140,6 +143,7 @@ class Trainer:
         self.opt.load_state_dict(opt_state)
         self.step, self.mean, self.std = meta["step"], np.array(meta["mean"]), np.array(meta["std"])
         self.history, self.elapsed = meta.get("history", []), meta.get("elapsed", 0.0)
+        self.warmup_end_s = meta.get("warmup_end_s")
         self.log(f"resuming from {self.ckpt_path} at step {self.step} (epoch {self.step // self.steps_per_epoch + 1})")
         return opt_state
 
@@ -148,6 +152,7 @@ class Trainer:
                 "rng": {"seed": self.tcfg.seed, "step": self.step, "streams": RNG_STREAMS},
                 "train_config": asdict(self.tcfg), "mean": list(map(float, self.mean)), "std": list(map(float, self.std)),
                 "classes": list(self.data.classes), "history": self.history, "elapsed": self.elapsed,
+                "warmup_end_s": self.warmup_end_s,
                 "backend": backend_name(), "data": self.data_spec, "data_fingerprint": self.fingerprint}
 
     def save(self):
@@ -167,7 +172,7 @@ class Trainer:
         handlers = _catch_signals(interrupted.append)
         try:
             with blas_single_thread(self.engine.threads):
-                while self.step < self.total_steps and not interrupted:
+                while self.step < self.total_steps and not interrupted and not self._budget_spent():
                     self._run_epoch(interrupted)
         finally:
             _restore_signals(handlers)
@@ -185,22 +190,42 @@ class Trainer:
         meter = _EpochMeter()                      # its clock starts once the bar is up, as the loop's did
         for index in bar:
             x, y = self._batch(epoch, index)
-            loss, correct = self._step(x, y, epoch)
+            loss, correct = self._step(x, y, epoch, meter)
             meter.add(loss, correct, len(y))
             bar.set_postfix(**meter.postfix(), lr=f"{self.opt.lr:.2e}")
-            if interrupted:
+            if interrupted or self._budget_spent(meter):
                 break
         bar.close()
         self.elapsed += meter.seconds()
         self._check_weights(epoch)                 # nothing non-finite is ever saved or evaluated
-        if self.step % self.steps_per_epoch == 0:  # a whole epoch: evaluate and record it
+        if self.step % self.steps_per_epoch == 0 or self._budget_spent():  # an epoch, or the run, is done
             self._end_epoch(epoch, meter)
         else:
             self.save()
 
+    def _budget_spent(self, meter=None):
+        """Whether the training time (this epoch's so far too, given its meter) has reached --time-budget."""
+        return bool(self.budget_s) and self.elapsed + (meter.seconds() if meter else 0.0) >= self.budget_s
+
+    def _finished(self):
+        return self.step >= self.total_steps or self._budget_spent()
+
+    def _learning_rate(self, meter):
+        """Warmup over the first steps, then the decay to min-lr as a function of progress: the steps
+        done with --epochs; the training time spent, from warmup's end to the deadline, with a budget."""
+        t = self.tcfg
+        if not self.budget_s or self.step < self.warmup_steps:
+            return warmup_decay(self.step, self.total_steps, self.warmup_steps, t.lr, t.min_lr, t.schedule)
+        now = self.elapsed + meter.seconds()
+        if self.warmup_end_s is None:
+            self.warmup_end_s = now
+        q = (now - self.warmup_end_s) / max(self.budget_s - self.warmup_end_s, 1e-9)
+        return DECAYS[t.schedule](t.lr, t.min_lr, min(max(q, 0.0), 1.0))
+
     def _progress_bar(self, epoch, first):
         from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
-        return tqdm(range(first, self.steps_per_epoch), desc=f"epoch {epoch + 1}/{self.tcfg.epochs}",
+        of = f"{self.tcfg.epochs}" if not self.budget_s else f"? ({self.tcfg.time_budget:g} min)"
+        return tqdm(range(first, self.steps_per_epoch), desc=f"epoch {epoch + 1}/{of}",
                     disable=not self.progress, leave=True, dynamic_ncols=True)
 
     def _batch(self, epoch, index):
@@ -211,11 +236,11 @@ class Trainer:
                           params_dtype(self.params), order=self._order[1])
         return self.objective.targets(x, y, self.cfg, self.tcfg, self.mean, self.std, self.step)
 
-    def _step(self, x, y, epoch):
+    def _step(self, x, y, epoch, meter):
         """One optimiser step: learning rate, forward and backward, the NaN guard, clipping, update, EMA.
         -> the batch's mean loss and number correct."""
         t = self.tcfg
-        self.opt.lr = warmup_cosine(self.step, self.total_steps, self.warmup_steps, t.lr, t.min_lr)
+        self.opt.lr = self._learning_rate(meter)
         loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step)
         loss = float(loss)  # the one host sync per step: the NaN guard needs it
         if not math.isfinite(loss):
@@ -261,7 +286,7 @@ class Trainer:
         if self.ema:  # the moving average of the weights, on the same images
             ev_ema = self._evaluate(self.ema.params, split)
             row.update({f"ema_{name}_loss": ev_ema["loss"], f"ema_{name}_acc": ev_ema["accuracy"]})
-        final_test = self.val is not None and self.step == self.total_steps
+        final_test = self.val is not None and self._finished()
         if final_test:  # the run is finished: its one reading of the test set, for the report
             ev = self._evaluate(self.params, self.data.test)
             row.update(test_loss=ev["loss"], test_acc=ev["accuracy"])
