@@ -5,8 +5,10 @@ run is spent on the best candidate.
         --out runs/recipe-sweep
     cp runs/recipe-sweep/results.json benchmarks/results/recipe_sweep_cpu.json
 
-Every recipe trains for `--epochs` full passes (its learning-rate schedule runs to the end, so a short
-run is a complete small run, not the start of a long one). With `--val-split N` (choose this way) the
+Every recipe trains for `--epochs` full passes, or with `--minutes M` for the same M minutes of
+training time (`--time-budget`: sweeps at equal time, which compare what each recipe does with the
+machine's time rather than with a number of images); its learning-rate schedule runs to the end either
+way, so a short run is a complete small run, not the start of a long one. With `--val-split N` (choose this way) the
 recipes are ranked by their accuracy on N held-out training images, the same images for every recipe,
 and the test set is read once per run, for the report; without it they are ranked on the test set,
 as the sweeps in docs/results.md were, which is selection on the test set. The
@@ -58,6 +60,8 @@ def main():
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="train each recipe for this many minutes of training time instead of --epochs (default 0: epochs)")
     p.add_argument("--val-split", type=int, default=0,
                    help="rank the recipes on this many held-out training images (default 0: on the test set)")
     a = p.parse_args()
@@ -69,7 +73,8 @@ def main():
     for name in a.recipes:
         preset, model_kw, train_kw = RECIPES[name]
         cfg = ViTConfig.preset(preset, num_classes=K, **model_kw)
-        tcfg = TrainConfig(epochs=a.epochs, seed=a.seed, val_split=a.val_split, **{**BASE, **train_kw})
+        tcfg = TrainConfig(epochs=a.epochs, seed=a.seed, val_split=a.val_split, time_budget=a.minutes,
+                           **{**BASE, **train_kw})
         tr = Trainer(cfg, tcfg, data, out / name, resume=True, progress=sys.stderr.isatty(), log=print, plots=False)
         tr.fit()
         if tr.interrupted:
@@ -77,14 +82,15 @@ def main():
         acc = tr.history[-1]["val_acc" if a.val_split else "test_acc"]     # what the recipes are ranked by
         minutes = tr.elapsed / 60
         row = {"recipe": name, "preset": preset, "model": model_kw, "train": train_kw, "parameters": count_params(cfg),
-               "rank_acc": acc, "test_acc": tr.history[-1]["test_acc"], "minutes": minutes, "images_per_s": len(tr.data.train.labels) * a.epochs / tr.elapsed,
+               "rank_acc": acc, "test_acc": tr.history[-1]["test_acc"], "minutes": minutes, "images_per_s": len(tr.data.train.labels) * tr.step / tr.steps_per_epoch / tr.elapsed,
                "points_per_minute": 100 * (acc - 1 / K) / minutes, "train_config": asdict(tcfg), "history": tr.history}
         results["runs"].append(row)
         write_text_atomic(out / "results.json", json.dumps(results, indent=1))
         tr.engine.close()
     on = f"validation accuracy on {a.val_split} held-out images" if a.val_split else \
         f"test accuracy on {len(data.test.labels)} images (selection on the test set)"
-    print(f"\n{a.epochs} epochs each, ranked by {on}")
+    length = f"{a.minutes:g} minutes of training" if a.minutes else f"{a.epochs} epochs"
+    print(f"\n{length} each, ranked by {on}")
     print(f"{'recipe':26s} {'params':>8s} {'rank acc':>9s} {'test acc':>9s} {'minutes':>8s} {'img/s':>6s} {'points/min':>10s}")
     for r in sorted(results["runs"], key=lambda r: -r["rank_acc"]):
         print(f"{r['recipe']:26s} {r['parameters']:8,d} {100 * r['rank_acc']:8.2f}% {100 * r['test_acc']:8.2f}% "
