@@ -51,6 +51,9 @@ class ViTConfig:
     attn_dropout: float = setting(0.0, "dropout on the attention weights")
     drop_path: float = setting(0.0, "stochastic depth: block i drops each residual branch for a whole image at "
                                "rate drop_path * i / (depth - 1), 0 at the first block (timm's rule)")
+    patch_dropout: float = setting(0.0, "PatchDropout (Liu et al., 2023): in training each image keeps a random "
+                                   "(1 - p) share of its patch tokens after the position embedding (the class token "
+                                   "always); evaluation sees every token; 0 = off")
     layer_scale: float = setting(0.0, "LayerScale (CaiT): per-channel gains on each residual branch, initialised "
                                  "to this (e.g. 1e-4); 0 = off")
     attn_init: str = setting("xavier", "attention weights at initialisation: Xavier (the original ViT's), or "
@@ -90,7 +93,10 @@ class ViTConfig:
             raise ConfigError(f"attn_init must be one of {', '.join(ATTN_INITS)}, got {self.attn_init!r}")
         if self.gelu not in GELUS:
             raise ConfigError(f"gelu must be one of {', '.join(GELUS)}, got {self.gelu!r}")
-        for name in ("dropout", "attn_dropout", "drop_path"):
+        if self.patch_dropout and (self.pos_embed_every_layer or self.pos_embed == "relative" or self.head != "classify"):
+            raise ConfigError("patch_dropout drops tokens after the one position embedding of a classifier; it cannot "
+                              "go with pos_embed_every_layer, pos_embed='relative' or head='mpp'")
+        for name in ("dropout", "attn_dropout", "drop_path", "patch_dropout"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {v!r}")
@@ -145,8 +151,8 @@ class ViTConfig:
 
     @property
     def random_masks(self):
-        """Whether a training forward pass draws random masks (dropout, drop path), so needs an rng."""
-        return bool(self.dropout or self.attn_dropout or self.drop_path)
+        """Whether a training forward pass draws random masks (dropout, drop path, PatchDropout), so needs an rng."""
+        return bool(self.dropout or self.attn_dropout or self.drop_path or self.patch_dropout)
 
     def to_dict(self):
         return asdict(self)

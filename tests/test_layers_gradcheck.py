@@ -261,3 +261,34 @@ def test_relu_away_from_its_kink():
     R = randn(*x.shape)
     check_grads(scalar_of(lambda: mv.stem.relu_forward(x)[0], R), {"x": x}, {"x": mv.stem.relu_backward(R, mask)})
     np.testing.assert_array_equal(out, np.maximum(x, 0))
+
+
+# ---------------------------------------------------------------- PatchDropout (Liu et al., 2023)
+
+def test_patch_dropout_keeps_the_class_token_and_passes_gradients_back_to_the_kept_tokens():
+    from minivit.layers.activations import patch_dropout_backward, patch_dropout_forward
+    z = randn(3, 9, 4)                                                   # 8 patch tokens and the class token
+    fwd = lambda: patch_dropout_forward(z, 0.5, np.random.default_rng(4), True)
+    out, cache = fwd()
+    keep, _ = cache
+    assert out.shape == (3, 5, 4) and np.array_equal(out[:, 0], z[:, 0])       # K = 4 of 8, the class token kept
+    assert all(np.array_equal(out[b, 1:], z[b, 1 + keep[b]]) for b in range(3))
+    assert all(len(set(k)) == 4 and list(k) == sorted(k) for k in keep)         # distinct, in order
+    R = randn(*out.shape)
+    dz = patch_dropout_backward(R, cache)
+    check_grads(scalar_of(lambda: fwd()[0], R), {"z": z}, {"z": dz})
+    assert np.array_equal(patch_dropout_forward(z, 0.0, None, True)[0], z)      # a keep rate of 1: the identity
+    assert np.array_equal(patch_dropout_forward(z, 0.5, None, False)[0], z)     # evaluation sees every token
+
+
+def test_the_model_with_patch_dropout_has_right_gradients_in_training():
+    cfg = mv.ViTConfig.preset("test", patch_dropout=0.5, pool="gap")
+    params = {k: v.astype(np.float64) + 0.1 * randn(*v.shape) for k, v in mv.init_params(cfg, seed=2).items()}
+    x, y = randn(3, 3, 8, 8), np.array([0, 3, 1])
+    loss = lambda: float(mv.cross_entropy(mv.forward(params, x, cfg, True, np.random.default_rng(5))[0], y)[0])
+    logits, cache = mv.forward(params, x, cfg, True, np.random.default_rng(5))
+    assert cache.encoder.patch_drop[0].shape == (3, 2)                          # 2 of 4 patch tokens kept
+    grads = mv.backward(mv.cross_entropy(logits, y)[1], cache)
+    check_grads(loss, params, grads)
+    with pytest.raises(mv.ConfigError, match="patch_dropout"):
+        mv.ViTConfig.preset("test", patch_dropout=0.5, pos_embed="relative")

@@ -178,6 +178,40 @@ def drop_path_forward(x, p, rng=None, train=True):
     return x * mask, mask
 
 
+def patch_dropout_forward(z, p, rng=None, train=True):
+    """PatchDropout (Liu et al., WACV 2023): z (B, N+1, D), token 0 the class token -> (B, K+1, D), each
+    image keeping the class token and a random K = round((1 - p) N) of its N patch tokens, in order.
+
+    Placed after the position embedding, the kept tokens carry their positions with them, and the
+    encoder's cost falls with the token count (attention's with its square). Identity at test time or
+    at p = 0. Drawn from the explicit `rng` (numpy or cupy Generator), one subset per image."""
+    if not train or p == 0.0:
+        return z, None
+    if rng is None:
+        raise ValueError("patch dropout in training mode needs an explicit rng (e.g. numpy.random.default_rng(seed))")
+    xp = get_array_module(z)
+    B, T, _ = z.shape
+    N = T - 1
+    K = max(1, int(round((1.0 - p) * N)))
+    keep = xp.asarray(np.sort(np.argsort(rng.random((B, N)), axis=1)[:, :K], axis=1))   # (B, K) patch indices
+    rows = xp.arange(B)[:, None]
+    return xp.concatenate([z[:, :1], z[rows, 1 + keep]], axis=1), (keep, T)               # (B, K+1, D)
+
+
+def patch_dropout_backward(dy, cache):
+    """dy (B, K+1, D) -> dz (B, N+1, D): each kept token's gradient goes back to its place, the dropped
+    tokens get none. The kept indices of an image are distinct, so a plain assignment scatters them."""
+    if cache is None:
+        return dy
+    keep, T = cache
+    xp = get_array_module(dy)
+    B, _, D = dy.shape
+    dz = xp.zeros((B, T, D), dtype=dy.dtype)
+    dz[:, 0] = dy[:, 0]
+    dz[xp.arange(B)[:, None], 1 + keep] = dy[:, 1:]
+    return dz
+
+
 # Backward multiplies by the forward's mask, as dropout's does: a dropped image's branch gets no
 # gradient, a kept one dy / (1 - p) (the (B, 1, 1) mask broadcasts over its tokens).
 drop_path_backward = dropout_backward

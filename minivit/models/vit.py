@@ -12,7 +12,8 @@ import math
 from dataclasses import replace
 from typing import NamedTuple
 
-from ..layers.activations import dropout_backward, dropout_forward
+from ..layers.activations import (dropout_backward, dropout_forward, patch_dropout_backward,
+                                  patch_dropout_forward)
 from ..backend import get_array_module
 from .heads import mpp_shapes
 from .block import block_backward, block_forward, drop_path_rate
@@ -26,6 +27,7 @@ from ..layers.stem import stem_backward, stem_forward, stem_shapes
 class EncoderCache(NamedTuple):
     cfg: object
     drop_mask: object   # dropout on the embeddings, or None
+    patch_drop: object  # the patch tokens PatchDropout kept, or None
     blocks: list        # a BlockCache per block (minivit/models/block.py)
     norm: object        # the final LayerNorm's cache
     pos: list           # the position embeddings' caches: one, or one per block (pos_embed_every_layer)
@@ -181,6 +183,7 @@ def encode(params, tok, cfg, train=False, rng=None, keep_cache=True):
     if not cfg.pos_embed_every_layer:
         z, c = pos_forward(z, params, cfg)                                                 # + E_pos
         c_pos.append(c)
+    z, c_pd = patch_dropout_forward(z, cfg.patch_dropout, rng, train)                     # (B, K+1, D) in training
     z, m_emb = dropout_forward(z, cfg.dropout, rng, train)
     c_blocks = []
     for i in range(cfg.depth):
@@ -192,12 +195,12 @@ def encode(params, tok, cfg, train=False, rng=None, keep_cache=True):
         if keep_cache:
             c_blocks.append(c)
     z, c_norm = layernorm_forward(z, params["norm.w"], params["norm.b"], cfg.ln_eps, keep_cache)  # (B, N+1, D)
-    return z, (EncoderCache(cfg, m_emb, c_blocks, c_norm, c_pos) if keep_cache else None)
+    return z, (EncoderCache(cfg, m_emb, c_pd, c_blocks, c_norm, c_pos) if keep_cache else None)
 
 
 def encode_backward(dz, cache, grads):
     """dz (B, N+1, D) -> dtok (B, N, D); the encoder's parameter gradients are added to `grads`."""
-    cfg, m_emb, c_blocks, c_norm, c_pos = cache
+    cfg, m_emb, c_pd, c_blocks, c_norm, c_pos = cache
     dz, grads["norm.w"], grads["norm.b"] = layernorm_backward(dz, c_norm)
     for i in reversed(range(len(c_blocks))):
         dz = block_backward(dz, c_blocks[i], grads)
@@ -205,6 +208,7 @@ def encode_backward(dz, cache, grads):
             dz, g = pos_backward(dz, c_pos[i])
             grads.update(g)
     dz = dropout_backward(dz, m_emb)
+    dz = patch_dropout_backward(dz, c_pd)                                           # (B, N+1, D) again
     if not cfg.pos_embed_every_layer:
         dz, g = pos_backward(dz, c_pos[0])
         grads.update(g)
