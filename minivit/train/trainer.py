@@ -279,34 +279,40 @@ class Trainer:
         # train loss is the objective being minimised, with label smoothing. With --val-split every epoch
         # is scored on the held-out images and the test set is read once, after the last epoch.
         split, name = (self.val, "val") if self.val is not None else (self.data.test, "test")
-        ev = self._evaluate(self.params, split)
         row = {"epoch": epoch + 1, "step": self.step, "lr": self.opt.lr, "train_loss": meter.loss(),
-               "train_acc": meter.accuracy(), f"{name}_loss": ev["loss"], f"{name}_acc": ev["accuracy"],
-               "images_per_s": meter.images_per_s(), "elapsed_s": self.elapsed}
-        if self.ema:  # the moving average of the weights, on the same images
-            ev_ema = self._evaluate(self.ema.params, split)
-            row.update({f"ema_{name}_loss": ev_ema["loss"], f"ema_{name}_acc": ev_ema["accuracy"]})
+               "train_acc": meter.accuracy()}
+        ev, ev_ema = self._score(split, name, row)
+        row.update(images_per_s=meter.images_per_s(), elapsed_s=self.elapsed)
         final_test = self.val is not None and self._finished()
-        if final_test:  # the run is finished: its one reading of the test set, for the report
-            ev = self._evaluate(self.params, self.data.test)
-            row.update(test_loss=ev["loss"], test_acc=ev["accuracy"])
-            if self.ema:
-                ev_ema = self._evaluate(self.ema.params, self.data.test)
-                row.update(ema_test_loss=ev_ema["loss"], ema_test_acc=ev_ema["accuracy"])
+        test_ev = self._score(self.data.test, "test", row)[0] if final_test else None   # the one reading, for the report
         # JSON has no NaN or infinity: a non-finite figure (an overflowing test loss) is recorded as null
         row = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()}
         self.history.append(row)
         self.save()
         write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
-        scored = f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f} | " if self.val is not None else ""
-        tested = (f"test loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}" if self.val is None or final_test
-                  else "test set not read")
-        self.log(f"epoch {epoch + 1}: train loss {meter.loss():.4f} acc {meter.accuracy():.4f} | {scored}{tested}"
+        scores = f"{name} loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}"
+        if self.val is not None:
+            scores += (f" | test loss {test_ev['loss']:.4f} acc {test_ev['accuracy']:.4f}" if final_test
+                       else " | test set not read")
+        self.log(f"epoch {epoch + 1}: train loss {meter.loss():.4f} acc {meter.accuracy():.4f} | {scores}"
                  + (f" (EMA {ev_ema['accuracy']:.4f})" if self.ema else "")
                  + f" | {meter.images_per_s():.0f} img/s, {self.elapsed:.0f} s")
-        self._plot(epoch, ev, *((self.data.test, "test") if self.val is None or final_test else (self.val, "validation")))
+        if final_test:
+            ev, split, name = test_ev, self.data.test, "test"
+        self._plot(epoch, ev, split, "validation" if name == "val" else name)
         if self.on_epoch_end:
             self.on_epoch_end(self.history)
+
+    def _score(self, split, name, row):
+        """Evaluate the weights, and the EMA's, on `split`; record them in `row` as {name}_loss, {name}_acc
+        (ema_{name}_...). -> (the weights' evaluation, the EMA's or None)."""
+        ev = self._evaluate(self.params, split)
+        row.update({f"{name}_loss": ev["loss"], f"{name}_acc": ev["accuracy"]})
+        ev_ema = None
+        if self.ema:
+            ev_ema = self._evaluate(self.ema.params, split)
+            row.update({f"ema_{name}_loss": ev_ema["loss"], f"ema_{name}_acc": ev_ema["accuracy"]})
+        return ev, ev_ema
 
     def _evaluate(self, params, split):
         """The objective's loss and accuracy on a Split (the validation or the test images), in the trainer's threads."""
