@@ -11,11 +11,13 @@ from ..backend import backend_name, xp as backend_xp
 from ..data.transforms import normalize
 from ..models.families import family_of
 from .objectives import objective_of
+from .streams import ImageStreams
 
 
-def blas_single_thread(threads):
-    """With several data-parallel threads, each should run BLAS on one core (else 2 x 2 threads fight)."""
-    if threads <= 1:
+def blas_single_thread(threads, ranks=1):
+    """With several data-parallel threads, or several MPI ranks, each thread should run BLAS on one
+    core (else 2 x 2 threads fight): give a rank its cores with --threads."""
+    if threads <= 1 and ranks <= 1:
         return nullcontext()
     from threadpoolctl import threadpool_limits
     return threadpool_limits(1, user_api="blas")
@@ -119,21 +121,27 @@ class Engine:
     # memory: docs/results.md, "Training in shards of about 2,048 tokens".
     TRAIN_TOKENS_PER_SHARD = 2048
 
-    def loss_and_grads(self, params, x, y, label_smoothing, seed, step):
+    def loss_and_grads(self, params, x, y, label_smoothing, seed, step, first=0, batch=None):
         """Mean loss over the batch, number correct, gradients of the mean loss.
 
         y: the objective's targets: labels (B,), soft targets (B, K), or patch colours (B, N).
-        What the batch draws once (masked patch prediction: which patches to corrupt) is cut into
-        the shards, so no draw depends on the number of threads."""
+        x, y may be the rows [first, first + len(y)) of a global batch of `batch` images (an MPI
+        rank's slice, minivit/train/distributed.py); the loss and gradients are then this slice's
+        share of the global batch's mean, so the ranks' sum is the mean. Every draw depends on an
+        image's place in the global batch, never on the shards: what the batch draws once (masked
+        patch prediction: which patches to corrupt) is cut into them, and dropout, drop path and
+        PatchDropout draw from each image's own stream (minivit/train/streams.py)."""
         B = len(y)
+        batch = batch or B
         obj, cfg = self.objective, self.cfg
-        plan = obj.draw_plan(seed, step, B, cfg)
+        plan = obj.draw_plan(seed, step, batch, cfg)
         xp = backend_xp()
 
         def shard(sl):
-            rng = np.random.default_rng([seed, step, 1, sl.start]) if cfg.random_masks else None  # dropout, drop path
-            share = (sl.stop - sl.start) / B            # each shard's share of the batch mean
-            return obj.step(params, x[sl], y[sl], cfg, label_smoothing, share, rng, obj.shard_plan(plan, sl, xp))
+            rows = slice(first + sl.start, first + sl.stop)   # the shard's rows of the global batch
+            rng = ImageStreams(seed, step, rows.start, rows.stop) if cfg.random_masks else None
+            share = (sl.stop - sl.start) / batch        # each shard's share of the batch mean
+            return obj.step(params, x[sl], y[sl], cfg, label_smoothing, share, rng, obj.shard_plan(plan, rows, xp))
 
         loss, correct, grads = 0, 0, None
         for l_, c_, g_ in self.map(shard, self.shards(B, images_per_shard(cfg, self.TRAIN_TOKENS_PER_SHARD))):
@@ -159,17 +167,20 @@ class Engine:
         return backend_xp().concatenate(list(self.map(shard, shards)))
 
 
-def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smoothing=0.0, engine=None):
+def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smoothing=0.0, engine=None, world=None):
     """-> dict(loss, accuracy, predictions) over a Split, in eval mode, for the model's objective:
     classification (predictions: (N,) numpy) or masked patch prediction (predictions: None).
 
-    Pass the trainer's `engine` to reuse its threads; otherwise one is made and closed here."""
+    Pass the trainer's `engine` to reuse its threads; otherwise one is made and closed here.
+    Under MPI (`world`, minivit/train/distributed.py) rank r scores the batches r, r + N, r + 2N ...
+    and the sums are added over the ranks: every rank gets the figures, rank 0 the predictions."""
     own = engine is None
     engine = engine or Engine(cfg, threads)
     obj, xp = engine.objective, backend_xp()
+    rank, size = (world.rank, world.size) if world is not None else (0, 1)
     total, correct, count, preds = 0.0, 0.0, 0, []
-    with blas_single_thread(engine.threads):
-        for a in range(0, len(split.labels), batch_size):
+    with blas_single_thread(engine.threads, size):
+        for a in range(rank * batch_size, len(split.labels), batch_size * size):   # this rank's batches
             x = normalize(split.images[a:a + batch_size], mean, std, xp, params_dtype(params))
             y = obj.eval_targets(x, split.labels[a:a + batch_size], mean, std, cfg)
             l_, c_, n_, p_ = obj.score(engine, params, x, y, a, cfg, label_smoothing)
@@ -177,6 +188,11 @@ def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smo
             preds.append(p_)
     if own:
         engine.close()
+    if size > 1:
+        total, correct, count = world.sum_numbers([total, correct, count])
+        gathered = world.gather(preds)       # rank r's batches are r, r + N, ...: interleave them back
+        preds = [] if gathered is None else [p for i in range(max(map(len, gathered)))
+                                             for g in gathered if i < len(g) for p in [g[i]]]
     preds = np.concatenate(preds) if preds and preds[0] is not None else None
     return {"loss": total / max(count, 1), "accuracy": correct / max(count, 1), "predictions": preds}
 

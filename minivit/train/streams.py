@@ -1,0 +1,36 @@
+"""Random streams per image: what a training forward pass draws for an image (its dropout masks, whether
+drop path skips a branch, which patches PatchDropout keeps) depends on the seed, the step and the
+image's place in the global batch, never on the shard, thread or MPI rank that computes it.
+
+A shard of rows [a, b) of a step's global batch gets ImageStreams(seed, step, a, b). Image i draws
+from its own Generator, default_rng([seed, step, 1, i]), made when it first draws; a draw of shape
+(n, ...) is the n images' draws of shape (...), stacked. Two threads, or two machines, that split the
+batch differently therefore draw the same numbers for every image, and a run's parameters do not
+depend on how it was split (docs/distributed.md).
+"""
+import numpy as np
+
+STREAM = 1   # the dropout stream's number among the step's streams (trainer.RNG_STREAMS)
+
+
+class ImageStreams:
+    """A Generator-like source for the rows [start, stop) of step `step`'s global batch. It answers
+    `random(shape, dtype)`, the one call the layers make, with shape[0] == stop - start."""
+
+    def __init__(self, seed, step, start, stop):
+        self.key, self.start, self.stop = (seed, step, STREAM), start, stop
+        self._gens = None
+
+    def generators(self):
+        if self._gens is None:   # made on the first draw: a step without dropout makes none
+            self._gens = [np.random.default_rng([*self.key, i]) for i in range(self.start, self.stop)]
+        return self._gens
+
+    def random(self, shape, dtype=np.float64):
+        """Uniform [0, 1) numbers of `shape` (an int, or a tuple whose first entry is the shard's images)."""
+        shape = (shape,) if np.isscalar(shape) else tuple(shape)
+        if shape[0] != self.stop - self.start:
+            raise ValueError(f"a draw of shape {shape} for a shard of {self.stop - self.start} images: "
+                             "the first axis must be the images")
+        # for image i: its own stream's next numbers of shape[1:]
+        return np.stack([g.random(shape[1:], dtype=dtype) for g in self.generators()])
