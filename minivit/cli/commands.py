@@ -23,6 +23,7 @@ from ..models.vit import require_class_head
 from ..train.objectives import OBJECTIVES
 from ..train.trainer import TrainingDiverged
 from ..train.engine import check_memory
+from ..train.distributed import DistributedError, current_world
 from .parser import MODEL_FLAGS, _parser, train_config
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]   # the installed minivit/ folder
@@ -74,17 +75,42 @@ def _check_out_folder(out, resume):
 
 
 def _run_folder(a):
-    """--out, or a new runs/<time> folder; --resume needs the folder of the run it continues."""
+    """--out, or a new runs/<time> folder; --resume needs the folder of the run it continues.
+    Under MPI rank 0 makes the folder and tells the others its name."""
     if a.resume and not a.out:
         raise ValueError("--resume continues the run in --out; name its folder (e.g. --out runs/20261206-101500)")
-    return Path(a.out) if a.out else _new_run_folder()
+    world = current_world()
+    return Path(world.bcast(str(a.out or _new_run_folder()) if world.is_root else None))
+
+
+@contextlib.contextmanager
+def _run_folder_checked(a):
+    """The run folder, checked before any data loads and removed again if the command fails before
+    writing into it. Only rank 0 touches it (the others get its name)."""
+    out = _run_folder(a)
+    if not current_world().is_root:
+        yield out
+        return
+    with _remove_if_unused(out, created=a.out is None):
+        _check_out_folder(out, a.resume)
+        yield out
 
 
 def cmd_train(a, head="classify"):
-    out = _run_folder(a)
-    with _remove_if_unused(out, created=a.out is None):
-        _check_out_folder(out, a.resume)
+    with _run_folder_checked(a) as out:
         return _train(a, out, head)
+
+
+def _load_data(spec):
+    """load_dataset; under MPI rank 0 first (it may write the decoded cache), then the others read it."""
+    from ..data.datasets import load_dataset
+    world = current_world()
+    if not world.is_root:
+        world.barrier()
+    data = load_dataset(spec)
+    if world.is_root:
+        world.barrier()
+    return data
 
 
 def cmd_pretrain(a):
@@ -94,12 +120,11 @@ def cmd_pretrain(a):
 
 
 def _train(a, out, head):
-    from ..data.datasets import load_dataset
     from ..train.trainer import Trainer
     tcfg = train_config(a)
     overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
     OBJECTIVES[head].check_settings(tcfg, overrides)   # before any data loads
-    data = load_dataset(a.data)
+    data = _load_data(a.data)
     cfg = ViTConfig.preset(a.preset, **{"num_classes": len(data.classes), **overrides, "head": head})
     changed = "".join(f", {k}={v}" for k, v in overrides.items())
     print(f"data: {a.data} ({len(data.train.labels)} train, {len(data.test.labels)} test, {len(data.classes)} classes); "
@@ -118,7 +143,8 @@ def _progress(a):
 
 def _fit(trainer, out):
     """Record the command, train, and report: the end shared by train and finetune; returns the exit code."""
-    (out / "command.txt").write_text(" ".join(["minivit"] + sys.argv[1:]) + "\n")
+    if trainer.world.is_root:
+        (out / "command.txt").write_text(" ".join(["minivit"] + sys.argv[1:]) + "\n")
     history = trainer.fit()
     if trainer.interrupted:
         return 143 if trainer.interrupted == "SIGTERM" else 130  # 128 + the signal's number, as shells do
@@ -239,21 +265,19 @@ def cmd_finetune(a):
     clipping at 1, a short warmup and cosine decay train everything."""
     if a.image_size is not None and a.image_size < 1:
         raise ValueError(f"--image-size must be a positive number of pixels, got {a.image_size}")
-    out = _run_folder(a)
-    with _remove_if_unused(out, created=a.out is None):
-        _check_out_folder(out, a.resume)
+    with _run_folder_checked(a) as out:
         return _finetune(a, out)
 
 
 def _finetune(a, out):
-    from ..data.datasets import Dataset, Split, load_dataset
+    from ..data.datasets import Dataset, Split
     from ..models.vit import with_new_head
     from ..models.resolution import resize_images, resize_pos_embed
     from ..train.trainer import Trainer
     params, cfg, _ = load_pretrained(a.checkpoint, heads=a.heads, bfloat16=a.bfloat16,
                                      log=lambda m: print(m, file=sys.stderr))
     tcfg = train_config(a)
-    data = load_dataset(a.data)
+    data = _load_data(a.data)
     size = a.image_size or data.image_shape[1]
     if data.image_shape[0] != cfg.in_channels:
         raise DataError(f"the data's images have {data.image_shape[0]} channels, the model {cfg.in_channels}")
@@ -374,10 +398,40 @@ def main(argv=None):
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
-        return _run(a)
+        code = _run(a)
     finally:
         if main_thread:  # (None: a handler from outside Python; the default then)
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+    _end_the_job_if_failed(code)
+    return code
+
+
+# Under mpiexec these run on every rank together; the others are one-process commands.
+MPI_COMMANDS = ("train", "pretrain", "finetune", "profile")
+
+
+def _join_the_world(a):
+    """Under mpiexec: join the MPI world (minivit/train/distributed.py). Only rank 0 speaks on stdout;
+    an uncaught exception on any rank ends the whole job."""
+    world = current_world()
+    if world.size == 1:
+        return
+    if a.command not in MPI_COMMANDS:
+        raise ValueError(f"`minivit {a.command}` runs in one process; under mpiexec only "
+                         f"{', '.join(MPI_COMMANDS)} run (start it without mpiexec)")
+    world.guard_exceptions()
+    if not world.is_root:
+        sys.stdout = open(os.devnull, "w")
+
+
+def _end_the_job_if_failed(code):
+    """A rank that fails (a user's error, Ctrl-C outside training) ends every rank, naming itself, so
+    none waits forever for it in a sum. A world of one just returns."""
+    from ..train.distributed import joined_world
+    world = joined_world()
+    if code and world is not None and world.size > 1 and code not in (130, 143):
+        print(f"minivit: rank {world.rank} of {world.size} ended with status {code}; ending the job", file=sys.stderr)
+        world.abort(code)
 
 
 def _run(a):
@@ -385,11 +439,12 @@ def _run(a):
     try:
         if getattr(a, "backend", None):
             use_backend(a.backend)
+        _join_the_world(a)
         return {"train": cmd_train, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "predict": cmd_predict,
                 "profile": cmd_profile, "finetune": cmd_finetune, "fewshot": cmd_fewshot, "make-subset": cmd_make_subset,
                 "export": cmd_export}[a.command](a)
     except (DataError, CheckpointError, ConfigError, BackendError, TrainingDiverged, RunFolderBusy, ValueError,
-            MemoryError, OSError) as e:
+            MemoryError, OSError, DistributedError) as e:
         if os.environ.get("MINIVIT_DEBUG"):
             raise
         print(f"minivit: error: {e}", file=sys.stderr)

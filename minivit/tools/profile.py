@@ -42,6 +42,7 @@ from ..layers.loss import cross_entropy
 from ..models.init import init_params
 from ..models.vit import backward, forward
 from ..train.optim import AdamW, clip_grad_norm
+from ..train.distributed import current_world
 from ..train.engine import Engine, add_grads, images_per_shard, shard_slices
 
 # (module, function) pairs that are wrapped. Functions are looked up by their module's global
@@ -207,10 +208,13 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
     params = init_params(cfg, seed=seed)
     opt = AdamW(lr=1e-4, weight_decay=0.05)
     names = {id(v): k for k, v in params.items()}
-    slices = [slice(0, batch_size)]
+    world = current_world()   # under mpiexec: this rank's rows of the batch, and the gradients' Allreduce
+    mine = world.rows(batch_size)
+    slices = [mine]
     if pieces:  # the pieces the trainer's engine cuts the batch into (two threads on the CPU, one on a GPU)
         size = images_per_shard(cfg, Engine.EVAL_TOKENS_PER_SHARD if mode == "eval" else Engine.TRAIN_TOKENS_PER_SHARD)
-        slices = shard_slices(batch_size, 2 if size else 1, size)
+        slices = [slice(mine.start + sl.start, mine.start + sl.stop)
+                  for sl in shard_slices(mine.stop - mine.start, 2 if size else 1, size)]
 
     def step(i, timers=None):
         t0 = time.perf_counter()
@@ -224,6 +228,12 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
             loss, dlogits = cross_entropy(logits, y[sl], label_smoothing)
             grads = add_grads(grads, backward(dlogits * ((sl.stop - sl.start) / batch_size), cache))
         t1 = time.perf_counter()
+        if world.size > 1:   # the ranks' gradients summed: one Allreduce of one flat buffer (train/distributed.py)
+            grads, loss, _, _ = world.sum_step(grads, loss, 0)
+            if timers is not None:
+                timers["allreduce (MPI)", "sum"][0] += time.perf_counter() - t1
+                timers["allreduce (MPI)", "sum"][2] += 1
+            t1 = time.perf_counter()
         clip_grad_norm(grads, 1.0)
         t2 = time.perf_counter()
         opt.step(params, grads)

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import plots
 from .batches import epoch_order, make_batch
+from .distributed import current_world
 from .engine import Engine, blas_single_thread, evaluate, params_dtype
 from .objectives import objective_of
 from .optim import DECAYS, EMA, SGD, AdamW, clip_grad_norm, warmup_decay
@@ -31,7 +32,7 @@ from ..models.families import family_of
 
 
 RNG_STREAMS = ("shuffle default_rng([seed, epoch]); augment default_rng([seed, step, 0]); "
-               "dropout default_rng([seed, step, 1, shard_start]); masked patches default_rng([seed, step, 2]); "
+               "dropout, drop path, PatchDropout default_rng([seed, step, 1, i]) for image i of the global batch; masked patches default_rng([seed, step, 2]); "
                "mixup/cutmix default_rng([seed, step, 3]); randaugment default_rng([seed, step, 4]); "
                "random erasing default_rng([seed, step, 5])")
 
@@ -61,10 +62,11 @@ def check_images_fit(cfg, dataset):
 
 def check_resumable(path, meta, tcfg, fingerprint, data_spec, total_steps, log=print):
     """Raise a ValueError unless the checkpoint at `path` (its `meta`) can continue a run of `tcfg`
-    on data with this `fingerprint`: the same settings but --epochs, the same data, and no more steps
+    on data with this `fingerprint`: the same settings but --epochs (and --threads), the same data, and no more steps
     already trained than the new length allows. A changed --epochs is said in the log."""
     saved = TrainConfig(**meta["train_config"])
-    diff = [k for k in asdict(tcfg) if getattr(saved, k) != getattr(tcfg, k) and k != "epochs"]
+    # --threads may change: every draw follows an image, not a thread (streams.py); so may the MPI ranks.
+    diff = [k for k in asdict(tcfg) if getattr(saved, k) != getattr(tcfg, k) and k not in ("epochs", "threads")]
     if diff:
         raise ValueError(f"--resume: {path} was trained with different settings ({', '.join(diff)}); "
                          "resume with the same flags or start a new --out folder")
@@ -89,13 +91,18 @@ def make_optimizer(tcfg):
 
 class Trainer:
     def __init__(self, cfg, tcfg, dataset, out_dir, resume=False, progress=True, log=print, on_epoch_end=None,
-                 data_spec=None, init=None, plots=True):
+                 data_spec=None, init=None, plots=True, world=None):
         """`cfg`: a ViTConfig, or a CNNConfig (minivit/models/cnn.py) to train the comparison CNN with the same recipe.
         `init`: parameters to start from (fine-tuning) instead of a fresh initialisation.
         `data_spec`: recorded so `minivit evaluate` can reload the same data (default: the dataset's name).
         `on_epoch_end`: called with the history after each evaluated epoch (live plots).
-        `plots`: draw curves.png and confusion.png after every epoch (False for many short runs)."""
+        `plots`: draw curves.png and confusion.png after every epoch (False for many short runs).
+        `world`: the MPI processes training together (minivit/train/distributed.py); by default the
+        ones mpiexec started, or this process alone. Only rank 0 reads or writes the run folder."""
         self.cfg, self.tcfg = cfg, tcfg
+        self.world = world or current_world()
+        if not self.world.is_root:   # one writer: the other ranks say nothing and draw nothing
+            log, progress, on_epoch_end, plots = (lambda *a, **k: None), False, None, False
         self.objective = objective_of(cfg)       # classification or masked patch prediction (objectives.py)
         self.data_spec = data_spec or dataset.name
         self.out, self.ckpt_path = Path(out_dir), Path(out_dir) / "checkpoint.npz"
@@ -114,11 +121,17 @@ class Trainer:
         self.warmup_steps = int(round(tcfg.warmup_epochs * self.steps_per_epoch))
         self.warmup_end_s = None   # on a budget: the training time at which warmup ended (the decay starts there)
         self.opt = make_optimizer(tcfg)
-        opt_state = self._resume() if resume and self.ckpt_path.exists() else None
-        if opt_state is None:
-            if resume:
-                self.log(f"--resume: no checkpoint in {self.out}; starting a new run")
-            self._start(init)
+        opt_state = None
+        if self.world.is_root:
+            opt_state = self._resume() if resume and self.ckpt_path.exists() else None
+            if opt_state is None:
+                if resume:
+                    self.log(f"--resume: no checkpoint in {self.out}; starting a new run")
+                self._start(init)
+        if self.world.size > 1:
+            opt_state = self._share_state(opt_state)
+            self.log(f"MPI: {self.world.size} ranks share each batch of {tcfg.batch_size} images; "
+                     + ", ".join(self.world.describe()))
         self.ema = None  # the weights' moving average (optim.EMA), evaluated beside them after every epoch
         if tcfg.ema:
             self.ema = EMA(self.params, tcfg.ema)
@@ -134,6 +147,22 @@ class Trainer:
         self.params = dict(init) if init is not None else family_of(self.cfg).init_params(self.cfg, seed=self.tcfg.seed)
         self.step, self.history, self.elapsed = 0, [], 0.0
         self.mean, self.std = channel_stats(self.data.train.images)
+
+    def _share_state(self, opt_state):
+        """Under MPI: rank 0's parameters, optimiser state and run position (fresh or resumed) to every
+        rank, so all start identical whatever their number was when the checkpoint was written."""
+        w, root = self.world, self.world.is_root
+        scalars = w.bcast({k: getattr(self, k) for k in ("step", "history", "elapsed", "warmup_end_s", "mean", "std")}
+                          if root else None)
+        for k, v in scalars.items():
+            setattr(self, k, v)
+        self.params = w.bcast_arrays(self.params if root else None)
+        if w.bcast(opt_state is not None if root else None):
+            is_array = lambda v: getattr(v, "ndim", 0) > 0
+            arrays = w.bcast_arrays({k: v for k, v in opt_state.items() if is_array(v)} if root else None)
+            opt_state = {**w.bcast({k: v for k, v in opt_state.items() if not is_array(v)} if root else None), **arrays}
+            self.opt.load_state_dict(opt_state)
+        return opt_state
 
     def _resume(self):
         """Continue the checkpoint in the run folder, once check_resumable allows it. -> its optimiser state."""
@@ -152,26 +181,34 @@ class Trainer:
                 "rng": {"seed": self.tcfg.seed, "step": self.step, "streams": RNG_STREAMS},
                 "train_config": asdict(self.tcfg), "mean": list(map(float, self.mean)), "std": list(map(float, self.std)),
                 "classes": list(self.data.classes), "history": self.history, "elapsed": self.elapsed,
-                "warmup_end_s": self.warmup_end_s,
+                "warmup_end_s": self.warmup_end_s, "ranks": self.world.size,
                 "backend": backend_name(), "data": self.data_spec, "data_fingerprint": self.fingerprint}
 
     def save(self):
+        if not self.world.is_root:   # one writer
+            return
         state = {**self.opt.state_dict(), **(self.ema.state_dict() if self.ema else {})}
         save_checkpoint(self.ckpt_path, self.params, self.cfg, state, self.meta())
 
     def fit(self):
         """Train to the end (or until interrupted), evaluating every epoch. Returns the history."""
+        if not self.world.is_root:   # the other ranks never touch the run folder
+            return self._fit()
         with RunLock(self.out):  # one run per folder (minivit/io/runlock.py)
             return self._fit()
 
     def _fit(self):
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.out / "config.json", json.dumps({"model": self.cfg.to_dict(), "train": asdict(self.tcfg),
-                                                                "machine": machine()}, indent=2))
+        if self.world.is_root:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.out / "config.json", json.dumps({"model": self.cfg.to_dict(), "train": asdict(self.tcfg),
+                                                                    "machine": machine(), "ranks": self.world.size}, indent=2))
         interrupted = []  # set by Ctrl-C or SIGTERM; the step in progress finishes first
-        handlers = _catch_signals(interrupted.append)
+        # Under MPI a signal is noted here and agreed on by all ranks with the next step's sum (_step):
+        # every rank then stops after the same step.
+        self._signals, self._interrupted = (interrupted if self.world.size == 1 else []), interrupted
+        handlers = _catch_signals(self._signals.append)
         try:
-            with blas_single_thread(self.engine.threads):
+            with blas_single_thread(self.engine.threads, self.world.size):
                 while self.step < self.total_steps and not interrupted and not self._budget_spent():
                     self._run_epoch(interrupted)
         finally:
@@ -187,7 +224,7 @@ class Trainer:
         `interrupted` fills up in between) save where it stopped."""
         epoch, first = divmod(self.step, self.steps_per_epoch)
         bar = self._progress_bar(epoch, first)
-        meter = _EpochMeter()                      # its clock starts once the bar is up, as the loop's did
+        meter = _EpochMeter(agreed=self.world.size > 1)   # its clock starts once the bar is up, as the loop's did
         for index in bar:
             x, y = self._batch(epoch, index)
             loss, correct = self._step(x, y, epoch, meter)
@@ -239,9 +276,20 @@ class Trainer:
     def _step(self, x, y, epoch, meter):
         """One optimiser step: learning rate, forward and backward, the NaN guard, clipping, update, EMA.
         -> the batch's mean loss and number correct."""
-        t = self.tcfg
+        t, w = self.tcfg, self.world
         self.opt.lr = self._learning_rate(meter)
-        loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step)
+        if w.size == 1:
+            loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step)
+        else:                            # this rank's rows of the global batch; then the ranks' sums, and
+            rows = w.rows(len(y))        # what they must agree on (distributed.py)
+            loss, correct, grads = self.engine.loss_and_grads(self.params, x[rows], y[rows], t.label_smoothing, t.seed,
+                                                              self.step, first=rows.start, batch=len(y))
+            flag = {"Ctrl-C": 1, "SIGTERM": 1000}.get(self._signals[0], 1) if self._signals else 0
+            grads, loss, correct, (flag, clock) = w.sum_step(grads, loss, correct,
+                                                             [flag, meter.seconds(local=True) if w.is_root else 0.0])
+            meter.agreed = clock         # rank 0's clock, for the budget and the learning rate
+            if flag and not self._interrupted:
+                self._interrupted.append(self._signals[0] if self._signals else ("SIGTERM" if flag >= 1000 else "Ctrl-C"))
         loss = float(loss)  # the one host sync per step: the NaN guard needs it
         if not math.isfinite(loss):
             self._diverged(loss, y, epoch)
@@ -316,7 +364,8 @@ class Trainer:
 
     def _evaluate(self, params, split):
         """The objective's loss and accuracy on a Split (the validation or the test images), in the trainer's threads."""
-        return evaluate(params, self.cfg, split, self.mean, self.std, self.tcfg.eval_batch_size, engine=self.engine)
+        return evaluate(params, self.cfg, split, self.mean, self.std, self.tcfg.eval_batch_size, engine=self.engine,
+                        world=self.world)
 
     def _plot(self, epoch, ev, split, name):
         if not self.plots:
@@ -331,17 +380,19 @@ class Trainer:
 class _EpochMeter:
     """The running mean loss and accuracy of an epoch's training batches, and their images per second."""
 
-    def __init__(self):
+    def __init__(self, agreed=False):
         self.seen, self.loss_sum, self.correct_sum = 0, 0.0, 0.0
         self.t0 = time.perf_counter()
         self.dt = 0.0   # seconds from the epoch's start to its last step
+        self.agreed = 0.0 if agreed else None   # under MPI: rank 0's clock at the last step's sum
 
     def add(self, loss, correct, n):
         self.seen, self.loss_sum, self.correct_sum = self.seen + n, self.loss_sum + loss * n, self.correct_sum + correct
         self.dt = time.perf_counter() - self.t0
 
-    def seconds(self):
-        return time.perf_counter() - self.t0
+    def seconds(self, local=False):
+        """Seconds since the epoch started: this process's clock, or under MPI the one all ranks agreed on."""
+        return time.perf_counter() - self.t0 if local or self.agreed is None else self.agreed
 
     def loss(self):
         return self.loss_sum / max(self.seen, 1)

@@ -1,0 +1,55 @@
+"""A training run for tests/test_distributed.py, the same in one process or under `mpiexec -n N`:
+the `test` preset on toy images, with dropout, drop path and PatchDropout on so that every random
+stream is drawn, in float32 or float64. Rank 0 writes the run folder; the parameters are in its
+checkpoint.
+
+    python tests/mpi_driver.py OUT [--epochs E] [--threads T] [--float64] [--resume] [--crash-after-first-epoch]
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from helpers import toy_dataset  # noqa: E402
+from minivit import ViTConfig, init_params  # noqa: E402
+from minivit.config import TrainConfig  # noqa: E402
+from minivit.train import Trainer  # noqa: E402
+
+
+class Crash(Exception):
+    """Raised after the first epoch's checkpoint is written (on rank 0): a rank that fails."""
+
+
+def crash(history):
+    raise Crash("a failure injected after the first epoch")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--float64", action="store_true")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--crash-after-first-epoch", action="store_true")
+    a = ap.parse_args()
+    cfg = ViTConfig.preset("test", dropout=0.1, drop_path=0.1, patch_dropout=0.25, num_classes=5)
+    tcfg = TrainConfig(epochs=a.epochs, batch_size=12, lr=3e-3, warmup_epochs=0.5, seed=5, threads=a.threads,
+                       ema=0.9, clip_norm=1.0, eval_batch_size=4)   # 14 test images: 4 batches, shared by the ranks
+    init = init_params(cfg, seed=tcfg.seed)
+    if a.float64:
+        init = {k: v.astype("float64") for k, v in init.items()}
+    trainer = Trainer(cfg, tcfg, toy_dataset(n_train=36, n_test=14), a.out, resume=a.resume, progress=False,
+                      plots=False, init=init, on_epoch_end=crash if a.crash_after_first_epoch else None)
+    trainer.world.guard_exceptions()
+    trainer.fit()
+    ev = trainer._evaluate(trainer.params, trainer.data.test)   # the test set's predictions, gathered on rank 0
+    if trainer.world.is_root:
+        np.save(os.path.join(a.out, "predictions.npy"), ev["predictions"])
+
+
+if __name__ == "__main__":
+    main()
