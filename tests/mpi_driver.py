@@ -1,6 +1,6 @@
 """A training run for tests/test_distributed.py, the same in one process or under `mpiexec -n N`:
-the `test` preset on toy images, with dropout, drop path and PatchDropout on so that every random
-stream is drawn, in float32 or float64. Rank 0 writes the run folder; the parameters are in its
+the `test` preset on toy images, with RandAugment, crops and flips, random erasing, MixUp/CutMix,
+dropout, drop path and PatchDropout on so that every random stream is drawn, in float32 or float64. Rank 0 writes the run folder; the parameters are in its
 checkpoint.
 
     python tests/mpi_driver.py OUT [--epochs E] [--threads T] [--float64] [--resume] [--crash-after-first-epoch]
@@ -38,7 +38,8 @@ def main():
     a = ap.parse_args()
     cfg = ViTConfig.preset("test", dropout=0.1, drop_path=0.1, patch_dropout=0.25, num_classes=5)
     tcfg = TrainConfig(epochs=a.epochs, batch_size=12, lr=3e-3, warmup_epochs=0.5, seed=5, threads=a.threads,
-                       ema=0.9, clip_norm=1.0, eval_batch_size=4)   # 14 test images: 4 batches, shared by the ranks
+                       ema=0.9, clip_norm=1.0, eval_batch_size=4,   # 14 test images: 4 batches, shared by the ranks
+                       randaugment=1, random_erasing=0.5, mixup=0.8, cutmix=1.0)   # every stream of the batch
     init = init_params(cfg, seed=tcfg.seed)
     if a.float64:
         init = {k: v.astype("float64") for k, v in init.items()}

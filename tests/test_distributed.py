@@ -67,6 +67,31 @@ def test_the_ranks_rows_sum_to_the_global_batchs_mean_gradient():
             np.testing.assert_allclose(sum(p[2][k] for p in parts), g, rtol=1e-10, atol=1e-13, err_msg=k)
 
 
+@pytest.mark.parametrize("mixing", [False, True])
+def test_a_rank_builds_its_rows_of_the_batch_from_the_whole_batchs_draws(mixing):
+    """make_batch(keep=...) and the targets of a rank's share equal those rows of the whole batch: crops,
+    flips, RandAugment, random erasing, and MixUp/CutMix with each image's partner from another rank."""
+    from minivit.config import TrainConfig
+    from minivit.train.batches import batch_positions, make_batch
+    from minivit.train.objectives import CLASSIFICATION
+    cfg = ViTConfig.preset("test", num_classes=5)
+    data = toy_dataset(n_train=40)
+    mean, std = channel_stats(data.train.images)
+    tcfg = TrainConfig(batch_size=13, seed=2, randaugment=2, random_erasing=0.5, mixup=0.8 if mixing else 0.0,
+                       cutmix=1.0 if mixing else 0.0)
+    for step in (3, 4):   # CutMix, MixUp (each batch picks one)
+        x, y = make_batch(data.train, tcfg, mean, std, 1, 2, step)
+        x, y = CLASSIFICATION.targets(x, y, cfg, tcfg, mean, std, step)
+        for r in range(3):
+            rows = slice(13 * r // 3, 13 * (r + 1) // 3)
+            keep, partner, mine = batch_positions(13, rows, mixing)
+            assert (keep[mine] == np.arange(13)[rows]).all() and len(keep) <= 2 * len(mine)
+            xr, yr = make_batch(data.train, tcfg, mean, std, 1, 2, step, keep=keep)
+            xr, yr = CLASSIFICATION.targets(xr, yr, cfg, tcfg, mean, std, step, partner=partner)
+            np.testing.assert_array_equal(xr[mine], x[rows])
+            np.testing.assert_array_equal(yr[mine], y[rows])
+
+
 def test_the_threads_do_not_change_the_draws():
     """Shards are laid out by the thread count; an image's masks follow the image, not its shard."""
     cfg, params, x, y = _batch64(B=16)

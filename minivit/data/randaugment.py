@@ -211,19 +211,20 @@ def apply_op(name, x, m, sign):
     raise ValueError(f"unknown RandAugment operation {name!r}; choose one of {', '.join(OPS)}")
 
 
-def rand_augment(images, rng, n=2, m=9.0):
+def rand_augment(images, rng, n=2, m=9.0, keep=None, batch=None):
     """RandAugment of a uint8 batch (B, C, H, W) -> (B, C, H, W) uint8, on the images' backend.
 
     For each of n layers every image draws one of OPS uniformly and a sign; then each operation
-    runs once, on all the images that drew it. Draws come from the NumPy Generator `rng`."""
+    runs once, on all the images that drew it. Draws come from the NumPy Generator `rng`. `images`
+    may be the images at positions `keep` of a batch of `batch`: each takes its own of the batch's draws."""
     if n < 0 or not 0 <= m <= 10:
         raise ValueError(f"RandAugment needs n >= 0 layers and a magnitude 0 <= m <= 10; got n={n}, m={m}")
     xp = get_array_module(images)
     x = images.copy()
-    B = len(x)
+    B, keep = batch or len(x), slice(None) if keep is None else keep
     for _ in range(n):
-        op = rng.integers(0, len(OPS), B)                     # (B,) which operation each image gets
-        sign = np.where(rng.random(B) < 0.5, -1.0, 1.0)       # (B,) which way it turns
+        op = rng.integers(0, len(OPS), B)[keep]               # (B,) which operation each image gets
+        sign = np.where(rng.random(B) < 0.5, -1.0, 1.0)[keep]  # (B,) which way it turns
         for k, name in enumerate(OPS):
             picked = np.flatnonzero(op == k)
             if name != "identity" and len(picked):
@@ -254,12 +255,14 @@ def erase_boxes(rng, B, H, W, p, area=(0.02, 1 / 3), ratio=(0.3, 3.3), attempts=
     return top, left, h, w
 
 
-def random_erase(x, rng, p=0.25):
+def random_erase(x, rng, p=0.25, keep=None, batch=None):
     """Random erasing of a normalised float batch x (B, C, H, W): each erased box is set to 0, which
-    after normalisation is the dataset's mean colour. Returns a new array."""
+    after normalisation is the dataset's mean colour. Returns a new array. x may be the images at
+    positions `keep` of a batch of `batch`: each takes its own of the batch's boxes."""
     xp = get_array_module(x)
     B, C, H, W = x.shape
-    top, left, h, w = (xp.asarray(v).reshape(B, 1, 1, 1) for v in erase_boxes(rng, B, H, W, p))
+    keep = slice(None) if keep is None else keep
+    top, left, h, w = (xp.asarray(v[keep]).reshape(B, 1, 1, 1) for v in erase_boxes(rng, batch or B, H, W, p))
     row = xp.arange(H).reshape(1, 1, H, 1)
     col = xp.arange(W).reshape(1, 1, 1, W)
     box = (row >= top) & (row < top + h) & (col >= left) & (col < left + w)   # (B, 1, H, W)

@@ -25,31 +25,35 @@ def normalize(images, mean, std, xp=np, dtype="float32"):
     return (x - m) / s
 
 
-def augment(images, rng, pad=4, flip=True):
+def augment(images, rng, pad=4, flip=True, keep=None, batch=None):
     """Random crop with zero padding and random horizontal flip of a whole uint8 batch (B, C, H, W).
 
     One gather with broadcast index arrays does every crop at once: image b takes rows
     oy[b] .. oy[b]+H and columns ox[b] .. ox[b]+W of its padded copy (flipped when asked).
     The random offsets are drawn on the host from `rng` and the gather runs on the images'
     backend, so a batch already on the GPU is augmented there, with the same draws.
+
+    `images` may be only the images at positions `keep` of a batch of `batch` (an MPI rank's share,
+    minivit/train/distributed.py): the draws are made for the whole batch and each image takes its own.
     """
     xp = get_array_module(images)
     B, C, H, W = images.shape
+    keep = slice(None) if keep is None else keep
     xpad = xp.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    oy = rng.integers(0, 2 * pad + 1, B)
-    ox = rng.integers(0, 2 * pad + 1, B)
-    rows = oy[:, None] + np.arange(H)                     # (B, H)
-    cols = ox[:, None] + np.arange(W)                     # (B, W)
+    oy = rng.integers(0, 2 * pad + 1, batch or B)
+    ox = rng.integers(0, 2 * pad + 1, batch or B)
+    flipped = rng.random(batch or B) < 0.5 if flip else None
+    rows = oy[keep, None] + np.arange(H)                  # (B, H)
+    cols = ox[keep, None] + np.arange(W)                  # (B, W)
     if flip:
-        flipped = rng.random(B) < 0.5
-        cols = np.where(flipped[:, None], cols[:, ::-1], cols)
+        cols = np.where(flipped[keep, None], cols[:, ::-1], cols)
     b = np.arange(B)[:, None, None, None]
     c = np.arange(C)[None, :, None, None]
     index = tuple(xp.asarray(i) for i in (b, c, rows[:, None, :, None], cols[:, None, None, :]))
     return xpad[index]  # (B, C, H, W)
 
 
-def mix_batch(x, labels, num_classes, rng, mixup=0.0, cutmix=0.0):
+def mix_batch(x, labels, num_classes, rng, mixup=0.0, cutmix=0.0, partner=None):
     """MixUp (Zhang et al., 2018) or CutMix (Yun et al., 2019) of a batch with itself reversed.
 
     x (B, C, H, W) float (normalised), labels (B,) integers -> mixed x, soft targets t (B, K).
@@ -68,7 +72,8 @@ def mix_batch(x, labels, num_classes, rng, mixup=0.0, cutmix=0.0):
     use_cutmix = cutmix > 0 and (mixup == 0 or rng.random() < 0.5)
     alpha = cutmix if use_cutmix else mixup
     lam = float(rng.beta(alpha, alpha))
-    other = x[::-1]                                          # image B-1-b for image b
+    partner = slice(None, None, -1) if partner is None else partner   # (an MPI rank's images: where B-1-b is)
+    other = x[partner]                                       # image B-1-b for image b
     if use_cutmix:
         cut = np.sqrt(1.0 - lam)                             # box sides, as shares of H and W
         h, w = int(H * cut), int(W * cut)
@@ -81,4 +86,4 @@ def mix_batch(x, labels, num_classes, rng, mixup=0.0, cutmix=0.0):
     else:
         mixed = lam * x + (1.0 - lam) * other
     onehot = xp.eye(num_classes, dtype=x.dtype)[xp.asarray(labels)]   # (B, K)
-    return mixed, lam * onehot + (1.0 - lam) * onehot[::-1]
+    return mixed, lam * onehot + (1.0 - lam) * onehot[partner]

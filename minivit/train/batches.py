@@ -12,25 +12,43 @@ def epoch_order(seed, epoch, n):
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def make_batch(split, tcfg, mean, std, epoch, index, step, dtype="float32", order=None):
+def make_batch(split, tcfg, mean, std, epoch, index, step, dtype="float32", order=None, keep=None):
     """Batch `index` of `epoch`: its images augmented with the streams of `step` and normalised,
     on the configured backend. Shuffle: epoch_order (pass `order` to reuse it within an epoch).
     In order: RandAugment on the uint8 images (default_rng([seed, step, 4])), random crop and
-    flip (default_rng([seed, step, 0])), normalisation, random erasing (default_rng([seed, step, 5]))."""
+    flip (default_rng([seed, step, 0])), normalisation, random erasing (default_rng([seed, step, 5])).
+
+    keep: build only the images at these positions of the batch (sorted; an MPI rank's share, see
+    batch_positions): every draw is still made for the whole batch, and each image takes its own."""
     if order is None:
         order = epoch_order(tcfg.seed, epoch, len(split.labels))
     idx = np.sort(order[index * tcfg.batch_size:(index + 1) * tcfg.batch_size])
+    B = len(idx)
+    some = dict(keep=keep, batch=B) if keep is not None else {}
+    if keep is not None:
+        idx = idx[keep]
     xp = backend_xp()
     images = xp.asarray(split.images[idx])  # uint8: on a GPU the one copy, augmented and normalised there
     if tcfg.randaugment:
         images = rand_augment(images, np.random.default_rng([tcfg.seed, step, 4]), tcfg.randaugment,
-                              tcfg.randaugment_magnitude)
+                              tcfg.randaugment_magnitude, **some)
     rng = np.random.default_rng([tcfg.seed, step, 0]) if tcfg.augment else None
-    gpu = fused_kernels() if xp is not np else None
+    gpu = fused_kernels() if xp is not np and keep is None else None
     if gpu:  # one kernel crops, flips and normalises (minivit/gpu/kernels.py), with the same draws
         x = gpu.augment_normalize(images, mean, std, dtype, rng)
     else:
-        x = normalize(images if rng is None else augment(images, rng), mean, std, xp, dtype)
+        x = normalize(images if rng is None else augment(images, rng, **some), mean, std, xp, dtype)
     if tcfg.random_erasing:
-        x = random_erase(x, np.random.default_rng([tcfg.seed, step, 5]), tcfg.random_erasing)
+        x = random_erase(x, np.random.default_rng([tcfg.seed, step, 5]), tcfg.random_erasing, **some)
     return x, xp.asarray(split.labels[idx])
+
+
+def batch_positions(n, rows, mixing=False):
+    """The positions of a batch of n images that a rank must build to compute its `rows`: the rows
+    themselves, and with MixUp/CutMix (image b is mixed with image n-1-b) their partners too.
+    -> (keep, partner, mine): keep sorted; partner[j] the place in keep of keep[j]'s partner (None
+    without mixing); mine the places in keep of the rows."""
+    mine = np.arange(n)[rows]
+    keep = np.union1d(mine, n - 1 - mine) if mixing else mine
+    partner = np.searchsorted(keep, n - 1 - keep) if mixing else None
+    return keep, partner, np.searchsorted(keep, mine)

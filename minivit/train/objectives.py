@@ -2,7 +2,7 @@
 a position embedding), so the trainer and the engine never ask which head a model has.
 
 An objective answers the trainer's questions:
-    targets(x, y, cfg, tcfg, mean, std, step)  a training batch's inputs and targets
+    targets(x, y, cfg, tcfg, mean, std, step, partner=None)  a training batch's inputs and targets
     draw_plan(seed, step, B, cfg)               what a batch draws once for all its shards (or None)
     shard_plan(plan, sl, xp)                    a shard's rows of that plan
     step(params, x, y, cfg, label_smoothing, share, rng, plan) -> loss, correct, grads of one shard
@@ -47,10 +47,12 @@ def _classify_check_data(cfg, dataset):
                          f"num_classes={cfg.num_classes}")
 
 
-def _classify_targets(x, y, cfg, tcfg, mean, std, step):
-    """The labels; with MixUp or CutMix, blended images and soft targets (B, K) (default_rng([seed, step, 3]))."""
+def _classify_targets(x, y, cfg, tcfg, mean, std, step, partner=None):
+    """The labels; with MixUp or CutMix, blended images and soft targets (B, K) (default_rng([seed, step, 3])).
+    `partner`: where each image's partner is, when x is an MPI rank's share of the batch (batches.batch_positions)."""
     if tcfg.mixup or tcfg.cutmix:
-        return mix_batch(x, y, cfg.num_classes, np.random.default_rng([tcfg.seed, step, 3]), tcfg.mixup, tcfg.cutmix)
+        return mix_batch(x, y, cfg.num_classes, np.random.default_rng([tcfg.seed, step, 3]), tcfg.mixup, tcfg.cutmix,
+                         partner)
     return x, y
 
 
@@ -120,7 +122,7 @@ MASKED_PATCHES = Objective(
     name="mpp", metric="masked-patch colour accuracy on the test images",
     curve="masked patches: 3-bit colour accuracy",
     check_settings=_mpp_check_settings, check_data=lambda cfg, dataset: None,
-    targets=lambda x, y, cfg, tcfg, mean, std, step: (x, colour_targets(x, mean, std, cfg)),   # (B, N) colours
+    targets=lambda x, y, cfg, tcfg, mean, std, step, partner=None: (x, colour_targets(x, mean, std, cfg)),   # (B, N) colours
     draw_plan=lambda seed, step, B, cfg: corruption_plan(np.random.default_rng([seed, step, 2]), B, cfg.num_patches),
     shard_plan=plan_rows, step=mpp_step, check_targets=lambda y, cfg: None,
     eval_targets=lambda x, labels, mean, std, cfg: colour_targets(x, mean, std, cfg), score=_mpp_score)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
-from .batches import epoch_order, make_batch
+from .batches import batch_positions, epoch_order, make_batch
 from .distributed import current_world
 from .engine import Engine, blas_single_thread, evaluate, params_dtype
 from .objectives import objective_of
@@ -226,9 +226,9 @@ class Trainer:
         bar = self._progress_bar(epoch, first)
         meter = _EpochMeter(agreed=self.world.size > 1)   # its clock starts once the bar is up, as the loop's did
         for index in bar:
-            x, y = self._batch(epoch, index)
+            x, y = self._batch(epoch, index)       # under MPI: this rank's rows of the batch
             loss, correct = self._step(x, y, epoch, meter)
-            meter.add(loss, correct, len(y))
+            meter.add(loss, correct, self._batch_images)
             bar.set_postfix(**meter.postfix(), lr=f"{self.opt.lr:.2e}")
             if interrupted or self._budget_spent(meter):
                 break
@@ -266,12 +266,21 @@ class Trainer:
                     disable=not self.progress, leave=True, dynamic_ncols=True)
 
     def _batch(self, epoch, index):
-        """Batch `index` of `epoch` (make_batch) with the objective's targets: labels, soft targets, colours."""
+        """Batch `index` of `epoch` (make_batch) with the objective's targets: labels, soft targets, colours.
+        Under MPI only this rank's rows, built from the whole batch's draws (batch_positions)."""
         if self._order[0] != epoch:  # the epoch's shuffle, drawn once per epoch
             self._order = (epoch, epoch_order(self.tcfg.seed, epoch, len(self.data.train.labels)))
-        x, y = make_batch(self.data.train, self.tcfg, self.mean, self.std, epoch, index, self.step,
-                          params_dtype(self.params), order=self._order[1])
-        return self.objective.targets(x, y, self.cfg, self.tcfg, self.mean, self.std, self.step)
+        t, order = self.tcfg, self._order[1]
+        self._batch_images = n = len(order[index * t.batch_size:(index + 1) * t.batch_size])
+        if self.world.size == 1:
+            x, y = make_batch(self.data.train, t, self.mean, self.std, epoch, index, self.step,
+                              params_dtype(self.params), order=order)
+            return self.objective.targets(x, y, self.cfg, t, self.mean, self.std, self.step)
+        keep, partner, mine = batch_positions(n, self.world.rows(n), mixing=bool(t.mixup or t.cutmix))
+        x, y = make_batch(self.data.train, t, self.mean, self.std, epoch, index, self.step, params_dtype(self.params),
+                          order=order, keep=keep)
+        x, y = self.objective.targets(x, y, self.cfg, t, self.mean, self.std, self.step, partner=partner)
+        return x[mine], y[mine]
 
     def _step(self, x, y, epoch, meter):
         """One optimiser step: learning rate, forward and backward, the NaN guard, clipping, update, EMA.
@@ -281,9 +290,9 @@ class Trainer:
         if w.size == 1:
             loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step)
         else:                            # this rank's rows of the global batch; then the ranks' sums, and
-            rows = w.rows(len(y))        # what they must agree on (distributed.py)
-            loss, correct, grads = self.engine.loss_and_grads(self.params, x[rows], y[rows], t.label_smoothing, t.seed,
-                                                              self.step, first=rows.start, batch=len(y))
+            rows = w.rows(self._batch_images)   # what they must agree on (distributed.py)
+            loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step,
+                                                              first=rows.start, batch=self._batch_images)
             flag = {"Ctrl-C": 1, "SIGTERM": 1000}.get(self._signals[0], 1) if self._signals else 0
             grads, loss, correct, (flag, clock) = w.sum_step(grads, loss, correct,
                                                              [flag, meter.seconds(local=True) if w.is_root else 0.0])
