@@ -284,6 +284,13 @@ def test_ctrl_c_on_mpiexec_saves_once_from_rank_0(mpiexec, tmp_path):
     assert not (out / ".lock").exists()
 
 
+def test_profile_under_mpiexec_reports_the_allreduce(mpiexec, tmp_path):
+    r = _launch(mpiexec, 2, [sys.executable, "-m", "minivit", "profile", "--preset", "test", "--batch-size", "8",
+                             "--steps", "2"], tmp_path, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "on each of 2 MPI ranks" in r.stdout and r.stdout.count("allreduce (MPI)") == 1, r.stdout
+
+
 def test_commands_of_one_process_refuse_mpiexec(mpiexec, tmp_path):
     r = _launch(mpiexec, 2, [sys.executable, "-m", "minivit", "evaluate", "nothing.npz"], tmp_path, cwd=tmp_path)
     assert r.returncode != 0 and "`minivit evaluate` runs in one process" in r.stderr, r.stderr
