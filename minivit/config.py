@@ -236,6 +236,10 @@ class TrainConfig:
     randaugment_magnitude: float = setting(9.0, "RandAugment's magnitude, 0..10")
     random_erasing: float = setting(0.0, "random erasing: each image gets a random box set to its mean colour "
                                     "with probability P")
+    resize_schedule: str = setting("", "progressive resizing: 'R:P,...' trains on R-pixel images until progress P "
+                                   "(0..1: of the steps, or of --time-budget), then on the next size, and at full size "
+                                   "after the last, e.g. '16:0.3,24:0.6'; the learned position table is resampled to "
+                                   "each grid; '' = off")
 
     def __post_init__(self):
         # Each setting's range, checked once here, before any data loads; a message names the flag.
@@ -254,8 +258,28 @@ class TrainConfig:
             bad.append(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.optimizer not in OPTIMIZERS:
             bad.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        try:
+            resize_stages(self.resize_schedule)
+        except ValueError as e:
+            bad.append(str(e))
         if bad:
             raise ValueError("invalid training setting: " + "; ".join(bad))
+
+
+def resize_stages(spec):
+    """'16:0.3,24:0.6' -> [(16, 0.3), (24, 0.6)]: image sizes (pixels) and the progress until which each is
+    used, both increasing, progress in (0, 1]. '' -> []. A ValueError names the flag."""
+    if not spec:
+        return []
+    try:
+        stages = [(int(size), float(until)) for size, until in (part.split(":") for part in spec.split(","))]
+    except ValueError:
+        raise ValueError(f"--resize-schedule must be SIZE:PROGRESS pairs, e.g. '16:0.3,24:0.6', got {spec!r}") from None
+    sizes, untils = [s for s, _ in stages], [u for _, u in stages]
+    if min(sizes) < 1 or sizes != sorted(set(sizes)) or not all(0 < u <= 1 for u in untils) or untils != sorted(set(untils)):
+        raise ValueError(f"--resize-schedule needs increasing sizes >= 1 pixel and increasing progress in (0, 1], "
+                         f"got {spec!r}")
+    return stages
 
 
 def flag_of(config, name):

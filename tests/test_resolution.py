@@ -86,3 +86,82 @@ def test_every_layer_tables_are_resized_and_other_variants_refused():
         c = mv.ViTConfig.preset("test", pos_embed=variant)
         with pytest.raises(ConfigError, match=f"pos_embed='{variant}' is not resampled"):
             mv.resize_pos_embed(mv.init_params(c), c, 16)
+
+
+# ---------------------------------------------------------------- progressive resizing (--resize-schedule)
+
+@pytest.mark.parametrize("G,g", [(4, 2), (4, 3), (5, 3), (3, 1)])
+def test_the_table_resampled_to_a_smaller_grid_has_the_transpose_as_gradient(G, g):
+    """Inside the training step the learned table (kept at the final grid) is resampled to the batch's grid;
+    the resampling is linear, so its backward is its transpose: checked against finite differences."""
+    from helpers import check_grads, scalar_of
+    from minivit.layers.resample import resample_table_backward, resample_table_forward
+    table = rng.standard_normal((1, G * G + 1, 3))
+    R = rng.standard_normal((1, g * g + 1, 3))
+    out, cache = resample_table_forward(table, g)
+    assert out.shape == (1, g * g + 1, 3)
+    np.testing.assert_array_equal(out[:, 0], table[:, 0])                      # the class token's row is kept
+    check_grads(scalar_of(lambda: resample_table_forward(table, g)[0], R), {"table": table},
+                {"table": resample_table_backward(R, cache)})
+
+
+def test_the_table_at_its_own_grid_is_unchanged():
+    from minivit.layers.resample import resample_table_forward
+    table = rng.standard_normal((1, 17, 6))
+    np.testing.assert_allclose(resample_table_forward(table, 4)[0], table, atol=1e-14)
+
+
+def test_a_vit_trains_on_smaller_images_with_the_final_grids_table():
+    """The whole model on 8x8 images with the table of a 16x16 model: its gradients (the table's through
+    the resampling) against finite differences, in float64."""
+    from dataclasses import replace
+    from helpers import check_grads
+    cfg = mv.ViTConfig(image_size=16, patch_size=4, num_classes=3, dim=8, depth=1, heads=2, mlp_dim=16)
+    small = replace(cfg, image_size=8)
+    params = {k: v.astype(np.float64) for k, v in mv.init_params(cfg, seed=2).items()}
+    params["head.w"] = rng.standard_normal(params["head.w"].shape) * 0.1            # a head that is not zero
+    x, y = rng.standard_normal((3, 3, 8, 8)), np.array([0, 2, 1])
+
+    def loss():
+        return float(mv.cross_entropy(mv.forward(params, x, small)[0], y)[0])
+    logits, cache = mv.forward(params, x, small)
+    grads = mv.backward(mv.cross_entropy(logits, y)[1], cache)
+    assert grads["pos_embed"].shape == params["pos_embed"].shape == (1, 17, 8)
+    check_grads(loss, {k: params[k] for k in ("pos_embed", "patch_embed.w", "cls_token")}, grads)
+
+
+def test_the_batch_is_resized_as_torch_interpolate_does():
+    torch = pytest.importorskip("torch")
+    from minivit.layers.resample import resize_batch
+    x = rng.standard_normal((2, 3, 32, 32))
+    ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=(24, 24), mode="bicubic", align_corners=False)
+    np.testing.assert_allclose(resize_batch(x, 24), ref.numpy(), atol=1e-12)
+
+
+def test_a_resize_schedule_trains_early_steps_on_smaller_images(tmp_path):
+    from helpers import toy_dataset
+    from minivit.config import TrainConfig
+    from minivit.io.checkpoint import load_checkpoint
+    from minivit.train import Trainer
+    cfg = mv.ViTConfig.preset("test")                                    # 8x8 images, patch 4
+    tcfg = TrainConfig(epochs=2, batch_size=8, seed=0, threads=1, resize_schedule="4:0.5")
+    tr = Trainer(cfg, tcfg, toy_dataset(), tmp_path / "run", progress=False, log=lambda *_: None, plots=False)
+    seen, original = [], tr.engine.loss_and_grads
+    tr.engine.loss_and_grads = lambda *a, **k: seen.append(a[1].shape[-1]) or original(*a, **k)
+    tr.fit()
+    assert seen == [4, 4, 4, 8, 8, 8]                                    # 3 steps an epoch: half the steps at 4x4
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.npz")[3]["train_config"]["resize_schedule"] == "4:0.5"
+    assert np.isfinite(tr.history[-1]["train_loss"])
+
+
+@pytest.mark.parametrize("spec, model, message", [
+    ("16:0.3,12:0.6", {}, "increasing sizes"), ("16", {}, "SIZE:PROGRESS"), ("16:1.5", {}, "progress in (0, 1]"),
+    ("4:0.5", {"pos_embed": "learned2d"}, "cannot follow the grid"), ("6:0.5", {}, "multiples of the patch size")])
+def test_a_resize_schedule_that_cannot_work_is_named(tmp_path, spec, model, message):
+    from helpers import toy_dataset
+    from minivit.config import TrainConfig
+    from minivit.train import Trainer
+    import re
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cfg = mv.ViTConfig.preset("test", **model)
+        Trainer(cfg, TrainConfig(batch_size=8, resize_schedule=spec), toy_dataset(), tmp_path, progress=False)

@@ -53,7 +53,7 @@ def _add_train_flags(parser, defaults):
         metavar = None if f.metadata["choices"] else _flag(f)[2:].replace("-", "_").upper()
         group.add_argument(_flag(f), dest=name, type=_type(f), default=value, choices=f.metadata["choices"],
                            metavar=metavar, help=f"{f.metadata['help']} (default: {value:g})" if isinstance(value, float)
-                           else f"{f.metadata['help']} (default: {value})")
+                           else f"{f.metadata['help']} (default: {value if value != '' else 'off'})")
 
 
 def train_config(a):

@@ -23,6 +23,7 @@ backward (the sum over the batch) are shared: `pos_forward`, `pos_backward`.
 import numpy as np
 
 from ..backend import get_array_module
+from .resample import resample_table_backward, resample_table_forward
 
 
 def sincos_table(cfg, xp=np, dtype="float32"):
@@ -138,21 +139,31 @@ def relpos_backward(dbias, cache):
 
 
 def pos_forward(z, params, cfg, prefix=""):
-    """z (B, N+1, D) -> z + E_pos (B, N+1, D), cache."""
+    """z (B, N+1, D) -> z + E_pos (B, N+1, D), cache.
+
+    Progressive resizing trains early steps on smaller images (cfg is then the small images' config):
+    a learned table stays at the final grid and is resampled to the current one here
+    (layers/resample.py); a fixed sine-cosine table is made at the current grid."""
     _, table, _ = VARIANTS[cfg.pos_embed]
     if table is None:
-        return z, (cfg, prefix)
-    return z + table(params, prefix, cfg, get_array_module(z), z.dtype), (cfg, prefix)
+        return z, (cfg, prefix, None)
+    t = table(params, prefix, cfg, get_array_module(z), z.dtype)   # (1, N0+1, D)
+    resampled = None
+    if t.shape[1] != z.shape[1]:                                  # a learned table at the final grid
+        t, resampled = resample_table_forward(t, cfg.grid)       # (1, N+1, D)
+    return z + t, (cfg, prefix, resampled)
 
 
 def pos_backward(dz, cache):
     """dz (B, N+1, D) -> (dz, grads of the variant's parameters under the cache's prefix).
 
     The addition passes dz through unchanged; the table, added to every image of the batch,
-    gets the batch's sum."""
-    cfg, prefix = cache
+    gets the batch's sum (carried back through the resampling, its transpose, when there was one)."""
+    cfg, prefix, resampled = cache
     _, _, table_backward = VARIANTS[cfg.pos_embed]
     if table_backward is None:
         return dz, {}
     dtable = dz.sum(axis=0, keepdims=True)                      # (1, N+1, D)
+    if resampled is not None:
+        dtable = resample_table_backward(dtable, resampled)     # (1, N0+1, D)
     return dz, {prefix + k: v for k, v in table_backward(dtable, cfg).items()}

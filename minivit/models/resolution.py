@@ -21,45 +21,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..config import ConfigError
-
-_A = -0.75  # the cubic kernel's free parameter, as PyTorch uses
-
-
-def bilinear_matrix(n_out, n_in):
-    """(n_out, n_in) matrix of linear interpolation with aligned corners."""
-    R = np.zeros((n_out, n_in))
-    if n_in == 1 or n_out == 1:  # a single sample on either side: copy the first one
-        R[:, 0] = 1.0
-        return R
-    x = np.arange(n_out) * (n_in - 1) / (n_out - 1)  # where each output sample lies on the input
-    lo = np.minimum(np.floor(x).astype(int), n_in - 2)
-    t = x - lo                                        # in [0, 1]
-    rows = np.arange(n_out)
-    R[rows, lo] += 1.0 - t
-    R[rows, lo + 1] += t
-    return R
-
-
-def _cubic(d):
-    """Keys' cubic convolution kernel at distance d >= 0 (a = -0.75)."""
-    d = np.abs(d)
-    near = ((_A + 2) * d - (_A + 3)) * d * d + 1                  # |d| <= 1
-    far = ((_A * d - 5 * _A) * d + 8 * _A) * d - 4 * _A            # 1 < |d| < 2
-    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
-
-
-def bicubic_matrix(n_out, n_in):
-    """(n_out, n_in) matrix of bicubic interpolation with aligned pixel centres, clamped borders."""
-    x = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
-    base = np.floor(x).astype(int)
-    R = np.zeros((n_out, n_in))
-    rows = np.arange(n_out)
-    for k in (-1, 0, 1, 2):                                        # the four input samples around x
-        idx = np.clip(base + k, 0, n_in - 1)
-        # Near a border several taps clamp to the same sample: add them all (np.add.at, not +=).
-        np.add.at(R, (rows, idx), _cubic(x - (base + k)))
-    return R
-
+from ..layers.resample import bicubic_matrix, bilinear_matrix  # noqa: F401 (the interpolation matrices)
 
 _METHODS = {"bilinear": bilinear_matrix, "bicubic": bicubic_matrix}
 

@@ -121,7 +121,7 @@ class Engine:
     # memory: docs/results.md, "Training in shards of about 2,048 tokens".
     TRAIN_TOKENS_PER_SHARD = 2048
 
-    def loss_and_grads(self, params, x, y, label_smoothing, seed, step, first=0, batch=None):
+    def loss_and_grads(self, params, x, y, label_smoothing, seed, step, first=0, batch=None, cfg=None):
         """Mean loss over the batch, number correct, gradients of the mean loss.
 
         y: the objective's targets: labels (B,), soft targets (B, K), or patch colours (B, N).
@@ -130,10 +130,11 @@ class Engine:
         share of the global batch's mean, so the ranks' sum is the mean. Every draw depends on an
         image's place in the global batch, never on the shards: what the batch draws once (masked
         patch prediction: which patches to corrupt) is cut into them, and dropout, drop path and
-        PatchDropout draw from each image's own stream (minivit/train/streams.py)."""
+        PatchDropout draw from each image's own stream (minivit/train/streams.py).
+        cfg: the model at the batch's image size, when progressive resizing trains on smaller images."""
         B = len(y)
         batch = batch or B
-        obj, cfg = self.objective, self.cfg
+        obj, cfg = self.objective, cfg or self.cfg
         plan = obj.draw_plan(seed, step, batch, cfg)
         xp = backend_xp()
 

@@ -10,7 +10,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,12 @@ from .objectives import objective_of
 from .optim import DECAYS, EMA, SGD, AdamW, clip_grad_norm, warmup_decay
 from ..atomic import write_text_atomic
 from ..backend import backend_name, get_array_module, machine
-from ..config import TrainConfig
+from ..config import TrainConfig, resize_stages
 from ..data.datasets import Dataset, hold_out
 from ..data.transforms import channel_stats
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.runlock import RunLock
+from ..layers.resample import resize_batch
 from ..models.families import family_of
 
 
@@ -137,9 +138,38 @@ class Trainer:
             self.ema = EMA(self.params, tcfg.ema)
             if opt_state is not None and not self.ema.load_state_dict(opt_state):
                 raise ValueError(f"--resume: {self.ckpt_path} holds no EMA of the weights; resume without --ema")
+        self.resize = self._resize_stages()   # progressive resizing: [(size, until progress, the model at it)]
         self.engine = Engine(cfg, tcfg.threads)
         self._order = (None, None)  # (epoch, its shuffled order), drawn by _batch
         self.interrupted = None
+
+    def _resize_stages(self):
+        """--resize-schedule as [(size, until, the model's config at that size)], after checking that this
+        model can train on smaller images: a plain ViT classifier whose position table can follow the grid."""
+        stages = resize_stages(self.tcfg.resize_schedule)
+        if not stages:
+            return []
+        cfg = self.cfg
+        why = ("it is not a ViT" if not hasattr(cfg, "pos_embed") else
+               "its head predicts the patches' colours (pretrain)" if cfg.head != "classify" else
+               "the hybrid's stem fixes its grid" if cfg.stem_channels else
+               f"pos_embed={cfg.pos_embed!r} cannot follow the grid (use learned, sincos or none)"
+               if cfg.pos_embed not in ("learned", "sincos", "none") else None)
+        if why:
+            raise ValueError(f"--resize-schedule trains on smaller images, but this model cannot: {why}")
+        bad = [s for s, _ in stages if s % cfg.patch_size or s >= cfg.image_size]
+        if bad:
+            raise ValueError(f"--resize-schedule: sizes must be multiples of the patch size {cfg.patch_size} and below "
+                             f"the image size {cfg.image_size}, got {', '.join(map(str, bad))}")
+        return [(s, until, replace(cfg, image_size=s)) for s, until in stages]
+
+    def _model_now(self, meter):
+        """The model's config for this step: at the image size the resize schedule gives for the progress
+        made (steps, or training time with --time-budget), or None for the full size."""
+        if not self.resize:
+            return None
+        p = ((self.elapsed + meter.seconds()) / self.budget_s if self.budget_s else self.step / self.total_steps)
+        return next((c for _, until, c in self.resize if p < until), None)
 
     def _start(self, init):
         """A new run: fine-tuning starts from given weights (their shapes must be the config's), training
@@ -287,12 +317,18 @@ class Trainer:
         -> the batch's mean loss and number correct."""
         t, w = self.tcfg, self.world
         self.opt.lr = self._learning_rate(meter)
-        if w.size == 1:
+        small = self._model_now(meter)   # progressive resizing: a smaller image, the same weights
+        if small is not None:
+            x = resize_batch(x, small.image_size)
+        if w.size == 1 and small is None:
             loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step)
+        elif w.size == 1:
+            loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step,
+                                                              cfg=small)
         else:                            # this rank's rows of the global batch; then the ranks' sums, and
             rows = w.rows(self._batch_images)   # what they must agree on (distributed.py)
             loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step,
-                                                              first=rows.start, batch=self._batch_images)
+                                                              first=rows.start, batch=self._batch_images, cfg=small)
             flag = {"Ctrl-C": 1, "SIGTERM": 1000}.get(self._signals[0], 1) if self._signals else 0
             grads, loss, correct, (flag, clock) = w.sum_step(grads, loss, correct,
                                                              [flag, meter.seconds(local=True) if w.is_root else 0.0])
