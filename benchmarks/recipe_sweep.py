@@ -56,6 +56,11 @@ RECIPES = {
     # PatchDropout (Liu et al., 2023), which trains on a quarter fewer tokens per image
     "hour-linear": ("cifar-tiny", HOUR_MODEL, {**HOUR_TRAIN, "schedule": "linear"}),
     "hour-linear-pd25": ("cifar-tiny", {**HOUR_MODEL, "patch_dropout": 0.25}, {**HOUR_TRAIN, "schedule": "linear"}),
+    # progressive resizing: a quarter of the time on 16-pixel images (17 tokens), a quarter on 24 (37), then 32 (65)
+    "hour-linear-res": ("cifar-tiny", HOUR_MODEL, {**HOUR_TRAIN, "schedule": "linear",
+                                                   "resize_schedule": "16:0.25,24:0.5"}),
+    "hour-linear-pd25-res": ("cifar-tiny", {**HOUR_MODEL, "patch_dropout": 0.25},
+                             {**HOUR_TRAIN, "schedule": "linear", "resize_schedule": "16:0.25,24:0.5"}),
     "hybrid": ("cifar-hybrid", {}, {}),
     "hybrid-mimetic": ("cifar-hybrid", {"attn_init": "mimetic"}, {}),
     "small": ("cifar-small", {}, {}),

@@ -83,4 +83,6 @@ def resize_batch(x, size):
     xp = get_array_module(x)
     Rh = xp.asarray(bicubic_matrix(size, x.shape[2]), dtype=x.dtype)               # (size, H)
     Rw = xp.asarray(bicubic_matrix(size, x.shape[3]), dtype=x.dtype)               # (size, W)
-    return xp.einsum("ih,bchw,jw->bcij", Rh, x, Rw)
+    # einsum("ih,bchw,jw->bcij", Rh, x, Rw) is the textbook line; as two matrix products it runs in BLAS
+    # (the three-operand einsum loops in C without it: 0.3 s for 256 CIFAR images, more than the step it feeds)
+    return (Rh @ x) @ Rw.T                                                           # (B, C, size, size)
