@@ -27,14 +27,30 @@ def residual(t, branch, gamma, rate, generator):
     return t + drop_path(branch, rate, generator)
 
 
-def torch_vit(sd, x, cfg, generator=None):
+def pos_table(pos_embed, g):
+    """The learned table (1, G*G + 1, D) at the batch's grid g: the patch rows resampled bilinearly with
+    aligned corners (minivit's layers/resample.py, for progressive resizing); itself at g = G."""
+    G = int(round((pos_embed.shape[1] - 1) ** 0.5))
+    if g == G:
+        return pos_embed
+    grid = pos_embed[:, 1:].reshape(1, G, G, -1).permute(0, 3, 1, 2)          # (1, D, G, G)
+    small = F.interpolate(grid, size=(g, g), mode="bilinear", align_corners=True)
+    return torch.cat([pos_embed[:, :1], small.permute(0, 2, 3, 1).reshape(1, g * g, -1)], dim=1)
+
+
+def torch_vit(sd, x, cfg, generator=None, keep=None):
     """sd: timm-style dict of torch tensors; x (B, C, H, W) tensor -> logits (B, K).
-    generator: a torch.Generator turns stochastic depth (cfg.drop_path) on, for training."""
+    generator: a torch.Generator turns stochastic depth (cfg.drop_path) on, for training.
+    keep: (B, K) indices of the patches each image keeps (PatchDropout), drawn by the caller.
+    Images smaller than cfg.image_size use the position table resampled to their grid."""
     B, D, H = x.shape[0], cfg.dim, cfg.heads
     d = D // H
     t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=cfg.patch_size)
+    g = t.shape[-1]
     t = t.flatten(2).transpose(1, 2)                                   # (B, N, D)
-    t = torch.cat([sd["cls_token"].expand(B, -1, -1), t], dim=1) + sd["pos_embed"]
+    t = torch.cat([sd["cls_token"].expand(B, -1, -1), t], dim=1) + pos_table(sd["pos_embed"], g)
+    if keep is not None:                                               # PatchDropout: the class token, then the kept patches
+        t = torch.cat([t[:, :1], torch.gather(t[:, 1:], 1, keep[:, :, None].expand(-1, -1, D))], dim=1)
     N = t.shape[1]
     gelu = "none" if cfg.gelu == "exact" else "tanh"
     for i in range(cfg.depth):

@@ -229,3 +229,30 @@ def test_groupnorm(groups):
     ty.backward(T(R, False))
     dx, dw, db = mv.stem.groupnorm_backward(R, cache)
     agree(y, ty); agree(dx, tx.grad); agree(dw, tw.grad); agree(db, tb.grad)
+
+
+def test_smaller_images_and_patchdropout_as_the_peer_computes_them():
+    """Progressive resizing and PatchDropout against PyTorch: a 32x32 model's weights on 16x16 images, the
+    position table resampled by F.interpolate(bilinear, align_corners=True), a quarter of the patches
+    dropped by the indices minivit's per-image streams draw; logits and every gradient, in float64."""
+    from dataclasses import replace
+    from minivit.layers.resample import resize_batch
+    from minivit.train.streams import ImageStreams
+    cfg = mv.ViTConfig(image_size=32, patch_size=4, num_classes=5, dim=16, depth=2, heads=2, mlp_dim=32,
+                       patch_dropout=0.25)
+    small = replace(cfg, image_size=16)
+    params = {k: v.astype(np.float64) for k, v in mv.init_params(cfg, seed=3).items()}
+    params["head.w"] = randn(*params["head.w"].shape) * 0.1
+    x = resize_batch(randn(3, 3, 32, 32), 16)
+    y = np.array([0, 4, 2])
+    logits, cache = mv.forward(params, x, small, train=True, rng=ImageStreams(7, 2, 0, 3))
+    grads = mv.backward(mv.cross_entropy(logits, y)[1], cache)
+    n, k = small.num_patches, int(round(0.75 * small.num_patches))
+    keep = np.sort(np.argsort(ImageStreams(7, 2, 0, 3).random((3, n)), axis=1)[:, :k], axis=1)
+    sd = {key: T(v) for key, v in mv.to_timm(params, cfg).items()}
+    out = torch_vit(sd, T(x, grad=False), cfg, keep=torch.from_numpy(keep))
+    agree(logits, out)
+    F.cross_entropy(out, torch.from_numpy(y)).backward()
+    theirs = mv.from_timm({key: v.grad.numpy() for key, v in sd.items()}, cfg)
+    for key in params:
+        agree(grads[key], theirs[key])

@@ -28,8 +28,8 @@ import numpy as np
 
 from ..backend import backend_name, to_numpy, xp as backend_xp
 
-# What launchers set in each process: MPICH's and Intel MPI's Hydra, Open MPI, MVAPICH, Slurm's srun.
-SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_NTASKS")
+# What launchers set in each process: MPICH's and Intel MPI's Hydra (and Slurm's srun with PMI-2), Open MPI, MVAPICH.
+SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 class DistributedError(RuntimeError):
@@ -38,7 +38,7 @@ class DistributedError(RuntimeError):
 
 def launched_size(environ=os.environ):
     """How many processes the launcher says it started (1 outside mpiexec)."""
-    for name in SIZE_VARIABLES[:3]:
+    for name in SIZE_VARIABLES:
         if environ.get(name, "").isdigit():
             return int(environ[name])
     return 1
