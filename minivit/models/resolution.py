@@ -5,15 +5,8 @@ grows, so there are more tokens, and only the learned position embedding has to 
 paper "performs 2D interpolation of the pre-trained position embeddings, according to their
 location in the original image". The class token's row has no location and is kept apart.
 
-Interpolation in 1-D is linear in the samples, so it is a matrix R (n_out, n_in); a separable
-2-D resample of a grid G (g, g, D) is R G R^T on every channel. Two kernels are written out:
-
-- "bilinear": linear interpolation with the corners aligned, sample i of the output taken at
-  x = i (n_in - 1) / (n_out - 1) of the input: what the paper's code does with
-  `scipy.ndimage.zoom(grid, zoom, order=1)`.
-- "bicubic": Keys' cubic convolution with a = -0.75 and pixel centres aligned, x = (i + 0.5)
-  n_in / n_out - 0.5, reads past the border clamped to it: as
-  `torch.nn.functional.interpolate(mode="bicubic", align_corners=False)`.
+A 2-D resample of a grid G (g, g, D) is R G R^T on every channel, with R one of the interpolation
+matrices of minivit/layers/resample.py ("bilinear", as the paper's code; "bicubic", as PyTorch).
 """
 from dataclasses import replace
 
