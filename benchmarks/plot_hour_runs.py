@@ -1,4 +1,5 @@
-"""Test accuracy against minutes of training for several runs, from their metrics.jsonl files.
+"""Test accuracy (validation accuracy for a run with --val-split) against minutes of training for several
+runs, from their metrics.jsonl files.
 
     python benchmarks/plot_hour_runs.py docs/img/cifar10-hour-runs.png \\
         "cifar-tiny (142k), 46 epochs=benchmarks/results/cifar10_tiny_hour_metrics.jsonl" \\
@@ -20,7 +21,8 @@ def main():
         label, path = run.split("=", 1)
         rows = [json.loads(line) for line in open(path)]
         minutes = [r["elapsed_s"] / 60 for r in rows]
-        ax.plot(minutes, [100 * r["test_acc"] for r in rows], marker=".", label=label + " test")
+        held = "val" if "val_acc" in rows[0] else "test"   # a run with --val-split reads the test set once, at the end
+        ax.plot(minutes, [100 * r[held + "_acc"] for r in rows], marker=".", label=f"{label} {'validation' if held == 'val' else 'test'}")
         ax.plot(minutes, [100 * r["train_acc"] for r in rows], ls=":", color=ax.lines[-1].get_color(),
                 label=label + " train (augmented)")
     ax.axhline(80, color="grey", lw=0.8, ls="--")
