@@ -33,10 +33,10 @@ import minivit as mv  # noqa: E402
 from minivit.data import channel_stats, load_dataset, normalize  # noqa: E402
 from minivit.io import timm  # noqa: E402
 import numpy as np  # noqa: E402
-from minivit.config import resize_stages  # noqa: E402
+from minivit.config import resize_stages, stage_at  # noqa: E402
 from minivit.data.datasets import hold_out  # noqa: E402
 from minivit.layers.resample import resize_batch  # noqa: E402
-from minivit.train.optim import DECAYS, decays, warmup_decay  # noqa: E402
+from minivit.train.optim import budget_decay, decays, warmup_decay  # noqa: E402
 from minivit.train.streams import ImageStreams  # noqa: E402
 from minivit.train import TrainConfig, make_batch  # noqa: E402
 from torch_vit import torch_vit  # noqa: E402
@@ -113,9 +113,9 @@ def main():
             if budget and now >= budget:
                 break
             x, y = make_batch(train, t, mean, std, epoch, index, step)
-            size = next((s for s, until in stages if (now / budget if budget else step / total) < until), None)
-            if size:                                                    # progressive resizing, as minivit's
-                x = resize_batch(x, size)
+            stage = stage_at(stages, now / budget if budget else step / total)
+            if stage:                                                   # progressive resizing, as minivit's
+                x = resize_batch(x, stage[0])
             keep = None
             if cfg.patch_dropout:                                       # the patches minivit's streams keep
                 n = (x.shape[-1] // cfg.patch_size) ** 2
@@ -127,8 +127,7 @@ def main():
                 lr = warmup_decay(step, total, warmup, t.lr, t.min_lr, t.schedule)
             else:                                                       # decay by training time, as minivit's trainer
                 warmup_end = now if warmup_end is None else warmup_end
-                q = (now - warmup_end) / max(budget - warmup_end, 1e-9)
-                lr = DECAYS[t.schedule](t.lr, t.min_lr, min(max(q, 0.0), 1.0))
+                lr = budget_decay(now, warmup_end, budget, t.lr, t.min_lr, t.schedule)
             for g in opt.param_groups:
                 g["lr"] = lr
             logits = torch_vit(sd, x, cfg, generator, keep)

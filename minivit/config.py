@@ -266,6 +266,12 @@ class TrainConfig:
             raise ValueError("invalid training setting: " + "; ".join(bad))
 
 
+def stage_at(stages, progress):
+    """The stage in force at `progress` in [0, 1]: the first of `stages` [(size, until, ...), ...] whose
+    `until` exceeds it, or None past the last one (the full size)."""
+    return next((stage for stage in stages if progress < stage[1]), None)
+
+
 def resize_stages(spec):
     """'16:0.3,24:0.6' -> [(16, 0.3), (24, 0.6)]: image sizes (pixels) and the progress until which each is
     used, both increasing, progress in (0, 1]. '' -> []. A ValueError names the flag."""

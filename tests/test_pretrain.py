@@ -185,10 +185,10 @@ def test_pretraining_learns_and_resumes_exactly(tmp_path):
     part = Trainer(MPP, tcfg, colour_dataset(), tmp_path / "part", **quiet)
     original = part.engine.loss_and_grads
 
-    def interrupt_at_step_7(params, x, y, ls, seed, step):
+    def interrupt_at_step_7(params, x, y, ls, seed, step, **kw):
         if step == 7:  # mid-epoch (3 steps an epoch), as Ctrl-C would
             os.kill(os.getpid(), signal.SIGINT)
-        return original(params, x, y, ls, seed, step)
+        return original(params, x, y, ls, seed, step, **kw)
     part.engine.loss_and_grads = interrupt_at_step_7
     part.fit()
     assert part.interrupted == "Ctrl-C" and part.step == 8

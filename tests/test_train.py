@@ -130,10 +130,10 @@ def test_ctrl_c_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
     part = small_run(tmp_path, "part")
     original = part.engine.loss_and_grads
 
-    def interrupt_at_step_4(params, x, y, ls, seed, step):
+    def interrupt_at_step_4(params, x, y, ls, seed, step, **kw):
         if step == 4:  # mid-epoch (3 steps an epoch): a real SIGINT, as Ctrl-C sends
             os.kill(os.getpid(), signal.SIGINT)
-        return original(params, x, y, ls, seed, step)
+        return original(params, x, y, ls, seed, step, **kw)
     part.engine.loss_and_grads = interrupt_at_step_4
     part.fit()
     assert part.interrupted == "Ctrl-C" and part.step == 5 < full.step
@@ -151,8 +151,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     run = small_run(tmp_path, "nan")
     original = run.engine.loss_and_grads
 
-    def nan_at_step_4(params, x, y, ls, seed, step):
-        loss, correct, grads = original(params, x, y, ls, seed, step)
+    def nan_at_step_4(params, x, y, ls, seed, step, **kw):
+        loss, correct, grads = original(params, x, y, ls, seed, step, **kw)
         return (np.float32("nan") if step == 4 else loss), correct, grads
     run.engine.loss_and_grads = nan_at_step_4
     with pytest.raises(TrainingDiverged, match="loss became nan at step 4 .*epoch 2"):

@@ -192,8 +192,7 @@ def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smo
     if size > 1:
         total, correct, count = world.sum_numbers([total, correct, count])
         gathered = world.gather(preds)       # rank r's batches are r, r + N, ...: interleave them back
-        preds = [] if gathered is None else [p for i in range(max(map(len, gathered)))
-                                             for g in gathered if i < len(g) for p in [g[i]]]
+        preds = [] if gathered is None else [g[i] for i in range(max(map(len, gathered))) for g in gathered if i < len(g)]
     preds = np.concatenate(preds) if preds and preds[0] is not None else None
     return {"loss": total / max(count, 1), "accuracy": correct / max(count, 1), "predictions": preds}
 

@@ -228,6 +228,13 @@ def warmup_decay(step, total_steps, warmup_steps, base_lr, min_lr=0.0, shape="co
     return DECAYS[shape](base_lr, min_lr, min(progress, 1.0))
 
 
+def budget_decay(now, warmup_end, budget, base_lr, min_lr=0.0, shape="cosine"):
+    """Learning rate after warmup on a time budget: DECAYS[shape] at the share of the training time from
+    warmup's end (`warmup_end` seconds) to the deadline (`budget`) spent at `now`."""
+    q = (now - warmup_end) / max(budget - warmup_end, 1e-9)
+    return DECAYS[shape](base_lr, min_lr, min(max(q, 0.0), 1.0))
+
+
 def warmup_cosine(step, total_steps, warmup_steps, base_lr, min_lr=0.0):
     """Learning rate at `step` (0-based): linear warmup to base_lr, then cosine decay to min_lr."""
     return warmup_decay(step, total_steps, warmup_steps, base_lr, min_lr, "cosine")

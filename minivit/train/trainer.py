@@ -20,10 +20,10 @@ from .batches import batch_positions, epoch_order, make_batch
 from .distributed import current_world
 from .engine import Engine, blas_single_thread, evaluate, params_dtype
 from .objectives import objective_of
-from .optim import DECAYS, EMA, SGD, AdamW, clip_grad_norm, warmup_decay
+from .optim import EMA, SGD, AdamW, budget_decay, clip_grad_norm, warmup_decay
 from ..atomic import write_text_atomic
 from ..backend import backend_name, get_array_module, machine
-from ..config import TrainConfig, resize_stages
+from ..config import TrainConfig, resize_stages, stage_at
 from ..data.datasets import Dataset, hold_out
 from ..data.transforms import channel_stats
 from ..io.checkpoint import load_checkpoint, save_checkpoint
@@ -169,7 +169,8 @@ class Trainer:
         if not self.resize:
             return None
         p = ((self.elapsed + meter.seconds()) / self.budget_s if self.budget_s else self.step / self.total_steps)
-        return next((c for _, until, c in self.resize if p < until), None)
+        stage = stage_at(self.resize, p)
+        return stage[2] if stage else None
 
     def _start(self, init):
         """A new run: fine-tuning starts from given weights (their shapes must be the config's), training
@@ -286,8 +287,7 @@ class Trainer:
         now = self.elapsed + meter.seconds()
         if self.warmup_end_s is None:
             self.warmup_end_s = now
-        q = (now - self.warmup_end_s) / max(self.budget_s - self.warmup_end_s, 1e-9)
-        return DECAYS[t.schedule](t.lr, t.min_lr, min(max(q, 0.0), 1.0))
+        return budget_decay(now, self.warmup_end_s, self.budget_s, t.lr, t.min_lr, t.schedule)
 
     def _progress_bar(self, epoch, first):
         from tqdm.auto import tqdm  # a widget in Jupyter, text in a terminal
@@ -320,15 +320,12 @@ class Trainer:
         small = self._model_now(meter)   # progressive resizing: a smaller image, the same weights
         if small is not None:
             x = resize_batch(x, small.image_size)
-        if w.size == 1 and small is None:
-            loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step)
-        elif w.size == 1:
-            loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step,
-                                                              cfg=small)
-        else:                            # this rank's rows of the global batch; then the ranks' sums, and
-            rows = w.rows(self._batch_images)   # what they must agree on (distributed.py)
-            loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step,
-                                                              first=rows.start, batch=self._batch_images, cfg=small)
+        # Under MPI, x and y are this rank's rows of the global batch (then the ranks' sums, and what
+        # they must agree on: distributed.py); alone, the whole batch.
+        first, batch = (w.rows(self._batch_images).start, self._batch_images) if w.size > 1 else (0, None)
+        loss, correct, grads = self.engine.loss_and_grads(self.params, x, y, t.label_smoothing, t.seed, self.step,
+                                                          first=first, batch=batch, cfg=small)
+        if w.size > 1:
             flag = {"Ctrl-C": 1, "SIGTERM": 1000}.get(self._signals[0], 1) if self._signals else 0
             grads, loss, correct, (flag, clock) = w.sum_step(grads, loss, correct,
                                                              [flag, meter.seconds(local=True) if w.is_root else 0.0])
