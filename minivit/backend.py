@@ -71,37 +71,64 @@ def get_array_module(*arrays):
 
 
 _fused = None  # None: read MINIVIT_FUSED on first use
+_cpu_kernels = None  # minivit.cpu.kernels once imported, False when numba is missing
 
 
 def use_fused_kernels(on):
-    """Turn the fused CUDA kernels of the CuPy path on or off (default on; MINIVIT_FUSED=0 sets off).
+    """Turn the fused kernels on or off (default on; MINIVIT_FUSED=0 sets off): the CUDA kernels of
+    the CuPy path and, where numba is installed, the CPU kernels of the NumPy path.
 
-    Off, every layer runs its NumPy-style code on CuPy arrays, one launch per line: the
-    baseline that benchmarks/gpu_step.py and notebook 7 measure the kernels against."""
+    Off, every layer runs its NumPy-style lines, one pass (on a GPU one launch) per line: the
+    baseline that benchmarks/gpu_step.py, benchmarks/compare_step.py --fused 0 and notebook 7
+    measure the kernels against."""
     global _fused
     _fused = bool(on)
 
 
-def fused(x):
-    """minivit.gpu.kernels if x is a CuPy array and the fused kernels are on, else None.
+def fused_on():
+    """True unless the fused kernels were turned off (use_fused_kernels, MINIVIT_FUSED=0)."""
+    global _fused
+    if _fused is None:
+        _fused = os.environ.get("MINIVIT_FUSED", "1").strip() != "0"
+    return _fused
 
-    A layer asks `gpu = fused(x)` and, given the module, runs its one-launch kernel in place of
-    its NumPy-style lines; on NumPy arrays (and dtypes other than float32/float64) the
-    answer is always None."""
-    if isinstance(x, np.ndarray) or "cupy" not in sys.modules or get_array_module(x) is np:
+
+def fused(x, name):
+    """The fused kernel `name` for x's kind of array, or None.
+
+    A layer asks `kernel = fused(x, "layernorm_forward")` and, given a function, calls it in place
+    of its NumPy-style lines: from minivit.gpu.kernels (CUDA) for a CuPy array, from
+    minivit.cpu.kernels (numba) for a NumPy array when numba is installed. None when the
+    kernels are off, the module has no such kernel, or x is not a float32/float64 array."""
+    if getattr(x, "dtype", None) not in (np.float32, np.float64):  # the kernels are written for these two
         return None
-    if x.dtype not in (np.float32, np.float64):  # the kernels are written for these two
+    if isinstance(x, np.ndarray):
+        module = cpu_kernels()
+    elif "cupy" in sys.modules and get_array_module(x) is not np:
+        module = fused_kernels()
+    else:
         return None
-    return fused_kernels()
+    return getattr(module, name, None) if module else None
+
+
+def cpu_kernels():
+    """minivit.cpu.kernels if the fused kernels are on and numba can be imported, else None."""
+    global _cpu_kernels
+    if not fused_on():
+        return None
+    if _cpu_kernels is None:
+        try:
+            from .cpu import kernels
+            _cpu_kernels = kernels
+        except ImportError:   # numba is optional (pip install minivit[fast]): the NumPy lines run
+            _cpu_kernels = False
+    return _cpu_kernels or None
 
 
 def fused_kernels():
     """minivit.gpu.kernels if the fused kernels are on (MINIVIT_FUSED, default on), else None.
-    Only for arrays that live on a GPU: see fused(x)."""
-    global _fused
-    if _fused is None:
-        _fused = os.environ.get("MINIVIT_FUSED", "1").strip() != "0"
-    if not _fused:
+    Only for arrays that live on a GPU: see fused(x, name)."""
+    if not fused_on():
         return None
     from .gpu import kernels
     return kernels

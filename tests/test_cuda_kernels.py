@@ -52,12 +52,13 @@ def fused_on():
     backend.use_fused_kernels(True)
 
 
-def test_the_layers_pick_the_kernels_on_cupy_only():
-    assert backend.fused(cp.zeros(3, dtype=np.float32)) is not None
-    assert backend.fused(np.zeros(3, dtype=np.float32)) is None
-    assert backend.fused(cp.zeros(3, dtype=np.float16)) is None
+def test_the_layers_pick_the_cuda_kernels_for_cupy_arrays():
+    from minivit.gpu import kernels
+    assert backend.fused(cp.zeros(3, dtype=np.float32), "softmax") is kernels.softmax
+    assert backend.fused(np.zeros(3, dtype=np.float32), "softmax") is not kernels.softmax  # the CPU's, or None
+    assert backend.fused(cp.zeros(3, dtype=np.float16), "softmax") is None
     backend.use_fused_kernels(False)
-    assert backend.fused(cp.zeros(3, dtype=np.float32)) is None
+    assert backend.fused(cp.zeros(3, dtype=np.float32), "softmax") is None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

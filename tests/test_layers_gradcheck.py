@@ -1,13 +1,23 @@
-"""Every hand-written backward against centred finite differences, in float64."""
+"""Every hand-written backward against centred finite differences, in float64: each test twice, with
+the fused CPU kernels (minivit/cpu/kernels.py, where numba is installed) and with the NumPy lines."""
 import numpy as np
 import pytest
 
 import minivit as mv
+from minivit import backend
 from minivit.models import block
 from minivit.train import optim
 from helpers import check_grads, rel_error, scalar_of
 
 rng = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True, params=["kernels", "numpy-lines"])
+def path(request):
+    before = backend.fused_on()
+    backend.use_fused_kernels(request.param == "kernels")
+    yield request.param
+    backend.use_fused_kernels(before)
 
 
 def randn(*shape):

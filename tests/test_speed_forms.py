@@ -15,6 +15,7 @@ import pytest
 from scipy.special import erf
 
 import minivit as mv
+from minivit import backend
 from minivit.layers.activations import gelu_reference
 from minivit.layers.attention import attention_reference, softmax_reference
 from minivit.layers.erf import _AS_A, _AS_P, erfc_as, normal_cdf_as
@@ -22,6 +23,16 @@ from minivit.layers.norm import layernorm_backward_reference, layernorm_referenc
 from minivit.layers import cache_pieces as pieces
 from minivit.layers.rowsums import dot_last, mean_last, sum_last, sum_rows
 from helpers import rel_error
+
+
+@pytest.fixture(autouse=True)
+def numpy_lines():
+    """These pin the NumPy fast forms to the textbook, so they run with the fused CPU kernels off
+    (tests/test_cpu_kernels.py pins the kernels to these forms)."""
+    before = backend.fused_on()
+    backend.use_fused_kernels(False)
+    yield
+    backend.use_fused_kernels(before)
 
 rng = np.random.default_rng(0)
 TIGHT = 1e-12

@@ -35,8 +35,11 @@ def gelu_reference(x, approximate="exact"):
     return 0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * dt
 
 
-def gelu_forward(x, approximate="exact", keep_cache=True, out=None):
+def gelu_forward(x, approximate="exact", keep_cache=True, out=None, bias=None):
     """GELU(x) = x * Phi(x), Phi the standard normal CDF; as torch F.gelu(approximate='none'|'tanh').
+
+    bias (features,): GELU(x + bias) instead, the bias of the layer before added here (with the fused
+    CPU kernel, in the same pass; minivit/models/block.py). The cached derivative is then at x + bias.
 
     out: the array y is written into, which may be x itself when the caller has no further use
     for x (the MLP's hidden layer: minivit/models/block.py); None, a new array. (On a GPU the kernel
@@ -51,11 +54,16 @@ def gelu_forward(x, approximate="exact", keep_cache=True, out=None):
     """
     if approximate not in _GELU_FORMS:
         raise ValueError(f"gelu approximate must be 'exact' or 'tanh', got {approximate!r}")
-    gpu = fused(x)
-    if gpu:  # on a GPU: one CUDA kernel writes y and GELU'(x) (minivit/gpu/kernels.py)
-        y, dydx = gpu.gelu(x, approximate)
-        return y, (dydx if keep_cache else None)
     xp = get_array_module(x)
+    kernel = fused(x, "bias_gelu")
+    if kernel:  # on a CPU with numba: one pass writes y and GELU'(x + bias) (minivit/cpu/kernels.py)
+        return kernel(x, bias, approximate, keep_cache, out)
+    if bias is not None:
+        x = x + bias if out is None else xp.add(x, bias, out=out)   # then GELU over out, in place
+    kernel = fused(x, "gelu")
+    if kernel:  # on a GPU: one CUDA kernel writes y and GELU'(x) (minivit/gpu/kernels.py)
+        y, dydx = kernel(x, approximate)
+        return y, (dydx if keep_cache else None)
     y = xp.empty_like(x) if out is None else out
     if not keep_cache:
         return in_pieces(partial(_GELU_FORMS[approximate], dydx=None), [x], [y])[0], None

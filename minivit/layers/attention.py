@@ -40,9 +40,9 @@ def softmax(x, axis=-1, out=None):
     keeps exp() <= 1. With out=x the input is overwritten: no new array, three passes fewer.
     Over the last axis it runs in cache-sized pieces of rows (minivit/layers/cache_pieces.py)."""
     xp = get_array_module(x)
-    gpu = fused(x)
-    if gpu and axis in (-1, x.ndim - 1):  # on a GPU: one CUDA kernel (minivit/gpu/kernels.py)
-        return gpu.softmax(x, out=out)
+    kernel = fused(x, "softmax")
+    if kernel and axis in (-1, x.ndim - 1):  # one kernel: CUDA on a GPU, numba on a CPU (minivit/cpu/kernels.py)
+        return kernel(x, out=out)
     if axis not in (-1, x.ndim - 1):
         e = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
         xp.exp(e, out=e)
@@ -76,9 +76,9 @@ def _softmax_rows(x, out):
 
 def softmax_backward(dp, p, axis=-1):
     """Given p = softmax(s) and dL/dp, return dL/ds = p * (dp - sum(dp * p))."""
-    gpu = fused(dp)
-    if gpu and axis in (-1, dp.ndim - 1):
-        return gpu.softmax_backward(dp, p)
+    kernel = fused(dp, "softmax_backward")
+    if kernel and axis in (-1, dp.ndim - 1):
+        return kernel(dp, p)
     return p * (dp - (dp * p).sum(axis=axis, keepdims=True))
 
 
@@ -89,8 +89,8 @@ def _softmax_grad_rows(dp, rowdot, p, out):
 
 
 class AttentionCache(NamedTuple):
-    """What attention_backward needs from attention_forward. (With the fused GPU kernels the cache is
-    minivit.gpu.kernels.AttentionCache, which keeps q, k, v, the probabilities and the scale.)"""
+    """What attention_backward needs from attention_forward. (With the fused kernels the cache is
+    the kernel module's AttentionCache, which keeps q, k, v, the probabilities and the scale.)"""
     q: object              # (..., N, d) the queries, unscaled
     k: object              # (..., N, d)
     v: object              # (..., N, d)
@@ -132,9 +132,11 @@ def attention_forward(q, k, v, scale=None, p_drop=0.0, rng=None, train=False, bi
     """
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    gpu = fused(q)
-    if gpu and bias is None and not (train and p_drop):  # on a GPU: cuBLAS products and the softmax kernel
-        return gpu.attention_forward(q, k, v, scale)
+    kernel = fused(q, "attention_forward")
+    if kernel and bias is None and not (train and p_drop):
+        # on a GPU: cuBLAS products and the softmax kernel; on a CPU: NumPy's products and the
+        # numba softmax, which scales the logits as it reads them (minivit/cpu/kernels.py)
+        return kernel(q, k, v, scale)
     qs = q * scale                                        # (..., N, d)
     scores = qs @ k.swapaxes(-1, -2)                      # (..., N, N)
     if bias is not None:
@@ -154,14 +156,14 @@ def attention_backward(dout, cache, with_dbias=False):
     FlashAttention identity; derivation in docs/derivations/attention.md), so the
     (..., N, N) gradient is made in two in-place passes.
     """
-    gpu = fused(dout)
-    if gpu and isinstance(cache, gpu.AttentionCache):    # the forward pass ran on the GPU path
-        return gpu.attention_backward(dout, cache)
+    if not isinstance(cache, AttentionCache):            # the forward pass ran a fused kernel: its backward
+        return fused(dout, "attention_backward")(dout, cache)
     q, k, v, attn, attn_d, mask, out, scale = cache
     dv = attn_d.swapaxes(-1, -2) @ dout                   # (..., N, d)
     dattn = dropout_backward(dout @ v.swapaxes(-1, -2), mask)  # (..., N, N)
-    if gpu:  # on a GPU: one kernel takes rowsum(dattn * attn) itself and writes in place
-        dscores = gpu.softmax_backward(dattn, attn, out=dattn)
+    kernel = fused(dout, "softmax_backward")
+    if kernel:  # one kernel takes rowsum(dattn * attn) itself and writes in place
+        dscores = kernel(dattn, attn, out=dattn)
     else:
         rowdot = sum_last(dout * out)                     # (..., N, 1) = rowsum(dattn * attn)
         dscores, = in_pieces(_softmax_grad_rows, [dattn, rowdot, attn], [dattn])  # (..., N, N), in place

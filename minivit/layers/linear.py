@@ -4,22 +4,26 @@ from .rowsums import sum_rows
 
 
 def linear_forward(x, w, b):
-    """x (..., Din), w (Din, Dout), b (Dout,) -> y (..., Dout)."""
-    gpu = fused(x)
-    if gpu:  # on a GPU: the same lines, with cuBLAS called directly (minivit/gpu/kernels.py)
-        return gpu.linear_forward(x, w, b)
+    """x (..., Din), w (Din, Dout), b (Dout,) -> y (..., Dout).
+
+    b None: y = x W, for a caller that adds the bias in its next pass (the MLP's GELU with the
+    fused CPU kernels, minivit/models/block.py); backward still returns the bias's gradient."""
+    kernel = fused(x, "linear_forward")
+    if kernel:  # on a GPU: the same lines, with cuBLAS called directly (minivit/gpu/kernels.py)
+        return kernel(x, w, b)
     lead = x.shape[:-1]
     # One 2D matrix product over all leading dimensions: BLAS is fastest on one large GEMM.
     y = x.reshape(-1, x.shape[-1]) @ w  # (M, Dout), M = prod(lead)
-    y += b                              # in place: no second (M, Dout) array
+    if b is not None:
+        y += b                          # in place: no second (M, Dout) array
     return y.reshape(*lead, w.shape[1]), (x, w)
 
 
 def linear_backward(dy, cache):
     """dy (..., Dout) -> dx (..., Din), dw (Din, Dout), db (Dout,)."""
-    gpu = fused(dy)
-    if gpu:
-        return gpu.linear_backward(dy, cache)
+    kernel = fused(dy, "linear_backward")
+    if kernel:
+        return kernel(dy, cache)
     x, w = cache
     x2 = x.reshape(-1, x.shape[-1])     # (M, Din)
     dy2 = dy.reshape(-1, dy.shape[-1])  # (M, Dout)

@@ -1,4 +1,6 @@
 """Softmax cross-entropy with optional label smoothing. Derivation: docs/derivations/cross_entropy.md."""
+import numpy as np
+
 from ..backend import fused, get_array_module
 
 
@@ -12,7 +14,8 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
     -sum_k q_k log softmax(z)_k, averaged over the batch, and dlogits = (softmax(z) - q) / B
     either way. log-softmax is z - max - log(sum exp(z - max)): finite for any finite logits.
 
-    On a GPU one CUDA kernel does the integer-label case (minivit/gpu/kernels.py) and the
+    One fused kernel does the integer-label case where there is one (numba on a CPU,
+    minivit/cpu/kernels.py). On a GPU it is a CUDA kernel (minivit/gpu/kernels.py) and the
     labels' range is not checked on the host, which would stop the GPU to read them back:
     a label outside [0, K) makes the loss NaN instead. `check_labels` names the bad label.
     """
@@ -30,9 +33,11 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
                          f"and shape {tuple(labels.shape)}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    gpu = fused(logits)
-    if gpu and not soft:
-        return gpu.cross_entropy(logits, labels, label_smoothing)
+    kernel = fused(logits, "cross_entropy")
+    if kernel and not soft:  # one kernel: CUDA on a GPU, numba on a CPU (minivit/cpu/kernels.py)
+        if xp is np:
+            check_labels(labels, K)
+        return kernel(logits, labels, label_smoothing)
     shifted = logits - logits.max(axis=1, keepdims=True)            # (B, K), max 0
     logsumexp = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))  # (B, 1)
     logp = shifted - logsumexp                                      # (B, K) log-probabilities

@@ -28,7 +28,7 @@ def layernorm_backward_reference(dy, x, w, eps=1e-6):
 
 
 class LayerNormCache(NamedTuple):
-    """What layernorm_backward needs (the fused GPU kernel returns the same three arrays)."""
+    """What layernorm_backward needs (the fused kernels return the same three arrays)."""
     xhat: object    # (..., D) the normalised input, (x - mean) * rstd
     rstd: object    # (..., 1) 1 / sqrt(var + eps)
     w: object       # (D,) the gain
@@ -38,10 +38,10 @@ def layernorm_forward(x, w, b, eps=1e-6, keep_cache=True):
     """x (..., D), w (D,), b (D,) -> y (..., D); y = (x - mean) / sqrt(var + eps) * w + b.
 
     keep_cache=False (inference): the cache is None, and y is written over xhat."""
-    gpu = fused(x)
-    if gpu:  # on a GPU: these lines as one CUDA kernel (minivit/gpu/kernels.py)
-        y, cache = gpu.layernorm_forward(x, w, b, eps)
-        return y, (cache if keep_cache else None)
+    kernel = fused(x, "layernorm_forward")
+    if kernel:  # these lines as one kernel: CUDA on a GPU (minivit/gpu/kernels.py), numba on a CPU (minivit/cpu/kernels.py)
+        y, cache = kernel(x, w, b, eps)
+        return y, (LayerNormCache(*cache) if keep_cache else None)
     xp = get_array_module(x)
     mean = mean_last(x)                         # (..., 1)
     xhat = x - mean                             # (..., D), centred
@@ -61,9 +61,9 @@ def layernorm_forward(x, w, b, eps=1e-6, keep_cache=True):
 
 def layernorm_backward(dy, cache):
     """dy (..., D) -> dx (..., D), dw (D,), db (D,)."""
-    gpu = fused(dy)
-    if gpu:
-        return gpu.layernorm_backward(dy, cache)
+    kernel = fused(dy, "layernorm_backward")
+    if kernel:
+        return kernel(dy, cache)
     xhat, rstd, w = cache
     D = xhat.shape[-1]
     dy_xhat = dy * xhat                          # (..., D)

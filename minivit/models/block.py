@@ -8,6 +8,7 @@ Parameters are read from the model's flat dict under a prefix such as
 """
 from typing import NamedTuple
 
+from ..backend import fused
 from ..layers.activations import (drop_path_backward, drop_path_forward, dropout_backward, dropout_forward,
                           gelu_backward, gelu_forward)
 from ..layers.attention import mhsa_backward, mhsa_forward
@@ -43,8 +44,10 @@ def mlp_forward(x, w1, b1, w2, b2, gelu="exact", p_drop=0.0, rng=None, train=Fal
 
     keep_cache=False (inference) skips what only backward needs (GELU's derivative), and the
     cache is None."""
-    h, c1 = linear_forward(x, w1, b1)           # (B, N, M)
-    h, cg = gelu_forward(h, gelu, keep_cache, out=h)  # (B, N, M), over fc1's output: backward needs only x
+    # With the fused CPU kernels, fc1's bias is added in GELU's pass (minivit/cpu/kernels.py: bias_gelu).
+    late_bias = fused(x, "bias_gelu") is not None
+    h, c1 = linear_forward(x, w1, None if late_bias else b1)     # (B, N, M)
+    h, cg = gelu_forward(h, gelu, keep_cache, out=h, bias=b1 if late_bias else None)  # (B, N, M), over fc1's output
     h, m1 = dropout_forward(h, p_drop, rng, train)
     y, c2 = linear_forward(h, w2, b2)           # (B, N, D)
     y, m2 = dropout_forward(y, p_drop, rng, train)

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..layers import attention, stem
 from ..models import block, vit as model
-from ..backend import to_device
+from ..backend import cpu_kernels, fused_kernels, get_array_module, to_device
 from ..config import ViTConfig
 from ..layers.loss import cross_entropy
 from ..models.init import init_params
@@ -128,12 +128,14 @@ class Report:
     param_mb: float = 0.0
     peak_mb: float = 0.0
     ranks: int = 1                             # under mpiexec: the batch is shared, the figures are rank 0's
+    kernels: str = ""                          # what ran the elementwise layers: fused kernels, or NumPy/CuPy lines
 
     def __str__(self):
         pieces = f" in pieces of up to {self.piece}" if self.piece < self.batch_size else ""
         lines = [f"{self.cfg.dim}-wide, {self.cfg.depth}-deep ViT, {self.cfg.num_patches + 1} tokens, batch "
                  f"{self.batch_size}{pieces}: {self.step_ms:.1f} ms per {_WHAT[self.mode]} (median of {self.steps}, one thread"
-                 f"{f' on each of {self.ranks} MPI ranks; rank 0 computes its share of the batch' if self.ranks > 1 else ''})",
+                 f"{f' on each of {self.ranks} MPI ranks; rank 0 computes its share of the batch' if self.ranks > 1 else ''})"
+                 + (f"; {self.kernels}" if self.kernels else ""),
                  f"{'layer':<16} {'pass':<8} {'ms':>8} {'GFLOP':>8} {'GFLOP/s':>8} {'share':>6}"]
         total_ms = sum(r["ms"] for r in self.rows)
         for r in sorted(self.rows, key=lambda r: -r["ms"]):
@@ -267,5 +269,9 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
     if mode == "train":
         state += sum(v.nbytes for v in opt.m.values()) * 2
     piece = max(sl.stop - sl.start for sl in slices)
+    if get_array_module(x) is np:
+        kernels = "fused CPU kernels (numba)" if cpu_kernels() else "NumPy lines (no fused kernels)"
+    else:
+        kernels = "fused CUDA kernels" if fused_kernels() else "CuPy lines (no fused kernels)"
     return Report(cfg, batch_size, steps, float(np.median(plain)) * 1e3, mode, piece, rows, state / 2 ** 20,
-                  peak / 2 ** 20, world.size)
+                  peak / 2 ** 20, world.size, kernels)

@@ -31,19 +31,20 @@ class AdamW:
         self.lr, self.betas, self.eps, self.weight_decay = lr, tuple(betas), eps, weight_decay
         self.t = 0          # steps taken; bias corrections use it, so it must advance every step
         self.m, self.v = {}, {}
-        self._flat = None   # the GPU step's state layout (see _flat_state)
+        self._flat = None   # the fused step's state layout (see _flat_state)
 
     def step(self, params, grads):
         """Update every array in `params` in place from the same-named `grads`."""
         self.t += 1
         b1, b2 = self.betas
         bc1, bc2 = 1.0 - b1 ** self.t, 1.0 - b2 ** self.t
-        gpu = fused(next(iter(params.values()), None))
-        if gpu and _one_contiguous_dtype(params.values()):
-            # On a GPU: the loop below as one CUDA kernel over every tensor (minivit/gpu/kernels.py)
+        kernel = fused(next(iter(params.values()), None), "adamw_step")
+        if kernel and _one_contiguous_dtype(params.values()):
+            # The loop below as one kernel over every tensor: CUDA on a GPU (minivit/gpu/kernels.py),
+            # numba on a CPU (minivit/cpu/kernels.py)
             names, m, v, decay = self._flat_state(params)
-            gpu.adamw_step([params[n] for n in names], [grads[n] for n in names], decay, m, v,
-                         self.lr, b1, b2, bc1, bc2, self.eps, self.weight_decay)
+            kernel([params[n] for n in names], [grads[n] for n in names], decay, m, v,
+                   self.lr, b1, b2, bc1, bc2, self.eps, self.weight_decay)
             return
         for name, p in params.items():
             g = grads[name]
@@ -177,9 +178,9 @@ def _one_contiguous_dtype(arrays):
 def global_norm(grads):
     """sqrt of the sum of squares of every gradient entry, as a Python float (one host sync)."""
     gs = list(grads.values())
-    gpu = fused(gs[0]) if gs else None
-    if gpu and _one_contiguous_dtype(gs):
-        return math.sqrt(float(gpu.sum_of_squares(gs)))  # one kernel over every tensor, one sync
+    kernel = fused(gs[0], "sum_of_squares") if gs else None
+    if kernel and _one_contiguous_dtype(gs):
+        return math.sqrt(float(kernel(gs)))  # one kernel over every tensor, one sync
     return math.sqrt(sum(_sum_of_squares(g) for g in gs))
 
 
@@ -203,9 +204,9 @@ def clip_grad_norm(grads, max_norm):
     if norm > max_norm:
         scale = max_norm / (norm + 1e-6)
         gs = list(grads.values())
-        gpu = fused(gs[0])
-        if gpu and _one_contiguous_dtype(gs):
-            gpu.scale_all(gs, scale)                      # one kernel over every tensor
+        kernel = fused(gs[0], "scale_all")
+        if kernel and _one_contiguous_dtype(gs):
+            kernel(gs, scale)                      # one kernel over every tensor
             return norm
         for g in gs:
             g *= scale

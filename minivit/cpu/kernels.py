@@ -1,0 +1,463 @@
+"""Fused CPU kernels for the NumPy backend, written in Python and compiled by numba.
+
+NumPy runs one line at a time: LayerNorm written as NumPy lines is seven passes over a (tokens,
+features) array, GELU with its derivative about ten, the attention softmax and its backward
+five more over (heads, N, N). Each pass reads and writes the whole array through the memory
+hierarchy, and a small ViT's step spends more time in these passes than in its matrix products
+(docs/results.md). Each kernel here is one such layer as one loop over rows: a row (a token's D
+features, an attention row's N keys) is read once, kept in L1, and written once.
+
+The NumPy function named beside each kernel stays the definition; tests/test_cpu_kernels.py
+compares every kernel with it in float32 and float64. The layers call these automatically
+when their inputs are NumPy arrays and numba is installed (`fused` in minivit/backend.py);
+MINIVIT_FUSED=0 turns them off, as it does the CUDA kernels (minivit/gpu/kernels.py).
+
+How they are compiled (docs/cpu_kernels.md):
+- nogil: the trainer's threads run their shards of the batch at the same time (minivit/train/engine.py);
+  the kernels themselves are serial loops, one core each.
+- cache: the machine code is kept on disk beside this file (or in numba's user cache when
+  that folder is read-only), so only the first call on a machine compiles.
+- fastmath, but only reassociation, contraction, reciprocals and signed zeros: LLVM may then
+  vectorise the row sums. No 'nnan' or 'ninf': a NaN must still reach the trainer's guard.
+"""
+import math
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import intrinsic, overload
+
+JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz"})
+
+SHARED_SHIFT_SPAN = 60.0   # as minivit.layers.attention's: e^-60 is far from float32's underflow
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+# Abramowitz & Stegun 7.1.26 (as minivit/layers/erf.py): erfc(u) = (a1 t + ... + a5 t^5) exp(-u^2),
+# t = 1 / (1 + p u), u >= 0, absolute error at most 1.5e-7. The float32 GELU uses it; float64 uses libm's erf.
+_AS_P = 0.3275911
+_A1, _A2, _A3, _A4, _A5 = 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429
+
+
+# ----------------------------------------------------------------------------------------------- exp
+
+# exp(x) = 2^n e^r, n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2] (Cody & Waite's reduction, ln 2
+# split in two so that n ln 2 is exact to about 1e-19), e^r by its Taylor series to r^12 (the first
+# term left out is below 2e-16 of the sum), 2^n by writing n + 1023 into a float64's exponent bits.
+# libm's exp is a function call that the compiler cannot spread over the vector lanes; this is
+# arithmetic, so a loop of it runs 8 lanes at a time (tests/test_cpu_kernels.py: within 1e-15 of NumPy's).
+_LOG2E = 1.4426950408889634
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(13))
+
+
+@intrinsic
+def _float64_from_bits(typingctx, bits):
+    """The float64 whose IEEE-754 bits are the int64 `bits`: a reinterpretation, not a conversion."""
+    if not isinstance(bits, types.Integer) or bits.bitwidth != 64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+    return types.float64(bits), codegen
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})   # no reassociation: the reduction's order matters
+def vector_exp(x):
+    if x < -708.0:                                # below, 2^n would leave the normal range; NaN passes
+        x = -708.0
+    if x > 709.0:
+        x = 709.0
+    n = math.floor(x * _LOG2E + 0.5)
+    r = (x - n * _LN2_HI) - n * _LN2_LO
+    p = _TAYLOR[12]
+    for k in range(11, -1, -1):                   # Horner, unrolled by the compiler
+        p = p * r + _TAYLOR[k]
+    return p * _float64_from_bits((np.int64(n) + 1023) << 52)
+
+
+# The same for float32, in float32 arithmetic on 16 lanes: n + 127 into a float32's exponent bits, e^r to
+# r^7 (the first term left out is below 6e-9 of the sum); within 1e-7 of exp in float64 over [-87, 88].
+_LOG2E_F = np.float32(_LOG2E)
+_LN2_HI_F, _LN2_LO_F = np.float32(0.693359375), np.float32(-2.12194440e-4)   # Cephes' split of ln 2
+_TAYLOR_F = tuple(np.float32(c) for c in _TAYLOR[:8])
+_LO_F, _HI_F, _HALF_F = np.float32(-87.0), np.float32(88.0), np.float32(0.5)
+
+
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose bits are the low 32 of the integer `bits`."""
+    if not isinstance(bits, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if bits.bitwidth > 32:
+            v = builder.trunc(v, context.get_value_type(types.int32))
+        return builder.bitcast(v, context.get_value_type(types.float32))
+    return types.float32(bits), codegen
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+def vector_expf(x):
+    if x < _LO_F:
+        x = _LO_F
+    if x > _HI_F:
+        x = _HI_F
+    n = np.floor(x * _LOG2E_F + _HALF_F)
+    r = (x - n * _LN2_HI_F) - n * _LN2_LO_F
+    p = _TAYLOR_F[7]
+    for k in range(6, -1, -1):
+        p = p * r + _TAYLOR_F[k]
+    return p * _float32_from_bits((np.int32(n) + 127) << 23)
+
+
+def exp_of(x):
+    """exp(x) in x's own precision: vector_expf for a float32, vector_exp for a float64 (inside kernels)."""
+    return math.exp(x)
+
+
+@overload(exp_of)
+def _exp_of(x):
+    return (lambda x: vector_expf(x)) if x == types.float32 else (lambda x: vector_exp(x))
+
+
+# The largest of a row's n entries times `scale` (> 0). Compiled with 'nnan' as well, so that it runs on
+# vector lanes: a NaN in the row may then be missed here, but the exp pass after it turns it to NaN anyway.
+@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz", "nnan", "ninf"})
+def row_max(x, i, n, scale):
+    top = scale * x[i, 0]
+    for j in range(1, n):
+        v = scale * x[i, j]
+        top = v if v > top else top
+    return top
+
+
+def _rows(a):
+    """a (..., n) as a C-contiguous (rows, n) array (a view when a is contiguous)."""
+    return np.ascontiguousarray(a).reshape(-1, a.shape[-1])
+
+
+def _output(out, *inputs, in_place=False):
+    """`out` if the kernel can write into it, else a new array shaped as inputs[0].
+
+    in_place: the kernel may write over inputs[0] itself (out is x), because it gathers each row in a
+    buffer before writing it. Otherwise a new array even where the layer offers an input to overwrite:
+    a loop reading and writing the same memory through two arguments finds them overlapping and
+    falls back from vector lanes to one element at a time, several times slower than an allocation."""
+    x = inputs[0]
+    if out is None or not out.flags.c_contiguous or out.shape != x.shape or out.dtype != x.dtype:
+        return np.empty(x.shape, x.dtype)
+    same = in_place and out.ctypes.data == x.ctypes.data and out.strides == x.strides
+    if not same and any(np.may_share_memory(out, a) for a in inputs):
+        return np.empty(x.shape, x.dtype)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- LayerNorm
+
+# minivit.layers.norm.layernorm_forward: y = xhat w + b, xhat = (x - mean) rstd, rstd = 1 / sqrt(var + eps)
+@numba.njit(**JIT)
+def layernorm_forward_kernel(x, w, b, eps, y, xhat, rstd):
+    rows, D = x.shape
+    for i in range(rows):
+        s = 0.0
+        for j in range(D):
+            s += x[i, j]
+        mean = s / D
+        ss = 0.0
+        for j in range(D):                        # centred second pass, as NumPy's
+            c = x[i, j] - mean
+            ss += c * c
+        r = 1.0 / math.sqrt(ss / D + eps)
+        for j in range(D):
+            h = (x[i, j] - mean) * r
+            xhat[i, j] = h                        # xhat may be y itself (inference): y is written after
+            y[i, j] = h * w[j] + b[j]
+        rstd[i] = r
+
+
+def layernorm_forward(x, w, b, eps, keep_cache=True):
+    """As minivit.layers.norm.layernorm_forward: -> y, (xhat, rstd (..., 1), w), or y, None."""
+    x2 = _rows(x)
+    y = np.empty_like(x2)
+    xhat = np.empty_like(x2) if keep_cache else y
+    rstd = np.empty(x2.shape[0], dtype=x.dtype)
+    layernorm_forward_kernel(x2, w.astype(x.dtype, copy=False), b.astype(x.dtype, copy=False), eps, y, xhat, rstd)
+    shape = x.shape
+    if not keep_cache:
+        return y.reshape(shape), None
+    return y.reshape(shape), (xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), w)
+
+
+# minivit.layers.norm.layernorm_backward: g = dy w, dx = rstd (g - mean(g) - xhat mean(g xhat)),
+# dw = sum over rows of dy xhat, db = sum over rows of dy
+@numba.njit(**JIT)
+def layernorm_backward_kernel(dy, xhat, rstd, w, dx, dw, db):
+    rows, D = dy.shape
+    dw_sum = np.zeros(D)                          # float64 column sums
+    db_sum = np.zeros(D)
+    for i in range(rows):
+        s1 = 0.0
+        s2 = 0.0
+        for j in range(D):
+            g = dy[i, j] * w[j]
+            s1 += g
+            s2 += g * xhat[i, j]
+            dw_sum[j] += dy[i, j] * xhat[i, j]
+            db_sum[j] += dy[i, j]
+        m1 = s1 / D
+        m2 = s2 / D
+        r = rstd[i]
+        for j in range(D):
+            dx[i, j] = (dy[i, j] * w[j] - m1 - xhat[i, j] * m2) * r
+    for j in range(D):
+        dw[j] = dw_sum[j]
+        db[j] = db_sum[j]
+
+
+def layernorm_backward(dy, cache):
+    """As minivit.layers.norm.layernorm_backward: -> dx, dw, db."""
+    xhat, rstd, w = cache
+    dy2, xhat2 = _rows(dy), _rows(xhat)
+    D = dy2.shape[1]
+    dx = np.empty_like(dy2)
+    dw, db = np.empty(D, dtype=dy.dtype), np.empty(D, dtype=dy.dtype)
+    layernorm_backward_kernel(dy2, xhat2, rstd.reshape(-1), w.astype(dy.dtype, copy=False), dx, dw, db)
+    return dx.reshape(dy.shape), dw, db
+
+
+# ----------------------------------------------------------------------------------------------- GELU
+
+# minivit.layers.activations.gelu_forward (exact), over h = x + b: y = h Phi(h),
+# y' = Phi(h) + h phi(h), phi(h) = exp(-h^2 / 2) / sqrt(2 pi), Phi(h) = (1 + erf(h / sqrt 2)) / 2.
+# Phi by A&S 7.1.26 (float32's precision): Phi(h) = 1 - q for h >= 0 and q for h < 0, q = erfc(|h| / sqrt 2) / 2
+@numba.njit(**JIT)
+def bias_gelu_exact_kernel(x, b, y, dydx):
+    rows, H = x.shape
+    keep = dydx.shape[0] > 0
+    row = np.empty(H, y.dtype)                    # y's row, written after x's row is read: y may be x
+    for i in range(rows):
+        for j in range(H):
+            h = x[i, j] + b[j]
+            e = vector_exp(-0.5 * h * h)
+            t = 1.0 / (1.0 + _AS_P * _INV_SQRT_2 * abs(h))
+            q = 0.5 * t * (_A1 + t * (_A2 + t * (_A3 + t * (_A4 + t * _A5)))) * e
+            phi = 1.0 - q if h >= 0.0 else q
+            if keep:
+                dydx[i, j] = phi + h * e * _INV_SQRT_2PI
+            row[j] = h * phi
+        for j in range(H):
+            y[i, j] = row[j]
+
+
+# The same in float64, with libm's erf and exp (one call each per element: a float64 model is for checking)
+@numba.njit(**JIT)
+def bias_gelu_exact_float64_kernel(x, b, y, dydx):
+    rows, H = x.shape
+    keep = dydx.shape[0] > 0
+    for i in range(rows):
+        for j in range(H):
+            h = x[i, j] + b[j]
+            phi = 0.5 * (1.0 + math.erf(h * _INV_SQRT_2))
+            if keep:
+                dydx[i, j] = phi + h * math.exp(-0.5 * h * h) * _INV_SQRT_2PI
+            y[i, j] = h * phi
+
+
+# The tanh form: y = h/2 (1 + tanh u), u = sqrt(2/pi) (h + 0.044715 h^3),
+# y' = (1 + tanh u)/2 + h/2 (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 h^2)
+@numba.njit(**JIT)
+def bias_gelu_tanh_kernel(x, b, y, dydx):
+    rows, H = x.shape
+    keep = dydx.shape[0] > 0
+    row = np.empty(H, y.dtype)
+    for i in range(rows):
+        for j in range(H):
+            h = x[i, j] + b[j]
+            u = _SQRT_2_OVER_PI * (h + _GELU_C * h * h * h)
+            # 1 + tanh u = 2 / (1 + e^-2u): no cancellation where tanh u is near -1, and 1 - tanh^2 u = (1 + t)(1 - t)
+            one_plus_t = 2.0 / (1.0 + vector_exp(-2.0 * u))
+            if keep:
+                du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * h * h)
+                dydx[i, j] = 0.5 * one_plus_t + 0.5 * h * one_plus_t * (2.0 - one_plus_t) * du
+            row[j] = 0.5 * h * one_plus_t
+        for j in range(H):
+            y[i, j] = row[j]
+
+
+def bias_gelu(x, b, approximate, keep_cache=True, out=None):
+    """GELU(x + b) and, with keep_cache, its derivative there: -> y, y' (or y, None).
+
+    x (..., H), b (H,) or None. out: the array y is written into (may be x). One pass for the
+    bias add of the MLP's first layer and its GELU (minivit/models/block.py)."""
+    x2 = _rows(x)
+    H = x2.shape[1]
+    bias = np.zeros(H, x.dtype) if b is None else b.astype(x.dtype, copy=False)
+    y = _output(out, x, in_place=True).reshape(-1, H)
+    dydx = np.empty_like(x2) if keep_cache else np.empty((0, H), x.dtype)
+    if approximate == "exact":
+        (bias_gelu_exact_kernel if x.dtype == np.float32 else bias_gelu_exact_float64_kernel)(x2, bias, y, dydx)
+    else:
+        bias_gelu_tanh_kernel(x2, bias, y, dydx)
+    return y.reshape(x.shape), (dydx.reshape(x.shape) if keep_cache else None)
+
+
+def gelu(x, approximate):
+    """As minivit.layers.activations.gelu_forward: -> y, GELU'(x)."""
+    return bias_gelu(x, None, approximate)
+
+
+# ----------------------------------------------------------------------------------------------- softmax
+
+# minivit.layers.attention.softmax of scale * x: out = exp(scale x - max) / sum(exp(scale x - max)), per row.
+# shift: one maximum for every row, used where `shared` (as the NumPy form's shared shift: any per-row
+# constant cancels, and while the rows' logits span less than 60 no exp overflows or underflows);
+# otherwise each row's own. In x's precision: scale and shift come in x's dtype.
+@numba.njit(**JIT)
+def softmax_kernel(x, out, scale, shift, shared):
+    rows, n = x.shape
+    row = np.empty(n, x.dtype)                    # the row's exponentials: out may be x
+    for i in range(rows):
+        top = shift if shared else row_max(x, i, n, scale)
+        s = scale - scale                         # 0 in x's dtype: the whole loop stays in float32 for float32
+        for j in range(n):
+            e = exp_of(scale * x[i, j] - top)
+            row[j] = e
+            s += e
+        r = (scale / scale) / s
+        for j in range(n):
+            out[i, j] = row[j] * r
+
+
+def softmax(x, out=None, scale=1.0):
+    """As minivit.layers.attention.softmax(scale * x) over the last axis; out may be x."""
+    x2 = _rows(x)
+    out = _output(out, x, in_place=True)
+    if x2.size:
+        t = x.dtype.type
+        top, bottom = x2.max(), x2.min()                      # NumPy's vectorised reductions
+        shared = bool((top - bottom) * scale < SHARED_SHIFT_SPAN)   # False for NaN or inf too
+        softmax_kernel(x2, out.reshape(x2.shape), t(scale), t(top * scale), shared)
+    return out
+
+
+# scale * minivit.layers.attention.softmax_backward: ds = scale p (dp - rowsum(dp p)), per row
+@numba.njit(**JIT)
+def softmax_backward_kernel(dp, p, out, scale):
+    rows, n = p.shape
+    for i in range(rows):
+        dot = 0.0
+        for j in range(n):
+            dot += dp[i, j] * p[i, j]
+        for j in range(n):
+            out[i, j] = scale * p[i, j] * (dp[i, j] - dot)
+
+
+def softmax_backward(dp, p, out=None, scale=1.0):
+    """scale * minivit.layers.attention.softmax_backward(dp, p) over the last axis, into `out` unless it overlaps (_output)."""
+    dp2, p2 = _rows(dp), _rows(p)
+    out = _output(out, dp, p)
+    if dp2.size:
+        softmax_backward_kernel(dp2, p2, out.reshape(dp2.shape), scale)
+    return out
+
+
+class AttentionCache:
+    """What attention_backward below needs: q, k, v (..., N, d), the probabilities (..., N, N), the scale."""
+
+    def __init__(self, q, k, v, probs, scale):
+        self.q, self.k, self.v, self.probs, self.scale = q, k, v, probs, scale
+
+
+def attention_forward(q, k, v, scale):
+    """As minivit.layers.attention.attention_forward without dropout or bias: q, k, v (..., N, d) -> out, cache.
+
+    The logits q k^T are left unscaled, and the softmax kernel applies the scale as it reads them:
+    the NumPy path's pass scaling q is saved."""
+    p = q @ k.swapaxes(-1, -2)                        # (..., N, N) logits / scale
+    p = softmax(p, out=p, scale=scale)                # probabilities of the logits q k^T scale, in place
+    return p @ v, AttentionCache(q, k, v, p, scale)
+
+
+def attention_backward(dout, cache):
+    """-> dq, dk, dv (..., N, d). The scale enters the softmax gradient, so dq and dk need no pass of their own."""
+    q, k, v, p, scale = cache.q, cache.k, cache.v, cache.probs, cache.scale
+    dv = p.swapaxes(-1, -2) @ dout                # (..., N, d)
+    ds = softmax_backward(dout @ v.swapaxes(-1, -2), p, scale=scale)   # (..., N, N): scale p (dp - rowsum(dp p))
+    return ds @ k, ds.swapaxes(-1, -2) @ q, dv
+
+
+# ----------------------------------------------------------------------------------------------- loss
+
+# minivit.layers.loss.cross_entropy, integer labels: q = (1 - eps) onehot + eps / K,
+# loss_i = -sum_k q_k log softmax(z_i)_k, dlogits = (softmax(z) - q) / B
+@numba.njit(**JIT)
+def cross_entropy_kernel(logits, labels, eps, rowloss, dlogits):
+    B, K = logits.shape
+    for i in range(B):
+        top = -np.inf
+        for k in range(K):
+            top = max(top, logits[i, k])
+        s = 0.0
+        for k in range(K):
+            s += math.exp(logits[i, k] - top)
+        lse = top + math.log(s)
+        loss = 0.0
+        for k in range(K):
+            qk = eps / K + (1.0 - eps if k == labels[i] else 0.0)
+            logp = logits[i, k] - lse
+            loss -= qk * logp
+            dlogits[i, k] = (math.exp(logp) - qk) / B
+        rowloss[i] = loss
+
+
+def cross_entropy(logits, labels, label_smoothing):
+    """As minivit.layers.loss.cross_entropy with integer labels (checked by the caller): -> 0-d loss, dlogits."""
+    z = np.ascontiguousarray(logits)
+    B = z.shape[0]
+    rowloss = np.empty(B)
+    dlogits = np.empty_like(z)
+    cross_entropy_kernel(z, np.ascontiguousarray(labels).astype(np.int64, copy=False), label_smoothing, rowloss, dlogits)
+    return np.asarray(rowloss.sum() / B if B else np.nan, dtype=z.dtype), dlogits
+
+
+# ----------------------------------------------------------------------------------------------- AdamW
+
+# minivit.train.optim.AdamW.step, every tensor in one call:
+# p <- p (1 - lr wd) for decayed tensors; m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
+# p <- p - (lr / bc1) m / (sqrt(v / bc2) + eps).
+# The scalars come in the parameters' dtype, so a float32 step rounds (and overflows) as NumPy's does.
+@numba.njit(**JIT)
+def adamw_kernel(params, grads, decays, m, v, shrink, b1, one_minus_b1, b2, one_minus_b2, step, bc2, eps):
+    start = 0
+    for t in range(len(params)):
+        p, g = params[t], grads[t]
+        decay = decays[t]
+        for j in range(p.size):
+            mj = b1 * m[start + j] + one_minus_b1 * g[j]
+            vj = b2 * v[start + j] + one_minus_b2 * (g[j] * g[j])
+            m[start + j] = mj
+            v[start + j] = vj
+            pj = p[j] * shrink if decay else p[j]
+            p[j] = pj - step * mj / (np.sqrt(vj / bc2) + eps)
+        start += p.size
+
+
+def adamw_step(params, grads, decays, m, v, lr, b1, b2, bc1, bc2, eps, weight_decay):
+    """As minivit.train.optim.AdamW.step over every tensor in one call (the signature of the CUDA kernel's).
+
+    params, grads: lists of C-contiguous arrays of one dtype, in the same order; decays: booleans;
+    m, v: the flat state (every tensor's moments end to end), updated in place."""
+    if not params:
+        return
+    if any(p.shape != g.shape for p, g in zip(params, grads)):
+        raise ValueError("AdamW: gradients must match the parameters in shape")
+    t = params[0].dtype.type
+    flat = tuple(p.reshape(-1) for p in params)                  # views: the parameters are contiguous
+    gflat = tuple(np.ascontiguousarray(g, dtype=params[0].dtype).reshape(-1) for g in grads)
+    with np.errstate(over="ignore"):                             # lr / bc1 beyond float32 is inf, as in NumPy
+        scalars = [t(1.0 - lr * weight_decay), t(b1), t(1.0 - b1), t(b2), t(1.0 - b2), t(lr / bc1), t(bc2), t(eps)]
+    adamw_kernel(flat, gflat, np.asarray(decays, dtype=np.bool_), m, v, *scalars)
