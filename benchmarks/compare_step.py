@@ -4,6 +4,7 @@
     python benchmarks/compare_step.py --preset cifar-small --batch-size 128 --steps 6
     python benchmarks/compare_step.py --preset vit-ti16 --batch-size 16 --steps 5
     python benchmarks/compare_step.py --preset cifar-tiny --batch-size 500 --mode eval
+    python benchmarks/compare_step.py --preset cifar-tiny --against numpy   # what the CPU kernels buy
 
 Each round runs benchmarks/step_throughput.py once for minivit and once for PyTorch (the order
 alternates between rounds), and takes the ratio of their images/s. The machine's speed drifts
@@ -11,6 +12,11 @@ alternates between rounds), and takes the ratio of their images/s. The machine's
 comparison, but two runs seconds apart are; the median of the round ratios, with its spread, is
 the figure to quote. The two frameworks never share a process: PyTorch's OpenMP threads keep
 spinning after each operation and would steal the cores from NumPy's.
+
+minivit runs with its fused CPU kernels (numba) when numba is installed; `--fused 0` runs it without
+them (MINIVIT_FUSED=0), and `--against numpy` compares minivit with them against minivit without
+them, in the same alternating way. The first line names the CPU, its vector ISA, the BLAS kernel
+threadpoolctl reports and numba's version.
 """
 import argparse
 import json
@@ -22,11 +28,14 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def run(impl, a):
+def run(side, a):
+    """One process of step_throughput.py for a side: 'minivit', 'torch' or 'numpy' (minivit, kernels off)."""
+    impl = "torch" if side == "torch" else "minivit"
     cmd = [sys.executable, os.path.join(HERE, "step_throughput.py"), "--impl", impl, "--json",
            "--preset", a.preset, "--batch-size", str(a.batch_size), "--threads", str(a.threads),
            "--steps", str(a.steps), "--warmup", str(a.warmup), "--mode", a.mode]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    fused = "0" if side == "numpy" else a.fused
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, MINIVIT_FUSED=fused)).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -39,32 +48,43 @@ def main():
     p.add_argument("--rounds", type=int, default=5, help="minivit/PyTorch pairs")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--fused", choices=["0", "1"], default="1", help="minivit's fused CPU kernels on (1) or off (0)")
+    p.add_argument("--against", choices=["torch", "numpy"], default="torch",
+                   help="the peer: PyTorch, or minivit with its CPU kernels off")
     p.add_argument("--out", help="also write every round, the command and the machine to this JSON file")
     a = p.parse_args()
     sys.path.insert(0, os.path.dirname(HERE))
     from minivit.backend import machine
     import numpy  # noqa: F401  (loaded, so that threadpoolctl reports NumPy's BLAS)
     here = machine()
-    print(f"machine: {here['cpu']}, {here['cores']} cores, {' '.join(here.get('isa', []))}; BLAS {', '.join(here.get('blas', []))}",
-          flush=True)
+    try:
+        import numba
+        here["numba"] = numba.__version__
+    except ImportError:
+        here["numba"] = None
+    kernels = f"numba {here['numba']}" if here["numba"] and a.fused == "1" else "off"
+    peer = {"torch": "PyTorch", "numpy": "minivit without its CPU kernels"}[a.against]
+    print(f"machine: {here['cpu']}, {here['cores']} cores, {' '.join(here.get('isa', []))}; BLAS {', '.join(here.get('blas', []))}; "
+          f"minivit's CPU kernels: {kernels}", flush=True)
     rows = []
     for r in range(a.rounds):
-        order = ("minivit", "torch") if r % 2 == 0 else ("torch", "minivit")
-        res = {impl: run(impl, a) for impl in order}
-        m, t = res["minivit"], res["torch"]
+        order = ("minivit", a.against) if r % 2 == 0 else (a.against, "minivit")
+        res = {side: run(side, a) for side in order}
+        m, t = res["minivit"], res[a.against]
         rows.append((m, t, m["images_per_s"] / t["images_per_s"]))
-        print(f"round {r + 1}: minivit {m['images_per_s']:7.1f} img/s, PyTorch {t['images_per_s']:7.1f} img/s, "
+        print(f"round {r + 1}: minivit {m['images_per_s']:7.1f} img/s, {peer} {t['images_per_s']:7.1f} img/s, "
               f"ratio {rows[-1][2]:.3f}; step memory {m['step_mb']:.0f} MB vs {t['step_mb']:.0f} MB", flush=True)
     ratios = [r[2] for r in rows]
     med = lambda key, i: statistics.median(r[i][key] for r in rows)
-    print(f"{a.preset} batch {a.batch_size} {a.mode}, {a.threads} threads each: minivit/PyTorch speed ratio "
+    print(f"{a.preset} batch {a.batch_size} {a.mode}, {a.threads} threads each: minivit / {peer}, speed ratio "
           f"median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}, {a.rounds} rounds); "
           f"images/s median {med('images_per_s', 0):.1f} vs {med('images_per_s', 1):.1f}; "
           f"step memory median {med('step_mb', 0):.0f} MB vs {med('step_mb', 1):.0f} MB")
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"command": " ".join(["python"] + sys.argv), "machine": here, "torch": rows[0][1].get("torch"),
-                       "rounds": [{"minivit": m, "torch": t, "ratio": r} for m, t, r in rows]}, f, indent=1)
+                       "minivit_kernels": kernels, "against": a.against,
+                       "rounds": [{"minivit": m, a.against: t, "ratio": r} for m, t, r in rows]}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Each implementation does `--warmup` steps, then `--steps` timed steps of forward
 clipping and AdamW on random float32 images (`--mode eval`: forward only, as `evaluate` runs it,
 with torch.no_grad() for PyTorch); the median step time gives images/s. The step's memory is the
 growth of the process's peak resident set over the steps (ru_maxrss after them minus the resident
-set before the first one), so the libraries' own code and data are not counted.
+set before the first one), after one step on two images has loaded each library's own code (numba's
+compiled kernels, PyTorch's primitives), so the libraries' own code and data are not counted.
 To compare the two frameworks, run them in turn in separate processes: benchmarks/compare_step.py.
 
     python benchmarks/step_throughput.py --impl minivit --threads 2 --preset cifar-tiny --batch-size 256
@@ -12,6 +13,7 @@ To compare the two frameworks, run them in turn in separate processes: benchmark
     python benchmarks/step_throughput.py --impl torch --threads 2 --preset cifar-tiny --batch-size 256
 
 `--preset cnn` times minivit's CNN baseline (minivit.models.cnn.CNNConfig(); minivit only).
+minivit uses its fused CPU kernels where numba is installed; MINIVIT_FUSED=0 runs its NumPy lines.
 """
 import argparse
 import json
@@ -100,6 +102,9 @@ def main():
     y = rng.integers(0, cfg.num_classes, a.batch_size)
     make = {("minivit", "train"): minivit_step, ("torch", "train"): torch_step,
             ("minivit", "eval"): minivit_eval, ("torch", "eval"): torch_eval}[a.impl, a.mode]
+    # One step on two images first: each library loads its own code (numba's compiled kernels, PyTorch's
+    # oneDNN primitives) on first use, which is not the step's memory.
+    make(cfg, x[:2], y[:2], a.threads)(0)
     step = make(cfg, x, y, a.threads)
     rss0 = rss_mb()
     for i in range(a.warmup):
@@ -114,7 +119,8 @@ def main():
     if a.json:
         print(json.dumps({"impl": a.impl, "mode": a.mode, "preset": a.preset, "batch": a.batch_size,
                           "threads": a.threads, "images_per_s": a.batch_size / med, "step_ms": med * 1e3,
-                          "step_mb": step_mb, "torch": sys.modules["torch"].__version__ if "torch" in sys.modules else None}))
+                          "step_mb": step_mb, "torch": sys.modules["torch"].__version__ if "torch" in sys.modules else None,
+                          "cpu_kernels": a.impl == "minivit" and mv.backend.cpu_kernels() is not None}))
         return
     print(f"{a.impl} {a.mode} threads={a.threads} preset={a.preset} batch={a.batch_size}: median step {med * 1e3:.1f} ms, "
           f"{a.batch_size / med:.0f} images/s (min {a.batch_size / max(times):.0f}, max {a.batch_size / min(times):.0f}), "
