@@ -174,21 +174,18 @@ def layernorm_forward_kernel(x, w, b, eps, y, xhat, rstd):
         r = 1.0 / math.sqrt(ss / D + eps)
         for j in range(D):
             h = (x[i, j] - mean) * r
-            xhat[i, j] = h                        # xhat may be y itself (inference): y is written after
+            xhat[i, j] = h
             y[i, j] = h * w[j] + b[j]
         rstd[i] = r
 
 
-def layernorm_forward(x, w, b, eps, keep_cache=True):
-    """As minivit.layers.norm.layernorm_forward: -> y, (xhat, rstd (..., 1), w), or y, None."""
+def layernorm_forward(x, w, b, eps):
+    """As minivit.layers.norm.layernorm_forward: -> y, (xhat, rstd (..., 1), w) (the CUDA kernel's signature)."""
     x2 = _rows(x)
-    y = np.empty_like(x2)
-    xhat = np.empty_like(x2) if keep_cache else y
+    y, xhat = np.empty_like(x2), np.empty_like(x2)
     rstd = np.empty(x2.shape[0], dtype=x.dtype)
     layernorm_forward_kernel(x2, w.astype(x.dtype, copy=False), b.astype(x.dtype, copy=False), eps, y, xhat, rstd)
     shape = x.shape
-    if not keep_cache:
-        return y.reshape(shape), None
     return y.reshape(shape), (xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), w)
 
 
@@ -303,11 +300,6 @@ def bias_gelu(x, b, approximate, keep_cache=True, out=None):
     else:
         bias_gelu_tanh_kernel(x2, bias, y, dydx)
     return y.reshape(x.shape), (dydx.reshape(x.shape) if keep_cache else None)
-
-
-def gelu(x, approximate):
-    """As minivit.layers.activations.gelu_forward: -> y, GELU'(x)."""
-    return bias_gelu(x, None, approximate)
 
 
 # ----------------------------------------------------------------------------------------------- softmax
