@@ -230,22 +230,41 @@ def layernorm_backward(dy, cache):
 
 # minivit.layers.activations.gelu_forward (exact), over h = x + b: y = h Phi(h),
 # y' = Phi(h) + h phi(h), phi(h) = exp(-h^2 / 2) / sqrt(2 pi), Phi(h) = (1 + erf(h / sqrt 2)) / 2.
-# Phi by A&S 7.1.26 (float32's precision): Phi(h) = 1 - q for h >= 0 and q for h < 0, q = erfc(|h| / sqrt 2) / 2
+# Phi by A&S 7.1.26 (float32's precision): Phi(h) = 1 - q for h >= 0 and q for h < 0, q = erfc(|h| / sqrt 2) / 2.
+# In float32 arithmetic throughout (16 lanes, vector_expf), as the NumPy float32 lines compute
+# (minivit/layers/erf.py). Returns Phi(h) and exp(-h^2 / 2).
+_F32 = np.float32
+_AS_PK_F = _F32(_AS_P * _INV_SQRT_2)
+_A1_F, _A2_F, _A3_F, _A4_F, _A5_F = (_F32(a) for a in (_A1, _A2, _A3, _A4, _A5))
+_ONE_F, _ZERO_F, _INV_SQRT_2PI_F = _F32(1.0), _F32(0.0), _F32(_INV_SQRT_2PI)
+
+
+@numba.njit(**JIT)
+def normal_cdf_as_f32(h):
+    e = vector_expf(-_HALF_F * h * h)
+    t = _ONE_F / (_ONE_F + _AS_PK_F * abs(h))
+    q = _HALF_F * t * (_A1_F + t * (_A2_F + t * (_A3_F + t * (_A4_F + t * _A5_F)))) * e
+    return (_ONE_F - q if h >= _ZERO_F else q), e
+
+
+# The loop over j is written twice, with the derivative (training) and without (inference): one loop
+# with the choice inside it is not vectorised (measured: 4 times slower without the derivative).
 @numba.njit(**JIT)
 def bias_gelu_exact_kernel(x, b, y, dydx):
     rows, H = x.shape
-    keep = dydx.shape[0] > 0
     row = np.empty(H, y.dtype)                    # y's row, written after x's row is read: y may be x
     for i in range(rows):
-        for j in range(H):
-            h = x[i, j] + b[j]
-            e = vector_exp(-0.5 * h * h)
-            t = 1.0 / (1.0 + _AS_P * _INV_SQRT_2 * abs(h))
-            q = 0.5 * t * (_A1 + t * (_A2 + t * (_A3 + t * (_A4 + t * _A5)))) * e
-            phi = 1.0 - q if h >= 0.0 else q
-            if keep:
-                dydx[i, j] = phi + h * e * _INV_SQRT_2PI
-            row[j] = h * phi
+        if dydx.shape[0] > 0:
+            for j in range(H):
+                h = x[i, j] + b[j]
+                phi, e = normal_cdf_as_f32(h)
+                dydx[i, j] = phi + h * e * _INV_SQRT_2PI_F
+                row[j] = h * phi
+        else:
+            for j in range(H):
+                h = x[i, j] + b[j]
+                phi, e = normal_cdf_as_f32(h)
+                row[j] = h * phi
         for j in range(H):
             y[i, j] = row[j]
 
@@ -265,22 +284,27 @@ def bias_gelu_exact_float64_kernel(x, b, y, dydx):
 
 
 # The tanh form: y = h/2 (1 + tanh u), u = sqrt(2/pi) (h + 0.044715 h^3),
-# y' = (1 + tanh u)/2 + h/2 (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 h^2)
+# y' = (1 + tanh u)/2 + h/2 (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 h^2).
+# 1 + tanh u = 2 / (1 + e^-2u): no cancellation where tanh u is near -1, and 1 - tanh^2 u = (1 + t)(1 - t).
+# In x's precision: c holds (sqrt(2/pi), 0.044715, 1/2, 1, 2, 3) in x's dtype.
 @numba.njit(**JIT)
-def bias_gelu_tanh_kernel(x, b, y, dydx):
+def bias_gelu_tanh_kernel(x, b, y, dydx, c):
     rows, H = x.shape
-    keep = dydx.shape[0] > 0
+    k, g, half, one, two, three = c[0], c[1], c[2], c[3], c[4], c[5]
     row = np.empty(H, y.dtype)
     for i in range(rows):
-        for j in range(H):
-            h = x[i, j] + b[j]
-            u = _SQRT_2_OVER_PI * (h + _GELU_C * h * h * h)
-            # 1 + tanh u = 2 / (1 + e^-2u): no cancellation where tanh u is near -1, and 1 - tanh^2 u = (1 + t)(1 - t)
-            one_plus_t = 2.0 / (1.0 + vector_exp(-2.0 * u))
-            if keep:
-                du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * h * h)
-                dydx[i, j] = 0.5 * one_plus_t + 0.5 * h * one_plus_t * (2.0 - one_plus_t) * du
-            row[j] = 0.5 * h * one_plus_t
+        if dydx.shape[0] > 0:
+            for j in range(H):
+                h = x[i, j] + b[j]
+                one_plus_t = two / (one + exp_of(-two * k * (h + g * h * h * h)))
+                du = k * (one + three * g * h * h)
+                dydx[i, j] = half * one_plus_t + half * h * one_plus_t * (two - one_plus_t) * du
+                row[j] = half * h * one_plus_t
+        else:
+            for j in range(H):
+                h = x[i, j] + b[j]
+                one_plus_t = two / (one + exp_of(-two * k * (h + g * h * h * h)))
+                row[j] = half * h * one_plus_t
         for j in range(H):
             y[i, j] = row[j]
 
@@ -298,18 +322,22 @@ def bias_gelu(x, b, approximate, keep_cache=True, out=None):
     if approximate == "exact":
         (bias_gelu_exact_kernel if x.dtype == np.float32 else bias_gelu_exact_float64_kernel)(x2, bias, y, dydx)
     else:
-        bias_gelu_tanh_kernel(x2, bias, y, dydx)
+        c = np.array([_SQRT_2_OVER_PI, _GELU_C, 0.5, 1.0, 2.0, 3.0], dtype=x.dtype)
+        bias_gelu_tanh_kernel(x2, bias, y, dydx, c)
     return y.reshape(x.shape), (dydx.reshape(x.shape) if keep_cache else None)
 
 
 # ----------------------------------------------------------------------------------------------- softmax
 
 # minivit.layers.attention.softmax of scale * x: out = exp(scale x - max) / sum(exp(scale x - max)), per row.
-# shift: one maximum for every row, used where `shared` (as the NumPy form's shared shift: any per-row
-# constant cancels, and while the rows' logits span less than 60 no exp overflows or underflows);
-# otherwise each row's own. In x's precision: scale and shift come in x's dtype.
+# Any per-row constant cancels, so one shift may serve every row: `shift`, the largest of all the scaled
+# logits (from NumPy's vectorised max), used where `shared`. No exp then overflows; a row whose own
+# maximum lies far below the shift would see its exponentials underflow, which shows as a row sum
+# below e^-60 (SMALLEST_SUM): that row alone is done again with its own maximum (row_max). Above that
+# sum, exponentials cut off at e^-87 (vector_expf) change it by less than 197 e^-27 = 4e-10 relative.
+# In x's precision: scale, shift and the floor come in x's dtype.
 @numba.njit(**JIT)
-def softmax_kernel(x, out, scale, shift, shared):
+def softmax_kernel(x, out, scale, shift, shared, floor):
     rows, n = x.shape
     row = np.empty(n, x.dtype)                    # the row's exponentials: out may be x
     for i in range(rows):
@@ -319,9 +347,19 @@ def softmax_kernel(x, out, scale, shift, shared):
             e = exp_of(scale * x[i, j] - top)
             row[j] = e
             s += e
+        if shared and not s >= floor:             # underflow (or NaN): this row with its own maximum
+            top = row_max(x, i, n, scale)
+            s = scale - scale
+            for j in range(n):
+                e = exp_of(scale * x[i, j] - top)
+                row[j] = e
+                s += e
         r = (scale / scale) / s
         for j in range(n):
             out[i, j] = row[j] * r
+
+
+SMALLEST_SUM = math.exp(-SHARED_SHIFT_SPAN)
 
 
 def softmax(x, out=None, scale=1.0):
@@ -330,9 +368,9 @@ def softmax(x, out=None, scale=1.0):
     out = _output(out, x, in_place=True)
     if x2.size:
         t = x.dtype.type
-        top, bottom = x2.max(), x2.min()                      # NumPy's vectorised reductions
-        shared = bool((top - bottom) * scale < SHARED_SHIFT_SPAN)   # False for NaN or inf too
-        softmax_kernel(x2, out.reshape(x2.shape), t(scale), t(top * scale), shared)
+        top = x2.max() * scale                                # NumPy's vectorised reduction
+        shared = bool(np.isfinite(top))                       # else (NaN, inf) each row's own maximum
+        softmax_kernel(x2, out.reshape(x2.shape), t(scale), t(top if shared else 0.0), shared, t(SMALLEST_SUM))
     return out
 
 
