@@ -4,6 +4,9 @@ against PyTorch's, one thread and two, each library alone in its own process, in
     python benchmarks/blas_gflops.py                       # cifar-tiny, cifar-small, vit-ti16
     python benchmarks/blas_gflops.py --presets cifar-tiny --rounds 5
 
+Where Intel's MKL is installed (the mkl wheel, minivit[fast]) the one-thread column adds minivit's own
+products through it (minivit/cpu/blas.py), in a third process per round.
+
 A CPU training step splits its batch into shards of about 2,048 tokens (minivit/train/engine.py),
 and each shard runs every dense layer's three products: forward y = x W (M, Din) x (Din, Dout),
 backward dx = dy W^T and dW = x^T dy. This times those products on the shards' shapes (M = the
@@ -50,6 +53,13 @@ def measure(impl, threads, products, repeats):
         torch.set_num_threads(threads)
         mm = torch.matmul
         make = lambda r, c: torch.from_numpy(rng.standard_normal((r, c)).astype(np.float32))
+        limit = None
+    elif impl == "mkl":    # minivit's own products with Intel's MKL (minivit/cpu/blas.py): one thread, as each shard runs
+        sys.path.insert(0, os.path.dirname(HERE))
+        from minivit.cpu import blas
+        assert blas.available(), "MKL is not installed: pip install mkl"
+        mm = blas.matmul
+        make = lambda r, c: rng.standard_normal((r, c)).astype(np.float32)
         limit = None
     else:
         from threadpoolctl import threadpool_limits
@@ -101,6 +111,8 @@ def main():
         print(json.dumps(measure(impl, int(threads), shapes(preset), a.repeats)))
         return
     peak, ghz, lanes, info = peak_gflops()
+    from minivit.cpu import blas
+    mkl = blas.available()
     print(f"machine: {info['cpu']}, {info['cores']} cores, {' '.join(info.get('isa', []))}; NumPy's BLAS: "
           f"{', '.join(info.get('blas', []))}; nominal peak "
           + (f"{peak:.0f} GFLOP/s a core ({ghz:.2f} GHz x {lanes} fp32 lanes x 2 FMA units x 2)" if peak else "unknown"))
@@ -110,22 +122,25 @@ def main():
         flops = [2.0 * M * K * N for _, _, M, K, N in prods]
         rows = {}
         for threads in (1, 2):
-            runs = {"numpy": [], "torch": []}
+            impls = ("numpy", "torch") + (("mkl",) if threads == 1 and mkl else ())
+            runs = {impl: [] for impl in impls}
             for r in range(a.rounds):
-                for impl in (("numpy", "torch") if r % 2 == 0 else ("torch", "numpy")):
+                for impl in (impls if r % 2 == 0 else impls[::-1]):
                     cmd = [sys.executable, __file__, "--worker", impl, str(threads), preset, "--repeats", str(a.repeats)]
                     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                     runs[impl].append(json.loads(out.strip().splitlines()[-1]))
             for impl in runs:   # the median over rounds of each product's time
                 rows[(impl, threads)] = [statistics.median(r[i] for r in runs[impl]) for i in range(len(prods))]
-        print(f"\n{preset}: shard of {prods[0][2]} tokens; GFLOP/s (NumPy / PyTorch), one thread and two")
-        print(f"{'layer':6} {'product':8} {'shape (M x K x N)':>20} {'1 thread':>17} {'2 threads':>17}")
+        mk = lambda g: f" / {g['mkl', 1]:6.1f}" if mkl else ""
+        print(f"\n{preset}: shard of {prods[0][2]} tokens; GFLOP/s, one thread (NumPy / PyTorch"
+              + (" / minivit's MKL" if mkl else "") + ") and two (NumPy / PyTorch)")
+        print(f"{'layer':6} {'product':8} {'shape (M x K x N)':>20} {'1 thread':>26} {'2 threads':>17}")
         for i, (layer, name, M, K, N) in enumerate(prods):
             g = {key: flops[i] / t / 1e9 for key, t in ((k, rows[k][i]) for k in rows)}
-            print(f"{layer:6} {name:8} {f'{M} x {K} x {N}':>20} {g['numpy', 1]:8.1f} / {g['torch', 1]:6.1f} "
+            print(f"{layer:6} {name:8} {f'{M} x {K} x {N}':>20} {g['numpy', 1]:8.1f} / {g['torch', 1]:6.1f}{mk(g)} "
                   f"{g['numpy', 2]:8.1f} / {g['torch', 2]:6.1f}")
         total = {key: sum(flops) / sum(rows[key]) / 1e9 for key in rows}
-        print(f"{'all':6} {'':8} {'':>20} {total['numpy', 1]:8.1f} / {total['torch', 1]:6.1f} "
+        print(f"{'all':6} {'':8} {'':>20} {total['numpy', 1]:8.1f} / {total['torch', 1]:6.1f}{mk(total)} "
               f"{total['numpy', 2]:8.1f} / {total['torch', 2]:6.1f}"
               + (f"   (peak {peak:.0f} a core, {2 * peak:.0f} for two)" if peak else ""))
         result["presets"][preset] = {"products": [list(x) for x in prods],

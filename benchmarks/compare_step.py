@@ -15,8 +15,10 @@ spinning after each operation and would steal the cores from NumPy's.
 
 minivit runs with its fused CPU kernels (numba) when numba is installed; `--fused 0` runs it without
 them (MINIVIT_FUSED=0), and `--against numpy` compares minivit with them against minivit without
-them, in the same alternating way. The first line names the CPU, its vector ISA, the BLAS kernel
-threadpoolctl reports and numba's version.
+them, in the same alternating way. With them, the dense layers' and attention's products are Intel's
+MKL where the mkl wheel is installed (minivit/cpu/blas.py); `--blas numpy` keeps NumPy's own BLAS
+(MINIVIT_BLAS=numpy). The first line names the CPU, its vector ISA, the BLAS kernel threadpoolctl
+reports, numba's version and MKL's.
 """
 import argparse
 import json
@@ -35,7 +37,8 @@ def run(side, a):
            "--preset", a.preset, "--batch-size", str(a.batch_size), "--threads", str(a.threads),
            "--steps", str(a.steps), "--warmup", str(a.warmup), "--mode", a.mode]
     fused = "0" if side == "numpy" else a.fused
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=dict(os.environ, MINIVIT_FUSED=fused)).stdout
+    env = dict(os.environ, MINIVIT_FUSED=fused, MINIVIT_BLAS=a.blas)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -49,11 +52,14 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--fused", choices=["0", "1"], default="1", help="minivit's fused CPU kernels on (1) or off (0)")
+    p.add_argument("--blas", choices=["mkl", "numpy"], default="mkl",
+                   help="minivit's products with the kernels on: MKL where installed, or NumPy's own BLAS")
     p.add_argument("--against", choices=["torch", "numpy"], default="torch",
                    help="the peer: PyTorch, or minivit with its CPU kernels off")
     p.add_argument("--out", help="also write every round, the command and the machine to this JSON file")
     a = p.parse_args()
     sys.path.insert(0, os.path.dirname(HERE))
+    os.environ["MINIVIT_FUSED"], os.environ["MINIVIT_BLAS"] = a.fused, a.blas   # as the minivit side runs
     from minivit.backend import machine
     import numpy  # noqa: F401  (loaded, so that threadpoolctl reports NumPy's BLAS)
     here = machine()
@@ -63,6 +69,8 @@ def main():
     except ImportError:
         here["numba"] = None
     kernels = f"numba {here['numba']}" if here["numba"] and a.fused == "1" else "off"
+    if kernels != "off":
+        kernels += f", products by {here['mkl'] if here.get('mkl') else 'NumPy'}"
     peer = {"torch": "PyTorch", "numpy": "minivit without its CPU kernels"}[a.against]
     print(f"machine: {here['cpu']}, {here['cores']} cores, {' '.join(here.get('isa', []))}; BLAS {', '.join(here.get('blas', []))}; "
           f"minivit's CPU kernels: {kernels}", flush=True)

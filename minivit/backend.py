@@ -125,6 +125,15 @@ def cpu_kernels():
     return _cpu_kernels or None
 
 
+def cpu_blas():
+    """minivit.cpu.blas when the CPU kernels are on and Intel's MKL loads, else None: the dense layers'
+    and attention's products are then MKL's (docs/cpu_kernels.md), otherwise NumPy's own BLAS."""
+    if cpu_kernels() is None:
+        return None
+    from .cpu import blas
+    return blas if blas.available() else None
+
+
 def fused_kernels():
     """minivit.gpu.kernels if the fused kernels are on (MINIVIT_FUSED, default on), else None.
     Only for arrays that live on a GPU: see fused(x, name)."""
@@ -177,6 +186,8 @@ def machine():
         info["isa"] = [f for f in ("avx2", "avx512f", "amx_tile", "asimd", "sve") if f in flags]
     except OSError:
         pass
+    if cpu_blas():
+        info["mkl"] = cpu_blas().version()   # minivit's own products (minivit/cpu/blas.py)
     try:
         from threadpoolctl import threadpool_info
         info["blas"] = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip()

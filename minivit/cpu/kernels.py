@@ -27,6 +27,8 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic, overload
 
+from .blas import matmul
+
 JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz"})
 
 SHARED_SHIFT_SPAN = 60.0   # as minivit.layers.attention's: e^-60 is far from float32's underflow
@@ -406,18 +408,38 @@ def attention_forward(q, k, v, scale):
     """As minivit.layers.attention.attention_forward without dropout or bias: q, k, v (..., N, d) -> out, cache.
 
     The logits q k^T are left unscaled, and the softmax kernel applies the scale as it reads them:
-    the NumPy path's pass scaling q is saved."""
-    p = q @ k.swapaxes(-1, -2)                        # (..., N, N) logits / scale
+    the NumPy path's pass scaling q is saved. The products are MKL's where it is installed (blas.py)."""
+    p = matmul(q, k, trans_b=True)                    # (..., N, N) logits / scale:  q @ k^T
     p = softmax(p, out=p, scale=scale)                # probabilities of the logits q k^T scale, in place
-    return p @ v, AttentionCache(q, k, v, p, scale)
+    return matmul(p, v), AttentionCache(q, k, v, p, scale)
 
 
 def attention_backward(dout, cache):
     """-> dq, dk, dv (..., N, d). The scale enters the softmax gradient, so dq and dk need no pass of their own."""
     q, k, v, p, scale = cache.q, cache.k, cache.v, cache.probs, cache.scale
-    dv = p.swapaxes(-1, -2) @ dout                # (..., N, d)
-    ds = softmax_backward(dout @ v.swapaxes(-1, -2), p, scale=scale)   # (..., N, N): scale p (dp - rowsum(dp p))
-    return ds @ k, ds.swapaxes(-1, -2) @ q, dv
+    dv = matmul(p, dout, trans_a=True)                # (..., N, d):  p^T @ dout
+    ds = softmax_backward(matmul(dout, v, trans_b=True), p, scale=scale)   # (..., N, N): scale p (dp - rowsum(dp p))
+    return matmul(ds, k), matmul(ds, q, trans_a=True), dv   # ds @ k, ds^T @ q
+
+
+# ----------------------------------------------------------------------------------------------- dense
+
+# minivit.layers.linear: y = x W + b; dx = dy W^T, dW = x^T dy, db = sum over rows of dy.
+# The same lines, with the products by MKL where it is installed (blas.py), else NumPy's `@`.
+def linear_forward(x, w, b):
+    """As minivit.layers.linear.linear_forward (b may be None)."""
+    y = matmul(x.reshape(-1, x.shape[-1]), w)         # (M, Dout)
+    if b is not None:
+        y += b
+    return y.reshape(*x.shape[:-1], w.shape[1]), (x, w)
+
+
+def linear_backward(dy, cache):
+    """As minivit.layers.linear.linear_backward: -> dx, dw, db."""
+    x, w = cache
+    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+    db = np.ones(dy2.shape[0], dtype=dy.dtype) @ dy2  # column sums as one product (minivit/layers/rowsums.py)
+    return matmul(dy2, w, trans_b=True).reshape(x.shape), matmul(x2, dy2, trans_a=True), db
 
 
 # ----------------------------------------------------------------------------------------------- loss

@@ -1,0 +1,190 @@
+"""Matrix products by Intel's MKL, called directly, for the dense layers and attention on a CPU.
+
+NumPy's `@` calls the BLAS NumPy was built with: OpenBLAS in NumPy's wheels. On the dense layers'
+shapes (a shard's 2,000 tokens times 64-768 features) OpenBLAS reaches 140-165 GFLOP/s of a core on
+an AVX-512 Intel Xeon where MKL, the library inside PyTorch, reaches 165-190
+(benchmarks/blas_gflops.py, docs/cpu_kernels.md). MKL ships as a Python wheel (`pip install mkl`,
+part of `minivit[fast]`) holding the shared library libmkl_rt; this module loads it with ctypes and
+calls its GEMM, C = alpha op(A) op(B), on NumPy arrays' memory. The products themselves are the
+same as NumPy's; only the library that multiplies differs.
+
+MKL is asked to run sequentially (one thread per call): the trainer already gives each core its own
+shard (minivit/train/engine.py), as with OpenBLAS limited to one thread.
+
+Switches: MINIVIT_BLAS=numpy keeps NumPy's own BLAS even where MKL is installed; MINIVIT_FUSED=0 turns
+this off with the other CPU kernels. Without the mkl wheel `available()` is False and nothing changes.
+Imports nothing of minivit.
+"""
+import ctypes
+import ctypes.util
+import glob
+import os
+import re
+import sys
+
+import numpy as np
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112     # CBLAS_LAYOUT, CBLAS_TRANSPOSE
+_MKL_THREADING_SEQUENTIAL = 1
+_MKL_CBWR_AUTO, _MKL_CBWR_STRICT = 2, 0x10000
+# A stack of products each under this many multiply-adds goes to NumPy's `@`: its loop over OpenBLAS's
+# small-matrix kernels beat MKL's batch on cifar's attention (65 x 65 x 32: 2.1 against 2.4 ms a
+# forward and backward), where MKL's won on vit-ti16's (197 x 197 x 64: 7.1 against 8.3).
+SMALL_PRODUCT = 1 << 20
+_lib = None
+
+
+def _candidates():
+    """Where the mkl wheel (or a system MKL) puts libmkl_rt."""
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        yield from sorted(glob.glob(os.path.join(prefix, "lib", "libmkl_rt.so*")), reverse=True)
+        yield from glob.glob(os.path.join(prefix, "Library", "bin", "mkl_rt*.dll"))
+    found = ctypes.util.find_library("mkl_rt")
+    if found:
+        yield found
+
+
+def _load():
+    """libmkl_rt with its GEMMs typed, or False when there is none (or MINIVIT_BLAS=numpy)."""
+    if os.environ.get("MINIVIT_BLAS", "").strip().lower() in ("numpy", "openblas", "0"):
+        return False
+    for path in _candidates():
+        try:
+            lib = ctypes.CDLL(path)
+            lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL)   # before any other MKL call
+            # Conditional numerical reproducibility, strict: a GEMM gives the same bits whatever its
+            # arrays' alignment, so a resumed run ends exactly where an uninterrupted one does
+            # (tests/test_train.py). Measured cost: within the noise, 1-2% on the dense layers.
+            lib.MKL_CBWR_Set(_MKL_CBWR_AUTO | _MKL_CBWR_STRICT)
+            for name, scalar in (("cblas_sgemm_batch_strided", ctypes.c_float),
+                                 ("cblas_dgemm_batch_strided", ctypes.c_double)):
+                f = getattr(lib, name)
+                i, p = ctypes.c_int, ctypes.c_void_p             # MKL_INT is 32-bit in the LP64 interface
+                f.argtypes = [i, i, i, i, i, i, scalar, p, i, i, p, i, i, scalar, p, i, i, i]
+                f.restype = None
+            for name in ("cblas_sgemm_batch", "cblas_dgemm_batch"):    # the pointer-array ("group") form
+                getattr(lib, name).argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 13 + [ctypes.c_int, ctypes.c_void_p]
+                getattr(lib, name).restype = None
+            lib.MKL_Get_Version_String.argtypes = [ctypes.c_char_p, ctypes.c_int]
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return False
+
+
+def use_mkl(on):
+    """Turn MKL's products on (when it can be loaded) or off, for this process."""
+    global _lib
+    _lib = None if on else False
+
+
+def library():
+    """The loaded libmkl_rt, or None."""
+    global _lib
+    if _lib is None:
+        _lib = _load()
+    return _lib or None
+
+
+def available():
+    return library() is not None
+
+
+def version():
+    """'MKL 2026.2' (from MKL's own version string), or None when it is not loaded."""
+    lib = library()
+    if lib is None:
+        return None
+    buf = ctypes.create_string_buffer(256)
+    lib.MKL_Get_Version_String(buf, len(buf))
+    text = buf.value.decode(errors="replace")
+    found = re.search(r"Version ([0-9][0-9.]*)", text)
+    return f"MKL {found.group(1) if found else text.strip()}"
+
+
+def _operand(a):
+    """How GEMM reads the row-major (..., r, c) array a: (transposed?, leading dimension), or None.
+
+    A matrix whose columns have unit stride is read as it is, with its row stride as the leading
+    dimension; one whose rows have unit stride (a transposed view, as w.T) is read as the transpose
+    of a row-major matrix. Anything else needs a copy first."""
+    size = a.itemsize
+    r, c = a.shape[-2:]
+    rs, cs = a.strides[-2:]
+    if (cs == size or c == 1) and rs % size == 0 and rs // size >= max(1, c):
+        return False, rs // size if r > 1 else max(1, c)
+    if (rs == size or r == 1) and cs % size == 0 and cs // size >= max(1, r):
+        return True, cs // size if c > 1 else max(1, r)
+    return None
+
+
+def gemm_batched(a, b, c, trans_a=False, trans_b=False, alpha=1.0):
+    """c[i] = alpha op(a[i]) op(b[i]) for i over the leading axes: the textbook `c[...] = alpha * a @ b`.
+
+    a, b, c: arrays (..., rows, cols) of one dtype (float32 or float64) with the same leading shape;
+    c's last axis has unit stride. The trans flags say the operand is read transposed. Each array's
+    matrices may be views with any row stride (the heads of a (B, N, 3, H, d) qkv array). One call to
+    MKL whatever the stack: its strided batch for one leading axis or none, and for more (the
+    (B, H) of attention, whose strides do not merge) its batch of pointers, one per matrix,
+    computed by NumPy from the strides. A call per matrix would hold Python's lock for longer than
+    a small product takes, and the trainer's two threads would wait on each other."""
+    lib = library()
+    single = a.dtype == np.float32
+    ta, lda = _operand(a)
+    tb, ldb = _operand(b)
+    ldc = c.strides[-2] // c.itemsize if c.shape[-2] > 1 else max(1, c.shape[-1])
+    ta, tb = ta != trans_a, tb != trans_b                        # a transposed view, transposed again, is read as is
+    m, n = c.shape[-2:]
+    k = a.shape[-2] if trans_a else a.shape[-1]
+    flags = (_TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS)
+    lead = c.shape[:-2]
+    if len(lead) <= 1:
+        batch = lead[0] if lead else 1
+        sa, sb, sc = ((x.strides[0] // x.itemsize if lead else 0) for x in (a, b, c))
+        f = lib.cblas_sgemm_batch_strided if single else lib.cblas_dgemm_batch_strided
+        f(_ROW_MAJOR, *flags, m, n, k, alpha, a.ctypes.data, lda, sa, b.ctypes.data, ldb, sb, 0.0,
+          c.ctypes.data, ldc, sc or ldc * m, batch)              # MKL checks c's stride even for a batch of one
+        return
+    pointers = [x.ctypes.data + _offsets(x.strides[:-2], lead) for x in (a, b, c)]
+    ints = np.array([*flags, m, n, k, lda, ldb, ldc, pointers[0].size], dtype=np.int32)
+    scalars = np.array([alpha, 0.0], dtype=a.dtype)
+    f = lib.cblas_sgemm_batch if single else lib.cblas_dgemm_batch
+    at = lambda i: ints.ctypes.data + 4 * i
+    f(_ROW_MAJOR, at(0), at(1), at(2), at(3), at(4), scalars.ctypes.data, pointers[0].ctypes.data, at(5),
+      pointers[1].ctypes.data, at(6), scalars.ctypes.data + scalars.itemsize, pointers[2].ctypes.data, at(7),
+      1, at(8))
+
+
+def _offsets(strides, shape):
+    """The byte offset of each matrix of a stack with these leading strides and shape, as uint64, in C order."""
+    off = np.zeros(shape, dtype=np.int64)
+    for axis, (stride, size) in enumerate(zip(strides, shape)):
+        view = [1] * len(shape)
+        view[axis] = size
+        off += (np.arange(size, dtype=np.int64) * stride).reshape(view)
+    return off.reshape(-1).astype(np.uint64)
+
+
+def _readable(x):
+    """x itself if GEMM can read its matrices in place (and, for a stack, their batch strides), else a copy."""
+    if _operand(x) is None or any(s % x.itemsize or s < 0 for s in x.strides):
+        return np.ascontiguousarray(x)
+    return x
+
+
+def matmul(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b) by MKL: 2-D matrices, or stacks (..., r, c) of equal leading shape.
+
+    Falls back to NumPy's `@` for what it does not cover (broadcast stacks, mixed or other dtypes,
+    empty arrays), so it is always the same product."""
+    A = a.swapaxes(-1, -2) if trans_a else a
+    B = b.swapaxes(-1, -2) if trans_b else b
+    if a.ndim > 2 and A.shape[-2] * A.shape[-1] * B.shape[-1] < SMALL_PRODUCT:
+        return A @ B                                   # a stack of small products: NumPy's loop is faster
+    if (a.dtype != b.dtype or a.dtype not in (np.float32, np.float64) or a.ndim < 2 or a.shape[:-2] != b.shape[:-2]
+            or A.shape[-1] != B.shape[-2] or 0 in A.shape or 0 in B.shape or library() is None):
+        return A @ B
+    a, b = _readable(a), _readable(b)
+    c = np.empty(A.shape[:-1] + (B.shape[-1],), dtype=a.dtype)
+    gemm_batched(a, b, c, trans_a, trans_b)
+    return c
