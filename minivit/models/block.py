@@ -85,6 +85,15 @@ def drop_path_rate(cfg, i):
     return cfg.drop_path * i / (cfg.depth - 1) if cfg.depth > 1 else cfg.drop_path
 
 
+def _residual(x, h, keep_cache):
+    """x + h. In inference (keep_cache=False) the sum is written into h, the branch's output, which
+    nothing else holds then: one (B, N, D) array fewer to allocate per residual."""
+    if keep_cache:
+        return x + h
+    h += x
+    return h
+
+
 def block_forward(x, params, prefix, cfg, rng=None, train=False, keep_cache=True, drop_path=0.0):
     """One encoder block: x (B, N, D) -> (B, N, D). keep_cache=False: for inference, no backward;
     no layer keeps a cache, so each activation is freed once the next layer has read it.
@@ -100,13 +109,13 @@ def block_forward(x, params, prefix, cfg, rng=None, train=False, keep_cache=True
     h, m_att = dropout_forward(h, cfg.dropout, rng, train)
     h, c_ls1 = layer_scale_forward(h, params.get(prefix + "ls1.gamma"))
     h, m_dp1 = drop_path_forward(h, drop_path, rng, train)
-    x = x + h                                   # residual around attention
+    x = _residual(x, h, keep_cache)             # x + h, the residual around attention
     h, c_ln2 = layernorm_forward(x, p("norm2.w"), p("norm2.b"), cfg.ln_eps, keep_cache)
     h, c_mlp = mlp_forward(h, p("mlp.fc1.w"), p("mlp.fc1.b"), p("mlp.fc2.w"), p("mlp.fc2.b"),
                            cfg.gelu, cfg.dropout, rng, train, keep_cache)
     h, c_ls2 = layer_scale_forward(h, params.get(prefix + "ls2.gamma"))
     h, m_dp2 = drop_path_forward(h, drop_path, rng, train)
-    x = x + h                                   # residual around the MLP
+    x = _residual(x, h, keep_cache)             # x + h, the residual around the MLP
     if not keep_cache:
         return x, None
     return x, BlockCache(prefix, c_ln1, c_att, m_att, c_ls1, m_dp1, c_ln2, c_mlp, c_ls2, m_dp2)
