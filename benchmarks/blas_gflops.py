@@ -5,7 +5,8 @@ against PyTorch's, one thread and two, each library alone in its own process, in
     python benchmarks/blas_gflops.py --presets cifar-tiny --rounds 5
 
 Where Intel's MKL is installed (the mkl wheel, minivit[fast]) the one-thread column adds minivit's own
-products through it (minivit/cpu/blas.py), in a third process per round.
+products through it (minivit/cpu/blas.py), in a third process per round: MKL on every shape, including
+those minivit leaves to NumPy (blas.SMALL_SIDE).
 
 A CPU training step splits its batch into shards of about 2,048 tokens (minivit/train/engine.py),
 and each shard runs every dense layer's three products: forward y = x W (M, Din) x (Din, Dout),
@@ -57,10 +58,12 @@ def measure(impl, threads, products, repeats):
     elif impl == "mkl":    # minivit's own products with Intel's MKL (minivit/cpu/blas.py): one thread, as each shard runs
         sys.path.insert(0, os.path.dirname(HERE))
         from minivit.cpu import blas
+        from threadpoolctl import threadpool_limits
         assert blas.available(), "MKL is not installed: pip install mkl"
+        blas.SMALL_SIDE = 1   # MKL's own speed on every shape, also where minivit leaves a product to NumPy
         mm = blas.matmul
         make = lambda r, c: rng.standard_normal((r, c)).astype(np.float32)
-        limit = None
+        limit = threadpool_limits(1, user_api="blas")
     else:
         from threadpoolctl import threadpool_limits
         mm = np.matmul
@@ -113,7 +116,7 @@ def main():
     peak, ghz, lanes, info = peak_gflops()
     from minivit.cpu import blas
     mkl = blas.available()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {' '.join(info.get('isa', []))}; NumPy's BLAS: "
+    print(f"machine: {info['cpu']}, {info['cores']} cores, {' '.join(info.get('isa', []))}; BLAS libraries loaded: "
           f"{', '.join(info.get('blas', []))}; nominal peak "
           + (f"{peak:.0f} GFLOP/s a core ({ghz:.2f} GHz x {lanes} fp32 lanes x 2 FMA units x 2)" if peak else "unknown"))
     result = {"command": " ".join(["python"] + sys.argv), "machine": info, "peak_gflops_per_core": peak, "presets": {}}

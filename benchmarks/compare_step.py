@@ -17,7 +17,8 @@ minivit runs with its fused CPU kernels (numba) when numba is installed; `--fuse
 them (MINIVIT_FUSED=0), and `--against numpy` compares minivit with them against minivit without
 them, in the same alternating way. With them, the dense layers' and attention's products are Intel's
 MKL where the mkl wheel is installed (minivit/cpu/blas.py); `--blas numpy` keeps NumPy's own BLAS
-(MINIVIT_BLAS=numpy). The first line names the CPU, its vector ISA, the BLAS kernel threadpoolctl
+(MINIVIT_BLAS=numpy), and `--against openblas` compares the two: minivit with MKL against minivit
+with NumPy's BLAS, the kernels on in both. The first line names the CPU, its vector ISA, the BLAS kernel threadpoolctl
 reports, numba's version and MKL's.
 """
 import argparse
@@ -31,13 +32,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def run(side, a):
-    """One process of step_throughput.py for a side: 'minivit', 'torch' or 'numpy' (minivit, kernels off)."""
+    """One process of step_throughput.py for a side: 'minivit', 'torch', 'numpy' (minivit, kernels off) or
+    'openblas' (minivit, kernels on, NumPy's BLAS for the products)."""
     impl = "torch" if side == "torch" else "minivit"
     cmd = [sys.executable, os.path.join(HERE, "step_throughput.py"), "--impl", impl, "--json",
            "--preset", a.preset, "--batch-size", str(a.batch_size), "--threads", str(a.threads),
            "--steps", str(a.steps), "--warmup", str(a.warmup), "--mode", a.mode]
     fused = "0" if side == "numpy" else a.fused
-    env = dict(os.environ, MINIVIT_FUSED=fused, MINIVIT_BLAS=a.blas)
+    env = dict(os.environ, MINIVIT_FUSED=fused, MINIVIT_BLAS="numpy" if side == "openblas" else a.blas)
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -54,8 +56,9 @@ def main():
     p.add_argument("--fused", choices=["0", "1"], default="1", help="minivit's fused CPU kernels on (1) or off (0)")
     p.add_argument("--blas", choices=["mkl", "numpy"], default="mkl",
                    help="minivit's products with the kernels on: MKL where installed, or NumPy's own BLAS")
-    p.add_argument("--against", choices=["torch", "numpy"], default="torch",
-                   help="the peer: PyTorch, or minivit with its CPU kernels off")
+    p.add_argument("--against", choices=["torch", "numpy", "openblas"], default="torch",
+                   help="the peer: PyTorch, minivit with its CPU kernels off (numpy), or minivit with its kernels "
+                        "and NumPy's own BLAS for the products (openblas)")
     p.add_argument("--out", help="also write every round, the command and the machine to this JSON file")
     a = p.parse_args()
     sys.path.insert(0, os.path.dirname(HERE))
@@ -71,7 +74,8 @@ def main():
     kernels = f"numba {here['numba']}" if here["numba"] and a.fused == "1" else "off"
     if kernels != "off":
         kernels += f", products by {here['mkl'] if here.get('mkl') else 'NumPy'}"
-    peer = {"torch": "PyTorch", "numpy": "minivit without its CPU kernels"}[a.against]
+    peer = {"torch": "PyTorch", "numpy": "minivit without its CPU kernels",
+            "openblas": "minivit with NumPy's BLAS"}[a.against]
     print(f"machine: {here['cpu']}, {here['cores']} cores, {' '.join(here.get('isa', []))}; BLAS {', '.join(here.get('blas', []))}; "
           f"minivit's CPU kernels: {kernels}", flush=True)
     rows = []

@@ -41,7 +41,8 @@ def check(a, b, trans_a=False, trans_b=False):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_two_dimensional_products_and_their_transposes(dtype):
+def test_two_dimensional_products_and_their_transposes(dtype, monkeypatch):
+    monkeypatch.setattr(blas, "SMALL_SIDE", 1)                    # every product to MKL, odd sizes included
     rng = np.random.default_rng(0)
     r = lambda *s: rng.standard_normal(s).astype(dtype)
     check(r(37, 19), r(19, 23))                                   # as stored
@@ -57,6 +58,19 @@ def test_two_dimensional_products_and_their_transposes(dtype):
     check(r(40, 30)[::2, ::3], r(10, 7))                          # neither axis of unit stride: copied first
     check(r(37, 19)[::-1], r(19, 5))                              # a negative stride: copied first
     check(r(37, 40)[:, 3:22], r(19, 23))                          # a row stride longer than the row
+    check(r(300, 130), r(130, 129), trans_a=False)                # a real layer's size
+
+
+def test_small_products_go_to_numpy(monkeypatch):
+    calls = []
+    monkeypatch.setattr(blas, "gemm_batched", lambda a, b, c, *args: calls.append(c.shape))
+    x = np.ones((300, blas.SMALL_SIDE), np.float32)
+    blas.matmul(x, np.ones((blas.SMALL_SIDE, blas.SMALL_SIDE - 1), np.float32))   # one side under SMALL_SIDE
+    blas.matmul(np.ones((2, 3, 64, 64), np.float32), np.ones((2, 3, 64, 64), np.float32))   # 2^18 < SMALL_PRODUCT
+    assert calls == []
+    blas.matmul(x, np.ones((blas.SMALL_SIDE, blas.SMALL_SIDE), np.float32))
+    blas.matmul(np.ones((2, 3, 128, 64), np.float32), np.ones((2, 3, 64, 128), np.float32))   # 2^20
+    assert calls == [(300, blas.SMALL_SIDE), (2, 3, 128, 128)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -116,10 +130,10 @@ def test_switching_mkl_off_in_process(mkl_off):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_model_loss_and_gradients_with_and_without_mkl(dtype, monkeypatch):
     """A training step through every layer with MKL's products and with NumPy's: the same loss and
-    gradients. 257 tokens of 16 features a head: the attention products are MKL's too."""
+    gradients. 257 tokens of 64 features a head: the attention products are MKL's too."""
     from minivit.layers.loss import cross_entropy
-    cfg = mv.ViTConfig.preset("test", image_size=32, patch_size=2, dim=32, heads=2, depth=1, mlp_dim=48)
-    assert cfg.tokens_per_image ** 2 * (cfg.dim // cfg.heads) >= blas.SMALL_PRODUCT
+    cfg = mv.ViTConfig.preset("test", image_size=32, patch_size=2, dim=128, heads=2, depth=1, mlp_dim=128)
+    assert cfg.tokens_per_image ** 2 * (cfg.dim // cfg.heads) >= blas.SMALL_PRODUCT and cfg.dim >= blas.SMALL_SIDE
     params = mv.init_params(cfg, seed=0, dtype=dtype)
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, cfg.in_channels, 32, 32)).astype(dtype)
@@ -135,7 +149,7 @@ def test_model_loss_and_gradients_with_and_without_mkl(dtype, monkeypatch):
         return float(loss), mv.backward(dlogits, cache)
     l_on, g_on = run()
     n = cfg.tokens_per_image
-    assert (2, cfg.heads, n, n) in calls and len(calls) >= 3 * 4 + 5   # attention's and the dense layers' products
+    assert (2, cfg.heads, n, n) in calls and len(calls) >= 3 * 4 + 6   # attention's and the dense layers' products
     blas.use_mkl(False)
     try:
         calls.clear()

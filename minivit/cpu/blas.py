@@ -27,10 +27,15 @@ import numpy as np
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112     # CBLAS_LAYOUT, CBLAS_TRANSPOSE
 _MKL_THREADING_SEQUENTIAL = 1
 _MKL_CBWR_AUTO, _MKL_CBWR_STRICT = 2, 0x10000
-# A stack of products each under this many multiply-adds goes to NumPy's `@`: its loop over OpenBLAS's
-# small-matrix kernels beat MKL's batch on cifar's attention (65 x 65 x 32: 2.1 against 2.4 ms a
-# forward and backward), where MKL's won on vit-ti16's (197 x 197 x 64: 7.1 against 8.3).
+# Where NumPy's own BLAS was as fast or faster, measured on this project's models (docs/cpu_kernels.md):
+# - a stack of products each under SMALL_PRODUCT multiply-adds: NumPy's loop over OpenBLAS's small-matrix
+#   kernels beat MKL's batch on cifar's attention (65 x 65 x 32: 2.1 against 2.4 ms a forward and
+#   backward), where MKL's won on vit-ti16's (197 x 197 x 64: 7.1 against 8.3);
+# - a single product with a side under SMALL_SIDE: cifar-tiny's dense layers (64 and 128 features) ran
+#   a training step 5% slower with MKL's products (benchmarks/compare_step.py --against openblas),
+#   where cifar-small's (128, 256) ran 4% faster and vit-ti16's (192, 768) 9%.
 SMALL_PRODUCT = 1 << 20
+SMALL_SIDE = 128
 _lib = None
 
 
@@ -176,14 +181,15 @@ def matmul(a, b, trans_a=False, trans_b=False):
     """op(a) @ op(b) by MKL: 2-D matrices, or stacks (..., r, c) of equal leading shape.
 
     Falls back to NumPy's `@` for what it does not cover (broadcast stacks, mixed or other dtypes,
-    empty arrays), so it is always the same product."""
+    empty arrays) and for small products (SMALL_PRODUCT, SMALL_SIDE), so it is always the same product."""
     A = a.swapaxes(-1, -2) if trans_a else a
     B = b.swapaxes(-1, -2) if trans_b else b
-    if a.ndim > 2 and A.shape[-2] * A.shape[-1] * B.shape[-1] < SMALL_PRODUCT:
-        return A @ B                                   # a stack of small products: NumPy's loop is faster
-    if (a.dtype != b.dtype or a.dtype not in (np.float32, np.float64) or a.ndim < 2 or a.shape[:-2] != b.shape[:-2]
+    if (a.ndim < 2 or a.shape[:-2] != b.shape[:-2] or a.dtype != b.dtype or a.dtype not in (np.float32, np.float64)
             or A.shape[-1] != B.shape[-2] or 0 in A.shape or 0 in B.shape or library() is None):
         return A @ B
+    m, k, n = A.shape[-2], A.shape[-1], B.shape[-1]
+    if (m * k * n < SMALL_PRODUCT) if a.ndim > 2 else (min(m, k, n) < SMALL_SIDE):
+        return A @ B                                   # small products: NumPy's BLAS was as fast (above)
     a, b = _readable(a), _readable(b)
     c = np.empty(A.shape[:-1] + (B.shape[-1],), dtype=a.dtype)
     gemm_batched(a, b, c, trans_a, trans_b)

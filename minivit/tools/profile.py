@@ -271,7 +271,7 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
     piece = max(sl.stop - sl.start for sl in slices)
     if get_array_module(x) is np:
         kernels = "fused CPU kernels (numba)" if cpu_kernels() else "NumPy lines (no fused kernels)"
-        kernels += ", products by MKL" if cpu_blas() else ", products by NumPy's BLAS"
+        kernels += ", the large products by MKL" if cpu_blas() else ", products by NumPy's BLAS"
     else:
         kernels = "fused CUDA kernels" if fused_kernels() else "CuPy lines (no fused kernels)"
     return Report(cfg, batch_size, steps, float(np.median(plain)) * 1e3, mode, piece, rows, state / 2 ** 20,
