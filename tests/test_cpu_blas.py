@@ -73,9 +73,16 @@ def test_small_products_go_to_numpy(monkeypatch):
     assert calls == [(300, blas.SMALL_SIDE), (2, 3, 128, 128)]
 
 
+@pytest.fixture
+def every_product_to_mkl(monkeypatch):
+    """Lift the small-product rules, so that odd small shapes reach MKL too."""
+    monkeypatch.setattr(blas, "SMALL_SIDE", 1)
+    monkeypatch.setattr(blas, "SMALL_PRODUCT", 1)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N, d", [(7, 5), (197, 64)])           # a stack under SMALL_PRODUCT (NumPy's), one over (MKL's)
-def test_attention_products_on_views_of_qkv(dtype, N, d):
+@pytest.mark.parametrize("N, d", [(7, 5), (197, 64)])
+def test_attention_products_on_views_of_qkv(dtype, N, d, every_product_to_mkl):
     rng = np.random.default_rng(1)
     B, H = 2, 3
     qkv = rng.standard_normal((B, N, 3, H, d)).astype(dtype)
@@ -85,7 +92,46 @@ def test_attention_products_on_views_of_qkv(dtype, N, d):
     check(s, v, trans_a=True)                                     # p^T dout
     check(s.reshape(B * H, N, N), v.reshape(B * H, N, d))         # one leading axis: a copy of v, then MKL's strided batch
     check(s[:1, :1], v[:1, :1])                                   # a stack of one
-    assert (N * N * d >= blas.SMALL_PRODUCT) == (N == 197)
+    check(s[:, 1], v[:, 2], trans_a=True)                         # one leading axis of views: the strided batch, transposed
+    check(s[::-1, :1], v[:, :1])                                  # a leading axis stepping backwards: copied first
+
+
+def test_stacks_of_one_with_any_leading_stride(every_product_to_mkl):
+    a = np.random.default_rng(5).standard_normal((1, 40, 30)).astype(np.float32)
+    b = np.random.default_rng(6).standard_normal((1, 30, 20)).astype(np.float32)
+    check(a[::-1], b)                          # length 1, stride negative: NumPy calls it contiguous
+    check(np.broadcast_to(a, (1, 40, 30)), b[::-1])
+    interleaved = np.random.default_rng(7).standard_normal((40, 3, 30)).astype(np.float32).transpose(1, 0, 2)
+    check(interleaved, np.stack([b[0]] * 3))   # (3, 40, 30) whose matrices interleave in memory
+
+
+def test_what_mkl_cannot_hold_goes_to_numpy(monkeypatch, every_product_to_mkl):
+    monkeypatch.setattr(blas, "_INT_MAX", 100)                     # as if 101 overflowed MKL's 32-bit integers
+    calls = []
+    real = blas.library().cblas_sgemm
+    monkeypatch.setattr(blas.library(), "cblas_sgemm", lambda *args: calls.append(args) or real(*args))
+    check(np.ones((60, 50), np.float32), np.ones((50, 40), np.float32))   # ld * m = 2,400 > 100: NumPy's
+    assert not calls
+    with pytest.raises(ValueError, match="32-bit"):
+        blas.gemm_batched(np.ones((60, 50), np.float32), np.ones((50, 40), np.float32), np.empty((60, 40), np.float32))
+
+
+def test_the_bits_do_not_depend_on_alignment(every_product_to_mkl):
+    """Strict reproducibility (blas._load): each form of call gives the same bits at any offset of its arrays."""
+    rng = np.random.default_rng(8)
+
+    def moved(x, offset):                       # x's values at another address, `offset` elements further
+        buf = np.empty(x.size + 16, x.dtype)
+        y = buf[offset:offset + x.size].reshape(x.shape)
+        y[...] = x
+        return y
+    for a, b in [(rng.standard_normal((257, 130)), rng.standard_normal((130, 129))),          # one GEMM
+                 (rng.standard_normal((4, 65, 33)), rng.standard_normal((4, 33, 65))),        # strided batch
+                 (rng.standard_normal((2, 3, 65, 33)), rng.standard_normal((2, 3, 33, 65)))]: # pointer batch
+        a, b = a.astype(np.float32), b.astype(np.float32)
+        first = blas.matmul(a, b)
+        for offset in (1, 3, 7):
+            assert np.array_equal(blas.matmul(moved(a, offset), moved(b, offset + 2)), first)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -99,7 +145,7 @@ def test_gemm_batched_writes_into_a_strided_output_with_alpha(dtype):
     assert np.all(padded[:, :, 11:] == 7.0)                       # nothing written past the rows
 
 
-def test_what_mkl_does_not_take_goes_to_numpy():
+def test_what_mkl_does_not_take_goes_to_numpy(every_product_to_mkl):
     rng = np.random.default_rng(3)
     a = rng.standard_normal((3, 4, 5))
     cases = [(a, rng.standard_normal((5, 2))),                      # a broadcast stack
@@ -121,10 +167,19 @@ def mkl_off():
     blas.use_mkl(True)
 
 
-def test_switching_mkl_off_in_process(mkl_off):
+def test_switching_mkl_off_in_process(mkl_off, every_product_to_mkl, monkeypatch):
     assert not blas.available() and blas.version() is None
+    monkeypatch.setattr(blas, "gemm_batched", lambda *args: pytest.fail("MKL called while off"))
     x, y = np.ones((4, 3), np.float32), np.ones((3, 2), np.float32)
     assert np.array_equal(blas.matmul(x, y), x @ y)
+
+
+def test_switching_mkl_back_on_after_use():
+    x = np.ones((200, 200), np.float32)
+    blas.matmul(x, x)                          # MKL has run: its settings can no longer change
+    blas.use_mkl(False)
+    blas.use_mkl(True)
+    assert blas.available()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,8 +1,8 @@
 """Matrix products by Intel's MKL, called directly, for the dense layers and attention on a CPU.
 
 NumPy's `@` calls the BLAS NumPy was built with: OpenBLAS in NumPy's wheels. On the dense layers'
-shapes (a shard's 2,000 tokens times 64-768 features) OpenBLAS reaches 140-165 GFLOP/s of a core on
-an AVX-512 Intel Xeon where MKL, the library inside PyTorch, reaches 165-190
+shapes (a shard's 2,000 tokens times 64-768 features) OpenBLAS reaches 134-161 GFLOP/s of a core on
+an AVX-512 Intel Xeon, PyTorch's own MKL 182-190, and MKL called from here 152-183
 (benchmarks/blas_gflops.py, docs/cpu_kernels.md). MKL ships as a Python wheel (`pip install mkl`,
 part of `minivit[fast]`) holding the shared library libmkl_rt; this module loads it with ctypes and
 calls its GEMM, C = alpha op(A) op(B), on NumPy arrays' memory. The products themselves are the
@@ -25,8 +25,9 @@ import sys
 import numpy as np
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112     # CBLAS_LAYOUT, CBLAS_TRANSPOSE
-_MKL_THREADING_SEQUENTIAL = 1
-_MKL_CBWR_AUTO, _MKL_CBWR_STRICT = 2, 0x10000
+_MKL_THREADING_SEQUENTIAL, _MKL_INTERFACE_LP64 = 1, 0
+_MKL_CBWR_AUTO, _MKL_CBWR_STRICT, _MKL_CBWR_SUCCESS = 2, 0x10000, 0
+_INT_MAX = 2 ** 31 - 1                            # MKL_INT in the LP64 interface
 # Where NumPy's own BLAS was as fast or faster, measured on this project's models (docs/cpu_kernels.md):
 # - a stack of products each under SMALL_PRODUCT multiply-adds: NumPy's loop over OpenBLAS's small-matrix
 #   kernels beat MKL's batch on cifar's attention (65 x 65 x 32: 2.1 against 2.4 ms a forward and
@@ -37,6 +38,7 @@ _MKL_CBWR_AUTO, _MKL_CBWR_STRICT = 2, 0x10000
 SMALL_PRODUCT = 1 << 20
 SMALL_SIDE = 128
 _lib = None
+_enabled = True
 
 
 def _candidates():
@@ -50,26 +52,32 @@ def _candidates():
 
 
 def _load():
-    """libmkl_rt with its GEMMs typed, or False when there is none (or MINIVIT_BLAS=numpy)."""
+    """libmkl_rt with its GEMMs typed, or False when there is none or it cannot be set up as needed."""
     if os.environ.get("MINIVIT_BLAS", "").strip().lower() in ("numpy", "openblas", "0"):
         return False
     for path in _candidates():
         try:
             lib = ctypes.CDLL(path)
-            lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL)   # before any other MKL call
-            # Conditional numerical reproducibility, strict: a GEMM gives the same bits whatever its
-            # arrays' alignment, so a resumed run ends exactly where an uninterrupted one does
-            # (tests/test_train.py). Measured cost: within the noise, 1-2% on the dense layers.
-            lib.MKL_CBWR_Set(_MKL_CBWR_AUTO | _MKL_CBWR_STRICT)
-            for name, scalar in (("cblas_sgemm_batch_strided", ctypes.c_float),
-                                 ("cblas_dgemm_batch_strided", ctypes.c_double)):
-                f = getattr(lib, name)
-                i, p = ctypes.c_int, ctypes.c_void_p             # MKL_INT is 32-bit in the LP64 interface
-                f.argtypes = [i, i, i, i, i, i, scalar, p, i, i, p, i, i, scalar, p, i, i, i]
-                f.restype = None
-            for name in ("cblas_sgemm_batch", "cblas_dgemm_batch"):    # the pointer-array ("group") form
-                getattr(lib, name).argtypes = [ctypes.c_int] + [ctypes.c_void_p] * 13 + [ctypes.c_int, ctypes.c_void_p]
-                getattr(lib, name).restype = None
+            # Before any other MKL call, each returning the setting in force: 32-bit integers (the
+            # argument types below), one thread per call (the trainer's shards use the cores), and
+            # strict conditional numerical reproducibility: a product gives the same bits whatever its
+            # arrays' alignment, so a resumed run ends exactly where an uninterrupted one does. Its cost:
+            # 10-20% of MKL's speed on 64-feature shapes, nothing measurable on vit-ti16's
+            # (docs/cpu_kernels.md). Where MKL was already set up otherwise in this process (a NumPy
+            # linked to MKL), it is not used.
+            if (lib.MKL_Set_Interface_Layer(_MKL_INTERFACE_LP64) != _MKL_INTERFACE_LP64
+                    or lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL) != _MKL_THREADING_SEQUENTIAL
+                    or lib.MKL_CBWR_Set(_MKL_CBWR_AUTO | _MKL_CBWR_STRICT) != _MKL_CBWR_SUCCESS):
+                continue
+            i, p = ctypes.c_int, ctypes.c_void_p                     # MKL_INT is 32-bit in the LP64 interface
+            for prefix, scalar in (("s", ctypes.c_float), ("d", ctypes.c_double)):
+                gemm = getattr(lib, f"cblas_{prefix}gemm")
+                gemm.argtypes = [i, i, i, i, i, i, scalar, p, i, p, i, scalar, p, i]
+                strided = getattr(lib, f"cblas_{prefix}gemm_batch_strided")
+                strided.argtypes = [i, i, i, i, i, i, scalar, p, i, i, p, i, i, scalar, p, i, i, i]
+                group = getattr(lib, f"cblas_{prefix}gemm_batch")      # the pointer-array ("group") form
+                group.argtypes = [i] + [p] * 13 + [i, p]
+                gemm.restype = strided.restype = group.restype = None
             lib.MKL_Get_Version_String.argtypes = [ctypes.c_char_p, ctypes.c_int]
             return lib
         except (OSError, AttributeError):
@@ -78,16 +86,18 @@ def _load():
 
 
 def use_mkl(on):
-    """Turn MKL's products on (when it can be loaded) or off, for this process."""
-    global _lib
-    _lib = None if on else False
+    """Turn MKL's products on (where it loads) or off, for this process."""
+    global _enabled
+    _enabled = bool(on)
 
 
 def library():
-    """The loaded libmkl_rt, or None."""
+    """The loaded libmkl_rt, or None (not installed, not usable, or turned off)."""
     global _lib
+    if not _enabled:
+        return None
     if _lib is None:
-        _lib = _load()
+        _lib = _load()            # once: MKL's settings above cannot be made again after its first call
     return _lib or None
 
 
@@ -126,38 +136,55 @@ def _operand(a):
 def gemm_batched(a, b, c, trans_a=False, trans_b=False, alpha=1.0):
     """c[i] = alpha op(a[i]) op(b[i]) for i over the leading axes: the textbook `c[...] = alpha * a @ b`.
 
-    a, b, c: arrays (..., rows, cols) of one dtype (float32 or float64) with the same leading shape;
-    c's last axis has unit stride. The trans flags say the operand is read transposed. Each array's
-    matrices may be views with any row stride (the heads of a (B, N, 3, H, d) qkv array). One call to
-    MKL whatever the stack: its strided batch for one leading axis or none, and for more (the
-    (B, H) of attention, whose strides do not merge) its batch of pointers, one per matrix,
-    computed by NumPy from the strides. A call per matrix would hold Python's lock for longer than
-    a small product takes, and the trainer's two threads would wait on each other."""
+    a, b, c: arrays (..., rows, cols) of one dtype (float32 or float64) with the same leading shape,
+    whose matrices GEMM can read in place (_operand; matmul copies those it cannot); c's last axis has
+    unit stride. The trans flags say the operand is read transposed. A matrix may be a view with any
+    row stride (the heads of a (B, N, 3, H, d) qkv array). One call to MKL whatever the stack: its
+    GEMM for a single matrix, its strided batch for one leading axis, and for more (the (B, H) of
+    attention, whose strides do not merge) its batch of pointers, one per matrix, computed by NumPy
+    from the strides. A call per matrix would hold Python's lock for longer than a small product
+    takes, and the trainer's two threads would wait on each other.
+
+    Raises ValueError, before calling MKL, for what its 32-bit integers cannot hold or what it would
+    refuse (MKL reports a bad argument on stderr only, and leaves c unwritten)."""
     lib = library()
     single = a.dtype == np.float32
-    ta, lda = _operand(a)
-    tb, ldb = _operand(b)
+    (ta, lda), (tb, ldb) = _operand(a), _operand(b)
     ldc = c.strides[-2] // c.itemsize if c.shape[-2] > 1 else max(1, c.shape[-1])
     ta, tb = ta != trans_a, tb != trans_b                        # a transposed view, transposed again, is read as is
     m, n = c.shape[-2:]
     k = a.shape[-2] if trans_a else a.shape[-1]
-    flags = (_TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS)
+    flags = (_ROW_MAJOR, _TRANS if ta else _NO_TRANS, _TRANS if tb else _NO_TRANS)
     lead = c.shape[:-2]
-    if len(lead) <= 1:
-        batch = lead[0] if lead else 1
-        sa, sb, sc = ((x.strides[0] // x.itemsize if lead else 0) for x in (a, b, c))
+    batch = int(np.prod(lead)) if lead else 1
+    if not (c.strides[-1] == c.itemsize or n == 1) or ldc < max(1, n):
+        raise ValueError("c's rows must have unit stride")
+    _fits(m, n, k, lda, ldb, ldc, ldc * m, batch)
+    p = lambda x: x.ctypes.data
+    if batch == 1:                                               # one matrix (the stack's, if any)
+        f = lib.cblas_sgemm if single else lib.cblas_dgemm
+        f(*flags, m, n, k, alpha, p(a), lda, p(b), ldb, 0.0, p(c), ldc)
+    elif len(lead) == 1:
+        sa, sb, sc = (x.strides[0] // x.itemsize for x in (a, b, c))
+        if sc < ldc * m:
+            raise ValueError("c's matrices overlap")
+        _fits(sa, sb, sc)
         f = lib.cblas_sgemm_batch_strided if single else lib.cblas_dgemm_batch_strided
-        f(_ROW_MAJOR, *flags, m, n, k, alpha, a.ctypes.data, lda, sa, b.ctypes.data, ldb, sb, 0.0,
-          c.ctypes.data, ldc, sc or ldc * m, batch)              # MKL checks c's stride even for a batch of one
-        return
-    pointers = [x.ctypes.data + _offsets(x.strides[:-2], lead) for x in (a, b, c)]
-    ints = np.array([*flags, m, n, k, lda, ldb, ldc, pointers[0].size], dtype=np.int32)
-    scalars = np.array([alpha, 0.0], dtype=a.dtype)
-    f = lib.cblas_sgemm_batch if single else lib.cblas_dgemm_batch
-    at = lambda i: ints.ctypes.data + 4 * i
-    f(_ROW_MAJOR, at(0), at(1), at(2), at(3), at(4), scalars.ctypes.data, pointers[0].ctypes.data, at(5),
-      pointers[1].ctypes.data, at(6), scalars.ctypes.data + scalars.itemsize, pointers[2].ctypes.data, at(7),
-      1, at(8))
+        f(*flags, m, n, k, alpha, p(a), lda, sa, p(b), ldb, sb, 0.0, p(c), ldc, sc, batch)
+    else:
+        pointers = [p(x) + _offsets(x.strides[:-2], lead) for x in (a, b, c)]
+        ints = np.array([*flags[1:], m, n, k, lda, ldb, ldc, batch], dtype=np.int32)
+        scalars = np.array([alpha, 0.0], dtype=a.dtype)
+        f = lib.cblas_sgemm_batch if single else lib.cblas_dgemm_batch
+        at = lambda i: p(ints) + 4 * i
+        f(_ROW_MAJOR, at(0), at(1), at(2), at(3), at(4), p(scalars), p(pointers[0]), at(5), p(pointers[1]),
+          at(6), p(scalars) + scalars.itemsize, p(pointers[2]), at(7), 1, at(8))
+
+
+def _fits(*values):
+    """Raise ValueError unless every value is an MKL_INT MKL accepts here (0 to 2^31 - 1)."""
+    if not all(0 <= v <= _INT_MAX for v in values):
+        raise ValueError(f"outside MKL's 32-bit integers: {values}")
 
 
 def _offsets(strides, shape):
@@ -171,10 +198,10 @@ def _offsets(strides, shape):
 
 
 def _readable(x):
-    """x itself if GEMM can read its matrices in place (and, for a stack, their batch strides), else a copy."""
-    if _operand(x) is None or any(s % x.itemsize or s < 0 for s in x.strides):
-        return np.ascontiguousarray(x)
-    return x
+    """x itself if GEMM can read its matrices in place and the stack's leading axes step forward by whole
+    elements (axes of length 1 do not step), else a C-ordered copy."""
+    steps = all(s >= 0 and s % x.itemsize == 0 for s, size in zip(x.strides[:-2], x.shape[:-2]) if size > 1)
+    return x if steps and _operand(x) is not None else np.array(x, order="C", copy=True)
 
 
 def matmul(a, b, trans_a=False, trans_b=False):
@@ -192,5 +219,8 @@ def matmul(a, b, trans_a=False, trans_b=False):
         return A @ B                                   # small products: NumPy's BLAS was as fast (above)
     a, b = _readable(a), _readable(b)
     c = np.empty(A.shape[:-1] + (B.shape[-1],), dtype=a.dtype)
-    gemm_batched(a, b, c, trans_a, trans_b)
+    try:
+        gemm_batched(a, b, c, trans_a, trans_b)
+    except ValueError:                                 # too large for MKL's 32-bit integers
+        return A @ B
     return c

@@ -336,7 +336,8 @@ def bias_gelu(x, b, approximate, keep_cache=True, out=None):
 # logits (from NumPy's vectorised max), used where `shared`. No exp then overflows; a row whose own
 # maximum lies far below the shift would see its exponentials underflow, which shows as a row sum
 # below e^-60 (SMALLEST_SUM): that row alone is done again with its own maximum (row_max). Above that
-# sum, exponentials cut off at e^-87 (vector_expf) change it by less than 197 e^-27 = 4e-10 relative.
+# sum, the exponentials that vector_expf clamps to e^-87 (its argument clamped at -87) move a row of n
+# entries by less than n e^-27 of itself (4e-10 for vit-ti16's 197).
 # In x's precision: scale, shift and the floor come in x's dtype.
 @numba.njit(**JIT)
 def softmax_kernel(x, out, scale, shift, shared, floor):
@@ -370,7 +371,7 @@ def softmax(x, out=None, scale=1.0):
     out = _output(out, x, in_place=True)
     if x2.size:
         t = x.dtype.type
-        top = x2.max() * scale                                # NumPy's vectorised reduction
+        top = (x2.max() if scale >= 0 else x2.min()) * scale   # the largest scaled logit, by NumPy's vectorised reduction
         shared = bool(np.isfinite(top))                       # else (NaN, inf) each row's own maximum
         softmax_kernel(x2, out.reshape(x2.shape), t(scale), t(top if shared else 0.0), shared, t(SMALLEST_SUM))
     return out

@@ -87,8 +87,9 @@ def drop_path_rate(cfg, i):
 
 def _residual(x, h, keep_cache):
     """x + h. In inference (keep_cache=False) the sum is written into h, the branch's output, which
-    nothing else holds then: one (B, N, D) array fewer to allocate per residual."""
-    if keep_cache:
+    nothing else holds then: one (B, N, D) array fewer to allocate per residual (when both have one
+    dtype; otherwise x + h, which promotes)."""
+    if keep_cache or h.dtype != x.dtype:
         return x + h
     h += x
     return h
