@@ -186,8 +186,9 @@ def machine():
         info["isa"] = [f for f in ("avx2", "avx512f", "amx_tile", "asimd", "sve") if f in flags]
     except OSError:
         pass
-    if cpu_blas():
-        info["mkl"] = cpu_blas().version()   # minivit's own products (minivit/cpu/blas.py)
+    blas = cpu_blas()
+    if blas:
+        info["mkl"] = blas.version()   # minivit's own products (minivit/cpu/blas.py)
     try:
         from threadpoolctl import threadpool_info
         info["blas"] = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip()

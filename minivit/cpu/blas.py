@@ -30,8 +30,8 @@ _MKL_CBWR_AUTO, _MKL_CBWR_STRICT, _MKL_CBWR_SUCCESS = 2, 0x10000, 0
 _INT_MAX = 2 ** 31 - 1                            # MKL_INT in the LP64 interface
 # Where NumPy's own BLAS was as fast or faster, measured on this project's models (docs/cpu_kernels.md):
 # - a stack of products each under SMALL_PRODUCT multiply-adds: NumPy's loop over OpenBLAS's small-matrix
-#   kernels beat MKL's batch on cifar's attention (65 x 65 x 32: 2.1 against 2.4 ms a forward and
-#   backward), where MKL's won on vit-ti16's (197 x 197 x 64: 7.1 against 8.3);
+#   kernels beat MKL's batch on cifar's attention (65 x 65 x 32), where MKL's won on vit-ti16's
+#   (197 x 197 x 64) (benchmarks/cpu_attention_blas.py);
 # - a single product with a side under SMALL_SIDE: cifar-tiny's dense layers (64 and 128 features) ran
 #   a training step 5% slower with MKL's products (benchmarks/compare_step.py --against openblas),
 #   where cifar-small's (128, 256) ran 4% faster and vit-ti16's (192, 768) 9%.
@@ -61,10 +61,8 @@ def _load():
             # Before any other MKL call, each returning the setting in force: 32-bit integers (the
             # argument types below), one thread per call (the trainer's shards use the cores), and
             # strict conditional numerical reproducibility: a product gives the same bits whatever its
-            # arrays' alignment, so a resumed run ends exactly where an uninterrupted one does. Its cost:
-            # 10-20% of MKL's speed on 64-feature shapes, nothing measurable on vit-ti16's
-            # (docs/cpu_kernels.md). Where MKL was already set up otherwise in this process (a NumPy
-            # linked to MKL), it is not used.
+            # arrays' alignment, so a resumed run ends exactly where an uninterrupted one does. Where
+            # MKL was already set up otherwise in this process (a NumPy linked to MKL), it is not used.
             if (lib.MKL_Set_Interface_Layer(_MKL_INTERFACE_LP64) != _MKL_INTERFACE_LP64
                     or lib.MKL_Set_Threading_Layer(_MKL_THREADING_SEQUENTIAL) != _MKL_THREADING_SEQUENTIAL
                     or lib.MKL_CBWR_Set(_MKL_CBWR_AUTO | _MKL_CBWR_STRICT) != _MKL_CBWR_SUCCESS):

@@ -134,8 +134,8 @@ def attention_forward(q, k, v, scale=None, p_drop=0.0, rng=None, train=False, bi
         scale = 1.0 / math.sqrt(q.shape[-1])
     kernel = fused(q, "attention_forward")
     if kernel and bias is None and not (train and p_drop):
-        # on a GPU: cuBLAS products and the softmax kernel; on a CPU: NumPy's products and the
-        # numba softmax, which scales the logits as it reads them (minivit/cpu/kernels.py)
+        # on a GPU: cuBLAS products and the softmax kernel; on a CPU: the products (MKL's where
+        # installed) and the numba softmax, which scales the logits as it reads them (minivit/cpu/kernels.py)
         return kernel(q, k, v, scale)
     qs = q * scale                                        # (..., N, d)
     scores = qs @ k.swapaxes(-1, -2)                      # (..., N, N)
