@@ -88,7 +88,7 @@ def measure(impl, threads, products, repeats):
 def peak_gflops():
     """Nominal fp32 peak of one core, with what it assumed."""
     sys.path.insert(0, os.path.dirname(HERE))
-    from minivit.backend import machine
+    from minivit.machine import machine
     info = machine()
     ghz = None
     try:

@@ -18,7 +18,9 @@ them (MINIVIT_FUSED=0), and `--against numpy` compares minivit with them against
 them, in the same alternating way. With them, the dense layers' and attention's products are Intel's
 MKL where the mkl wheel is installed (minivit/cpu/blas.py); `--blas numpy` keeps NumPy's own BLAS
 (MINIVIT_BLAS=numpy), and `--against openblas` compares the two: minivit with MKL against minivit
-with NumPy's BLAS, the kernels on in both. The first line names the CPU, its vector ISA, the BLAS kernel threadpoolctl
+with NumPy's BLAS, the kernels on in both. `--against tree --tree DIR` compares this checkout with another
+one of minivit (an older commit, checked out with `git worktree add DIR COMMIT`), each process importing
+its own tree's package: a change's before and after, side by side. The first line names the CPU, its vector ISA, the BLAS kernel threadpoolctl
 reports, numba's version and MKL's.
 """
 import argparse
@@ -32,14 +34,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def run(side, a):
-    """One process of step_throughput.py for a side: 'minivit', 'torch', 'numpy' (minivit, kernels off) or
-    'openblas' (minivit, kernels on, NumPy's BLAS for the products)."""
+    """One process of step_throughput.py for a side: 'minivit', 'torch', 'numpy' (minivit, kernels off),
+    'openblas' (minivit, kernels on, NumPy's BLAS for the products) or 'tree' (minivit of the checkout --tree)."""
     impl = "torch" if side == "torch" else "minivit"
-    cmd = [sys.executable, os.path.join(HERE, "step_throughput.py"), "--impl", impl, "--json",
+    root = a.tree if side == "tree" else os.path.dirname(HERE)
+    cmd = [sys.executable, os.path.join(root, "benchmarks", "step_throughput.py"), "--impl", impl, "--json",
            "--preset", a.preset, "--batch-size", str(a.batch_size), "--threads", str(a.threads),
            "--steps", str(a.steps), "--warmup", str(a.warmup), "--mode", a.mode]
     fused = "0" if side == "numpy" else a.fused
-    env = dict(os.environ, MINIVIT_FUSED=fused, MINIVIT_BLAS="numpy" if side == "openblas" else a.blas)
+    env = dict(os.environ, MINIVIT_FUSED=fused, MINIVIT_BLAS="numpy" if side == "openblas" else a.blas,
+               PYTHONPATH=os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -56,14 +60,19 @@ def main():
     p.add_argument("--fused", choices=["0", "1"], default="1", help="minivit's fused CPU kernels on (1) or off (0)")
     p.add_argument("--blas", choices=["mkl", "numpy"], default="mkl",
                    help="minivit's products with the kernels on: MKL where installed, or NumPy's own BLAS")
-    p.add_argument("--against", choices=["torch", "numpy", "openblas"], default="torch",
-                   help="the peer: PyTorch, minivit with its CPU kernels off (numpy), or minivit with its kernels "
-                        "and NumPy's own BLAS for the products (openblas)")
+    p.add_argument("--against", choices=["torch", "numpy", "openblas", "tree"], default="torch",
+                   help="the peer: PyTorch, minivit with its CPU kernels off (numpy), minivit with its kernels "
+                        "and NumPy's own BLAS for the products (openblas), or the minivit of another checkout (tree)")
+    p.add_argument("--tree", help="with --against tree: the other checkout's folder")
     p.add_argument("--out", help="also write every round, the command and the machine to this JSON file")
     a = p.parse_args()
+    if (a.against == "tree") != bool(a.tree):
+        p.error("--against tree and --tree DIR go together")
+    if a.tree and not os.path.isfile(os.path.join(a.tree, "benchmarks", "step_throughput.py")):
+        p.error(f"--tree {a.tree}: no benchmarks/step_throughput.py there (a minivit checkout?)")
     sys.path.insert(0, os.path.dirname(HERE))
     os.environ["MINIVIT_FUSED"], os.environ["MINIVIT_BLAS"] = a.fused, a.blas   # as the minivit side runs
-    from minivit.backend import machine
+    from minivit.machine import machine
     import numpy  # noqa: F401  (loaded, so that threadpoolctl reports NumPy's BLAS)
     here = machine()
     try:
@@ -75,7 +84,7 @@ def main():
     if kernels != "off":
         kernels += f", products by {here['mkl'] if here.get('mkl') else 'NumPy'}"
     peer = {"torch": "PyTorch", "numpy": "minivit without its CPU kernels",
-            "openblas": "minivit with NumPy's BLAS"}[a.against]
+            "openblas": "minivit with NumPy's BLAS", "tree": f"minivit of {a.tree}"}[a.against]
     print(f"machine: {here['cpu']}, {here['cores']} cores, {' '.join(here.get('isa', []))}; BLAS {', '.join(here.get('blas', []))}; "
           f"minivit's CPU kernels: {kernels}", flush=True)
     rows = []
@@ -95,6 +104,8 @@ def main():
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"command": " ".join(["python"] + sys.argv), "machine": here, "torch": rows[0][1].get("torch"),
+                       "tree": a.tree and subprocess.run(["git", "-C", a.tree, "rev-parse", "HEAD"], capture_output=True,
+                                                         text=True).stdout.strip(),
                        "minivit_kernels": kernels, "against": a.against,
                        "rounds": [{"minivit": m, a.against: t, "ratio": r} for m, t, r in rows]}, f, indent=1)
 

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minivit import ViTConfig  # noqa: E402
-from minivit.backend import machine  # noqa: E402
+from minivit.machine import machine  # noqa: E402
 from minivit.models.cnn import CNNConfig, count_params as cnn_params  # noqa: E402
 from minivit.data import Dataset, Split, load_dataset  # noqa: E402
 from minivit.atomic import write_text_atomic  # noqa: E402

@@ -115,7 +115,7 @@ def main():
         preset, batch, threads, steps = a.worker
         return worker(preset, int(batch), int(threads), int(steps))
     sys.path.insert(0, ROOT)
-    from minivit.backend import machine
+    from minivit.machine import machine
     print(f"machine: {json.dumps(machine())}")
     print(f"{'preset':<12} {'batch':>5}  {'setting':<20} {'images/s':>9} {'step ms':>8} {'allreduce ms':>13} "
           f"{'gradient MB':>12}")

@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minivit import ViTConfig, forward, init_params, with_new_head  # noqa: E402
-from minivit.backend import machine  # noqa: E402
+from minivit.machine import machine  # noqa: E402
 from minivit.data import Dataset, Split, load_dataset, normalize  # noqa: E402
 from minivit.tools.fewshot import features, fewshot_accuracy, linear_probe  # noqa: E402
 from minivit.atomic import write_text_atomic  # noqa: E402

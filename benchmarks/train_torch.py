@@ -34,6 +34,7 @@ from minivit.data import channel_stats, load_dataset, normalize  # noqa: E402
 from minivit.io import timm  # noqa: E402
 import numpy as np  # noqa: E402
 from minivit.config import resize_stages, stage_at  # noqa: E402
+from minivit.machine import machine  # noqa: E402
 from minivit.data.datasets import hold_out  # noqa: E402
 from minivit.layers.resample import resize_batch  # noqa: E402
 from minivit.train.optim import budget_decay, decays, warmup_decay  # noqa: E402
@@ -93,7 +94,7 @@ def main():
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "command.txt").write_text(" ".join(["python"] + sys.argv) + "\n")
-    (out / "machine.json").write_text(json.dumps(mv.backend.machine(), indent=2) + "\n")   # torch's version included
+    (out / "machine.json").write_text(json.dumps(machine(), indent=2) + "\n")   # torch's version included
     metrics = open(out / "metrics.jsonl", "w")
     def scored(split):
         """Plain cross-entropy and accuracy on a Split, in eval mode (as minivit's trainer reports them)."""

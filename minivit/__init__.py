@@ -22,13 +22,8 @@ from .models.vit import backward, check_input, count_params, forward, param_shap
 from .io.checkpoint import load_checkpoint, save_checkpoint
 from .io.jax_npz import load_jax_npz, save_jax_npz
 from .io.timm import from_timm, to_timm
-from .train.optim import SGD, AdamW, clip_grad_norm, global_norm, warmup_cosine
-# The modules that were minivit.data, minivit.train, ... before the package had floors keep those names here.
-from . import data, models, train  # noqa: F401
-from .io import checkpoint  # noqa: F401
-from .layers import posembed, stem  # noqa: F401
-from .models import cnn, mpp as pretrain  # noqa: F401
-from .tools import gradcheck, profile, visualize  # noqa: F401
-from .train import allocator, plots  # noqa: F401
+from .train.optim import SGD, AdamW, clip_grad_norm, global_norm, warmup_decay
+# The floors themselves, so that mv.layers.stem, mv.io.checkpoint, mv.tools.gradcheck ... read as their paths.
+from . import data, io, layers, models, tools, train  # noqa: F401
 
 __version__ = "0.1.0"

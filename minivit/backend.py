@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 
+from .contract import KERNELS
+
 BACKENDS = ("numpy", "cupy")
 _current = None  # resolved lazily so MINIVIT_BACKEND may be set after import
 
@@ -73,46 +75,60 @@ def get_array_module(*arrays):
 _fused = None  # None: read MINIVIT_FUSED on first use
 _cpu_kernels = None  # minivit.cpu.kernels once imported, False when numba is missing
 
+_ON, _OFF = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
+
+
+def switch(name, default="1"):
+    """An on/off environment variable read the usual ways (1/true/on/yes, 0/false/off/no, any case); anything
+    else is refused with a clear message instead of silently meaning one or the other."""
+    value = os.environ.get(name, default).strip().lower() or default
+    if value not in _ON + _OFF:
+        raise BackendError(f"{name}={os.environ.get(name)!r}: use one of {', '.join(_ON)} (on) or {', '.join(_OFF)} (off)")
+    return value in _ON
+
 
 def use_fused_kernels(on):
-    """Turn the fused kernels on or off (default on; MINIVIT_FUSED=0 sets off): the CUDA kernels of
-    the CuPy path and, where numba is installed, the CPU kernels of the NumPy path.
+    """Turn the kernels on or off (default on; MINIVIT_FUSED=0 sets off): the CUDA kernels of the CuPy path
+    and, where numba is installed, the CPU kernels of the NumPy path.
 
-    Off, every layer runs its NumPy-style lines, one pass (on a GPU one launch) per line: the
-    baseline that benchmarks/gpu_step.py, benchmarks/compare_step.py --fused 0 and notebook 7
-    measure the kernels against."""
+    Off, every layer runs its own lines, the textbook form, one pass (on a GPU one launch) per line: the
+    baseline that benchmarks/gpu_step.py, benchmarks/compare_step.py --fused 0 and notebook 7 measure the
+    kernels against."""
     global _fused
     _fused = bool(on)
 
 
 def fused_on():
-    """True unless the fused kernels were turned off (use_fused_kernels, MINIVIT_FUSED=0)."""
+    """True unless the kernels were turned off (use_fused_kernels, MINIVIT_FUSED=0)."""
     global _fused
     if _fused is None:
-        _fused = os.environ.get("MINIVIT_FUSED", "1").strip() != "0"
+        _fused = switch("MINIVIT_FUSED")
     return _fused
 
 
 def fused(x, name):
-    """The fused kernel `name` for x's kind of array, or None.
+    """The kernel `name` of the contract (minivit/contract.py) for x's kind of array, or None.
 
     A layer asks `kernel = fused(x, "layernorm_forward")` and, given a function, calls it in place
-    of its NumPy-style lines: from minivit.gpu.kernels (CUDA) for a CuPy array, from
-    minivit.cpu.kernels (numba) for a NumPy array when numba is installed. None when the
-    kernels are off, the module has no such kernel, or x is not a float32/float64 array."""
-    if getattr(x, "dtype", None) not in (np.float32, np.float64):  # the kernels are written for these two
+    of its own lines: from minivit.gpu.kernels (CUDA) for a CuPy array, from minivit.cpu.kernels
+    (numba) for a NumPy array when numba is installed. None when the kernels are off, the module
+    leaves the name out, or x is not of the dtype the contract names (float32/float64, or uint8 images)."""
+    if name not in KERNELS:
+        raise KeyError(f"{name!r} is not a kernel of minivit/contract.py")
+    want = (np.float32, np.float64) if KERNELS[name].takes == "float" else (np.uint8,)
+    if getattr(x, "dtype", None) not in want:
         return None
     if isinstance(x, np.ndarray):
         module = cpu_kernels()
     elif "cupy" in sys.modules and get_array_module(x) is not np:
-        module = fused_kernels()
+        module = gpu_kernels()
     else:
         return None
     return getattr(module, name, None) if module else None
 
 
 def cpu_kernels():
-    """minivit.cpu.kernels if the fused kernels are on and numba can be imported, else None."""
+    """minivit.cpu.kernels if the kernels are on and numba can be imported, else None."""
     global _cpu_kernels
     if not fused_on():
         return None
@@ -120,7 +136,7 @@ def cpu_kernels():
         try:
             from .cpu import kernels
             _cpu_kernels = kernels
-        except ImportError:   # numba is optional (pip install minivit[fast]): the NumPy lines run
+        except ImportError:   # numba is optional (pip install minivit[fast]): the layers' lines run
             _cpu_kernels = False
     return _cpu_kernels or None
 
@@ -134,8 +150,8 @@ def cpu_blas():
     return blas if blas.available() else None
 
 
-def fused_kernels():
-    """minivit.gpu.kernels if the fused kernels are on (MINIVIT_FUSED, default on), else None.
+def gpu_kernels():
+    """minivit.gpu.kernels if the kernels are on (MINIVIT_FUSED, default on), else None.
     Only for arrays that live on a GPU: see fused(x, name)."""
     if not fused_on():
         return None
@@ -159,44 +175,12 @@ def erf(x):
     """Elementwise error function of an array, on the array's backend.
 
     NumPy has no erf. Its accurate evaluation is a solved numerical problem and not
-    what minivit teaches, so we take SciPy's (and CuPy's port of it on a GPU) for float64
-    and on the GPU. SciPy computes its float32 erf in float64, too slow for training, so the
-    float32 NumPy GELU uses a rational approximation written out in
-    minivit.layers.erf.normal_cdf_as instead.
+    what minivit teaches, so we take SciPy's (and CuPy's port of it on a GPU). SciPy computes
+    a float32 erf in float64: slow, but this is the lesson's line; the CPU kernel
+    (minivit/cpu/kernels.py) has its own float32 erf for speed.
     """
     if get_array_module(x) is np:
         from scipy.special import erf as _erf
     else:
         from cupyx.scipy.special import erf as _erf
     return _erf(x)
-
-
-def machine():
-    """What a measurement ran on, for the raw result files: CPU model, cores, vector ISA, the BLAS
-    kernel threadpoolctl reports, Python, NumPy (and PyTorch, CuPy where loaded) versions."""
-    import platform
-    info = {"python": platform.python_version(), "numpy": np.__version__, "cores": os.cpu_count(),
-            "cpu": platform.processor() or platform.machine()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
-        flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-        info["cpu"] = model or info["cpu"]
-        info["isa"] = [f for f in ("avx2", "avx512f", "amx_tile", "asimd", "sve") if f in flags]
-    except OSError:
-        pass
-    blas = cpu_blas()
-    if blas:
-        info["mkl"] = blas.version()   # minivit's own products (minivit/cpu/blas.py)
-    try:
-        from threadpoolctl import threadpool_info
-        info["blas"] = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip()
-                        for i in threadpool_info() if i.get("user_api") == "blas"]
-    except ImportError:
-        pass
-    if "torch" in sys.modules:
-        info["torch"] = sys.modules["torch"].__version__
-    if "cupy" in sys.modules:   # the GPU itself is named by the GPU scripts (benchmarks/gpu_step.py)
-        info["cupy"] = sys.modules["cupy"].__version__
-    return info

@@ -1,4 +1,4 @@
-"""Test tools: the package's own gradient checker (minivit.gradcheck), and what several test files share."""
+"""Test tools: the package's own gradient checker (minivit.tools.gradcheck), and what several test files share."""
 import numpy as np
 import pytest
 

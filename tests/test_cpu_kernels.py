@@ -64,7 +64,7 @@ def test_numpy_arrays_get_the_cpu_kernels_and_the_switch_turns_them_off():
     assert backend.fused(np.zeros(3, np.float32), "softmax") is kernels.softmax
     assert backend.fused(np.zeros(3, np.float64), "layernorm_backward") is kernels.layernorm_backward
     assert backend.fused(np.zeros(3, np.float16), "softmax") is None         # written for float32/64 only
-    assert backend.fused(np.zeros(3, np.float32), "column_sums") is None     # a GPU kernel only
+    assert backend.fused(np.zeros(3, np.float32), "scale_all") is None       # a GPU kernel only
     assert backend.fused(None, "adamw_step") is None
     backend.use_fused_kernels(False)
     assert backend.fused(np.zeros(3, np.float32), "softmax") is None
@@ -114,7 +114,7 @@ def test_layernorm(dtype, shape):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("form", ["exact", "tanh"])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_gelu_and_bias_gelu(dtype, form, with_bias):
+def test_gelu_with_and_without_bias(dtype, form, with_bias):
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((5, 131)) * 3).astype(dtype)
     x[0, :4] = [0.0, -0.0, 9.0, -9.0]
@@ -133,7 +133,10 @@ def test_gelu_and_bias_gelu(dtype, form, with_bias):
     for a, b_ in zip(on, off):
         assert a.dtype == dtype and rel(a, b_) < TOL[dtype]
     h = x.astype(np.float64) + (0 if bias is None else bias)
-    assert rel(on[0], mv.layers.activations.gelu_reference(h, form)[0]) < (1e-6 if dtype == np.float32 else 1e-13)
+    backend.use_fused_kernels(False)                   # the layer's lines in float64: the formula
+    want = gelu_forward(h, form)[0]
+    backend.use_fused_kernels(True)
+    assert rel(on[0], want) < (1e-6 if dtype == np.float32 else 1e-13)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -143,14 +146,19 @@ def test_softmax_scaled_and_its_backward(dtype, n):
     x = (rng.standard_normal((2, 3, n, n)) * 4).astype(dtype)
     x[0, 0, 0] += 500.0                                   # a row far from the others: its own maximum
     dp = rng.standard_normal(x.shape).astype(dtype)
+    backend.use_fused_kernels(False)                   # the layer's lines in float64: the formula
     p = softmax(x.astype(np.float64) * 0.25)
-    ref = mv.layers.attention.softmax_reference(x.astype(np.float64) * 0.25)
+    ref, ref_wide = p, None
+    backend.use_fused_kernels(True)
     assert rel(kernels.softmax(x, scale=0.25), ref) < TOL[dtype]
     buf = x.copy()
     assert kernels.softmax(buf, out=buf, scale=0.25) is buf and rel(buf, ref) < TOL[dtype]      # in place
     wide = x.copy()
     wide[1, 2, 0, :] = np.linspace(-300, 300, n)                 # logits spanning more than 60: each row its own shift
-    assert rel(kernels.softmax(wide, scale=0.25), mv.layers.attention.softmax_reference(wide.astype(np.float64) * 0.25)) < TOL[dtype]
+    backend.use_fused_kernels(False)
+    ref_wide = softmax(wide.astype(np.float64) * 0.25)
+    backend.use_fused_kernels(True)
+    assert rel(kernels.softmax(wide, scale=0.25), ref_wide) < TOL[dtype]
     backend.use_fused_kernels(False)
     ds = 0.25 * softmax_backward(dp.astype(np.float64), p)
     backend.use_fused_kernels(True)
@@ -167,14 +175,20 @@ def test_attention_forward_backward(dtype):
     q, k, v = qkv.transpose(0, 1, 2, 3, 4)
     dout = rng.standard_normal(q.shape).astype(dtype)
 
+    on_cache, off_cache = [], []
+
     def run():
         out, cache = attention_forward(q, k, v)
+        (on_cache if backend.fused_on() else off_cache).append(cache)
         return (out,) + tuple(attention_backward(dout, cache))
     on, off = both(run)
     for a, b_ in zip(on, off):
         assert rel(a, b_) < 10 * TOL[dtype]
-    ref = mv.layers.attention.attention_reference(*(a.astype(np.float64) for a in (q, k, v)))
+    backend.use_fused_kernels(False)                   # the layer's lines in float64
+    ref, _ = attention_forward(*(a.astype(np.float64) for a in (q, k, v)))
+    backend.use_fused_kernels(True)
     assert rel(on[0], ref) < 10 * TOL[dtype]
+    assert type(on_cache[0]) is type(off_cache[0])        # one cache type, whoever ran forward
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -275,3 +289,36 @@ def test_the_compiled_code_is_kept_on_disk(tmp_path):
             for _ in range(2)]
     assert runs == [["0", "1"], ["1", "0"]]
     assert list(tmp_path.rglob("*.nbi"))
+
+
+@pytest.mark.parametrize("kh,kw,stride,pad", [(3, 3, 1, 1), (3, 3, 2, 1), (2, 3, 1, 0), (4, 4, 4, 0),
+                                             (5, 5, 2, 2), (2, 2, 3, 1)])
+def test_conv_windows_match_im2col_and_col2im(kh, kw, stride, pad):
+    """windows() is im2col with each image's rows as columns, windows_adjoint() is col2im, also
+    where windows overlap, where they skip pixels (stride 3 > kernel 2) and over the padding."""
+    windows, windows_adjoint = kernels.windows, kernels.windows_adjoint
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((3, 2, 7, 8))
+    cols = windows(x, kh, kw, stride, pad)                       # (B, C kh kw, Ho Wo)
+    rows = mv.im2col(x, kh, kw, stride, pad)                     # (B Ho Wo, C kh kw)
+    np.testing.assert_array_equal(cols.transpose(0, 2, 1).reshape(rows.shape), rows)
+    c = rng.standard_normal(cols.shape)
+    want = mv.col2im(c.transpose(0, 2, 1).reshape(rows.shape), x.shape, kh, kw, stride, pad)
+    assert rel(windows_adjoint(c, x.shape, kh, kw, stride, pad), want) < 1e-12
+
+
+def test_conv2d_matches_the_im2col_product_both_ways():
+    """conv2d_forward's per-image products give im2col(x) @ w.reshape(F, -1).T + b, laid out (B, F, Ho, Wo),
+    with the kernel and with the layer's lines; the backward passes agree too."""
+    rng = np.random.default_rng(10)
+    x, w, b = rng.standard_normal((2, 3, 9, 8)), rng.standard_normal((5, 3, 3, 3)), rng.standard_normal(5)
+    dy = rng.standard_normal((2, 5, 5, 4))
+
+    def run():
+        y, cache = mv.conv2d_forward(x, w, b, stride=2, pad=1)
+        return (y,) + tuple(mv.conv2d_backward(dy, cache))
+    on, off = both(run)
+    want = mv.im2col(x, 3, 3, 2, 1) @ w.reshape(5, -1).T + b     # (B Ho Wo, F)
+    assert rel(on[0], want.reshape(2, 5, 4, 5).transpose(0, 3, 1, 2)) < 1e-12
+    for a, b_ in zip(on, off):
+        assert rel(a, b_) < 1e-12

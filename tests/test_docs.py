@@ -29,7 +29,7 @@ def test_relative_links_exist(page):
 def test_readme_api_names_exist():
     import minivit
     for name in ["ViTConfig", "init_params", "forward", "backward", "cross_entropy", "AdamW", "to_timm",
-                 "from_timm", "use_backend", "SGD", "clip_grad_norm", "warmup_cosine", "count_params"]:
+                 "from_timm", "use_backend", "SGD", "clip_grad_norm", "warmup_decay", "count_params"]:
         assert hasattr(minivit, name), name
         assert f"`{name}" in (ROOT / "README.md").read_text(), name
 

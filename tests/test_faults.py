@@ -286,7 +286,7 @@ def test_malformed_checkpoint_is_one_clear_error(tmp_path, change, message):
     path, *_ = _good_checkpoint(tmp_path / "c.npz")
     mv.load_checkpoint(path, require=("mean", "std"))  # well-formed before the change
     _rewrite(path, change)
-    with pytest.raises(mv.checkpoint.CheckpointError, match="invalid checkpoint: .*" + message.replace("(", r"\(")):
+    with pytest.raises(mv.io.checkpoint.CheckpointError, match="invalid checkpoint: .*" + message.replace("(", r"\(")):
         mv.load_checkpoint(path, require=("mean", "std"))
 
 

@@ -257,19 +257,19 @@ def test_cross_entropy_stable_for_huge_logits():
 @pytest.mark.parametrize("groups", [1, 2, 6])
 def test_groupnorm(groups):
     x, w, b = randn(2, 6, 3, 4) * 2 + 1, randn(6), randn(6)
-    out, cache = mv.stem.groupnorm_forward(x, w, b, groups)
+    out, cache = mv.layers.stem.groupnorm_forward(x, w, b, groups)
     R = randn(*out.shape)
-    dx, dw, db = mv.stem.groupnorm_backward(R, cache)
-    f = scalar_of(lambda: mv.stem.groupnorm_forward(x, w, b, groups)[0], R)
+    dx, dw, db = mv.layers.stem.groupnorm_backward(R, cache)
+    f = scalar_of(lambda: mv.layers.stem.groupnorm_forward(x, w, b, groups)[0], R)
     check_grads(f, {"x": x, "w": w, "b": b}, {"x": dx, "w": dw, "b": db})
 
 
 def test_relu_away_from_its_kink():
     x = randn(4, 5)
     x[np.abs(x) < 0.1] = 0.5                                  # finite differences need |x| > h
-    out, mask = mv.stem.relu_forward(x)
+    out, mask = mv.layers.stem.relu_forward(x)
     R = randn(*x.shape)
-    check_grads(scalar_of(lambda: mv.stem.relu_forward(x)[0], R), {"x": x}, {"x": mv.stem.relu_backward(R, mask)})
+    check_grads(scalar_of(lambda: mv.layers.stem.relu_forward(x)[0], R), {"x": x}, {"x": mv.layers.stem.relu_backward(R, mask)})
     np.testing.assert_array_equal(out, np.maximum(x, 0))
 
 

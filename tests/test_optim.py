@@ -66,12 +66,12 @@ def test_global_norm_stays_finite_when_float32_squares_overflow():
     assert np.isfinite(g["w"]).all() and mv.global_norm(g) == pytest.approx(1.0, rel=1e-5)
 
 
-def test_warmup_cosine():
-    lrs = [mv.warmup_cosine(s, 100, 10, 1.0, 0.1) for s in range(100)]
+def test_warmup_then_cosine():
+    lrs = [mv.warmup_decay(s, 100, 10, 1.0, 0.1) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # non-increasing after warmup
     assert lrs[10 + 45] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
-    assert mv.warmup_cosine(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
+    assert mv.warmup_decay(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
 
 
 def test_optimizer_state_round_trip():

@@ -42,13 +42,13 @@ def test_relative_logits_pick_the_offset_embedding():
     """bias[b, h, i, j] = qs[b, h, i] . table[h, i - j + T - 1], checked entry by entry."""
     B, H, T, d = 2, 3, 5, 4
     qs, table = rng.standard_normal((B, H, T, d)), rng.standard_normal((H, 2 * T - 1, d))
-    bias, cache = mv.posembed.relpos_forward(qs, table)
+    bias, cache = mv.layers.posembed.relpos_forward(qs, table)
     for b, h, i, j in np.ndindex(B, H, T, T):
         assert abs(bias[b, h, i, j] - qs[b, h, i] @ table[h, i - j + T - 1]) < 1e-12
     R = rng.standard_normal(bias.shape)
-    dqs, dtable = mv.posembed.relpos_backward(R, cache)
+    dqs, dtable = mv.layers.posembed.relpos_backward(R, cache)
     from helpers import check_grads
-    f = lambda: float((mv.posembed.relpos_forward(qs, table)[0] * R).sum())
+    f = lambda: float((mv.layers.posembed.relpos_forward(qs, table)[0] * R).sum())
     check_grads(f, {"qs": qs, "table": table}, {"qs": dqs, "table": dtable})
 
 
@@ -56,7 +56,7 @@ def test_learned2d_table_is_row_and_column_halves():
     cfg = mv.ViTConfig.preset("test", image_size=12, pos_embed="learned2d")   # a 3x3 grid
     p = params_for(cfg)
     z = np.zeros((1, cfg.num_patches + 1, cfg.dim))
-    out, _ = mv.posembed.pos_forward(z, p, cfg)
+    out, _ = mv.layers.posembed.pos_forward(z, p, cfg)
     table = out[0]
     half = cfg.dim // 2
     assert np.all(table[0] == 0)                                   # the class token: no position

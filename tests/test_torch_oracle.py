@@ -222,12 +222,12 @@ def test_clip_grad_norm_against_torch():
 @pytest.mark.parametrize("groups", [1, 3, 6])
 def test_groupnorm(groups):
     x, w, b = randn(2, 6, 4, 5) * 2 + 1, randn(6), randn(6)
-    y, cache = mv.stem.groupnorm_forward(x, w, b, groups)
+    y, cache = mv.layers.stem.groupnorm_forward(x, w, b, groups)
     tx, tw, tb = T(x), T(w), T(b)
     ty = F.group_norm(tx, groups, tw, tb, eps=1e-5)
     R = randn(*y.shape)
     ty.backward(T(R, False))
-    dx, dw, db = mv.stem.groupnorm_backward(R, cache)
+    dx, dw, db = mv.layers.stem.groupnorm_backward(R, cache)
     agree(y, ty); agree(dx, tx.grad); agree(dw, tw.grad); agree(db, tb.grad)
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import minivit as mv
-from minivit import visualize as vz
+from minivit.tools import visualize as vz
 
 
 def model_and_cache():

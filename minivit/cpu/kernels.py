@@ -21,6 +21,7 @@ How they are compiled (docs/cpu_kernels.md):
   vectorise the row sums. No 'nnan' or 'ninf': a NaN must still reach the trainer's guard.
 """
 import math
+from functools import lru_cache
 
 import numba
 import numpy as np
@@ -28,16 +29,15 @@ from numba import types
 from numba.extending import intrinsic, overload
 
 from .blas import matmul
+from ..contract import GELU_TANH_C, SQRT_2_OVER_PI, AttentionCache
 
 JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz"})
 
-SHARED_SHIFT_SPAN = 60.0   # as minivit.layers.attention's: e^-60 is far from float32's underflow
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_GELU_C = 0.044715
-# Abramowitz & Stegun 7.1.26 (as minivit/layers/erf.py): erfc(u) = (a1 t + ... + a5 t^5) exp(-u^2),
-# t = 1 / (1 + p u), u >= 0, absolute error at most 1.5e-7. The float32 GELU uses it; float64 uses libm's erf.
+# Abramowitz & Stegun, Handbook of Mathematical Functions (1964), eq. 7.1.26: erfc(u) = (a1 t + ... + a5 t^5)
+# exp(-u^2), t = 1 / (1 + p u), u >= 0, absolute error at most 1.5e-7: one to two float32 rounding steps near 1.
+# SciPy's erf works in float64, too slow for a float32 step; the float32 GELU uses this, float64 libm's erf.
 _AS_P = 0.3275911
 _A1, _A2, _A3, _A4, _A5 = 0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429
 
@@ -233,8 +233,7 @@ def layernorm_backward(dy, cache):
 # minivit.layers.activations.gelu_forward (exact), over h = x + b: y = h Phi(h),
 # y' = Phi(h) + h phi(h), phi(h) = exp(-h^2 / 2) / sqrt(2 pi), Phi(h) = (1 + erf(h / sqrt 2)) / 2.
 # Phi by A&S 7.1.26 (float32's precision): Phi(h) = 1 - q for h >= 0 and q for h < 0, q = erfc(|h| / sqrt 2) / 2.
-# In float32 arithmetic throughout (16 lanes, vector_expf), as the NumPy float32 lines compute
-# (minivit/layers/erf.py). Returns Phi(h) and exp(-h^2 / 2).
+# In float32 arithmetic throughout (16 lanes, vector_expf). Returns Phi(h) and exp(-h^2 / 2).
 _F32 = np.float32
 _AS_PK_F = _F32(_AS_P * _INV_SQRT_2)
 _A1_F, _A2_F, _A3_F, _A4_F, _A5_F = (_F32(a) for a in (_A1, _A2, _A3, _A4, _A5))
@@ -252,7 +251,7 @@ def normal_cdf_as_f32(h):
 # The loop over j is written twice, with the derivative (training) and without (inference): one loop
 # with the choice inside it is not vectorised (measured: 4 times slower without the derivative).
 @numba.njit(**JIT)
-def bias_gelu_exact_kernel(x, b, y, dydx):
+def gelu_exact_kernel(x, b, y, dydx):
     rows, H = x.shape
     row = np.empty(H, y.dtype)                    # y's row, written after x's row is read: y may be x
     for i in range(rows):
@@ -273,7 +272,7 @@ def bias_gelu_exact_kernel(x, b, y, dydx):
 
 # The same in float64, with libm's erf and exp (one call each per element: a float64 model is for checking)
 @numba.njit(**JIT)
-def bias_gelu_exact_float64_kernel(x, b, y, dydx):
+def gelu_exact_float64_kernel(x, b, y, dydx):
     rows, H = x.shape
     keep = dydx.shape[0] > 0
     for i in range(rows):
@@ -290,7 +289,7 @@ def bias_gelu_exact_float64_kernel(x, b, y, dydx):
 # 1 + tanh u = 2 / (1 + e^-2u): no cancellation where tanh u is near -1, and 1 - tanh^2 u = (1 + t)(1 - t).
 # In x's precision: c holds (sqrt(2/pi), 0.044715, 1/2, 1, 2, 3) in x's dtype.
 @numba.njit(**JIT)
-def bias_gelu_tanh_kernel(x, b, y, dydx, c):
+def gelu_tanh_kernel(x, b, y, dydx, c):
     rows, H = x.shape
     k, g, half, one, two, three = c[0], c[1], c[2], c[3], c[4], c[5]
     row = np.empty(H, y.dtype)
@@ -311,21 +310,20 @@ def bias_gelu_tanh_kernel(x, b, y, dydx, c):
             y[i, j] = row[j]
 
 
-def bias_gelu(x, b, approximate, keep_cache=True, out=None):
-    """GELU(x + b) and, with keep_cache, its derivative there: -> y, y' (or y, None).
-
-    x (..., H), b (H,) or None. out: the array y is written into (may be x). One pass for the
-    bias add of the MLP's first layer and its GELU (minivit/models/block.py)."""
+def gelu_forward(x, approximate, keep_cache=True, out=None, bias=None):
+    """As minivit.layers.activations.gelu_forward: GELU(x + bias) and, with keep_cache, its derivative there
+    -> y, y' (or y, None). x (..., H), bias (H,) or None. out: the array y is written into (may be x). One
+    pass for the bias add of the MLP's first layer and its GELU (minivit/models/block.py)."""
     x2 = _rows(x)
     H = x2.shape[1]
-    bias = np.zeros(H, x.dtype) if b is None else b.astype(x.dtype, copy=False)
+    b = np.zeros(H, x.dtype) if bias is None else bias.astype(x.dtype, copy=False)
     y = _output(out, x, in_place=True).reshape(-1, H)
     dydx = np.empty_like(x2) if keep_cache else np.empty((0, H), x.dtype)
     if approximate == "exact":
-        (bias_gelu_exact_kernel if x.dtype == np.float32 else bias_gelu_exact_float64_kernel)(x2, bias, y, dydx)
+        (gelu_exact_kernel if x.dtype == np.float32 else gelu_exact_float64_kernel)(x2, b, y, dydx)
     else:
-        c = np.array([_SQRT_2_OVER_PI, _GELU_C, 0.5, 1.0, 2.0, 3.0], dtype=x.dtype)
-        bias_gelu_tanh_kernel(x2, bias, y, dydx, c)
+        c = np.array([SQRT_2_OVER_PI, GELU_TANH_C, 0.5, 1.0, 2.0, 3.0], dtype=x.dtype)
+        gelu_tanh_kernel(x2, b, y, dydx, c)
     return y.reshape(x.shape), (dydx.reshape(x.shape) if keep_cache else None)
 
 
@@ -362,7 +360,7 @@ def softmax_kernel(x, out, scale, shift, shared, floor):
             out[i, j] = row[j] * r
 
 
-SMALLEST_SUM = math.exp(-SHARED_SHIFT_SPAN)
+SMALLEST_SUM = math.exp(-60.0)   # e^-60: far above float32's underflow (e^-87), far below a row's sum of 1
 
 
 def softmax(x, out=None, scale=1.0):
@@ -398,21 +396,16 @@ def softmax_backward(dp, p, out=None, scale=1.0):
     return out
 
 
-class AttentionCache:
-    """What attention_backward below needs: q, k, v (..., N, d), the probabilities (..., N, N), the scale."""
-
-    def __init__(self, q, k, v, probs, scale):
-        self.q, self.k, self.v, self.probs, self.scale = q, k, v, probs, scale
-
-
 def attention_forward(q, k, v, scale):
-    """As minivit.layers.attention.attention_forward without dropout or bias: q, k, v (..., N, d) -> out, cache.
+    """As minivit.layers.attention.attention_forward without dropout or bias: q, k, v (..., N, d) -> out, cache
+    (the layer's AttentionCache, minivit/contract.py).
 
     The logits q k^T are left unscaled, and the softmax kernel applies the scale as it reads them:
     the NumPy path's pass scaling q is saved. The products are MKL's where it is installed (blas.py)."""
     p = matmul(q, k, trans_b=True)                    # (..., N, N) logits / scale:  q @ k^T
     p = softmax(p, out=p, scale=scale)                # probabilities of the logits q k^T scale, in place
-    return matmul(p, v), AttentionCache(q, k, v, p, scale)
+    out = matmul(p, v)                                # (..., N, d)
+    return out, AttentionCache(q, k, v, p, p, None, out, scale)
 
 
 def attention_backward(dout, cache):
@@ -439,8 +432,99 @@ def linear_backward(dy, cache):
     """As minivit.layers.linear.linear_backward: -> dx, dw, db."""
     x, w = cache
     x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-    db = np.ones(dy2.shape[0], dtype=dy.dtype) @ dy2  # column sums as one product (minivit/layers/rowsums.py)
+    db = np.ones(dy2.shape[0], dtype=dy.dtype) @ dy2  # the column sums as one product, which BLAS runs over all rows at once
     return matmul(dy2, w, trans_b=True).reshape(x.shape), matmul(x2, dy2, trans_a=True), db
+
+
+# ----------------------------------------------------------------------------------------------- convolution
+
+# minivit.layers.conv.conv2d_forward / conv2d_backward: the same products, with each image's windows copied
+# by one gather through a table of pixel indices instead of im2col's kh x kw strided slices, and col2im's
+# sums by one gather through the inverse table (docs/derivations/conv.md).
+def _conv_out_size(size, k, stride, pad):
+    return (size + 2 * pad - k) // stride + 1
+
+
+@lru_cache(maxsize=32)
+def _window_tables(C, H, W, kh, kw, stride, pad):
+    """The index tables of windows() and windows_adjoint() for one image shape.
+
+    idx (C*kh*kw, Ho*Wo): entry (c u v, i j) is the flat position, in the padded (C, H+2p, W+2p)
+    image, of the pixel that im2col copies into row (i, j), column (c, u, v).
+    inv (C*H*W, m): for every pixel of the unpadded image, the flat positions in idx of the (at
+    most m) entries that copied it; a pixel copied fewer than m times is padded with idx.size,
+    which points at a zero appended to the columns.
+    """
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    Ho, Wo = _conv_out_size(H, kh, stride, pad), _conv_out_size(W, kw, stride, pad)
+    c, u, v, i, j = np.ix_(np.arange(C), np.arange(kh), np.arange(kw), np.arange(Ho), np.arange(Wo))
+    idx = ((c * Hp + stride * i + u) * Wp + stride * j + v).reshape(C * kh * kw, Ho * Wo)
+    pixel = idx.ravel()
+    order = np.argsort(pixel, kind="stable")                       # the entries, grouped by pixel
+    counts = np.bincount(pixel, minlength=C * Hp * Wp)             # copies of each padded pixel
+    first = np.cumsum(counts) - counts                             # where each pixel's group starts
+    slot = np.arange(pixel.size) - np.repeat(first, counts)        # rank of each entry in its group
+    inv = np.full((C * Hp * Wp, max(1, counts.max())), pixel.size, dtype=np.intp)
+    inv[pixel[order], slot] = order
+    inv = np.ascontiguousarray(inv.reshape(C, Hp, Wp, -1)[:, pad:pad + H, pad:pad + W])  # padding needs no gradient
+    idx.flags.writeable = inv.flags.writeable = False             # cached and shared: read-only
+    return idx, inv.reshape(C * H * W, -1)
+
+
+def windows(x, kh, kw, stride=1, pad=0):
+    """x (B, C, H, W) -> cols (B, C*kh*kw, Ho*Wo): image n's im2col rows as columns, cols[n] = im2col(x[n:n+1]).T.
+
+    One np.take per image through the index table (an image and its windows stay in the cache, and
+    take releases the GIL for the engine's other thread).
+    """
+    B, C, H, W = x.shape
+    idx, _ = _window_tables(C, H, W, kh, kw, stride, pad)
+    xpad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else np.ascontiguousarray(x)
+    flat = xpad.reshape(B, -1)                                     # (B, C*(H+2p)*(W+2p))
+    cols = np.empty((B,) + idx.shape, dtype=x.dtype)
+    for n in range(B):
+        np.take(flat[n], idx, out=cols[n])
+    return cols
+
+
+def windows_adjoint(cols, x_shape, kh, kw, stride=1, pad=0):
+    """Adjoint of windows(): cols (B, C*kh*kw, Ho*Wo) -> (B, C, H, W), col2im image by image.
+
+    Each pixel's gradient is the sum of the entries that copied it: one gather per image through the
+    inverse table (a zero appended to the columns fills the unused slots), then a sum over those m
+    slots as a matrix-vector product.
+    """
+    B, C, H, W = x_shape
+    _, inv = _window_tables(C, H, W, kh, kw, stride, pad)
+    padded = np.zeros(cols[0].size + 1, dtype=cols.dtype)          # one image's columns, then the zero
+    ones = np.ones((inv.shape[1], 1), dtype=cols.dtype)
+    dx = np.empty((B, C * H * W, 1), dtype=cols.dtype)
+    for n in range(B):
+        padded[:-1] = cols[n].ravel()
+        np.matmul(np.take(padded, inv), ones, out=dx[n])           # (C*H*W, m) @ (m, 1)
+    return dx.reshape(B, C, H, W)
+
+
+def conv2d_forward(x, w, b, stride=1, pad=0):
+    """As minivit.layers.conv.conv2d_forward: -> y (B, F, Ho, Wo), (cols (B, C*kh*kw, Ho*Wo), x.shape, w, stride, pad)."""
+    B = x.shape[0]
+    F, _, kh, kw = w.shape
+    cols = windows(x, kh, kw, stride, pad)         # (B, C*kh*kw, Ho*Wo)
+    y = w.reshape(F, -1) @ cols                    # (B, F, Ho*Wo): one product per image
+    y += b[:, None]
+    Ho, Wo = _conv_out_size(x.shape[2], kh, stride, pad), _conv_out_size(x.shape[3], kw, stride, pad)
+    return y.reshape(B, F, Ho, Wo), (cols, x.shape, w, stride, pad)
+
+
+def conv2d_backward(dy, cache):
+    """As minivit.layers.conv.conv2d_backward: -> dx, dw, db."""
+    cols, x_shape, w, stride, pad = cache
+    F, C, kh, kw = w.shape
+    dy3 = dy.reshape(dy.shape[0], F, -1)           # (B, F, Ho*Wo)
+    db = dy3.sum(axis=(0, 2))                      # (F,)
+    dw = (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # (F, C, kh, kw)
+    dcols = w.reshape(F, -1).T @ dy3               # (B, C*kh*kw, Ho*Wo)
+    return windows_adjoint(dcols, x_shape, kh, kw, stride, pad), dw, db
 
 
 # ----------------------------------------------------------------------------------------------- loss

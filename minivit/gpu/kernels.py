@@ -347,15 +347,18 @@ def softmax_backward(dp, p, out=None, scale=1.0):
     return out
 
 
-def gelu(x, approximate):
-    """As minivit.layers.activations.gelu_forward: -> y, GELU'(x)."""
+def gelu_forward(x, approximate, keep_cache=True, out=None, bias=None):
+    """As minivit.layers.activations.gelu_forward: GELU(x + bias) -> y, GELU'(x + bias) (or None without
+    keep_cache). `out` is not used: the kernel writes a new array."""
     import cupy
+    if bias is not None:
+        x = x + bias
     x, = _contiguous(x)
     y, dydx = cupy.empty(x.shape, x.dtype), cupy.empty(x.shape, x.dtype)
     name = {"exact": "gelu_exact", "tanh": "gelu_tanh"}[approximate]
     if x.size:
         _kernel(name, x.dtype)((_flat_blocks(x.size),), (THREADS,), (x, y, dydx, np.int64(x.size)))
-    return y, dydx
+    return y, (dydx if keep_cache else None)
 
 
 def augment_normalize(images, mean, std, dtype, rng=None, pad=4, flip=True):
@@ -446,7 +449,8 @@ def linear_forward(x, w, b):
     """As minivit.layers.linear.linear_forward."""
     x2 = x.reshape(-1, x.shape[-1])
     y = matmul(x2, w)
-    y += b
+    if b is not None:
+        y += b
     return y.reshape(*x.shape[:-1], w.shape[1]), (x, w)
 
 
@@ -459,6 +463,7 @@ def linear_backward(dy, cache):
 
 class AttentionCache:
     """What attention_backward below needs: q, k, v as (batch, N, d), the probabilities, the scale."""
+    mask = None     # no dropout on this path: the layer's attention_backward then hands the cache back here
 
     def __init__(self, q, k, v, p, scale, shape):
         self.q, self.k, self.v, self.p, self.scale, self.shape = q, k, v, p, scale, shape

@@ -1,151 +1,49 @@
 """GELU (exact and tanh forms), inverted dropout and stochastic depth (drop path).
 Derivations: docs/derivations/gelu.md, docs/derivations/drop_path.md."""
 import math
-from functools import partial
 
 import numpy as np
 
 from ..backend import erf, fused, get_array_module
-from .cache_pieces import in_pieces
-from .erf import erfc_as, normal_cdf_as
-
-
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_GELU_C = 0.044715  # the cubic coefficient of Hendrycks & Gimpel's tanh approximation
-
-
-def gelu_reference(x, approximate="exact"):
-    """The textbook GELU (Hendrycks & Gimpel, 2016) and its derivative, written as the formulas read:
-
-        exact:  y = x Phi(x) = x/2 (1 + erf(x / sqrt 2)),      y' = Phi(x) + x phi(x)
-        tanh:   y = x/2 (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3),
-                y' = (1 + tanh u)/2 + x/2 (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-
-    phi the standard normal density. gelu_forward computes the same in fewer passes over memory, in
-    cache-sized pieces, with a hand-written erf in float32; tests/test_speed_forms.py pins the two
-    together in float64. -> (y, y')"""
-    xp = get_array_module(x)
-    if approximate == "exact":
-        phi_cdf = 0.5 * (1.0 + erf(x / math.sqrt(2.0)))
-        return x * phi_cdf, phi_cdf + x * xp.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
-    t = xp.tanh(math.sqrt(2.0 / math.pi) * (x + _GELU_C * x ** 3))
-    dt = (1.0 - t * t) * math.sqrt(2.0 / math.pi) * (1.0 + 3.0 * _GELU_C * x * x)
-    return 0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * dt
+from ..contract import GELU_TANH_C, SQRT_2_OVER_PI
 
 
 def gelu_forward(x, approximate="exact", keep_cache=True, out=None, bias=None):
-    """GELU(x) = x * Phi(x), Phi the standard normal CDF; as torch F.gelu(approximate='none'|'tanh').
+    """GELU (Hendrycks & Gimpel, 2016) of x + bias, and its derivative there, as torch
+    F.gelu(approximate='none'|'tanh'):
 
-    bias (features,): GELU(x + bias) instead, the bias of the layer before added here (with the fused
-    CPU kernel, in the same pass; minivit/models/block.py). The cached derivative is then at x + bias.
+        exact:  y = h Phi(h) = h/2 (1 + erf(h / sqrt 2)),      y' = Phi(h) + h phi(h)
+        tanh:   y = h/2 (1 + tanh u), u = sqrt(2/pi) (h + 0.044715 h^3),
+                y' = (1 + tanh u)/2 + h/2 (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 h^2)
 
-    out: the array y is written into, which may be x itself when the caller has no further use
-    for x (the MLP's hidden layer: minivit/models/block.py); None, a new array. (On a GPU the kernel
-    writes a new array.)
+    h = x + bias (bias (features,) or None: the bias of the dense layer before, added here so that a
+    kernel can do it in the same pass, minivit/models/block.py), phi the standard normal density.
 
-    The cache holds the derivative GELU'(x), computed here from pieces forward has at hand
-    (for an elementwise function, backward is just dy * f'(x)): one array instead of x and
-    Phi(x), and one pass in backward. With keep_cache=False (inference) the derivative is
-    not computed and the cache is None, and the exact form is evaluated as the equal
-    relu(x) - |x| Phi(-|x|), which needs no sign(x) (_gelu_exact_y). The arithmetic runs over
-    cache-sized pieces of the rows (minivit/layers/cache_pieces.py); each piece is the formula below.
-    """
-    if approximate not in _GELU_FORMS:
+    The cache is the derivative GELU'(h) (for an elementwise function backward is just dy * f'(h)):
+    one array instead of h and Phi(h). keep_cache=False (inference): the cache is None. out: an array
+    the kernels may write y into (x itself, when the caller has no further use for x); these lines make
+    a new array. -> (y, y' or None)"""
+    if approximate not in ("exact", "tanh"):
         raise ValueError(f"gelu approximate must be 'exact' or 'tanh', got {approximate!r}")
+    kernel = fused(x, "gelu_forward")
+    if kernel:  # one pass: numba on a CPU (minivit/cpu/kernels.py), CUDA on a GPU (minivit/gpu/kernels.py)
+        return kernel(x, approximate, keep_cache, out, bias)
     xp = get_array_module(x)
-    kernel = fused(x, "bias_gelu")
-    if kernel:  # on a CPU with numba: one pass writes y and GELU'(x + bias) (minivit/cpu/kernels.py)
-        return kernel(x, bias, approximate, keep_cache, out)
-    if bias is not None:
-        x = x + bias if out is None else xp.add(x, bias, out=out)   # then GELU over out, in place
-    kernel = fused(x, "gelu")
-    if kernel:  # on a GPU: one CUDA kernel writes y and GELU'(x) (minivit/gpu/kernels.py)
-        y, dydx = kernel(x, approximate)
-        return y, (dydx if keep_cache else None)
-    y = xp.empty_like(x) if out is None else out
-    if not keep_cache:
-        return in_pieces(partial(_GELU_FORMS[approximate], dydx=None), [x], [y])[0], None
-    return in_pieces(_GELU_FORMS[approximate], [x], [y, xp.empty_like(x)])
-
-
-def _gelu_exact(x, y, dydx):
-    """y = x Phi(x) and dydx = GELU'(x), written into y and dydx (dydx None: y only).
-
-    y is written last, and x is not read after it, so y may be x itself (so in each form)."""
-    xp = get_array_module(x)
-    if dydx is None:
-        return _gelu_exact_y(x, y)
-    e = x * x
-    e *= -0.5
-    xp.exp(e, out=e)                                       # exp(-x^2 / 2)
-    if xp is np and x.dtype == np.float32:
-        phi = normal_cdf_as(x, e)                          # Phi(x), hand-written (see above)
+    h = x if bias is None else x + bias                                        # (..., M)
+    if approximate == "exact":
+        cdf = 0.5 * (1.0 + erf(h / math.sqrt(2.0)))                            # Phi(h)
+        y = h * cdf
+        dydh = cdf + h * xp.exp(-0.5 * h * h) / math.sqrt(2.0 * math.pi)    # Phi(h) + h phi(h)
     else:
-        phi = 0.5 * (1.0 + erf(x * _INV_SQRT_2))           # Phi(x), SciPy's float64 erf
-    # d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the normal density.
-    xp.multiply(e, x, out=dydx)
-    dydx *= _INV_SQRT_2PI
-    dydx += phi
-    xp.multiply(x, phi, out=y)
-
-
-def _gelu_exact_y(x, y):
-    """y = x Phi(x) alone (inference), written as relu(x) - |x| Phi(-|x|).
-
-    The two are equal: for x >= 0, x Phi(x) = x - x (1 - Phi(x)) = x - x Phi(-x); for x < 0,
-    relu(x) = 0 and x Phi(x) = -|x| Phi(-|x|). GELU is ReLU minus a small, even correction that
-    decays like exp(-x^2 / 2). Phi(-|x|) = erfc(|x| / sqrt 2) / 2 needs no sign(x), which NumPy
-    runs slower than a multiplication (docs/results.md); the training form needs Phi(x) itself for the derivative.
-    """
-    xp = get_array_module(x)
-    hn = x * -0.5                                          # -x/2
-    e = hn * x
-    xp.exp(e, out=e)                                       # exp(-x^2 / 2)
-    h = xp.abs(hn)                                         # |x|/2
-    if xp is np and x.dtype == np.float32:
-        tail = erfc_as(h, math.sqrt(2.0), e)               # erfc(u) = 2 Phi(-|x|), u = |x| / sqrt 2 = sqrt(2) h
-    else:
-        tail = 1.0 - erf(h * math.sqrt(2.0))               # erfc(u), SciPy's float64 erf
-    tail *= h                                              # |x| Phi(-|x|)
-    xp.subtract(h, hn, out=y)                              # relu(x) = |x|/2 + x/2
-    y -= tail
-
-
-def _gelu_tanh(x, y, dydx):
-    """y = x/2 (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3), and dydx = its derivative (None: y only)."""
-    xp = get_array_module(x)
-    u = x * x
-    u *= _GELU_C
-    u += 1.0
-    u *= x
-    u *= _SQRT_2_OVER_PI                                   # u = sqrt(2/pi) (x + 0.044715 x^3)
-    t = xp.tanh(u)
-    if dydx is not None:
-        # d/dx [x/2 (1 + tanh u)] = (1 + tanh u)/2 + x/2 (1 - tanh^2 u) du/dx,
-        # du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-        du = x * x
-        du *= 3.0 * _GELU_C
-        du += 1.0
-        du *= _SQRT_2_OVER_PI
-        xp.multiply(t, t, out=dydx)
-        xp.subtract(1.0, dydx, out=dydx)
-        dydx *= 0.5 * x
-        dydx *= du
-        dydx += 0.5 * (1.0 + t)
-    t += 1.0
-    t *= 0.5
-    xp.multiply(x, t, out=y)                               # y = x (1 + tanh u) / 2, last: y may be x
-
-
-_GELU_FORMS = {"exact": _gelu_exact, "tanh": _gelu_tanh}
+        t = xp.tanh(SQRT_2_OVER_PI * (h + GELU_TANH_C * h ** 3))               # tanh u
+        y = 0.5 * h * (1.0 + t)
+        dydh = 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * h * h)
+    return y.astype(x.dtype, copy=False), (dydh.astype(x.dtype, copy=False) if keep_cache else None)
 
 
 def gelu_backward(dy, dydx):
     """dy -> dx = dy * GELU'(x); the derivative was cached by gelu_forward (either form)."""
-    xp = get_array_module(dy)
-    return in_pieces(xp.multiply, [dy, dydx], [xp.empty_like(dy)])[0]
+    return dy * dydx
 
 
 def dropout_forward(x, p, rng=None, train=True):

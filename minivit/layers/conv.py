@@ -8,17 +8,10 @@ x_p in R^{N x (P^2 C)}). Derivation: docs/derivations/conv.md.
 
 `conv2d_forward` keeps each image's windows apart, as the columns of a (C kh kw, Ho Wo)
 matrix, and takes one product per image: its (F, Ho Wo) result is already the output's
-(B, F, Ho, Wo) memory order. On the CPU the windows are copied by one gather through a table
-of pixel indices, and the backward's col2im by one gather through the inverse table
-(`_window_tables`); both are checked in float64 against im2col and col2im, the textbook
-forms above them.
+(B, F, Ho, Wo) memory order. (On the CPU a kernel copies the windows through a table of pixel
+indices instead: minivit/cpu/kernels.py, pinned to these lines by tests/test_cpu_kernels.py.)
 """
-from functools import lru_cache
-
-import numpy as np
-
-from ..backend import get_array_module
-from .rowsums import sum_rows
+from ..backend import fused, get_array_module
 
 
 def _out_size(size, k, stride, pad):
@@ -63,81 +56,19 @@ def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
     return xpad[:, :, pad:pad + H, pad:pad + W]
 
 
-@lru_cache(maxsize=32)
-def _window_tables(C, H, W, kh, kw, stride, pad):
-    """The index tables of windows() and windows_adjoint() for one image shape.
-
-    idx (C*kh*kw, Ho*Wo): entry (c u v, i j) is the flat position, in the padded (C, H+2p, W+2p)
-    image, of the pixel that im2col copies into row (i, j), column (c, u, v).
-    inv (C*H*W, m): for every pixel of the unpadded image, the flat positions in idx of the (at
-    most m) entries that copied it; a pixel copied fewer than m times is padded with idx.size,
-    which points at a zero appended to the columns.
-    """
-    Hp, Wp = H + 2 * pad, W + 2 * pad
-    Ho, Wo = _out_size(H, kh, stride, pad), _out_size(W, kw, stride, pad)
-    c, u, v, i, j = np.ix_(np.arange(C), np.arange(kh), np.arange(kw), np.arange(Ho), np.arange(Wo))
-    idx = ((c * Hp + stride * i + u) * Wp + stride * j + v).reshape(C * kh * kw, Ho * Wo)
-    pixel = idx.ravel()
-    order = np.argsort(pixel, kind="stable")                       # the entries, grouped by pixel
-    counts = np.bincount(pixel, minlength=C * Hp * Wp)             # copies of each padded pixel
-    first = np.cumsum(counts) - counts                             # where each pixel's group starts
-    slot = np.arange(pixel.size) - np.repeat(first, counts)        # rank of each entry in its group
-    inv = np.full((C * Hp * Wp, max(1, counts.max())), pixel.size, dtype=np.intp)
-    inv[pixel[order], slot] = order
-    inv = np.ascontiguousarray(inv.reshape(C, Hp, Wp, -1)[:, pad:pad + H, pad:pad + W])  # padding needs no gradient
-    idx.flags.writeable = inv.flags.writeable = False             # cached and shared: read-only
-    return idx, inv.reshape(C * H * W, -1)
-
-
-def windows(x, kh, kw, stride=1, pad=0):
-    """x (B, C, H, W) -> cols (B, C*kh*kw, Ho*Wo): image n's im2col rows as columns, cols[n] = im2col(x[n:n+1]).T.
-
-    On the CPU one np.take per image through the index table (an image and its windows stay in
-    the cache, and take releases the GIL for the engine's other thread); elsewhere im2col's slices.
-    """
-    B, C, H, W = x.shape
-    if get_array_module(x) is not np:
-        return im2col(x, kh, kw, stride, pad).reshape(B, -1, C * kh * kw).transpose(0, 2, 1)
-    idx, _ = _window_tables(C, H, W, kh, kw, stride, pad)
-    xpad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else np.ascontiguousarray(x)
-    flat = xpad.reshape(B, -1)                                     # (B, C*(H+2p)*(W+2p))
-    cols = np.empty((B,) + idx.shape, dtype=x.dtype)
-    for n in range(B):
-        np.take(flat[n], idx, out=cols[n])
-    return cols
-
-
-def windows_adjoint(cols, x_shape, kh, kw, stride=1, pad=0):
-    """Adjoint of windows(): cols (B, C*kh*kw, Ho*Wo) -> (B, C, H, W), col2im image by image.
-
-    Each pixel's gradient is the sum of the entries that copied it: on the CPU one gather per
-    image through the inverse table (a zero appended to the columns fills the unused slots),
-    then a sum over those m slots as a matrix-vector product.
-    """
-    B, C, H, W = x_shape
-    if get_array_module(cols) is not np:
-        return col2im(cols.transpose(0, 2, 1).reshape(-1, cols.shape[1]), x_shape, kh, kw, stride, pad)
-    _, inv = _window_tables(C, H, W, kh, kw, stride, pad)
-    padded = np.zeros(cols[0].size + 1, dtype=cols.dtype)          # one image's columns, then the zero
-    ones = np.ones((inv.shape[1], 1), dtype=cols.dtype)
-    dx = np.empty((B, C * H * W, 1), dtype=cols.dtype)
-    for n in range(B):
-        padded[:-1] = cols[n].ravel()
-        np.matmul(np.take(padded, inv), ones, out=dx[n])           # (C*H*W, m) @ (m, 1)
-    return dx.reshape(B, C, H, W)
-
-
 def conv2d_forward(x, w, b, stride=1, pad=0):
     """x (B, C, H, W), w (F, C, kh, kw) as in torch F.conv2d, b (F,) -> y (B, F, Ho, Wo).
 
-    The im2col product cols @ w.reshape(F, -1).T + b, taken image by image with the columns
-    transposed: y[n] = w.reshape(F, -1) @ cols[n] + b, (F, C kh kw) @ (C kh kw, Ho Wo)."""
+    The im2col product, image by image with the windows as columns: y[n] = w.reshape(F, -1) @ cols[n] + b,
+    (F, C kh kw) @ (C kh kw, Ho Wo), whose (F, Ho Wo) result is already the output's memory order."""
+    kernel = fused(x, "conv2d_forward")
+    if kernel:  # on a CPU: the windows copied through an index table (minivit/cpu/kernels.py)
+        return kernel(x, w, b, stride, pad)
     B, C, H, W = x.shape
     F, _, kh, kw = w.shape
     Ho, Wo = _out_size(H, kh, stride, pad), _out_size(W, kw, stride, pad)
-    cols = windows(x, kh, kw, stride, pad)         # (B, C*kh*kw, Ho*Wo)
-    y = w.reshape(F, -1) @ cols                    # (B, F, Ho*Wo): one product per image
-    y += b[:, None]
+    cols = im2col(x, kh, kw, stride, pad).reshape(B, Ho * Wo, -1).transpose(0, 2, 1)  # (B, C*kh*kw, Ho*Wo)
+    y = w.reshape(F, -1) @ cols + b[:, None]       # (B, F, Ho*Wo): one product per image
     return y.reshape(B, F, Ho, Wo), (cols, x.shape, w, stride, pad)
 
 
@@ -146,13 +77,16 @@ def conv2d_backward(dy, cache):
 
     The linear layer's backward with cols as its input, image by image: dw sums the images'
     dy[n] @ cols[n].T, and dcols[n] = w.reshape(F, -1).T @ dy[n] goes back through col2im."""
+    kernel = fused(dy, "conv2d_backward")
+    if kernel:
+        return kernel(dy, cache)
     cols, x_shape, w, stride, pad = cache
     F, C, kh, kw = w.shape
     dy3 = dy.reshape(dy.shape[0], F, -1)           # (B, F, Ho*Wo)
     db = dy3.sum(axis=(0, 2))                      # (F,)
     dw = (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # (F, C, kh, kw)
     dcols = w.reshape(F, -1).T @ dy3               # (B, C*kh*kw, Ho*Wo)
-    dx = windows_adjoint(dcols, x_shape, kh, kw, stride, pad)
+    dx = col2im(dcols.transpose(0, 2, 1).reshape(-1, C * kh * kw), x_shape, kh, kw, stride, pad)  # (B, C, H, W)
     return dx, dw, db
 
 
@@ -178,7 +112,7 @@ def patch_embed_backward(dtokens, cache, need_dx=True):
     cols, x_shape, w = cache
     D, _, P, _ = w.shape
     d2 = dtokens.reshape(-1, D)                   # (B*N, D)
-    db = sum_rows(d2)                             # (D,), as the dense layer's bias gradient
+    db = d2.sum(axis=0)                           # (D,), as the dense layer's bias gradient
     dw = (d2.T @ cols).reshape(w.shape)           # (D, C, P, P)
     dx = col2im(d2 @ w.reshape(D, -1), x_shape, P, P, stride=P) if need_dx else None  # (B, C, H, W)
     return dx, dw, db

@@ -1,21 +1,20 @@
 """Dense layer y = x W + b. Derivation: docs/derivations/linear.md."""
 from ..backend import fused
-from .rowsums import sum_rows
 
 
 def linear_forward(x, w, b):
     """x (..., Din), w (Din, Dout), b (Dout,) -> y (..., Dout).
 
-    b None: y = x W, for a caller that adds the bias in its next pass (the MLP's GELU with the
-    fused CPU kernels, minivit/models/block.py); backward still returns the bias's gradient."""
+    b None: y = x W, for a caller that adds the bias in its next pass (the MLP's GELU,
+    minivit/models/block.py); backward still returns the bias's gradient."""
     kernel = fused(x, "linear_forward")
-    if kernel:  # on a GPU: the same lines, with cuBLAS called directly (minivit/gpu/kernels.py)
+    if kernel:  # the same lines, the products by MKL on a CPU where installed, by cuBLAS on a GPU
         return kernel(x, w, b)
     lead = x.shape[:-1]
     # One 2D matrix product over all leading dimensions: BLAS is fastest on one large GEMM.
     y = x.reshape(-1, x.shape[-1]) @ w  # (M, Dout), M = prod(lead)
     if b is not None:
-        y += b                          # in place: no second (M, Dout) array
+        y = y + b
     return y.reshape(*lead, w.shape[1]), (x, w)
 
 
@@ -29,5 +28,5 @@ def linear_backward(dy, cache):
     dy2 = dy.reshape(-1, dy.shape[-1])  # (M, Dout)
     dx = (dy2 @ w.T).reshape(x.shape)   # (..., Din)
     dw = x2.T @ dy2                     # (Din, Dout)
-    db = sum_rows(dy2)                  # (Dout,) = dy2.sum(axis=0), as a product with ones (minivit/layers/rowsums.py)
+    db = dy2.sum(axis=0)                # (Dout,)
     return dx, dw, db

@@ -8,13 +8,11 @@ Parameters are read from the model's flat dict under a prefix such as
 """
 from typing import NamedTuple
 
-from ..backend import fused
 from ..layers.activations import (drop_path_backward, drop_path_forward, dropout_backward, dropout_forward,
                           gelu_backward, gelu_forward)
 from ..layers.attention import mhsa_backward, mhsa_forward
 from ..layers.linear import linear_backward, linear_forward
 from ..layers.norm import layernorm_backward, layernorm_forward
-from ..layers.rowsums import sum_rows
 
 
 class MLPCache(NamedTuple):
@@ -42,12 +40,11 @@ class BlockCache(NamedTuple):
 def mlp_forward(x, w1, b1, w2, b2, gelu="exact", p_drop=0.0, rng=None, train=False, keep_cache=True):
     """x (B, N, D) -> fc1 -> GELU -> dropout -> fc2 -> dropout -> (B, N, D).
 
-    keep_cache=False (inference) skips what only backward needs (GELU's derivative), and the
-    cache is None."""
-    # With the fused CPU kernels, fc1's bias is added in GELU's pass (minivit/cpu/kernels.py: bias_gelu).
-    late_bias = fused(x, "bias_gelu") is not None
-    h, c1 = linear_forward(x, w1, None if late_bias else b1)     # (B, N, M)
-    h, cg = gelu_forward(h, gelu, keep_cache, out=h, bias=b1 if late_bias else None)  # (B, N, M), over fc1's output
+    fc1's bias is added by GELU (gelu_forward's bias), so that a kernel does the add and the GELU in one
+    pass; fc1's output is then no longer needed and GELU may write over it (out=h). keep_cache=False
+    (inference) skips what only backward needs (GELU's derivative), and the cache is None."""
+    h, c1 = linear_forward(x, w1, None)                       # (B, N, M), x W1
+    h, cg = gelu_forward(h, gelu, keep_cache, out=h, bias=b1) # (B, N, M), GELU(x W1 + b1)
     h, m1 = dropout_forward(h, p_drop, rng, train)
     y, c2 = linear_forward(h, w2, b2)           # (B, N, D)
     y, m2 = dropout_forward(y, p_drop, rng, train)
@@ -77,7 +74,7 @@ def layer_scale_backward(dy, cache):
     if cache is None:
         return dy, None
     x, gamma = cache
-    return dy * gamma, sum_rows(dy * x)
+    return dy * gamma, (dy * x).reshape(-1, x.shape[-1]).sum(axis=0)
 
 
 def drop_path_rate(cfg, i):

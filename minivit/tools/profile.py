@@ -2,7 +2,7 @@
 
     minivit profile --preset cifar-small --batch-size 128
     minivit profile --preset vit-ti16 --batch-size 8 --mode eval     # inference: forward only
-    report = minivit.profile.profile_step(ViTConfig.preset("cifar-small"), batch_size=128); print(report)
+    report = minivit.tools.profile.profile_step(ViTConfig.preset("cifar-small"), batch_size=128); print(report)
 
 The profiler runs the ordinary step (forward, cross-entropy, backward, clipping, AdamW) on
 random images, with every layer function temporarily wrapped by a timer (`instrument`), over
@@ -36,7 +36,7 @@ import numpy as np
 
 from ..layers import attention, stem
 from ..models import block, vit as model
-from ..backend import cpu_blas, cpu_kernels, fused_kernels, get_array_module, to_device
+from ..backend import cpu_blas, cpu_kernels, get_array_module, gpu_kernels, to_device
 from ..config import ViTConfig
 from ..layers.loss import cross_entropy
 from ..models.init import init_params
@@ -273,6 +273,6 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
         kernels = "fused CPU kernels (numba)" if cpu_kernels() else "NumPy lines (no fused kernels)"
         kernels += ", the large products by MKL" if cpu_blas() else ", products by NumPy's BLAS"
     else:
-        kernels = "fused CUDA kernels" if fused_kernels() else "CuPy lines (no fused kernels)"
+        kernels = "fused CUDA kernels" if gpu_kernels() else "CuPy lines (no fused kernels)"
     return Report(cfg, batch_size, steps, float(np.median(plain)) * 1e3, mode, piece, rows, state / 2 ** 20,
                   peak / 2 ** 20, world.size, kernels)

@@ -2,7 +2,7 @@
 from default_rng([seed, epoch]) or default_rng([seed, step, stream])."""
 import numpy as np
 
-from ..backend import fused_kernels, xp as backend_xp
+from ..backend import fused, xp as backend_xp
 from ..data.transforms import augment, normalize
 from ..data.randaugment import rand_augment, random_erase
 
@@ -33,9 +33,9 @@ def make_batch(split, tcfg, mean, std, epoch, index, step, dtype="float32", orde
         images = rand_augment(images, np.random.default_rng([tcfg.seed, step, 4]), tcfg.randaugment,
                               tcfg.randaugment_magnitude, **some)
     rng = np.random.default_rng([tcfg.seed, step, 0]) if tcfg.augment else None
-    gpu = fused_kernels() if xp is not np and keep is None else None
-    if gpu:  # one kernel crops, flips and normalises (minivit/gpu/kernels.py), with the same draws
-        x = gpu.augment_normalize(images, mean, std, dtype, rng)
+    kernel = fused(images, "augment_normalize") if keep is None else None
+    if kernel:  # one kernel crops, flips and normalises (on a GPU: minivit/gpu/kernels.py), with the same draws
+        x = kernel(images, mean, std, dtype, rng)
     else:
         x = normalize(images if rng is None else augment(images, rng, **some), mean, std, xp, dtype)
     if tcfg.random_erasing:

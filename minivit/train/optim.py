@@ -1,4 +1,4 @@
-"""Optimisers (AdamW, SGD with momentum), clipping by global norm, warmup + cosine schedule.
+"""Optimisers (AdamW, SGD with momentum), clipping by global norm, the learning-rate schedules.
 
 Optimiser state lives in flat dicts keyed like the parameters, so a step is a
 loop over names and a checkpoint stores the state next to the parameters.
@@ -234,8 +234,3 @@ def budget_decay(now, warmup_end, budget, base_lr, min_lr=0.0, shape="cosine"):
     warmup's end (`warmup_end` seconds) to the deadline (`budget`) spent at `now`."""
     q = (now - warmup_end) / max(budget - warmup_end, 1e-9)
     return DECAYS[shape](base_lr, min_lr, min(max(q, 0.0), 1.0))
-
-
-def warmup_cosine(step, total_steps, warmup_steps, base_lr, min_lr=0.0):
-    """Learning rate at `step` (0-based): linear warmup to base_lr, then cosine decay to min_lr."""
-    return warmup_decay(step, total_steps, warmup_steps, base_lr, min_lr, "cosine")

@@ -22,7 +22,8 @@ from .engine import Engine, blas_single_thread, evaluate, params_dtype
 from .objectives import objective_of
 from .optim import EMA, SGD, AdamW, budget_decay, clip_grad_norm, warmup_decay
 from ..atomic import write_text_atomic
-from ..backend import backend_name, get_array_module, machine
+from ..backend import backend_name, get_array_module
+from ..machine import machine
 from ..config import TrainConfig, resize_stages, stage_at
 from ..data.datasets import Dataset, hold_out
 from ..data.transforms import channel_stats

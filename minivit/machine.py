@@ -1,0 +1,41 @@
+"""What a measurement ran on: the record every raw result file and run folder carries (docs/results.md
+names each figure's machine from it), and what `minivit info` prints for a bug report."""
+import os
+import platform
+import sys
+
+import numpy as np
+
+from .backend import cpu_blas, cpu_kernels
+
+
+def machine():
+    """CPU model, cores, vector ISA, the BLAS kernel threadpoolctl reports, MKL where minivit's products use
+    it, numba where the CPU kernels are on, Python, NumPy (and PyTorch, CuPy where loaded) versions."""
+    info = {"python": platform.python_version(), "numpy": np.__version__, "cores": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
+        flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+        info["cpu"] = model or info["cpu"]
+        info["isa"] = [f for f in ("avx2", "avx512f", "amx_tile", "asimd", "sve") if f in flags]
+    except OSError:
+        pass
+    if cpu_kernels() is not None:
+        info["numba"] = sys.modules["numba"].__version__   # the CPU kernels are on (minivit/cpu/kernels.py)
+    blas = cpu_blas()
+    if blas:
+        info["mkl"] = blas.version()   # minivit's own products (minivit/cpu/blas.py)
+    try:
+        from threadpoolctl import threadpool_info
+        info["blas"] = [f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip()
+                        for i in threadpool_info() if i.get("user_api") == "blas"]
+    except ImportError:
+        pass
+    if "torch" in sys.modules:
+        info["torch"] = sys.modules["torch"].__version__
+    if "cupy" in sys.modules:   # the GPU itself is named by the GPU scripts (benchmarks/gpu_step.py)
+        info["cupy"] = sys.modules["cupy"].__version__
+    return info
