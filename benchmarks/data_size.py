@@ -38,7 +38,7 @@ from minivit import ViTConfig  # noqa: E402
 from minivit.machine import machine  # noqa: E402
 from minivit.models.cnn import CNNConfig, count_params as cnn_params  # noqa: E402
 from minivit.data import Dataset, Split, load_dataset  # noqa: E402
-from minivit.atomic import write_text_atomic  # noqa: E402
+from minivit.atomic_files import write_text_atomic  # noqa: E402
 from minivit.models.vit import count_params as vit_params  # noqa: E402
 from minivit.train import TrainConfig, Trainer, evaluate  # noqa: E402
 from pretrain_experiment import labelled_subset, repeated  # noqa: E402  (the same class-balanced subsets)

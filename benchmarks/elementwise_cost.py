@@ -42,7 +42,7 @@ def measure(lib):
         softmax_of = {n: (lambda S: lambda: torch.softmax(S, -1))(torch.from_numpy(rows(x, n))) for n in ROWS}
     else:
         sys.path.insert(0, ROOT)
-        from minivit.train.allocator import keep_freed_memory
+        from minivit.train.mallopt import keep_freed_memory
         keep_freed_memory()  # as minivit's trainer does: temporaries reuse freed memory, no page faults
         from minivit.layers.activations import gelu_forward
         from minivit.layers.attention import softmax

@@ -41,7 +41,7 @@ from minivit import ViTConfig, forward, init_params, with_new_head  # noqa: E402
 from minivit.machine import machine  # noqa: E402
 from minivit.data import Dataset, Split, load_dataset, normalize  # noqa: E402
 from minivit.tools.fewshot import features, fewshot_accuracy, linear_probe  # noqa: E402
-from minivit.atomic import write_text_atomic  # noqa: E402
+from minivit.atomic_files import write_text_atomic  # noqa: E402
 from minivit.train import TrainConfig, Trainer, evaluate  # noqa: E402
 from minivit.tools.visualize import attention_maps, mean_attention_distance  # noqa: E402
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from minivit import ViTConfig, count_params  # noqa: E402
 from minivit.machine import machine  # noqa: E402
 from minivit.data import load_dataset  # noqa: E402
-from minivit.atomic import write_text_atomic  # noqa: E402
+from minivit.atomic_files import write_text_atomic  # noqa: E402
 from minivit.train import TrainConfig, Trainer  # noqa: E402
 from minivit.train.distributed import current_world  # noqa: E402
 

@@ -38,7 +38,7 @@ from minivit.machine import machine  # noqa: E402
 from minivit.data.datasets import hold_out  # noqa: E402
 from minivit.layers.resample import resize_batch  # noqa: E402
 from minivit.train.optim import budget_decay, decays, warmup_decay  # noqa: E402
-from minivit.train.streams import ImageStreams  # noqa: E402
+from minivit.train.random_streams import ImageStreams  # noqa: E402
 from minivit.train import TrainConfig, make_batch  # noqa: E402
 from torch_vit import torch_vit  # noqa: E402
 

@@ -125,7 +125,7 @@ def main():
         p.error(f"--pairs must be at least 4, got {a.pairs}")
     from threadpoolctl import threadpool_limits
     import minivit
-    from minivit.train.allocator import keep_freed_memory
+    from minivit.train.mallopt import keep_freed_memory
     keep_freed_memory()   # as the trainer does: temporaries reuse freed memory
     before = load_before(a.before)
     make = cases()[a.case]

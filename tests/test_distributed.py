@@ -22,7 +22,7 @@ from minivit.data.transforms import normalize, channel_stats
 from minivit.io.checkpoint import load_checkpoint
 from minivit.train.distributed import DistributedError, World, launched_size
 from minivit.train.engine import Engine
-from minivit.train.streams import ImageStreams
+from minivit.train.random_streams import ImageStreams
 
 HERE = Path(__file__).resolve().parent
 DRIVER = [sys.executable, str(HERE / "mpi_driver.py")]
@@ -73,7 +73,8 @@ def test_a_rank_builds_its_rows_of_the_batch_from_the_whole_batchs_draws(mixing)
     flips, RandAugment, random erasing, and MixUp/CutMix with each image's partner from another rank."""
     from minivit.config import TrainConfig
     from minivit.train.batches import batch_positions, make_batch
-    from minivit.train.objectives import CLASSIFICATION
+    from minivit.models import classify
+    from minivit.train.random_streams import step_stream
     cfg = ViTConfig.preset("test", num_classes=5)
     data = toy_dataset(n_train=40)
     mean, std = channel_stats(data.train.images)
@@ -81,13 +82,13 @@ def test_a_rank_builds_its_rows_of_the_batch_from_the_whole_batchs_draws(mixing)
                        cutmix=1.0 if mixing else 0.0)
     for step in (3, 4):   # CutMix, MixUp (each batch picks one)
         x, y = make_batch(data.train, tcfg, mean, std, 1, 2, step)
-        x, y = CLASSIFICATION.targets(x, y, cfg, tcfg, mean, std, step)
+        x, y = classify.targets(x, y, cfg, tcfg, mean, std, step_stream(tcfg.seed, step, "mix"))
         for r in range(3):
             rows = slice(13 * r // 3, 13 * (r + 1) // 3)
             keep, partner, mine = batch_positions(13, rows, mixing)
             assert (keep[mine] == np.arange(13)[rows]).all() and len(keep) <= 2 * len(mine)
             xr, yr = make_batch(data.train, tcfg, mean, std, 1, 2, step, keep=keep)
-            xr, yr = CLASSIFICATION.targets(xr, yr, cfg, tcfg, mean, std, step, partner=partner)
+            xr, yr = classify.targets(xr, yr, cfg, tcfg, mean, std, step_stream(tcfg.seed, step, "mix"), partner=partner)
             np.testing.assert_array_equal(xr[mine], x[rows])
             np.testing.assert_array_equal(yr[mine], y[rows])
 

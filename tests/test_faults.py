@@ -340,7 +340,7 @@ def test_finetune_at_a_higher_resolution_than_the_data(tmp_path, toy):
 
 
 def test_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path):
-    from minivit.atomic import atomic_write, write_text_atomic
+    from minivit.atomic_files import atomic_write, write_text_atomic
     path = tmp_path / "f.txt"
     write_text_atomic(path, "old")
     with pytest.raises(OSError, match="disk full"):
@@ -591,7 +591,7 @@ def test_sigterm_while_loading_leaves_no_empty_run_folder(tmp_path, monkeypatch)
 
 
 def test_a_killed_writers_temporary_is_removed_on_the_next_load(tmp_path, monkeypatch):
-    from minivit.atomic import remove_stale_temporaries
+    from minivit.atomic_files import remove_stale_temporaries
     monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
     src = write_folder(tmp_path / "data", image_folder_files())
     load_dataset(str(src))

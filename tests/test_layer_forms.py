@@ -2,7 +2,7 @@
 
 With the kernels off (MINIVIT_FUSED=0's path) a layer runs its own lines: here they are checked against
 the formulas written out once more by hand, in float64 to 1e-12 (tests/test_cpu_kernels.py then pins
-each CPU kernel to these lines). The allocator tuning against page-fault counts, and the attention cache's one copy of its output.
+each CPU kernel to these lines). The malloc tuning (train/mallopt.py) against page-fault counts, and the attention cache's one copy of its output.
 """
 import math
 import subprocess
@@ -86,7 +86,7 @@ def test_keep_freed_memory_stops_page_faults():
     code = textwrap.dedent("""
         import resource, sys
         import numpy as np
-        from minivit.train.allocator import keep_freed_memory
+        from minivit.train.mallopt import keep_freed_memory
         if sys.argv[1] == "tuned":
             assert keep_freed_memory() and keep_freed_memory()  # idempotent
         np.ones(2 ** 21, np.float32)

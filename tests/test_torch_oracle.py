@@ -237,7 +237,7 @@ def test_smaller_images_and_patchdropout_as_the_peer_computes_them():
     dropped by the indices minivit's per-image streams draw; logits and every gradient, in float64."""
     from dataclasses import replace
     from minivit.layers.resample import resize_batch
-    from minivit.train.streams import ImageStreams
+    from minivit.train.random_streams import ImageStreams
     cfg = mv.ViTConfig(image_size=32, patch_size=4, num_classes=5, dim=16, depth=2, heads=2, mlp_dim=32,
                        patch_dropout=0.25)
     small = replace(cfg, image_size=16)

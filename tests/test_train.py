@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import minivit as mv
-from minivit.train import objectives
+from minivit.models import classify, objectives
 from minivit.io.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivit.train import Engine, TrainConfig, Trainer, TrainingDiverged
 from helpers import toy_dataset
@@ -91,9 +91,8 @@ def test_training_in_several_shards_per_thread_gives_the_full_batch_gradient(mon
     l1, c1, g1 = Engine(cfg, 1).loss_and_grads(params, x, y, 0.1, 0, 0)        # 11 images: one shard
     monkeypatch.setattr(Engine, "TRAIN_TOKENS_PER_SHARD", 2 * (cfg.num_patches + 1))
     sizes = []
-    step = objectives.classify_step
-    recording = objectives.CLASSIFICATION._replace(step=lambda p, xs, *a: sizes.append(len(xs)) or step(p, xs, *a))
-    monkeypatch.setitem(objectives.OBJECTIVES, "classify", recording)
+    step = classify.step
+    monkeypatch.setattr(classify, "step", lambda p, xs, *a: sizes.append(len(xs)) or step(p, xs, *a))
     engine = Engine(cfg, 2)
     l2, c2, g2 = engine.loss_and_grads(params, x, y, 0.1, 0, 0)
     engine.close()

@@ -20,7 +20,7 @@ from ..data.datasets import DataError
 from ..io.runlock import RunFolderBusy
 from ..io.hub import load_pretrained
 from ..models.vit import require_class_head
-from ..train.objectives import OBJECTIVES
+from ..models.objectives import OBJECTIVES
 from ..train.trainer import TrainingDiverged
 from ..train.engine import check_memory
 from ..train.distributed import DistributedError, current_world
@@ -123,7 +123,7 @@ def _train(a, out, head):
     from ..train.trainer import Trainer
     tcfg = train_config(a)
     overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
-    OBJECTIVES[head].check_settings(tcfg, overrides)   # before any data loads
+    OBJECTIVES[head].check_settings(tcfg, overrides)   # before any data loads (models/objectives.py)
     data = _load_data(a.data)
     cfg = ViTConfig.preset(a.preset, **{"num_classes": len(data.classes), **overrides, "head": head})
     changed = "".join(f", {k}={v}" for k, v in overrides.items())
@@ -151,7 +151,7 @@ def _fit(trainer, out):
     if history:
         h = history[-1]
         plots = " and ".join(str(out / f) for f in ("curves.png", "confusion.png") if (out / f).exists())
-        print(f"done: {trainer.objective.metric} {h['test_acc']:.4f} after {h['epoch']} epochs, {h['elapsed_s']:.0f} s of training; "
+        print(f"done: {trainer.objective.METRIC} {h['test_acc']:.4f} after {h['epoch']} epochs, {h['elapsed_s']:.0f} s of training; "
               f"checkpoint {out / 'checkpoint.npz'}, metrics {out / 'metrics.jsonl'}" + (f", plots {plots}" if plots else ""))
     return 0
 

@@ -1,9 +1,8 @@
 """Matrix products by Intel's MKL, called directly, for the dense layers and attention on a CPU.
 
 NumPy's `@` calls the BLAS NumPy was built with: OpenBLAS in NumPy's wheels. On the dense layers'
-shapes (a shard's 2,000 tokens times 64-768 features) OpenBLAS reaches 134-161 GFLOP/s of a core on
-an AVX-512 Intel Xeon, PyTorch's own MKL 182-190, and MKL called from here 152-183
-(benchmarks/blas_gflops.py, docs/cpu_kernels.md). MKL ships as a Python wheel (`pip install mkl`,
+shapes (a shard's 2,000 tokens times 64-768 features) MKL reached more of a core's peak than OpenBLAS on
+an AVX-512 Intel Xeon (benchmarks/blas_gflops.py; the figures, with their machine, in docs/cpu_kernels.md). MKL ships as a Python wheel (`pip install mkl`,
 part of `minivit[fast]`) holding the shared library libmkl_rt; this module loads it with ctypes and
 calls its GEMM, C = alpha op(A) op(B), on NumPy arrays' memory. The products themselves are the
 same as NumPy's; only the library that multiplies differs.
@@ -11,7 +10,8 @@ same as NumPy's; only the library that multiplies differs.
 MKL is asked to run sequentially (one thread per call): the trainer already gives each core its own
 shard (minivit/train/engine.py), as with OpenBLAS limited to one thread.
 
-Switches: MINIVIT_BLAS=numpy keeps NumPy's own BLAS even where MKL is installed; MINIVIT_FUSED=0 turns
+Switches: MINIVIT_BLAS=numpy (or openblas) keeps NumPy's own BLAS even where MKL is installed, MINIVIT_BLAS=mkl
+(or unset) uses MKL where it loads, anything else is refused; MINIVIT_FUSED=0 turns
 this off with the other CPU kernels. Without the mkl wheel `available()` is False and nothing changes.
 Imports nothing of minivit.
 """
@@ -28,13 +28,14 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112     # CBLAS_LAYOUT, CBLAS_TRANSPOS
 _MKL_THREADING_SEQUENTIAL, _MKL_INTERFACE_LP64 = 1, 0
 _MKL_CBWR_AUTO, _MKL_CBWR_STRICT, _MKL_CBWR_SUCCESS = 2, 0x10000, 0
 _INT_MAX = 2 ** 31 - 1                            # MKL_INT in the LP64 interface
-# Where NumPy's own BLAS was as fast or faster, measured on this project's models (docs/cpu_kernels.md):
+# Where NumPy's own BLAS was as fast or faster, measured on this project's models (the figures, with their
+# machine, in docs/cpu_kernels.md):
 # - a stack of products each under SMALL_PRODUCT multiply-adds: NumPy's loop over OpenBLAS's small-matrix
 #   kernels beat MKL's batch on cifar's attention (65 x 65 x 32), where MKL's won on vit-ti16's
 #   (197 x 197 x 64) (benchmarks/cpu_attention_blas.py);
 # - a single product with a side under SMALL_SIDE: cifar-tiny's dense layers (64 and 128 features) ran
-#   a training step 5% slower with MKL's products (benchmarks/compare_step.py --against openblas),
-#   where cifar-small's (128, 256) ran 4% faster and vit-ti16's (192, 768) 9%.
+#   a training step slower with MKL's products, cifar-small's and vit-ti16's faster
+#   (benchmarks/compare_step.py --against openblas).
 SMALL_PRODUCT = 1 << 20
 SMALL_SIDE = 128
 _lib = None
@@ -53,7 +54,11 @@ def _candidates():
 
 def _load():
     """libmkl_rt with its GEMMs typed, or False when there is none or it cannot be set up as needed."""
-    if os.environ.get("MINIVIT_BLAS", "").strip().lower() in ("numpy", "openblas", "0"):
+    choice = os.environ.get("MINIVIT_BLAS", "").strip().lower()
+    if choice not in ("", "mkl", "numpy", "openblas"):
+        raise ValueError(f"MINIVIT_BLAS={os.environ['MINIVIT_BLAS']!r}: use mkl (MKL where it loads, the default) "
+                         "or numpy (NumPy's own BLAS; openblas means the same)")
+    if choice in ("numpy", "openblas"):
         return False
     for path in _candidates():
         try:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write, remove_stale_temporaries
+from ..atomic_files import atomic_write, remove_stale_temporaries
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -366,7 +366,7 @@ def load_image_folder(path, use_cache=True):
     if splits["train"].images.shape[1:] != splits["test"].images.shape[1:]:
         raise DataError(f"{path}: train and test images differ in size")
     if use_cache:
-        try:  # written atomically: a killed or concurrent first run cannot leave a half cache (minivit/atomic.py)
+        try:  # written atomically: a killed or concurrent first run cannot leave a half cache (minivit/atomic_files.py)
             with atomic_write(cache) as f:
                 np.savez(f, train_x=splits["train"].images, train_y=splits["train"].labels,
                          test_x=splits["test"].images, test_y=splits["test"].labels, classes=np.array(classes))

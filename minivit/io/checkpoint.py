@@ -11,7 +11,7 @@ import numpy as np
 
 from ..backend import to_device, to_numpy
 from ..config import ConfigError, TrainConfig
-from ..atomic import atomic_write
+from ..atomic_files import atomic_write
 
 FORMAT = "minivit-checkpoint-1"
 
@@ -38,7 +38,7 @@ def save_checkpoint(path, params, cfg, opt_state=None, meta=None):
     arrays["meta"] = np.array(json.dumps(info))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as f:  # a crash mid-write leaves the previous checkpoint (minivit/atomic.py)
+        with atomic_write(path) as f:  # a crash mid-write leaves the previous checkpoint (minivit/atomic_files.py)
             np.savez(f, **arrays)
     except OSError as e:  # a full disk, a read-only folder, a file where the folder should be
         kept = "; the previous checkpoint is kept" if path.is_file() else ""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write
+from ..atomic_files import atomic_write
 from ..backend import to_device, to_numpy
 from ..config import ViTConfig
 from ..models.vit import param_shapes
@@ -83,7 +83,7 @@ def read_safetensors(path, bfloat16=False):
 
 
 def write_safetensors(path, tensors, metadata):
-    """Write NumPy arrays to a .safetensors file, all at once or not at all (minivit/atomic.py)."""
+    """Write NumPy arrays to a .safetensors file, all at once or not at all (minivit/atomic_files.py)."""
     data = _safetensors().save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
                                metadata={k: str(v) for k, v in metadata.items()})
     with atomic_write(path) as f:

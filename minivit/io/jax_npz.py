@@ -28,7 +28,7 @@ import numpy as np
 from ..backend import to_device, to_numpy
 from .checkpoint import CheckpointError
 from ..config import ViTConfig
-from ..atomic import atomic_write
+from ..atomic_files import atomic_write
 from ..models.vit import param_shapes
 
 _BLOCK = "Transformer/encoderblock_{}/"

@@ -151,10 +151,10 @@ def to_onnx(params, cfg, mean, std, classes=None):
 
 
 def save_onnx(path, params, cfg, mean, std, classes=None):
-    """Write the graph to `path` (all at once, minivit/atomic.py). -> path"""
+    """Write the graph to `path` (all at once, minivit/atomic_files.py). -> path"""
     from pathlib import Path
 
-    from ..atomic import atomic_write
+    from ..atomic_files import atomic_write
     model = to_onnx(params, cfg, mean, std, classes)
     with atomic_write(path) as f:
         f.write(model.SerializeToString())

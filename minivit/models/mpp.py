@@ -27,7 +27,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..layers.linear import linear_backward, linear_forward
 from ..layers.loss import cross_entropy
-from .heads import LEVELS, mpp_classes, mpp_shapes  # noqa: F401  (minivit.models.mpp.mpp_classes)
+from .mpp_shapes import LEVELS, mpp_classes, mpp_shapes  # noqa: F401  (minivit.models.mpp.mpp_classes)
 from .vit import embed_patches, embed_patches_backward, encode, encode_backward, param_shapes
 
 
@@ -172,3 +172,62 @@ def plan_rows(plan, sl, xp=np):
     return Corruption(*(xp.asarray(a) for a in rows))
 
 
+
+
+# ---------------------------------------------------------------- the objective (the questions of models/classify.py)
+
+NAME = "mpp"
+METRIC = "masked-patch colour accuracy on the test images"
+CURVE = "masked patches: 3-bit colour accuracy"
+
+
+def check_settings(tcfg, overrides):
+    if tcfg.mixup or tcfg.cutmix:
+        raise ValueError("--mixup and --cutmix mix class labels; masked patch prediction has none (drop them for pretrain)")
+    if overrides.get("num_classes") is not None:
+        raise ValueError("--num-classes sets the class head; masked patch prediction has a colour head instead "
+                         "(drop it for pretrain; `minivit finetune` makes the class head for the new data)")
+
+
+def check_data(cfg, dataset):
+    return None
+
+
+def targets(x, y, cfg, tcfg, mean, std, rng, partner=None):
+    """The images, and their patches' colours (B, N) as the targets: the labels are not read."""
+    return x, colour_targets(x, mean, std, cfg)
+
+
+def draw_plan(rng, B, cfg):
+    """The batch's corruption, drawn once for all its shards from `rng` (the step's masks stream)."""
+    return corruption_plan(rng, B, cfg.num_patches)
+
+
+shard_plan = plan_rows
+step = mpp_step
+
+
+def check_targets(y, cfg):
+    return None
+
+
+def eval_targets(x, labels, mean, std, cfg):
+    return colour_targets(x, mean, std, cfg)
+
+
+def score(engine, params, x, colours, first, cfg, label_smoothing, seed=0):
+    """Cross-entropy summed over the corrupted patches, the number right, their count (no predictions).
+
+    The corruption of the batch starting at image `first` is drawn from default_rng([seed, first]),
+    so every evaluation corrupts the same images the same way and epochs compare fairly."""
+    plan = corruption_plan(np.random.default_rng([seed, first]), len(x), cfg.num_patches)
+    xp = get_array_module(x)
+
+    def shard(sl):
+        loss, _, logits, target, _ = mpp_loss(params, x[sl], colours[sl], cfg, plan_rows(plan, sl, xp), label_smoothing)
+        return float(loss) * target.size, float((logits.argmax(axis=2) == target).sum()), target.size
+
+    total, correct, count = 0.0, 0.0, 0
+    for l_, c_, n_ in engine.map(shard, engine.shards(len(x))):
+        total, correct, count = total + l_, correct + c_, count + n_
+    return total, correct, count, None

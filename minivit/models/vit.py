@@ -15,7 +15,7 @@ from typing import NamedTuple
 from ..layers.activations import (dropout_backward, dropout_forward, patch_dropout_backward,
                                   patch_dropout_forward)
 from ..backend import get_array_module
-from .heads import mpp_shapes
+from .mpp_shapes import mpp_shapes
 from .block import block_backward, block_forward, drop_path_rate
 from ..layers.conv import patch_embed_backward, patch_embed_forward
 from ..layers.linear import linear_backward, linear_forward

@@ -4,13 +4,12 @@
     minivit profile --preset vit-ti16 --batch-size 8 --mode eval     # inference: forward only
     report = minivit.tools.profile.profile_step(ViTConfig.preset("cifar-small"), batch_size=128); print(report)
 
-The profiler runs the ordinary step (forward, cross-entropy, backward, clipping, AdamW) on
-random images, with every layer function temporarily wrapped by a timer (`instrument`), over
-the batch cut into the trainer's pieces of about 2,048 tokens (Engine.TRAIN_TOKENS_PER_SHARD):
-forward and backward piece by piece, the gradients summed, then one clipping and AdamW step.
-With mode="eval" it profiles inference instead: the forward pass as `evaluate` runs it
-(train=False, keep_cache=False: no dropout, nothing kept for a backward pass), in the
-engine's pieces for inference (Engine.EVAL_TOKENS_PER_SHARD).
+The profiler runs the trainer's own step on random images: the engine's `loss_and_grads` (forward,
+cross-entropy and backward over the batch cut into the trainer's pieces of about 2,048 tokens,
+Engine.TRAIN_TOKENS_PER_SHARD; the pieces run one after another here), the ranks' sum under MPI, then
+the trainer's `update` (clipping and AdamW), with every layer function temporarily wrapped by a
+timer (`instrument`). With mode="eval" it profiles inference instead: the engine's `predict_logits`,
+as `evaluate` runs it (no dropout, nothing kept for a backward pass, Engine.EVAL_TOKENS_PER_SHARD).
 A layer's time is exclusive: time spent in a nested layer (the linear layers inside
 attention, say) is booked to that layer, not to its caller. Layers are named by the
 parameters they use ("attn.qkv", "norm1", ...; summed over the blocks), so a row is one
@@ -25,7 +24,6 @@ one after another (on a GPU, as the engine runs it there, the whole batch at onc
 memory is the largest amount of array memory the step holds at once (NumPy reports its
 allocations to tracemalloc), beside the parameters and AdamW state.
 """
-import sys
 import time
 import tracemalloc
 from collections import defaultdict
@@ -35,15 +33,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..layers import attention, stem
-from ..models import block, vit as model
+from ..models import block, classify, families, vit as model
 from ..backend import cpu_blas, cpu_kernels, get_array_module, gpu_kernels, to_device
 from ..config import ViTConfig
-from ..layers.loss import cross_entropy
 from ..models.init import init_params
-from ..models.vit import backward, forward
-from ..train.optim import AdamW, clip_grad_norm
+from ..train import trainer
+from ..train.optim import AdamW
 from ..train.distributed import current_world
-from ..train.engine import Engine, add_grads, images_per_shard, shard_slices
+from ..train.engine import Engine, images_per_shard
 
 # (module, function) pairs that are wrapped. Functions are looked up by their module's global
 # name at call time, so each is wrapped in every module that imports it.
@@ -60,10 +57,11 @@ _LAYERS = {
     "stem_forward": (model,), "stem_backward": (model,),                       # the hybrid's stem ...
     "conv2d_forward": (stem,), "conv2d_backward": (stem,), "groupnorm_forward": (stem,),
     "groupnorm_backward": (stem,), "relu_forward": (stem,), "relu_backward": (stem,),  # ... and its layers
-    "forward": (sys.modules[__name__],), "backward": (sys.modules[__name__],),  # the model's own glue
-    "cross_entropy": (sys.modules[__name__],),
+    "cross_entropy": (classify,), "clip_grad_norm": (trainer,),
 }
-_KIND = {"forward": "model", "backward": "model", "cross_entropy": "cross_entropy"}
+_KIND = {"forward": "model", "backward": "model", "cross_entropy": "cross_entropy", "clip_grad_norm": "clip_grad_norm",
+         "step": "adamw", "sum_step": "allreduce (MPI)"}
+_DIRECTION = {"cross_entropy": "both", "clip_grad_norm": "optimizer", "step": "optimizer", "sum_step": "sum"}
 
 
 def _flops(fn, args, kwargs):
@@ -152,8 +150,10 @@ class Report:
 
 
 @contextmanager
-def instrument(names):
-    """Wrap every layer function with an exclusive timer for the duration of the block.
+def instrument(names, objects=()):
+    """Wrap every layer function with an exclusive timer for the duration of the block: those of _LAYERS, the
+    model families' forward and backward (the model's own glue), and the methods named in `objects`
+    ((object, method name) pairs: the optimiser's step, the ranks' sum).
 
     Yields a dict (layer, direction) -> [seconds, flops, calls]. `names` maps id(array) to the
     parameter's name, so calls can be booked to 'attn.qkv', 'norm1', ..."""
@@ -162,7 +162,7 @@ def instrument(names):
     originals = []
 
     def wrap(fn_name, fn):
-        direction = "both" if fn_name == "cross_entropy" else "backward" if fn_name.endswith("backward") else "forward"
+        direction = _DIRECTION.get(fn_name) or ("backward" if fn_name.endswith("backward") else "forward")
 
         def timed(*args, **kwargs):
             stack.append([time.perf_counter(), 0.0])
@@ -184,11 +184,21 @@ def instrument(names):
         for mod in modules:
             originals.append((mod, fn_name, getattr(mod, fn_name)))
             setattr(mod, fn_name, wrap(fn_name, getattr(mod, fn_name)))
+    for obj, fn_name in objects:
+        originals.append((obj, fn_name, None))
+        setattr(obj, fn_name, wrap(fn_name, getattr(obj, fn_name)))
+    families_before = dict(families.FAMILIES)
+    for name, fam in families_before.items():
+        families.FAMILIES[name] = fam._replace(forward=wrap("forward", fam.forward), backward=wrap("backward", fam.backward))
     try:
         yield stats
     finally:
-        for mod, fn_name, fn in reversed(originals):
-            setattr(mod, fn_name, fn)
+        families.FAMILIES.update(families_before)
+        for obj, fn_name, fn in reversed(originals):
+            if fn is None:
+                delattr(obj, fn_name)        # an instance's method: the class's shows through again
+            else:
+                setattr(obj, fn_name, fn)
 
 
 _WHAT = {"train": "training step", "eval": "forward pass (inference)"}
@@ -204,7 +214,7 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
         raise ValueError(f"profile mode must be 'train' or 'eval', got {mode!r}")
     from threadpoolctl import threadpool_limits
 
-    from ..train.allocator import keep_freed_memory
+    from ..train.mallopt import keep_freed_memory
     keep_freed_memory()
     rng = np.random.default_rng(seed)
     x = to_device(rng.standard_normal((batch_size, cfg.in_channels, cfg.image_size, cfg.image_size)), "float32")
@@ -214,48 +224,29 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
     names = {id(v): k for k, v in params.items()}
     world = current_world()   # under mpiexec: this rank's rows of the batch, and the gradients' Allreduce
     mine = world.rows(batch_size)
-    slices = [mine]
-    if pieces:  # the pieces the trainer's engine cuts the batch into (two threads on the CPU, one on a GPU)
-        size = images_per_shard(cfg, Engine.EVAL_TOKENS_PER_SHARD if mode == "eval" else Engine.TRAIN_TOKENS_PER_SHARD)
-        slices = [slice(mine.start + sl.start, mine.start + sl.stop)
-                  for sl in shard_slices(mine.stop - mine.start, 2 if size else 1, size)]
+    engine = Engine(cfg, 2 if pieces else 1, serial=True)   # the trainer's pieces (two threads' worth), one at a time
+    if not pieces:
+        engine.TRAIN_TOKENS_PER_SHARD = engine.EVAL_TOKENS_PER_SHARD = 1 << 40   # the whole batch at once
 
-    def step(i, timers=None):
+    def step(i):
         t0 = time.perf_counter()
         if mode == "eval":
-            for sl in slices:
-                float(forward(params, x[sl], cfg, keep_cache=False)[0][0, 0])
+            float(engine.predict_logits(params, x[mine])[0, 0])
             return time.perf_counter() - t0
-        grads = None
-        for sl in slices:  # each piece's gradients of its share of the batch mean, summed
-            logits, cache = forward(params, x[sl], cfg, train=True, rng=np.random.default_rng([seed, i, sl.start]))
-            loss, dlogits = cross_entropy(logits, y[sl], label_smoothing)
-            grads = add_grads(grads, backward(dlogits * ((sl.stop - sl.start) / batch_size), cache))
-        t1 = time.perf_counter()
+        first, batch = (mine.start, batch_size) if world.size > 1 else (0, None)
+        loss, _, grads = engine.loss_and_grads(params, x[mine], y[mine], label_smoothing, seed, i, first=first, batch=batch)
         if world.size > 1:   # the ranks' gradients summed: one Allreduce of one flat buffer (train/distributed.py)
             grads, loss, _, _ = world.sum_step(grads, loss, 0)
-            if timers is not None:
-                timers["allreduce (MPI)", "sum"][0] += time.perf_counter() - t1
-                timers["allreduce (MPI)", "sum"][2] += 1
-            t1 = time.perf_counter()
-        clip_grad_norm(grads, 1.0)
-        t2 = time.perf_counter()
-        opt.step(params, grads)
+        trainer.update(params, grads, opt, clip_norm=1.0)   # clipping and AdamW, as the trainer's step
         float(loss)
-        t3 = time.perf_counter()
-        if timers is not None:  # the two optimiser stages are timed here, not wrapped
-            timers["clip_grad_norm", "optimizer"][0] += t2 - t1
-            timers["adamw", "optimizer"][0] += t3 - t2
-            timers["clip_grad_norm", "optimizer"][2] += 1
-            timers["adamw", "optimizer"][2] += 1
-        return t3 - t0
+        return time.perf_counter() - t0
 
     with threadpool_limits(1, user_api="blas"):
         for i in range(warmup):
             step(i)
         plain = [step(warmup + i) for i in range(steps)]  # un-instrumented: the honest step time
-        with instrument(names) as stats:
-            timed = sum(step(warmup + steps + i, stats) for i in range(steps))
+        with instrument(names, [(opt, "step"), (world, "sum_step")]) as stats:
+            timed = sum(step(warmup + steps + i) for i in range(steps))
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         step(warmup + 2 * steps)
@@ -268,7 +259,9 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
     state = sum(v.nbytes for v in params.values())
     if mode == "train":
         state += sum(v.nbytes for v in opt.m.values()) * 2
-    piece = max(sl.stop - sl.start for sl in slices)
+    size = engine.EVAL_TOKENS_PER_SHARD if mode == "eval" else engine.TRAIN_TOKENS_PER_SHARD
+    piece = max(sl.stop - sl.start for sl in engine.shards(mine.stop - mine.start, images_per_shard(cfg, size)))
+    engine.close()
     if get_array_module(x) is np:
         kernels = "fused CPU kernels (numba)" if cpu_kernels() else "NumPy lines (no fused kernels)"
         kernels += ", the large products by MKL" if cpu_blas() else ", products by NumPy's BLAS"

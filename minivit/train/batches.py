@@ -1,22 +1,23 @@
 """Training batches: each epoch's shuffle, and a batch's augmentation and normalisation, every draw
-from default_rng([seed, epoch]) or default_rng([seed, step, stream])."""
+from its stream of train/random_streams.py."""
 import numpy as np
 
 from ..backend import fused, xp as backend_xp
 from ..data.transforms import augment, normalize
 from ..data.randaugment import rand_augment, random_erase
+from .random_streams import shuffle_stream, step_stream
 
 
 def epoch_order(seed, epoch, n):
-    """The shuffled order of the n training images in `epoch`: default_rng([seed, epoch])."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
+    """The shuffled order of the n training images in `epoch`."""
+    return shuffle_stream(seed, epoch).permutation(n)
 
 
 def make_batch(split, tcfg, mean, std, epoch, index, step, dtype="float32", order=None, keep=None):
     """Batch `index` of `epoch`: its images augmented with the streams of `step` and normalised,
     on the configured backend. Shuffle: epoch_order (pass `order` to reuse it within an epoch).
-    In order: RandAugment on the uint8 images (default_rng([seed, step, 4])), random crop and
-    flip (default_rng([seed, step, 0])), normalisation, random erasing (default_rng([seed, step, 5])).
+    In order: RandAugment on the uint8 images, random crop and flip, normalisation, random erasing,
+    each from its stream of step `step` (train/random_streams.py).
 
     keep: build only the images at these positions of the batch (sorted; an MPI rank's share, see
     batch_positions): every draw is still made for the whole batch, and each image takes its own."""
@@ -30,16 +31,16 @@ def make_batch(split, tcfg, mean, std, epoch, index, step, dtype="float32", orde
     xp = backend_xp()
     images = xp.asarray(split.images[idx])  # uint8: on a GPU the one copy, augmented and normalised there
     if tcfg.randaugment:
-        images = rand_augment(images, np.random.default_rng([tcfg.seed, step, 4]), tcfg.randaugment,
+        images = rand_augment(images, step_stream(tcfg.seed, step, "randaugment"), tcfg.randaugment,
                               tcfg.randaugment_magnitude, **some)
-    rng = np.random.default_rng([tcfg.seed, step, 0]) if tcfg.augment else None
+    rng = step_stream(tcfg.seed, step, "augment") if tcfg.augment else None
     kernel = fused(images, "augment_normalize") if keep is None else None
     if kernel:  # one kernel crops, flips and normalises (on a GPU: minivit/gpu/kernels.py), with the same draws
         x = kernel(images, mean, std, dtype, rng)
     else:
         x = normalize(images if rng is None else augment(images, rng, **some), mean, std, xp, dtype)
     if tcfg.random_erasing:
-        x = random_erase(x, np.random.default_rng([tcfg.seed, step, 5]), tcfg.random_erasing, **some)
+        x = random_erase(x, step_stream(tcfg.seed, step, "erasing"), tcfg.random_erasing, **some)
     return x, xp.asarray(split.labels[idx])
 
 

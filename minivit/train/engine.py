@@ -6,12 +6,12 @@ from contextlib import nullcontext
 
 import numpy as np
 
-from .allocator import keep_freed_memory
+from .mallopt import keep_freed_memory
 from ..backend import backend_name, xp as backend_xp
 from ..data.transforms import normalize
 from ..models.families import family_of
-from .objectives import objective_of
-from .streams import ImageStreams
+from ..models.objectives import objective_of
+from .random_streams import ImageStreams, step_stream
 
 
 def blas_single_thread(threads, ranks=1):
@@ -99,12 +99,14 @@ class Engine:
     result does not depend on thread timing.
     """
 
-    def __init__(self, cfg, threads=1):
+    def __init__(self, cfg, threads=1, serial=False):
+        """serial: cut the batch for `threads` threads but run the shards one after another in this thread
+        (the profiler's way: its timers then see one layer at a time)."""
         keep_freed_memory()  # reuse freed temporaries between steps instead of faulting in new pages
         self.cfg = cfg
-        self.objective = objective_of(cfg)   # what a shard's step computes (minivit/train/objectives.py)
+        self.objective = objective_of(cfg)   # what a shard's step computes, chosen once (minivit/models/objectives.py)
         self.threads = threads if backend_name() == "numpy" else 1
-        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 and not serial else None
 
     def map(self, fn, shards):
         """fn over the shards, the threads taking them in turn; yields the results in shard order."""
@@ -130,12 +132,12 @@ class Engine:
         share of the global batch's mean, so the ranks' sum is the mean. Every draw depends on an
         image's place in the global batch, never on the shards: what the batch draws once (masked
         patch prediction: which patches to corrupt) is cut into them, and dropout, drop path and
-        PatchDropout draw from each image's own stream (minivit/train/streams.py).
+        PatchDropout draw from each image's own stream (minivit/train/random_streams.py).
         cfg: the model at the batch's image size, when progressive resizing trains on smaller images."""
         B = len(y)
         batch = batch or B
         obj, cfg = self.objective, cfg or self.cfg
-        plan = obj.draw_plan(seed, step, batch, cfg)
+        plan = obj.draw_plan(step_stream(seed, step, "masks"), batch, cfg)
         xp = backend_xp()
 
         def shard(sl):

@@ -1,9 +1,8 @@
 """The training loop: batches, data-parallel gradient steps, evaluation, checkpoints, metrics.
 
-Every random choice is derived from (seed, epoch) or (seed, step): the shuffle of
-epoch e from default_rng([seed, e]), augmentation, dropout and masked patches of step s from
-default_rng([seed, s, ...]). A checkpoint's step therefore fixes all later
-randomness, and a resumed run continues exactly as an uninterrupted one.
+Every random choice is derived from (seed, epoch) or (seed, step), through the table of streams in
+train/random_streams.py. A checkpoint's step therefore fixes all later randomness, and a resumed run
+continues exactly as an uninterrupted one.
 """
 import hashlib
 import json
@@ -19,9 +18,9 @@ from . import plots
 from .batches import batch_positions, epoch_order, make_batch
 from .distributed import current_world
 from .engine import Engine, blas_single_thread, evaluate, params_dtype
-from .objectives import objective_of
 from .optim import EMA, SGD, AdamW, budget_decay, clip_grad_norm, warmup_decay
-from ..atomic import write_text_atomic
+from .random_streams import describe as describe_streams, step_stream
+from ..atomic_files import write_text_atomic
 from ..backend import backend_name, get_array_module
 from ..machine import machine
 from ..config import TrainConfig, resize_stages, stage_at
@@ -31,12 +30,6 @@ from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.runlock import RunLock
 from ..layers.resample import resize_batch
 from ..models.families import family_of
-
-
-RNG_STREAMS = ("shuffle default_rng([seed, epoch]); augment default_rng([seed, step, 0]); "
-               "dropout, drop path, PatchDropout default_rng([seed, step, 1, i]) for image i of the global batch; masked patches default_rng([seed, step, 2]); "
-               "mixup/cutmix default_rng([seed, step, 3]); randaugment default_rng([seed, step, 4]); "
-               "random erasing default_rng([seed, step, 5])")
 
 
 class TrainingDiverged(RuntimeError):
@@ -84,6 +77,15 @@ def check_resumable(path, meta, tcfg, fingerprint, data_spec, total_steps, log=p
             "the learning-rate schedule is stretched to the new length from here on")
 
 
+def update(params, grads, opt, clip_norm=0.0, ema=None):
+    """What a step does after the gradients: clipping by global norm, the optimiser's step, the EMA."""
+    if clip_norm:
+        clip_grad_norm(grads, clip_norm)
+    opt.step(params, grads)
+    if ema:
+        ema.update(params)
+
+
 def make_optimizer(tcfg):
     """AdamW, or SGD with momentum (fine-tuning, paper 3.2), as the training settings ask."""
     if tcfg.optimizer == "adamw":
@@ -105,7 +107,8 @@ class Trainer:
         self.world = world or current_world()
         if not self.world.is_root:   # one writer: the other ranks say nothing and draw nothing
             log, progress, on_epoch_end, plots = (lambda *a, **k: None), False, None, False
-        self.objective = objective_of(cfg)       # classification or masked patch prediction (objectives.py)
+        self.engine = Engine(cfg, tcfg.threads)   # the shards and threads of a step, and the objective, chosen once
+        self.objective = self.engine.objective    # classification or masked patch prediction (models/objectives.py)
         self.data_spec = data_spec or dataset.name
         self.out, self.ckpt_path = Path(out_dir), Path(out_dir) / "checkpoint.npz"
         self.progress, self.log, self.on_epoch_end, self.plots = progress, log, on_epoch_end, plots
@@ -140,7 +143,6 @@ class Trainer:
             if opt_state is not None and not self.ema.load_state_dict(opt_state):
                 raise ValueError(f"--resume: {self.ckpt_path} holds no EMA of the weights; resume without --ema")
         self.resize = self._resize_stages()   # progressive resizing: [(size, until progress, the model at it)]
-        self.engine = Engine(cfg, tcfg.threads)
         self._order = (None, None)  # (epoch, its shuffled order), drawn by _batch
         self.interrupted = None
 
@@ -210,7 +212,7 @@ class Trainer:
 
     def meta(self):
         return {"step": self.step, "epoch": self.step / self.steps_per_epoch, "seed": self.tcfg.seed,
-                "rng": {"seed": self.tcfg.seed, "step": self.step, "streams": RNG_STREAMS},
+                "rng": {"seed": self.tcfg.seed, "step": self.step, "streams": describe_streams()},
                 "train_config": asdict(self.tcfg), "mean": list(map(float, self.mean)), "std": list(map(float, self.std)),
                 "classes": list(self.data.classes), "history": self.history, "elapsed": self.elapsed,
                 "warmup_end_s": self.warmup_end_s, "ranks": self.world.size,
@@ -306,11 +308,12 @@ class Trainer:
         if self.world.size == 1:
             x, y = make_batch(self.data.train, t, self.mean, self.std, epoch, index, self.step,
                               params_dtype(self.params), order=order)
-            return self.objective.targets(x, y, self.cfg, t, self.mean, self.std, self.step)
+            return self.objective.targets(x, y, self.cfg, t, self.mean, self.std, step_stream(t.seed, self.step, "mix"))
         keep, partner, mine = batch_positions(n, self.world.rows(n), mixing=bool(t.mixup or t.cutmix))
         x, y = make_batch(self.data.train, t, self.mean, self.std, epoch, index, self.step, params_dtype(self.params),
                           order=order, keep=keep)
-        x, y = self.objective.targets(x, y, self.cfg, t, self.mean, self.std, self.step, partner=partner)
+        x, y = self.objective.targets(x, y, self.cfg, t, self.mean, self.std, step_stream(t.seed, self.step, "mix"),
+                                      partner=partner)
         return x[mine], y[mine]
 
     def _step(self, x, y, epoch, meter):
@@ -336,11 +339,7 @@ class Trainer:
         loss = float(loss)  # the one host sync per step: the NaN guard needs it
         if not math.isfinite(loss):
             self._diverged(loss, y, epoch)
-        if t.clip_norm:
-            clip_grad_norm(grads, t.clip_norm)
-        self.opt.step(self.params, grads)
-        if self.ema:
-            self.ema.update(self.params)
+        update(self.params, grads, self.opt, t.clip_norm, self.ema)
         self.step += 1
         return loss, float(correct)
 
@@ -414,7 +413,7 @@ class Trainer:
         if not self.plots:
             return
         train = "train (label-smoothed)" if self.tcfg.label_smoothing else "train"
-        plots.plot_curves(self.history, self.out / "curves.png", self.objective.curve, train_loss_label=train)
+        plots.plot_curves(self.history, self.out / "curves.png", self.objective.CURVE, train_loss_label=train)
         if ev["predictions"] is not None:   # of the last evaluation: the test set's, or the validation set's
             plots.plot_confusion(split.labels, ev["predictions"], self.data.classes, self.out / "confusion.png",
                                  title=f"{name} accuracy {ev['accuracy']:.1%} after epoch {epoch + 1}")
