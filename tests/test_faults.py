@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 
 import minivit as mv
-from minivit.cli.commands import _new_run_folder
 from minivit.data import DataError, load_dataset, read_image
-from minivit.io.runlock import RunFolderBusy, RunLock
+from minivit.io.run_folder import RunFolderBusy, RunLock, new_run_folder
 from datagen import image_folder_files, png_bytes, write_folder, write_zip
 
 TRAIN = ["--preset", "test", "--batch-size", "8", "--no-progress"]
@@ -54,9 +53,26 @@ def test_second_run_on_a_busy_folder_is_refused_naming_the_holder(tmp_path, toy)
     assert not (out / "checkpoint.npz").exists()
 
 
+def test_a_run_still_loading_its_data_holds_the_folder(tmp_path, toy):
+    """The lock is taken before the data loads and held to the end: a second run started while the first
+    is still reading its data is refused, and the first then trains and writes its own checkpoint."""
+    out = tmp_path / "run"
+    slow = ("import sys, time; import minivit.data.datasets as d; load = d.load_dataset; "
+            "d.load_dataset = lambda *a, **k: (print('loading', flush=True), time.sleep(3), load(*a, **k))[2]; "
+            "from minivit.cli import main; sys.exit(main(sys.argv[1:]))")
+    first = subprocess.Popen([sys.executable, "-c", slow, "train", "--data", str(toy), "--out", str(out), "--epochs", "1",
+                              *TRAIN], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert first.stdout.readline().strip() == "loading"
+    second = run("train", "--data", str(toy), "--out", str(out), "--epochs", "1", *TRAIN)
+    assert second.returncode == 1 and f"in use by another training run (PID {first.pid})" in second.stderr, second.stderr
+    stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 0, stderr
+    assert (out / "checkpoint.npz").exists() and "done:" in stdout
+
+
 def test_lock_of_a_killed_run_is_not_stale(tmp_path):
     out = tmp_path / "run"
-    child = subprocess.Popen([sys.executable, "-c", "import sys, time; from minivit.io.runlock import RunLock; "
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; from minivit.io.run_folder import RunLock; "
                               f"RunLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
                              stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "locked"
@@ -71,7 +87,7 @@ def test_lock_of_a_killed_run_is_not_stale(tmp_path):
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(time, "strftime", lambda fmt: "20260101-000000")
-    folders = [_new_run_folder() for _ in range(3)]
+    folders = [new_run_folder() for _ in range(3)]
     assert [f.name for f in folders] == ["20260101-000000", "20260101-000000-2", "20260101-000000-3"]
 
 

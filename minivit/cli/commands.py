@@ -17,7 +17,7 @@ from ..backend import BackendError, to_numpy, use_backend
 from ..io.checkpoint import CheckpointError
 from ..config import ConfigError, ViTConfig
 from ..data.datasets import DataError
-from ..io.runlock import RunFolderBusy
+from ..io.run_folder import RunFolderBusy, new_run_folder, run_folder
 from ..io.hub import load_pretrained
 from ..models.vit import require_class_head
 from ..models.objectives import OBJECTIVES
@@ -29,70 +29,25 @@ from .parser import MODEL_FLAGS, _parser, train_config
 PACKAGE_DIR = Path(__file__).resolve().parents[1]   # the installed minivit/ folder
 
 
-def _new_run_folder():
-    """runs/<time>, or runs/<time>-2, -3 ... when runs start within the same second: created here,
-    atomically, so two runs can never pick the same folder."""
-    base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    for i in range(1, 1000):
-        out = base if i == 1 else base.with_name(f"{base.name}-{i}")
-        try:
-            out.mkdir(parents=True)
-            return out
-        except FileExistsError:
-            continue
-    raise OSError(f"could not create a new run folder next to {base}")
-
-
-@contextlib.contextmanager
-def _remove_if_unused(out, created):
-    """A run folder this command created is removed again if the command fails before writing into it."""
-    try:
-        yield
-    except BaseException:
-        if created and out.is_dir() and {f.name for f in out.iterdir()} <= {".lock"}:
-            shutil.rmtree(out, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                out.parent.rmdir()  # runs/ too, when nothing else is in it
-        raise
-
-
-def _check_out_folder(out, resume):
-    """Fail before any data is loaded: a file in the way, a folder that cannot be written, a busy folder."""
-    from ..io.runlock import RunLock
-    if out.exists() and not out.is_dir():
-        raise OSError(f"--out {out} is a file, not a folder")
-    if (out / "checkpoint.npz").exists() and not resume:
-        raise CheckpointError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise OSError(f"cannot write to --out {out} ({e.strerror or e})") from None
-    with RunLock(out):  # raises RunFolderBusy, naming the PID, if another run trains here
-        pass
-
-
 def _run_folder(a):
     """--out, or a new runs/<time> folder; --resume needs the folder of the run it continues.
     Under MPI rank 0 makes the folder and tells the others its name."""
     if a.resume and not a.out:
         raise ValueError("--resume continues the run in --out; name its folder (e.g. --out runs/20261206-101500)")
     world = current_world()
-    return Path(world.bcast(str(a.out or _new_run_folder()) if world.is_root else None))
+    return Path(world.bcast(str(a.out or new_run_folder()) if world.is_root else None))
 
 
 @contextlib.contextmanager
 def _run_folder_checked(a):
-    """The run folder, checked before any data loads and removed again if the command fails before
-    writing into it. Only rank 0 touches it (the others get its name)."""
+    """The run folder, locked and checked before any data loads, held to the command's end, and removed
+    again if the command fails before writing into it (io/run_folder.py). Only rank 0 touches it (the
+    others get its name)."""
     out = _run_folder(a)
     if not current_world().is_root:
         yield out
         return
-    with _remove_if_unused(out, created=a.out is None):
-        _check_out_folder(out, a.resume)
+    with run_folder(out, a.resume, created=a.out is None):
         yield out
 
 

@@ -27,7 +27,7 @@ from ..config import TrainConfig, resize_stages, stage_at
 from ..data.datasets import Dataset, hold_out
 from ..data.transforms import channel_stats
 from ..io.checkpoint import load_checkpoint, save_checkpoint
-from ..io.runlock import RunLock
+from ..io.run_folder import RunLock
 from ..layers.resample import resize_batch
 from ..models.families import family_of
 
@@ -228,7 +228,7 @@ class Trainer:
         """Train to the end (or until interrupted), evaluating every epoch. Returns the history."""
         if not self.world.is_root:   # the other ranks never touch the run folder
             return self._fit()
-        with RunLock(self.out):  # one run per folder (minivit/io/runlock.py)
+        with RunLock(self.out):  # one run per folder (minivit/io/run_folder.py)
             return self._fit()
 
     def _fit(self):
