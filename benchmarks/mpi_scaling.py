@@ -29,7 +29,7 @@ def worker(preset, batch, threads, steps, warmup=2):
     sys.path.insert(0, ROOT)
     from minivit import ViTConfig, init_params
     from minivit.config import TrainConfig
-    from minivit.data.datasets import Split
+    from minivit.data.splits import Split
     from minivit.train.batches import batch_positions, make_batch
     from minivit.train.distributed import current_world
     from minivit.train.engine import Engine, blas_single_thread

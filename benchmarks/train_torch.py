@@ -35,7 +35,7 @@ from minivit.io import timm  # noqa: E402
 import numpy as np  # noqa: E402
 from minivit.config import resize_stages, stage_at  # noqa: E402
 from minivit.machine import machine  # noqa: E402
-from minivit.data.datasets import hold_out  # noqa: E402
+from minivit.data.splits import hold_out  # noqa: E402
 from minivit.layers.resample import resize_batch  # noqa: E402
 from minivit.train.optim import budget_decay, decays, warmup_decay  # noqa: E402
 from minivit.train.random_streams import ImageStreams  # noqa: E402

@@ -21,6 +21,7 @@ from .layers.posembed import sincos_table as sincos_pos_embed
 from .models.vit import backward, check_input, count_params, forward, param_shapes, with_new_head
 from .io.checkpoint import load_checkpoint, save_checkpoint
 from .io.jax_npz import load_jax_npz, save_jax_npz
+from .io.pretrained import load_pretrained
 from .io.timm import from_timm, to_timm
 from .train.optim import SGD, AdamW, clip_grad_norm, global_norm, warmup_decay
 # The floors themselves, so that mv.layers.stem, mv.io.checkpoint, mv.tools.gradcheck ... read as their paths.

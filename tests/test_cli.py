@@ -121,3 +121,27 @@ def test_predict_refuses_wrong_size_unless_resized(tmp_path, toy):
     r = run("predict", str(out / "checkpoint.npz"), str(odd))
     assert r.returncode == 1 and "image is 10x10, the model expects 8x8; pass --resize" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_info_prints_the_machine_record_as_json():
+    r = subprocess.run([sys.executable, "-m", "minivit", "info"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    record = json.loads(r.stdout)
+    assert {"minivit", "cpu", "cores", "numpy", "python", "kernels_on"} <= set(record)
+    assert record["cores"] == os.cpu_count()
+
+
+@pytest.mark.parametrize("value, on", [("0", False), ("off", False), ("False", False), ("no", False),
+                                       ("1", True), ("ON", True), ("yes", True), ("true", True)])
+def test_the_kernel_switch_reads_the_usual_spellings(value, on):
+    r = subprocess.run([sys.executable, "-m", "minivit", "info"], capture_output=True, text=True,
+                       env=dict(os.environ, MINIVIT_FUSED=value))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["kernels_on"] is on
+
+
+@pytest.mark.parametrize("name, value", [("MINIVIT_FUSED", "maybe"), ("MINIVIT_FUSED", "2"), ("MINIVIT_BLAS", "fast")])
+def test_a_switch_with_an_unknown_value_is_refused_in_one_line(name, value):
+    r = subprocess.run([sys.executable, "-m", "minivit", "info"], capture_output=True, text=True,
+                       env=dict(os.environ, **{name: value}))
+    assert r.returncode == 1 and f"{name}={value!r}" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from minivit.data import datasets as data, transforms
-from minivit.data import DataError
+from minivit.data import cifar10 as data, image_folder, transforms
+from minivit.data import DataError, load_dataset
 from datagen import (image_folder_files, png_bytes, write_folder, write_official_archive, write_targz,
                      write_zip)
 
@@ -36,7 +36,7 @@ def test_official_extracted_folder(tmp_path):
     write_official_archive(path)
     with tarfile.open(path) as tar:
         tar.extractall(tmp_path, filter="data")
-    ds = data.load_dataset(str(tmp_path / "cifar-10-batches-py"))
+    ds = load_dataset(str(tmp_path / "cifar-10-batches-py"))
     assert ds.train.images.shape == (30, 3, 32, 32)
 
 
@@ -105,7 +105,7 @@ def test_image_folder_formats(tmp_path, kind):
     path = {"folder": lambda: write_folder(tmp_path / "f", files),
             "targz": lambda: write_targz(tmp_path / "toy.tar.gz", files),
             "zip": lambda: write_zip(tmp_path / "toy.zip", files)}[kind]()
-    ds = data.load_dataset(str(path))
+    ds = load_dataset(str(path))
     assert ds.classes == ("cat", "dog")
     assert ds.train.images.shape == (8, 3, 8, 8) and ds.test.images.shape == (4, 3, 8, 8)
     assert sorted(np.bincount(ds.train.labels)) == [4, 4]
@@ -113,7 +113,7 @@ def test_image_folder_formats(tmp_path, kind):
     import io
     first = np.asarray(Image.open(io.BytesIO(files["toy/train/cat/000.png"])))
     np.testing.assert_array_equal(ds.train.images[0], first.transpose(2, 0, 1))
-    again = data.load_dataset(str(path))  # from the cache this time
+    again = load_dataset(str(path))  # from the cache this time
     np.testing.assert_array_equal(again.train.images, ds.train.images)
     assert list((tmp_path / "cache").glob("imagefolder-*.npz"))
 
@@ -121,21 +121,21 @@ def test_image_folder_formats(tmp_path, kind):
 def test_image_folder_without_classes(tmp_path):
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(DataError, match="no classes found"):
-        data.load_dataset(str(tmp_path / "empty"))
+        load_dataset(str(tmp_path / "empty"))
 
 
 def test_unreadable_image_is_named(tmp_path):
     files = image_folder_files()
     files["toy/train/dog/bad.jpg"] = b"this is not a jpeg"
     with pytest.raises(DataError, match="unreadable image .*train/dog/bad.jpg"):
-        data.load_dataset(str(write_targz(tmp_path / "toy.tar.gz", files)))
+        load_dataset(str(write_targz(tmp_path / "toy.tar.gz", files)))
 
 
 def test_mixed_sizes(tmp_path):
     files = image_folder_files()
     files["toy/train/dog/big.png"] = png_bytes(np.zeros((16, 16, 3), np.uint8))
     with pytest.raises(DataError, match="images of different sizes"):
-        data.load_dataset(str(write_folder(tmp_path / "f", files)))
+        load_dataset(str(write_folder(tmp_path / "f", files)))
 
 
 def test_truncated_image_archive(tmp_path):
@@ -144,16 +144,16 @@ def test_truncated_image_archive(tmp_path):
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 3])
     with pytest.raises(DataError, match="truncated or corrupted"):
-        data.load_dataset(str(path))
+        load_dataset(str(path))
 
 
 def test_missing_path():
     with pytest.raises(DataError, match="no such file or folder"):
-        data.load_dataset("/nonexistent/cifar")
+        load_dataset("/nonexistent/cifar")
 
 
 def test_shipped_subset_is_balanced():
-    ds = data.load_dataset("subset")
+    ds = load_dataset("subset")
     assert ds.classes == data.CIFAR10_CLASSES
     assert ds.train.images.shape[1:] == (3, 32, 32)
     counts = np.bincount(ds.train.labels, minlength=10)
@@ -163,10 +163,10 @@ def test_shipped_subset_is_balanced():
 
 def test_make_subset_is_balanced_and_deterministic(tmp_path):
     src = write_targz(tmp_path / "toy.tar.gz", image_folder_files(per_class=(6, 3)))
-    a = data.make_subset(src, tmp_path / "a.tar.gz", train_per_class=2, test_per_class=1)
-    b = data.make_subset(src, tmp_path / "b.tar.gz", train_per_class=2, test_per_class=1)
+    a = image_folder.make_subset(src, tmp_path / "a.tar.gz", train_per_class=2, test_per_class=1)
+    b = image_folder.make_subset(src, tmp_path / "b.tar.gz", train_per_class=2, test_per_class=1)
     assert a.read_bytes() == b.read_bytes()
-    ds = data.load_dataset(str(a))
+    ds = load_dataset(str(a))
     assert np.bincount(ds.train.labels).tolist() == [2, 2] and np.bincount(ds.test.labels).tolist() == [1, 1]
 
 

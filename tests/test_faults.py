@@ -487,7 +487,7 @@ def test_image_folders_follow_symlinked_classes_and_take_nested_images(tmp_path,
 def test_the_same_images_in_any_container_are_the_same_data(tmp_path, monkeypatch):
     """A folder, a .zip and a .tar.gz whose members are not in sorted order: one order, one fingerprint."""
     import tarfile
-    from minivit.train.trainer import data_fingerprint
+    from minivit.train.run_state import data_fingerprint
     monkeypatch.setenv("MINIVIT_CACHE", str(tmp_path / "cache"))
     files = image_folder_files(classes=("cat", "dog", "emu"), size=8, per_class=(3, 1))
     folder = write_folder(tmp_path / "folder", files)

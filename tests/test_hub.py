@@ -1,4 +1,5 @@
-"""Weights in and out of the ecosystem (minivit/io/hub.py, minivit/io/onnx_graph.py): timm's and
+"""Weights in and out of the ecosystem (minivit/io/safetensors_file.py, minivit/io/huggingface.py, minivit/io/pretrained.py,
+minivit/io/onnx_graph.py): timm's and
 transformers' .safetensors, the official .npz and ONNX, every file built here from random weights.
 
 safetensors, onnx and onnxruntime are small and CI installs them; transformers' parity runs where it is
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 import minivit as mv
-from minivit.io import hub
+from minivit.io import huggingface, pretrained, safetensors_file
 from minivit.io.checkpoint import CheckpointError
 
 pytest.importorskip("safetensors", reason="pip install safetensors (CI installs it)")
@@ -44,10 +45,10 @@ VARIANTS = [dict(), dict(pool="gap"), dict(pos_embed="sincos"), dict(gelu="tanh"
 def test_timm_safetensors_round_trip(tmp_path, kw):
     cfg = mv.ViTConfig.preset("test", **kw)
     params = random_params(cfg)
-    path = hub.save_timm(tmp_path / "m.safetensors", params, cfg, CLASSES, MEAN, STD)
-    sd, meta = hub.read_safetensors(path)
+    path = safetensors_file.save_timm(tmp_path / "m.safetensors", params, cfg, CLASSES, MEAN, STD)
+    sd, meta = safetensors_file.read_safetensors(path)
     assert meta["format"] == "pt" and set(sd) == set(mv.to_timm(params, cfg))
-    back, cfg2, info = hub.load_pretrained(path)
+    back, cfg2, info = pretrained.load_pretrained(path)
     assert cfg2 == cfg and info == {"classes": CLASSES, "mean": MEAN, "std": STD}
     for k in params:
         np.testing.assert_array_equal(back[k], params[k])
@@ -57,15 +58,15 @@ def test_a_foreign_timm_file_is_read_off_its_shapes(tmp_path):
     """A timm file without minivit's metadata: the config from the shapes; heads from the caller or the paper."""
     cfg = mv.ViTConfig.preset("test", num_classes=7)
     params = random_params(cfg)
-    path = hub.write_safetensors(tmp_path / "timm.safetensors", mv.to_timm(params, cfg), {"format": "pt"})
+    path = safetensors_file.write_safetensors(tmp_path / "timm.safetensors", mv.to_timm(params, cfg), {"format": "pt"})
     with pytest.raises(CheckpointError, match="does not say how many attention heads"):
-        hub.load_pretrained(path)
-    back, cfg2, info = hub.load_pretrained(path, heads=cfg.heads)
+        pretrained.load_pretrained(path)
+    back, cfg2, info = pretrained.load_pretrained(path, heads=cfg.heads)
     assert cfg2 == cfg and info == {}
     np.testing.assert_allclose(logits(back, cfg2, images(cfg)), logits(params, cfg, images(cfg)))
     tiny = mv.ViTConfig(image_size=32, patch_size=16, dim=192, depth=1, heads=3, mlp_dim=768, num_classes=3)
-    path = hub.write_safetensors(tmp_path / "ti.safetensors", mv.to_timm(random_params(tiny), tiny), {"format": "pt"})
-    assert hub.load_pretrained(path)[1].heads == 3                      # the paper's Ti: 192 wide, 3 heads
+    path = safetensors_file.write_safetensors(tmp_path / "ti.safetensors", mv.to_timm(random_params(tiny), tiny), {"format": "pt"})
+    assert pretrained.load_pretrained(path)[1].heads == 3                      # the paper's Ti: 192 wide, 3 heads
 
 
 @pytest.mark.parametrize("key,message", [("reg_token", "register or distillation"), ("fc_norm.weight", "after average"),
@@ -74,9 +75,9 @@ def test_timm_weights_minivit_cannot_hold_are_refused_by_name(tmp_path, key, mes
     cfg = mv.ViTConfig.preset("test")
     sd = mv.to_timm(random_params(cfg), cfg)
     sd[key] = np.ones((1, 1, cfg.dim) if key == "reg_token" else (cfg.dim,), np.float32)
-    path = hub.write_safetensors(tmp_path / "x.safetensors", sd, {"format": "pt"})
+    path = safetensors_file.write_safetensors(tmp_path / "x.safetensors", sd, {"format": "pt"})
     with pytest.raises(CheckpointError, match=message) as e:
-        hub.load_pretrained(path, heads=cfg.heads)
+        pretrained.load_pretrained(path, heads=cfg.heads)
     assert key in str(e.value)
 
 
@@ -94,8 +95,8 @@ def test_bfloat16_is_refused_unless_widened(tmp_path):
     path = tmp_path / "bf16.safetensors"
     path.write_bytes(len(h).to_bytes(8, "little") + h + b"".join(blobs))
     with pytest.raises(CheckpointError, match="bfloat16"):
-        hub.load_pretrained(path, heads=cfg.heads)
-    back, _, _ = hub.load_pretrained(path, heads=cfg.heads, bfloat16=True)
+        pretrained.load_pretrained(path, heads=cfg.heads)
+    back, _, _ = pretrained.load_pretrained(path, heads=cfg.heads, bfloat16=True)
     w = params["blocks.0.mlp.fc1.w"]
     assert back["blocks.0.mlp.fc1.w"].dtype == np.float32 and np.abs(back["blocks.0.mlp.fc1.w"] - w).max() <= np.abs(w).max() / 128
 
@@ -104,11 +105,11 @@ def test_bfloat16_is_refused_unless_widened(tmp_path):
 def test_transformers_folder_round_trip(tmp_path, kw):
     cfg = mv.ViTConfig.preset("test", **kw)
     params = random_params(cfg)
-    folder = hub.save_hf(tmp_path / "hf", params, cfg, CLASSES, MEAN, STD)
+    folder = huggingface.save_hf(tmp_path / "hf", params, cfg, CLASSES, MEAN, STD)
     config = json.loads((folder / "config.json").read_text())
     assert config["layer_norm_eps"] == cfg.ln_eps and config["id2label"]["4"] == "e"
     assert json.loads((folder / "preprocessor_config.json").read_text())["image_mean"] == MEAN
-    back, cfg2, info = hub.load_pretrained(folder)
+    back, cfg2, info = pretrained.load_pretrained(folder)
     assert info == {"classes": CLASSES, "mean": MEAN, "std": STD}
     np.testing.assert_allclose(logits(back, cfg2, images(cfg)), logits(params, cfg, images(cfg)), rtol=1e-5, atol=1e-6)
 
@@ -118,22 +119,22 @@ def test_transformers_folder_round_trip(tmp_path, kw):
 def test_what_transformers_cannot_hold_is_refused(tmp_path, kw, message):
     cfg = mv.ViTConfig.preset("test", **kw)
     with pytest.raises(ValueError, match=message):
-        hub.save_hf(tmp_path / "hf", random_params(cfg), cfg)
+        huggingface.save_hf(tmp_path / "hf", random_params(cfg), cfg)
 
 
 def test_a_transformers_model_with_a_mask_token_or_no_classifier_is_refused(tmp_path):
     cfg = mv.ViTConfig.preset("test")
-    folder = hub.save_hf(tmp_path / "hf", random_params(cfg), cfg)
+    folder = huggingface.save_hf(tmp_path / "hf", random_params(cfg), cfg)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "use_mask_token": True}))
     with pytest.raises(CheckpointError, match="mask token"):
-        hub.load_pretrained(folder)
-    sd, _ = hub.read_safetensors(folder / "model.safetensors")
+        pretrained.load_pretrained(folder)
+    sd, _ = safetensors_file.read_safetensors(folder / "model.safetensors")
     del sd["classifier.weight"], sd["classifier.bias"]
-    hub.write_safetensors(folder / "model.safetensors", sd, {"format": "pt"})
+    safetensors_file.write_safetensors(folder / "model.safetensors", sd, {"format": "pt"})
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="no 'classifier.weight'"):
-        hub.load_pretrained(folder)
+        pretrained.load_pretrained(folder)
 
 
 def test_transformers_gives_minivits_logits(tmp_path):
@@ -143,7 +144,7 @@ def test_transformers_gives_minivits_logits(tmp_path):
     transformers = pytest.importorskip("transformers", reason="transformers parity: pip install transformers")
     cfg = mv.ViTConfig.preset("test", num_classes=5)
     params = random_params(cfg)
-    folder = hub.save_hf(tmp_path / "hf", params, cfg, CLASSES, MEAN, STD)
+    folder = huggingface.save_hf(tmp_path / "hf", params, cfg, CLASSES, MEAN, STD)
     model = transformers.ViTForImageClassification.from_pretrained(folder).eval()
     imgs = images(cfg)
     x = mv.data.normalize(imgs, MEAN, STD)
@@ -151,7 +152,7 @@ def test_transformers_gives_minivits_logits(tmp_path):
         theirs = model(pixel_values=torch.from_numpy(x)).logits.numpy()
     np.testing.assert_allclose(theirs, logits(params, cfg, imgs), rtol=1e-5, atol=1e-5)
     p64 = {k: v.astype(np.float64) for k, v in params.items()}          # float64 on both sides
-    hub.write_safetensors(folder / "model.safetensors", hub.to_hf(p64, cfg), {"format": "pt"})
+    safetensors_file.write_safetensors(folder / "model.safetensors", huggingface.to_hf(p64, cfg), {"format": "pt"})
     model = transformers.ViTForImageClassification.from_pretrained(folder, dtype=torch.float64).eval()
     with torch.no_grad():
         theirs = model(pixel_values=torch.from_numpy(x.astype(np.float64))).logits.numpy()
@@ -170,7 +171,7 @@ def test_a_folder_transformers_saved_opens_in_minivit(tmp_path):
     for p_ in model.parameters():                                      # away from the zero-ish initialisation
         torch.nn.init.normal_(p_, std=0.3)
     model.save_pretrained(tmp_path / "theirs")
-    params, cfg, info = hub.load_pretrained(tmp_path / "theirs")
+    params, cfg, info = pretrained.load_pretrained(tmp_path / "theirs")
     assert (cfg.dim, cfg.depth, cfg.heads, cfg.num_classes, cfg.ln_eps) == (8, 2, 2, 3, 1e-6)
     assert info["classes"] == ["LABEL_0", "LABEL_1", "LABEL_2"] and "mean" not in info
     x = np.random.default_rng(3).standard_normal((4, 3, 8, 8)).astype(np.float32)
@@ -255,25 +256,25 @@ def test_timm_refuses_a_pretraining_model_by_name():
 
 def test_transformers_labels_must_number_the_classes(tmp_path):
     cfg = mv.ViTConfig.preset("test")
-    folder = hub.save_hf(tmp_path / "hf", random_params(cfg), cfg, CLASSES)
+    folder = huggingface.save_hf(tmp_path / "hf", random_params(cfg), cfg, CLASSES)
     config = json.loads((folder / "config.json").read_text())
     config["id2label"] = {str(i + 1): c for i, c in enumerate(CLASSES)}          # 1 .. K, not 0 .. K-1
     (folder / "config.json").write_text(json.dumps(config))
-    sd, _ = hub.read_safetensors(folder / "model.safetensors")                  # a file without minivit's metadata
-    hub.write_safetensors(folder / "model.safetensors", sd, {"format": "pt"})
+    sd, _ = safetensors_file.read_safetensors(folder / "model.safetensors")                  # a file without minivit's metadata
+    safetensors_file.write_safetensors(folder / "model.safetensors", sd, {"format": "pt"})
     with pytest.raises(CheckpointError, match="0 .. K-1"):
-        hub.load_pretrained(folder)
+        pretrained.load_pretrained(folder)
 
 
 def test_export_names_its_suffixes_and_never_overwrites_its_input(tmp_path):
     cfg = mv.ViTConfig.preset("test")
-    path = hub.save_timm(tmp_path / "m.safetensors", random_params(cfg), cfg, CLASSES, MEAN, STD)
+    path = safetensors_file.save_timm(tmp_path / "m.safetensors", random_params(cfg), cfg, CLASSES, MEAN, STD)
     run = lambda *a: subprocess.run([sys.executable, "-m", "minivit", "export", *a], capture_output=True, text=True)
     r = run(str(path), "--format", "timm", "--out", str(path))
     assert r.returncode == 1 and "is the file being exported" in r.stderr
     r = run(str(path), "--format", "onnx", "--out", str(tmp_path / "m.npz"))
     assert r.returncode == 1 and "writes a .onnx file" in r.stderr
-    assert hub.load_pretrained(path)[1] == cfg                                   # untouched
+    assert pretrained.load_pretrained(path)[1] == cfg                                   # untouched
 
 
 def test_timm_loads_the_exported_file_and_gives_minivits_logits(tmp_path):
@@ -287,7 +288,7 @@ def test_timm_loads_the_exported_file_and_gives_minivits_logits(tmp_path):
     for pool, timm_pool in (("token", "token"), ("gap", "avg")):
         cfg = mv.ViTConfig(image_size=16, patch_size=4, dim=16, depth=2, heads=2, mlp_dim=32, num_classes=5, pool=pool)
         params = random_params(cfg)
-        path = hub.save_timm(tmp_path / f"{pool}.safetensors", params, cfg)
+        path = safetensors_file.save_timm(tmp_path / f"{pool}.safetensors", params, cfg)
         model = VisionTransformer(img_size=16, patch_size=4, num_classes=5, embed_dim=16, depth=2, num_heads=2,
                                   mlp_ratio=2.0, qkv_bias=True, global_pool=timm_pool, fc_norm=False).eval()
         model.load_state_dict(load_file(str(path)), strict=True)

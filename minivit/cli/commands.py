@@ -3,22 +3,20 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from ..backend import BackendError, to_numpy, use_backend
+from ..backend import BackendError, fused_on, to_numpy, use_backend
 from ..io.checkpoint import CheckpointError
 from ..config import ConfigError, ViTConfig
-from ..data.datasets import DataError
+from ..data.splits import DataError
 from ..io.run_folder import RunFolderBusy, new_run_folder, run_folder
-from ..io.hub import load_pretrained
+from ..io.pretrained import load_pretrained
 from ..models.vit import require_class_head
 from ..models.objectives import OBJECTIVES
 from ..train.trainer import TrainingDiverged
@@ -113,7 +111,7 @@ def _fit(trainer, out):
 
 def _by_model_class(data, model_classes):
     """The data's test split with labels renumbered into the model's classes, matched by name."""
-    from ..data.datasets import Split
+    from ..data.splits import Split
     index = {c: i for i, c in enumerate(model_classes)}
     unknown = [c for c in data.classes if c not in index]
     if unknown:
@@ -173,7 +171,7 @@ def cmd_evaluate(a):
 def cmd_predict(a):
     from ..layers.attention import softmax
     from ..backend import xp
-    from ..data.datasets import read_image
+    from ..data.image_folder import read_image
     from ..data.transforms import normalize
     from ..models.vit import forward
     from ..models.resolution import adapt_to_images
@@ -225,7 +223,7 @@ def cmd_finetune(a):
 
 
 def _finetune(a, out):
-    from ..data.datasets import Dataset, Split
+    from ..data.splits import Dataset, Split
     from ..models.vit import with_new_head
     from ..models.resolution import resize_images, resize_pos_embed
     from ..train.trainer import Trainer
@@ -298,8 +296,10 @@ def cmd_profile(a):
 
 def cmd_export(a):
     """Write a checkpoint (or any file load_pretrained reads) as timm's or transformers' .safetensors,
-    the official .npz, or an ONNX graph (minivit/io/hub.py, minivit/io/onnx_graph.py)."""
-    from ..io.hub import save_hf, save_timm
+    the official .npz, or an ONNX graph (minivit/io/safetensors_file.py, minivit/io/huggingface.py,
+    minivit/io/jax_npz.py, minivit/io/onnx_graph.py)."""
+    from ..io.huggingface import save_hf
+    from ..io.safetensors_file import save_timm
     from ..io.jax_npz import save_jax_npz
     from ..io.onnx_graph import save_onnx
     out = Path(a.out)
@@ -329,13 +329,25 @@ def cmd_export(a):
 
 
 def cmd_make_subset(a):
-    from ..data.datasets import make_subset
+    from ..data.image_folder import make_subset
     dest = Path(a.dest)
     if PACKAGE_DIR in dest.resolve().parents:  # the shipped subset, or anything else inside the package
         raise ValueError(f"--dest {a.dest} is inside the installed minivit package; write the subset elsewhere "
                          "(the package's own data is not to be overwritten)")
     dest = make_subset(a.source, dest, a.train_per_class, a.test_per_class)
     print(f"wrote {dest} ({dest.stat().st_size:,} bytes)")
+    return 0
+
+
+def cmd_info(a):
+    """This machine's record (minivit/machine.py) and minivit's version, as JSON: what the docs' figures name."""
+    from importlib.metadata import PackageNotFoundError, version
+    from ..machine import machine
+    try:
+        mine = version("minivit")
+    except PackageNotFoundError:   # run from a checkout that was never installed
+        mine = None
+    print(json.dumps({"minivit": mine, "kernels_on": fused_on(), **machine()}, indent=2))
     return 0
 
 
@@ -397,7 +409,7 @@ def _run(a):
         _join_the_world(a)
         return {"train": cmd_train, "pretrain": cmd_pretrain, "evaluate": cmd_evaluate, "predict": cmd_predict,
                 "profile": cmd_profile, "finetune": cmd_finetune, "fewshot": cmd_fewshot, "make-subset": cmd_make_subset,
-                "export": cmd_export}[a.command](a)
+                "export": cmd_export, "info": cmd_info}[a.command](a)
     except (DataError, CheckpointError, ConfigError, BackendError, TrainingDiverged, RunFolderBusy, ValueError,
             MemoryError, OSError, DistributedError) as e:
         if os.environ.get("MINIVIT_DEBUG"):

@@ -89,15 +89,7 @@ def _add_training_command(sub, name, text, defaults):
     _add_run_flags(t, "training")
 
 
-def _parser():
-    p = argparse.ArgumentParser(prog="minivit", description="A hand-written Vision Transformer on NumPy/CuPy.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    _add_training_command(sub, "train", "train a ViT (default: the shipped CIFAR-10 subset, a few minutes on a CPU)",
-                          TrainConfig())
-    _add_training_command(sub, "pretrain", "self-supervised pre-training by masked patch prediction (paper B.1.2): "
-                          "the labels are not used", TrainConfig(label_smoothing=0.0))
-
+def _add_evaluate(sub):
     e = sub.add_parser("evaluate", help="test accuracy of a checkpoint")
     e.add_argument("checkpoint", help="a checkpoint.npz written by train or finetune, or an exported "
                    ".safetensors / transformers folder that records its normalisation")
@@ -106,6 +98,8 @@ def _parser():
     e.add_argument("--confusion", default=None, help="also write the confusion matrix to this PNG file")
     e.add_argument("--json", action="store_true", help="print one JSON object (per-class accuracy included), nothing else")
 
+
+def _add_predict(sub):
     r = sub.add_parser("predict", help="top-k classes for image files")
     r.add_argument("checkpoint", help="a checkpoint.npz written by train or finetune")
     r.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...) of the model's size, or any with --resize")
@@ -113,6 +107,8 @@ def _parser():
     r.add_argument("--resize", action="store_true", help="resize images to the model's size instead of refusing")
     _add_backend_flag(r)
 
+
+def _add_finetune(sub):
     text = ("fine-tune a minivit checkpoint or an official ViT .npz on new data (paper 3.2: a new zero head, "
             "positions resized, SGD with momentum)")
     ft = sub.add_parser("finetune", help=text, description=text)
@@ -129,6 +125,8 @@ def _parser():
     _add_train_flags(ft, FINETUNE_DEFAULTS)
     _add_run_flags(ft, "fine-tuning")
 
+
+def _add_profile(sub):
     f = sub.add_parser("profile", help="time each layer's forward and backward in a training step (or its "
                        "forward in inference, --mode eval)")
     f.add_argument("--preset", default="cifar-small", help=f"model preset: {', '.join(PRESETS)} (default: cifar-small)")
@@ -139,6 +137,8 @@ def _parser():
                    help="train: the training step; eval: the forward pass as evaluate/predict run it (default: train)")
     _add_backend_flag(f)
 
+
+def _add_fewshot(sub):
     fs = sub.add_parser("fewshot", help="linear few-shot accuracy and a linear probe on a checkpoint's frozen features")
     fs.add_argument("checkpoint", help="a checkpoint.npz written by train, pretrain or finetune")
     fs.add_argument("--data", default=None, help="images whose classes are to be told apart: its train split gives "
@@ -157,6 +157,8 @@ def _parser():
     _add_backend_flag(fs)
     fs.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
 
+
+def _add_export(sub):
     x = sub.add_parser("export", help="write a checkpoint as timm's or transformers' .safetensors, the official "
                        ".npz, or an ONNX graph for onnxruntime")
     x.add_argument("checkpoint", help="a minivit checkpoint.npz (or any file finetune reads)")
@@ -170,10 +172,31 @@ def _parser():
                         "for its width)")
     x.add_argument("--bfloat16", action="store_true", help="widen bfloat16 weights to float32 instead of refusing them")
 
+
+def _add_make_subset(sub):
     m = sub.add_parser("make-subset", help="build the shipped class-balanced CIFAR-10 subset from an image-folder archive")
     m.add_argument("source", help="an image-folder archive, e.g. ../shared/datasets/cifar10-jpeg.tar.gz")
     m.add_argument("--dest", default="cifar10-subset.tar.gz",
                    help="the .tar.gz to write; never inside the package (default: cifar10-subset.tar.gz here)")
     m.add_argument("--train-per-class", type=int, default=500, help="training images per class (default: 500)")
     m.add_argument("--test-per-class", type=int, default=100, help="test images per class (default: 100)")
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="minivit", description="A hand-written Vision Transformer on NumPy/CuPy.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    _add_training_command(sub, "train", "train a ViT (default: the shipped CIFAR-10 subset, a few minutes on a CPU)",
+                          TrainConfig())
+    _add_training_command(sub, "pretrain", "self-supervised pre-training by masked patch prediction (paper B.1.2): "
+                          "the labels are not used", TrainConfig(label_smoothing=0.0))
+    _add_evaluate(sub)
+    _add_predict(sub)
+    _add_finetune(sub)
+    _add_profile(sub)
+    _add_fewshot(sub)
+    _add_export(sub)
+    _add_make_subset(sub)
+    sub.add_parser("info", help="print this machine's record (CPU, vector ISA, BLAS, numba, MKL, CuPy, versions) "
+                   "as JSON, to quote in a bug report or to hold against the figures in docs/")
     return p

@@ -70,6 +70,30 @@ def _meta_problems(meta, cfg, require):
     return problems
 
 
+def _array_problems(path, arrays, shapes):
+    """What is wrong with a checkpoint's parameters and optimiser state, given the model's `shapes` (a missing
+    or misshapen parameter is raised at once: nothing else can be checked against it)."""
+    problems = []
+    for name, shape in shapes.items():
+        a = arrays.get("param/" + name)
+        if a is None or a.shape != shape:
+            raise CheckpointError(f"{path}: parameter {name!r} missing or of the wrong shape")
+        if a.dtype.kind != "f":
+            problems.append(f"parameter {name!r} has dtype {a.dtype}, not a floating-point type")
+        elif not np.isfinite(a).all():
+            problems.append(f"parameter {name!r} holds NaN or infinite values")
+    unknown = sorted(k for k in arrays if k.startswith("param/") and k[6:] not in shapes)
+    if unknown:
+        problems.append(f"unknown parameters {', '.join(k[6:] for k in unknown)}")
+    for k, v in arrays.items():
+        if k.startswith("opt/"):
+            _, _, name = k[4:].partition(".")  # 'm.blocks.0.attn.qkv.w' -> the parameter's name
+            if name not in shapes or v.shape != shapes[name] or v.dtype.kind != "f":
+                problems.append(f"optimiser state {k[4:]!r} does not fit parameter {name!r} "
+                                f"(shape {v.shape}, dtype {v.dtype})")
+    return problems
+
+
 def load_checkpoint(path, cfg=None, require=(), family=None):
     """-> (params on the configured backend, model config, optimiser state dict, meta dict).
 
@@ -105,24 +129,7 @@ def load_checkpoint(path, cfg=None, require=(), family=None):
                 for k, v in saved.to_dict().items() if getattr(cfg, k) != v]
         raise CheckpointError(f"{path}: checkpoint is for a different model ({'; '.join(diff)})")
     shapes = family_of(saved).param_shapes(saved)
-    problems = []
-    for name, shape in shapes.items():
-        a = arrays.get("param/" + name)
-        if a is None or a.shape != shape:
-            raise CheckpointError(f"{path}: parameter {name!r} missing or of the wrong shape")
-        if a.dtype.kind != "f":
-            problems.append(f"parameter {name!r} has dtype {a.dtype}, not a floating-point type")
-        elif not np.isfinite(a).all():
-            problems.append(f"parameter {name!r} holds NaN or infinite values")
-    unknown = sorted(k for k in arrays if k.startswith("param/") and k[6:] not in shapes)
-    if unknown:
-        problems.append(f"unknown parameters {', '.join(k[6:] for k in unknown)}")
-    for k, v in arrays.items():
-        if k.startswith("opt/"):
-            _, _, name = k[4:].partition(".")  # 'm.blocks.0.attn.qkv.w' -> the parameter's name
-            if name not in shapes or v.shape != shapes[name] or v.dtype.kind != "f":
-                problems.append(f"optimiser state {k[4:]!r} does not fit parameter {name!r} "
-                                f"(shape {v.shape}, dtype {v.dtype})")
+    problems = _array_problems(path, arrays, shapes)
     scalars = meta.pop("opt_scalars", {})
     if not isinstance(scalars, dict) or not all(isinstance(v, (int, float)) for v in scalars.values()):
         problems.append(f"optimiser scalars must be numbers, got {scalars!r}")

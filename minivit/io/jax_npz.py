@@ -66,6 +66,26 @@ def load_jax_npz(path, gelu="exact", log=print):
             a = {k: z[k] for k in z.files}
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
+    cfg = _config_of(a, path, gelu)
+    dropped = sorted(k for k in a if k.startswith("pre_logits/"))
+    if dropped:
+        log(f"{path}: dropped {', '.join(dropped)} (a pre-training head layer minivit's model does not have)")
+    unknown = sorted(set(a) - set(_all_keys(cfg.depth)) - set(dropped))
+    if unknown:
+        raise CheckpointError(f"{path}: keys minivit cannot represent: {', '.join(unknown[:12])}"
+                              + (f" and {len(unknown) - 12} more" if len(unknown) > 12 else ""))
+    missing = [k for k in _all_keys(cfg.depth) if k not in a]
+    if missing:
+        raise CheckpointError(f"{path}: missing {', '.join(missing[:12])}")
+    p = _params_of(a, cfg)
+    for name, shape in param_shapes(cfg).items():
+        if p[name].shape != shape:
+            raise CheckpointError(f"{path}: {name} has shape {p[name].shape}, the inferred config expects {shape}")
+    return {k: to_device(np.ascontiguousarray(p[k])) for k in param_shapes(cfg)}, cfg
+
+
+def _config_of(a, path, gelu):
+    """The ViTConfig an official .npz's arrays `a` describe, read off their shapes."""
     for required in ("embedding/kernel", "Transformer/posembed_input/pos_embedding", "head/kernel"):
         if required not in a:
             raise CheckpointError(f"{path}: no {required!r}; not a ViT checkpoint in the official layout")
@@ -81,23 +101,18 @@ def load_jax_npz(path, gelu="exact", log=print):
     grid = int(round((tokens - 1) ** 0.5))
     if grid * grid != tokens - 1:
         raise CheckpointError(f"{path}: {tokens - 1} position rows besides the class token is not a square grid")
-    cfg = ViTConfig(image_size=grid * P, patch_size=P, in_channels=C, num_classes=a["head/kernel"].shape[1],
-                    dim=D, depth=depth, heads=heads, mlp_dim=mlp_dim, gelu=gelu)
-    dropped = sorted(k for k in a if k.startswith("pre_logits/"))
-    if dropped:
-        log(f"{path}: dropped {', '.join(dropped)} (a pre-training head layer minivit's model does not have)")
-    unknown = sorted(set(a) - set(_all_keys(depth)) - set(dropped))
-    if unknown:
-        raise CheckpointError(f"{path}: keys minivit cannot represent: {', '.join(unknown[:12])}"
-                              + (f" and {len(unknown) - 12} more" if len(unknown) > 12 else ""))
-    missing = [k for k in _all_keys(depth) if k not in a]
-    if missing:
-        raise CheckpointError(f"{path}: missing {', '.join(missing[:12])}")
+    return ViTConfig(image_size=grid * P, patch_size=P, in_channels=C, num_classes=a["head/kernel"].shape[1],
+                     dim=D, depth=depth, heads=heads, mlp_dim=mlp_dim, gelu=gelu)
+
+
+def _params_of(a, cfg):
+    """minivit's parameters from an official .npz's arrays `a` (every key checked present)."""
+    D = cfg.dim
     p = {"patch_embed.w": a["embedding/kernel"].transpose(3, 2, 0, 1), "patch_embed.b": a["embedding/bias"],
          "cls_token": a["cls"], "pos_embed": a["Transformer/posembed_input/pos_embedding"],
          "norm.w": a["Transformer/encoder_norm/scale"], "norm.b": a["Transformer/encoder_norm/bias"],
          "head.w": a["head/kernel"], "head.b": a["head/bias"]}
-    for i in range(depth):
+    for i in range(cfg.depth):
         b, q = _BLOCK.format(i), f"blocks.{i}."
         p[q + "norm1.w"], p[q + "norm1.b"] = a[b + "LayerNorm_0/scale"], a[b + "LayerNorm_0/bias"]
         p[q + "norm2.w"], p[q + "norm2.b"] = a[b + "LayerNorm_2/scale"], a[b + "LayerNorm_2/bias"]
@@ -109,10 +124,7 @@ def load_jax_npz(path, gelu="exact", log=print):
         for n, name in ((0, "fc1"), (1, "fc2")):
             p[q + f"mlp.{name}.w"] = a[b + f"MlpBlock_3/Dense_{n}/kernel"]
             p[q + f"mlp.{name}.b"] = a[b + f"MlpBlock_3/Dense_{n}/bias"]
-    for name, shape in param_shapes(cfg).items():
-        if p[name].shape != shape:
-            raise CheckpointError(f"{path}: {name} has shape {p[name].shape}, the inferred config expects {shape}")
-    return {k: to_device(np.ascontiguousarray(p[k])) for k in param_shapes(cfg)}, cfg
+    return p
 
 
 def save_jax_npz(path, params, cfg):

@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from ..backend import to_numpy
+from ..contract import GELU_TANH_C
 from ..layers.posembed import VARIANTS
 
 OPSET = 17
@@ -68,9 +69,33 @@ def _gelu(g, x, form):
         e = g.op("Erf", g.op("Mul", x, g.scalar(1 / math.sqrt(2))))
     else:                 # x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
         x3 = g.op("Mul", g.op("Mul", x, x), x)
-        u = g.op("Add", x, g.op("Mul", x3, g.scalar(0.044715)))
+        u = g.op("Add", x, g.op("Mul", x3, g.scalar(GELU_TANH_C)))
         e = g.op("Tanh", g.op("Mul", u, g.scalar(math.sqrt(2 / math.pi))))
     return g.op("Mul", g.op("Mul", x, g.scalar(0.5)), g.op("Add", e, g.scalar(1.0)))
+
+
+def _block(g, z, p, b, cfg):
+    """One pre-LN encoder block (minivit/models/block.py) as graph nodes: z (B, T, D) -> (B, T, D)."""
+    D, H = cfg.dim, cfg.heads
+    d = D // H
+    ln = lambda x, n: g.op("LayerNormalization", x, g.const(b + n + ".w", p[b + n + ".w"]),
+                           g.const(b + n + ".b", p[b + n + ".b"]), axis=-1, epsilon=cfg.ln_eps)
+    qkv = g.dense(ln(z, "norm1"), p[b + "attn.qkv.w"], p[b + "attn.qkv.b"], b + "attn.qkv")   # (B, T, 3D)
+    qkv = g.op("Transpose", g.op("Reshape", qkv, g.const(b + "shape_qkv", np.array([0, 0, 3, H, d], np.int64))),
+               perm=[2, 0, 3, 1, 4])                                                    # (3, B, H, T, d)
+    q, k, v = (g.op("Gather", qkv, g.const(f"{b}idx{j}", np.array(j, np.int64)), axis=0) for j in range(3))
+    scores = g.op("MatMul", g.op("Mul", q, g.scalar(1 / math.sqrt(d))), g.op("Transpose", k, perm=[0, 1, 3, 2]))  # (B, H, T, T)
+    ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)                           # (B, H, T, d)
+    ctx = g.op("Reshape", g.op("Transpose", ctx, perm=[0, 2, 1, 3]), g.const(b + "shape_ctx", np.array([0, 0, D], np.int64)))
+    h = g.dense(ctx, p[b + "attn.proj.w"], p[b + "attn.proj.b"], b + "attn.proj")
+    if cfg.layer_scale:
+        h = g.op("Mul", h, g.const(b + "ls1.gamma", p[b + "ls1.gamma"]))
+    z = g.op("Add", z, h)                                                               # residual
+    h = g.dense(ln(z, "norm2"), p[b + "mlp.fc1.w"], p[b + "mlp.fc1.b"], b + "mlp.fc1")
+    h = g.dense(_gelu(g, h, cfg.gelu), p[b + "mlp.fc2.w"], p[b + "mlp.fc2.b"], b + "mlp.fc2")
+    if cfg.layer_scale:
+        h = g.op("Mul", h, g.const(b + "ls2.gamma", p[b + "ls2.gamma"]))
+    return g.op("Add", z, h)                                                            # residual
 
 
 def to_onnx(params, cfg, mean, std, classes=None):
@@ -82,8 +107,7 @@ def to_onnx(params, cfg, mean, std, classes=None):
                          f"head {cfg.head!r}")
     p = {k: to_numpy(v).astype(np.float32) for k, v in params.items()}
     g = _Graph(onnx)
-    C, D, H, P, N = cfg.in_channels, cfg.dim, cfg.heads, cfg.patch_size, cfg.num_patches
-    d = D // H
+    C, D, P, N = cfg.in_channels, cfg.dim, cfg.patch_size, cfg.num_patches
     _, table, _ = VARIANTS[cfg.pos_embed]
     pos = lambda prefix: None if table is None else table(p, prefix, cfg, np, np.float32)   # (1, N+1, D)
 
@@ -100,29 +124,10 @@ def to_onnx(params, cfg, mean, std, classes=None):
     z = g.op("Concat", cls, tok, axis=1)                                                    # (B, N+1, D)
     if not cfg.pos_embed_every_layer and table is not None:
         z = g.op("Add", z, g.const("pos_embed", pos("")))
-    scale = g.scalar(1 / math.sqrt(d))
     for i in range(cfg.depth):
-        b = f"blocks.{i}."
         if cfg.pos_embed_every_layer:
-            z = g.op("Add", z, g.const(b + "pos_embed", pos(b)))
-        ln = lambda x, n: g.op("LayerNormalization", x, g.const(b + n + ".w", p[b + n + ".w"]),
-                               g.const(b + n + ".b", p[b + n + ".b"]), axis=-1, epsilon=cfg.ln_eps)
-        qkv = g.dense(ln(z, "norm1"), p[b + "attn.qkv.w"], p[b + "attn.qkv.b"], b + "attn.qkv")   # (B, T, 3D)
-        qkv = g.op("Transpose", g.op("Reshape", qkv, g.const(b + "shape_qkv", np.array([0, 0, 3, H, d], np.int64))),
-                   perm=[2, 0, 3, 1, 4])                                                    # (3, B, H, T, d)
-        q, k, v = (g.op("Gather", qkv, g.const(f"{b}idx{j}", np.array(j, np.int64)), axis=0) for j in range(3))
-        scores = g.op("MatMul", g.op("Mul", q, scale), g.op("Transpose", k, perm=[0, 1, 3, 2]))  # (B, H, T, T)
-        ctx = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)                           # (B, H, T, d)
-        ctx = g.op("Reshape", g.op("Transpose", ctx, perm=[0, 2, 1, 3]), g.const(b + "shape_ctx", np.array([0, 0, D], np.int64)))
-        h = g.dense(ctx, p[b + "attn.proj.w"], p[b + "attn.proj.b"], b + "attn.proj")
-        if cfg.layer_scale:
-            h = g.op("Mul", h, g.const(b + "ls1.gamma", p[b + "ls1.gamma"]))
-        z = g.op("Add", z, h)                                                               # residual
-        h = g.dense(ln(z, "norm2"), p[b + "mlp.fc1.w"], p[b + "mlp.fc1.b"], b + "mlp.fc1")
-        h = g.dense(_gelu(g, h, cfg.gelu), p[b + "mlp.fc2.w"], p[b + "mlp.fc2.b"], b + "mlp.fc2")
-        if cfg.layer_scale:
-            h = g.op("Mul", h, g.const(b + "ls2.gamma", p[b + "ls2.gamma"]))
-        z = g.op("Add", z, h)                                                               # residual
+            z = g.op("Add", z, g.const(f"blocks.{i}.pos_embed", pos(f"blocks.{i}.")))
+        z = _block(g, z, p, f"blocks.{i}.", cfg)
     z = g.op("LayerNormalization", z, g.const("norm.w", p["norm.w"]), g.const("norm.b", p["norm.b"]),
              axis=-1, epsilon=cfg.ln_eps)
     if cfg.pool == "token":
@@ -133,6 +138,14 @@ def to_onnx(params, cfg, mean, std, classes=None):
         pooled = g.op("ReduceMean", patches, axes=[1], keepdims=0)                          # (B, D)
     g.op("Add", g.op("MatMul", pooled, g.const("head.w", p["head.w"])), g.const("head.b", p["head.b"]), name="logits")
 
+    model = _model(onnx, g, cfg, mean, std, classes)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _model(onnx, g, cfg, mean, std, classes):
+    """The ModelProto around the graph's nodes: its input and output, opset, and minivit's metadata."""
+    C = cfg.in_channels
     S = cfg.image_size
     graph = onnx.helper.make_graph(
         g.nodes, "minivit", [onnx.helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["batch", C, S, S])],
@@ -146,7 +159,6 @@ def to_onnx(params, cfg, mean, std, classes=None):
                        "classes": json.dumps(list(classes) if classes is not None else None)}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.checker.check_model(model)
     return model
 
 

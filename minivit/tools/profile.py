@@ -252,20 +252,25 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
         step(warmup + 2 * steps)
         peak = tracemalloc.get_traced_memory()[1] - base
         tracemalloc.stop()
+    size = engine.EVAL_TOKENS_PER_SHARD if mode == "eval" else engine.TRAIN_TOKENS_PER_SHARD
+    piece = max(sl.stop - sl.start for sl in engine.shards(mine.stop - mine.start, images_per_shard(cfg, size)))
+    engine.close()
+    state = sum(v.nbytes for v in params.values()) + (2 * sum(v.nbytes for v in opt.m.values()) if mode == "train" else 0)
+    return Report(cfg, batch_size, steps, float(np.median(plain)) * 1e3, mode, piece, _rows(stats, timed, steps),
+                  state / 2 ** 20, peak / 2 ** 20, world.size, _kernels_in_use(x))
+
+
+def _rows(stats, timed, steps):
+    """The report's rows from the timers: per layer and pass, per step; what no timer saw is '(other)'."""
     rows = [{"layer": layer, "direction": d, "ms": s * 1e3 / steps, "flops": f // steps, "calls": n // steps}
             for (layer, d), (s, f, n) in stats.items() if n]
     other = timed * 1e3 / steps - sum(r["ms"] for r in rows)  # the step's own lines, between the layers
     rows.append({"layer": "(other)", "direction": "", "ms": max(other, 0.0), "flops": 0, "calls": 0})
-    state = sum(v.nbytes for v in params.values())
-    if mode == "train":
-        state += sum(v.nbytes for v in opt.m.values()) * 2
-    size = engine.EVAL_TOKENS_PER_SHARD if mode == "eval" else engine.TRAIN_TOKENS_PER_SHARD
-    piece = max(sl.stop - sl.start for sl in engine.shards(mine.stop - mine.start, images_per_shard(cfg, size)))
-    engine.close()
+    return rows
+
+
+def _kernels_in_use(x):
     if get_array_module(x) is np:
         kernels = "fused CPU kernels (numba)" if cpu_kernels() else "NumPy lines (no fused kernels)"
-        kernels += ", the large products by MKL" if cpu_blas() else ", products by NumPy's BLAS"
-    else:
-        kernels = "fused CUDA kernels" if gpu_kernels() else "CuPy lines (no fused kernels)"
-    return Report(cfg, batch_size, steps, float(np.median(plain)) * 1e3, mode, piece, rows, state / 2 ** 20,
-                  peak / 2 ** 20, world.size, kernels)
+        return kernels + (", the large products by MKL" if cpu_blas() else ", products by NumPy's BLAS")
+    return "fused CUDA kernels" if gpu_kernels() else "CuPy lines (no fused kernels)"

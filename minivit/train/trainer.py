@@ -4,77 +4,34 @@ Every random choice is derived from (seed, epoch) or (seed, step), through the t
 train/random_streams.py. A checkpoint's step therefore fixes all later randomness, and a resumed run
 continues exactly as an uninterrupted one.
 """
-import hashlib
 import json
 import math
 import signal
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from . import plots
+from . import plots, resizing
 from .batches import batch_positions, epoch_order, make_batch
 from .distributed import current_world
 from .engine import Engine, blas_single_thread, evaluate, params_dtype
 from .optim import EMA, SGD, AdamW, budget_decay, clip_grad_norm, warmup_decay
 from .random_streams import describe as describe_streams, step_stream
+from .run_state import RUN_POSITION, check_images_fit, check_resumable, data_fingerprint, share_state
 from ..atomic_files import write_text_atomic
 from ..backend import backend_name, get_array_module
 from ..machine import machine
-from ..config import TrainConfig, resize_stages, stage_at
-from ..data.datasets import Dataset, hold_out
+from ..data.splits import Dataset, hold_out
 from ..data.transforms import channel_stats
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.run_folder import RunLock
-from ..layers.resample import resize_batch
 from ..models.families import family_of
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-def data_fingerprint(dataset):
-    """A short hash of the training images and labels: the data's identity, whatever its path."""
-    h = hashlib.blake2b(digest_size=8)
-    for a in (dataset.train.images, dataset.train.labels):
-        h.update(str(a.shape).encode())
-        h.update(np.ascontiguousarray(a).data)
-    h.update("\n".join(dataset.classes).encode())
-    return h.hexdigest()
-
-
-def check_images_fit(cfg, dataset):
-    """Raise a clear ValueError unless the dataset's images have the model's (C, H, W)."""
-    if dataset.image_shape != (cfg.in_channels, cfg.image_size, cfg.image_size):
-        C, H, W = dataset.image_shape
-        raise ValueError(f"the data's images are {C}x{H}x{W} (C x H x W) but the model expects "
-                         f"{cfg.in_channels}x{cfg.image_size}x{cfg.image_size}; choose a matching "
-                         "preset or --image-size")
-
-
-def check_resumable(path, meta, tcfg, fingerprint, data_spec, total_steps, log=print):
-    """Raise a ValueError unless the checkpoint at `path` (its `meta`) can continue a run of `tcfg`
-    on data with this `fingerprint`: the same settings but --epochs (and --threads), the same data, and no more steps
-    already trained than the new length allows. A changed --epochs is said in the log."""
-    saved = TrainConfig(**meta["train_config"])
-    # --threads may change: every draw follows an image, not a thread (streams.py); so may the MPI ranks.
-    diff = [k for k in asdict(tcfg) if getattr(saved, k) != getattr(tcfg, k) and k not in ("epochs", "threads")]
-    if diff:
-        raise ValueError(f"--resume: {path} was trained with different settings ({', '.join(diff)}); "
-                         "resume with the same flags or start a new --out folder")
-    if meta.get("data_fingerprint", fingerprint) != fingerprint:
-        raise ValueError(f"--resume: {path} was trained on other data ({meta.get('data')!r}, "
-                         f"fingerprint {meta['data_fingerprint']}) than --data {data_spec!r} "
-                         f"(fingerprint {fingerprint}); resume with the same data or start a new --out folder")
-    if tcfg.epochs < saved.epochs and meta["step"] > total_steps:
-        raise ValueError(f"--resume: {path} has already trained {meta['step']} steps, more than "
-                         f"--epochs {tcfg.epochs} allows")
-    if tcfg.epochs != saved.epochs:
-        log(f"--resume: training to {tcfg.epochs} epochs instead of {saved.epochs}; "
-            "the learning-rate schedule is stretched to the new length from here on")
 
 
 def update(params, grads, opt, clip_norm=0.0, ema=None):
@@ -142,38 +99,15 @@ class Trainer:
             self.ema = EMA(self.params, tcfg.ema)
             if opt_state is not None and not self.ema.load_state_dict(opt_state):
                 raise ValueError(f"--resume: {self.ckpt_path} holds no EMA of the weights; resume without --ema")
-        self.resize = self._resize_stages()   # progressive resizing: [(size, until progress, the model at it)]
+        self.resize = resizing.stages(cfg, tcfg.resize_schedule)   # [(size, until progress, the model at it)]
         self._order = (None, None)  # (epoch, its shuffled order), drawn by _batch
         self.interrupted = None
 
-    def _resize_stages(self):
-        """--resize-schedule as [(size, until, the model's config at that size)], after checking that this
-        model can train on smaller images: a plain ViT classifier whose position table can follow the grid."""
-        stages = resize_stages(self.tcfg.resize_schedule)
-        if not stages:
-            return []
-        cfg = self.cfg
-        why = ("it is not a ViT" if not hasattr(cfg, "pos_embed") else
-               "its head predicts the patches' colours (pretrain)" if cfg.head != "classify" else
-               "the hybrid's stem fixes its grid" if cfg.stem_channels else
-               f"pos_embed={cfg.pos_embed!r} cannot follow the grid (use learned, sincos or none)"
-               if cfg.pos_embed not in ("learned", "sincos", "none") else None)
-        if why:
-            raise ValueError(f"--resize-schedule trains on smaller images, but this model cannot: {why}")
-        bad = [s for s, _ in stages if s % cfg.patch_size or s >= cfg.image_size]
-        if bad:
-            raise ValueError(f"--resize-schedule: sizes must be multiples of the patch size {cfg.patch_size} and below "
-                             f"the image size {cfg.image_size}, got {', '.join(map(str, bad))}")
-        return [(s, until, replace(cfg, image_size=s)) for s, until in stages]
-
     def _model_now(self, meter):
-        """The model's config for this step: at the image size the resize schedule gives for the progress
-        made (steps, or training time with --time-budget), or None for the full size."""
-        if not self.resize:
-            return None
+        """The model's config for this step under --resize-schedule (resizing.py), or None for the full size:
+        the progress is the steps done, or the training time spent with --time-budget."""
         p = ((self.elapsed + meter.seconds()) / self.budget_s if self.budget_s else self.step / self.total_steps)
-        stage = stage_at(self.resize, p)
-        return stage[2] if stage else None
+        return resizing.model_at(self.resize, p)
 
     def _start(self, init):
         """A new run: fine-tuning starts from given weights (their shapes must be the config's), training
@@ -183,18 +117,13 @@ class Trainer:
         self.mean, self.std = channel_stats(self.data.train.images)
 
     def _share_state(self, opt_state):
-        """Under MPI: rank 0's parameters, optimiser state and run position (fresh or resumed) to every
-        rank, so all start identical whatever their number was when the checkpoint was written."""
-        w, root = self.world, self.world.is_root
-        scalars = w.bcast({k: getattr(self, k) for k in ("step", "history", "elapsed", "warmup_end_s", "mean", "std")}
-                          if root else None)
-        for k, v in scalars.items():
+        """Under MPI: rank 0's parameters, optimiser state and run position to every rank (run_state.py)."""
+        root = self.world.is_root   # the other ranks have no position or parameters yet
+        position, self.params, opt_state = share_state(self.world, {k: getattr(self, k) for k in RUN_POSITION}
+                                                       if root else None, self.params if root else None, opt_state)
+        for k, v in position.items():
             setattr(self, k, v)
-        self.params = w.bcast_arrays(self.params if root else None)
-        if w.bcast(opt_state is not None if root else None):
-            is_array = lambda v: getattr(v, "ndim", 0) > 0
-            arrays = w.bcast_arrays({k: v for k, v in opt_state.items() if is_array(v)} if root else None)
-            opt_state = {**w.bcast({k: v for k, v in opt_state.items() if not is_array(v)} if root else None), **arrays}
+        if opt_state is not None:
             self.opt.load_state_dict(opt_state)
         return opt_state
 
@@ -322,8 +251,7 @@ class Trainer:
         t, w = self.tcfg, self.world
         self.opt.lr = self._learning_rate(meter)
         small = self._model_now(meter)   # progressive resizing: a smaller image, the same weights
-        if small is not None:
-            x = resize_batch(x, small.image_size)
+        x = resizing.resize(x, small)
         # Under MPI, x and y are this rank's rows of the global batch (then the ranks' sums, and what
         # they must agree on: distributed.py); alone, the whole batch.
         first, batch = (w.rows(self._batch_images).start, self._batch_images) if w.size > 1 else (0, None)

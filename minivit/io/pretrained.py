@@ -1,0 +1,97 @@
+"""One loader for every weights file minivit reads, told apart by what it holds: a timm .safetensors, a
+transformers folder (config.json + model.safetensors), an official google-research .npz, or a minivit
+checkpoint.
+
+    load_pretrained(path) -> (params, cfg, info)   info: the classes and normalisation the file records
+
+Reading is strict, as from_timm is: a key minivit would ignore (register tokens, a mask token, a pooler,
+LayerScale where there is none) or a shape the inferred configuration does not have is an error that
+names it, since ignoring weights gives wrong logits. No torch is needed. Writing: io/safetensors_file.py
+(timm's layout), io/huggingface.py (transformers'), io/jax_npz.py, io/onnx_graph.py; docs/formats.md.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .huggingface import from_hf
+from .jax_npz import load_jax_npz
+from .safetensors_file import read_safetensors, timm_config
+from .timm import from_timm
+
+
+def _metadata_info(meta, config=None, preprocessor=None):
+    """Class names and normalisation, where the file records them."""
+    info = {}
+    if "classes" in meta:
+        info["classes"] = json.loads(meta["classes"])
+    elif config and "id2label" in config:
+        try:
+            info["classes"] = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+        except KeyError:
+            raise CheckpointError("config.json: id2label does not number its classes 0 .. K-1") from None
+    if "mean" in meta:
+        info["mean"], info["std"] = json.loads(meta["mean"]), json.loads(meta["std"])
+    elif preprocessor and preprocessor.get("do_normalize", True) and "image_mean" in preprocessor:
+        info["mean"], info["std"] = preprocessor["image_mean"], preprocessor["image_std"]
+    return info
+
+
+def load_pretrained(path, heads=None, bfloat16=False, log=print, require=()):
+    """(params, cfg, info) from any file minivit reads, told apart by what it holds:
+
+    - a folder with config.json and model.safetensors: transformers' ViTForImageClassification;
+    - a .safetensors: timm's layout (or transformers', with its config.json beside it);
+    - a .npz: a minivit checkpoint (it has 'meta') or the official google-research layout.
+
+    `info` holds what the file records of the data: 'classes', 'mean' and 'std' (absent where it
+    records none), and for a minivit checkpoint the 'data' it was trained on. `heads`: timm's files do
+    not say; HEADS_BY_DIM gives the paper's models'. `require`: metadata a minivit checkpoint must
+    hold (load_checkpoint's)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"{path}: a folder without config.json; expected a transformers model folder")
+        return _load_hf(path / "model.safetensors", path / "config.json", bfloat16)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file or folder")
+    if path.suffix == ".safetensors":
+        sd, meta = read_safetensors(path, bfloat16)
+        if any(k.startswith(("vit.", "embeddings.")) for k in sd):
+            return _load_hf(path, path.parent / "config.json", bfloat16, (sd, meta))
+        if not any(k.startswith("blocks.") for k in sd):
+            raise CheckpointError(f"{path}: neither timm's ViT keys (blocks.0...) nor transformers' (vit.encoder...)")
+        cfg = timm_config(sd, meta, heads)
+        try:
+            params = from_timm(sd, cfg)
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        return params, cfg, _metadata_info(meta)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ours = "meta" in z.files
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a .safetensors, .npz or model folder minivit can read "
+                              f"({type(e).__name__}: {e})") from None
+    if ours:
+        params, cfg, _, meta = load_checkpoint(path, require=require, family="vit")
+        return params, cfg, {k: meta[k] for k in ("classes", "mean", "std", "data") if k in meta}
+    params, cfg = load_jax_npz(path, log=log)
+    return params, cfg, {}
+
+
+def _load_hf(weights, config_path, bfloat16, loaded=None):
+    if not config_path.is_file():
+        raise CheckpointError(f"{weights}: transformers' layout, but no config.json beside it")
+    sd, meta = loaded or read_safetensors(weights, bfloat16)
+    sd = {("vit." + k if k.startswith(("embeddings.", "encoder.", "layernorm.")) else k): v for k, v in sd.items()}
+    config = json.loads(config_path.read_text())
+    pre_path = config_path.parent / "preprocessor_config.json"
+    pre = json.loads(pre_path.read_text()) if pre_path.is_file() else None
+    params, cfg = from_hf(sd, config)
+    info = _metadata_info(meta, config, pre)
+    if len(info.get("classes", [None] * cfg.num_classes)) != cfg.num_classes:
+        raise CheckpointError(f"config.json: id2label names {len(info['classes'])} classes, the classifier has "
+                              f"{cfg.num_classes}")
+    return params, cfg, info

@@ -1,0 +1,122 @@
+"""The `.safetensors` file (the Hugging Face Hub's weights format: a JSON header, then raw little-endian
+arrays), read and written without torch, and timm's ViT layout in it: save_timm writes minivit's weights
+as timm's state_dict with metadata {"format": "pt"}, timm_config reads a model's configuration off a
+timm file's shapes. The key tables are in docs/formats.md; io/timm.py maps the names."""
+import json
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic_files import atomic_write
+from ..config import ViTConfig
+from .checkpoint import CheckpointError
+from .timm import to_timm
+
+# The heads of the paper's and DeiT's models by width (timm's files do not record them): Ti, S, B, L, H.
+HEADS_BY_DIM = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16}
+
+
+def _safetensors():
+    try:
+        import safetensors.numpy
+    except ImportError:
+        raise CheckpointError("reading or writing .safetensors needs the safetensors package: "
+                              "pip install safetensors") from None
+    return safetensors.numpy
+
+
+def read_safetensors(path, bfloat16=False):
+    """-> ({name: NumPy array}, metadata dict) of a .safetensors file.
+
+    bfloat16 weights, which NumPy cannot hold, are refused unless `bfloat16=True`, which widens
+    them to float32 (exactly: every bfloat16 is a float32 with 16 more zero bits)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(n))
+    except (OSError, struct.error, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable .safetensors file ({e})") from None
+    meta = header.pop("__metadata__", None) or {}
+    bf16 = sorted(k for k, v in header.items() if v.get("dtype") == "BF16")
+    if bf16 and not bfloat16:
+        raise CheckpointError(f"{path}: {len(bf16)} bfloat16 tensors ({', '.join(bf16[:3])}, ...), which NumPy cannot "
+                              "hold; ask for the conversion to float32 (load_pretrained(..., bfloat16=True), "
+                              "--bfloat16 on finetune and export)")
+    if not bf16:
+        try:
+            return _safetensors().load_file(str(path)), meta
+        except Exception as e:  # a truncated file, an unknown dtype
+            raise CheckpointError(f"{path}: not a readable .safetensors file ({e})") from None
+    raw = path.read_bytes()[8 + n:]
+    out = {}
+    for k, v in header.items():
+        a, b = v["data_offsets"]
+        if v["dtype"] == "BF16":
+            bits = np.frombuffer(raw[a:b], dtype="<u2").astype(np.uint32) << 16
+            out[k] = bits.view(np.float32).reshape(v["shape"])
+        elif v["dtype"] in _DTYPES:
+            out[k] = np.frombuffer(raw[a:b], dtype=np.dtype(_DTYPES[v["dtype"]]).newbyteorder("<")).reshape(v["shape"]).copy()
+        else:
+            raise CheckpointError(f"{path}: {k!r} has dtype {v['dtype']}; weights must be floating point")
+    return out, meta
+
+
+def write_safetensors(path, tensors, metadata):
+    """Write NumPy arrays to a .safetensors file, all at once or not at all (minivit/atomic_files.py)."""
+    data = _safetensors().save({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                               metadata={k: str(v) for k, v in metadata.items()})
+    with atomic_write(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+def _described(params, cfg, classes=None, mean=None, std=None):
+    """What minivit writes into a file's metadata so that it can read its own files back whole."""
+    info = {"minivit_config": json.dumps(cfg.to_dict())}
+    if classes is not None:
+        info["classes"] = json.dumps(list(classes))
+    if mean is not None:
+        info["mean"], info["std"] = json.dumps([float(v) for v in mean]), json.dumps([float(v) for v in std])
+    return info
+
+
+# ---------------------------------------------------------------- timm's layout
+
+def save_timm(path, params, cfg, classes=None, mean=None, std=None):
+    """timm's VisionTransformer state_dict as a .safetensors file (`timm.create_model(name,
+    checkpoint_path=...)` or `load_state_dict(strict=True)` loads it), float32, metadata {"format": "pt"}."""
+    tensors = {k: v.astype(np.float32) for k, v in to_timm(params, cfg).items()}
+    return write_safetensors(path, tensors, {"format": "pt", **_described(params, cfg, classes, mean, std)})
+
+
+def timm_config(sd, meta, heads=None):
+    """The ViTConfig of a timm state_dict: from minivit's metadata when the file is minivit's, else
+    read off the shapes (the heads from `heads` or HEADS_BY_DIM, the pool 'token')."""
+    refused = sorted(k for k in sd if k.startswith(("reg_token", "dist_token", "head_dist", "fc_norm", "attn_pool")))
+    if refused:
+        raise CheckpointError(f"timm weights minivit cannot represent: {', '.join(refused)} (register or distillation "
+                              "tokens, attention pooling, or a LayerNorm after average pooling)")
+    for key in ("cls_token", "pos_embed", "patch_embed.proj.weight", "head.weight", "blocks.0.mlp.fc1.weight"):
+        if key not in sd:
+            raise CheckpointError(f"timm weights without {key!r}: minivit loads a VisionTransformer with a class "
+                                  "token, a position table and a class head")
+    if "minivit_config" in meta:
+        return ViTConfig.from_dict(json.loads(meta["minivit_config"]))
+    D, C, P, _ = sd["patch_embed.proj.weight"].shape
+    tokens = sd["pos_embed"].shape[1]
+    grid = int(round((tokens - 1) ** 0.5))
+    if grid * grid != tokens - 1:
+        raise CheckpointError(f"timm weights: {tokens - 1} position rows besides the class token is not a square grid")
+    heads = heads or HEADS_BY_DIM.get(D)
+    if heads is None:
+        raise CheckpointError(f"timm weights of width {D}: the file does not say how many attention heads; "
+                              "pass heads=H (--heads H on finetune and export)")
+    depth = len({m.group(1) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m})
+    gamma = sd.get("blocks.0.ls1.gamma")
+    return ViTConfig(image_size=grid * P, patch_size=P, in_channels=C, num_classes=sd["head.weight"].shape[0], dim=D,
+                     depth=depth, heads=heads, mlp_dim=sd["blocks.0.mlp.fc1.weight"].shape[0],
+                     layer_scale=float(np.abs(gamma).mean()) if gamma is not None else 0.0)
