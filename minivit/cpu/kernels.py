@@ -7,10 +7,11 @@ hierarchy, and a small ViT's step spends more time in these passes than in its m
 (docs/results.md). Each kernel here is one such layer as one loop over rows: a row (a token's D
 features, an attention row's N keys) is read once, kept in L1, and written once.
 
-The NumPy function named beside each kernel stays the definition; tests/test_cpu_kernels.py
-compares every kernel with it in float32 and float64. The layers call these automatically
-when their inputs are NumPy arrays and numba is installed (`fused` in minivit/backend.py);
-MINIVIT_FUSED=0 turns them off, as it does the CUDA kernels (minivit/gpu/kernels.py).
+The layer named beside each kernel (minivit/layers/) stays the definition, the textbook form;
+tests/test_cpu_kernels.py compares every kernel with it in float32 and float64. The names and signatures
+are the kernel contract's (minivit/contract.py). The layers call these automatically when their inputs
+are NumPy arrays and numba is installed (`fused` in minivit/backend.py); MINIVIT_FUSED=0 turns them off,
+as it does the CUDA kernels (minivit/gpu/kernels.py).
 
 How they are compiled (docs/cpu_kernels.md):
 - nogil: the trainer's threads run their shards of the batch at the same time (minivit/train/engine.py);

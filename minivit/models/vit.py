@@ -6,7 +6,7 @@
 
 Parameter names follow timm's VisionTransformer with `w`/`b` for weight/bias
 (`blocks.3.attn.qkv.w`); dense kernels are stored (in, out) so a layer reads x @ w,
-the patch projection (D, C, P, P) as torch F.conv2d. minivit.timm converts.
+the patch projection (D, C, P, P) as torch F.conv2d. minivit.io.timm converts.
 """
 import math
 from dataclasses import replace

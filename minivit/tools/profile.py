@@ -271,6 +271,6 @@ def _rows(stats, timed, steps):
 
 def _kernels_in_use(x):
     if get_array_module(x) is np:
-        kernels = "fused CPU kernels (numba)" if cpu_kernels() else "NumPy lines (no fused kernels)"
+        kernels = "fused CPU kernels (numba)" if cpu_kernels() else "the layers' own lines (no kernels)"
         return kernels + (", the large products by MKL" if cpu_blas() else ", products by NumPy's BLAS")
     return "fused CUDA kernels" if gpu_kernels() else "CuPy lines (no fused kernels)"

@@ -1,0 +1,389 @@
+"""Render the figures of docs/ from their raw files in benchmarks/results/, so that a page never drifts from
+its evidence.
+
+    python benchmarks/render_results.py           # rewrite every generated block in the pages
+    python benchmarks/render_results.py --check   # exit 1, naming each block whose text differs
+
+A page marks a generated block with two comments, and everything between them belongs to this script:
+
+    <!-- begin generated: NAME -->
+    ...
+    <!-- end generated: NAME -->
+
+BLOCKS[NAME] renders it from raw files only, and every block names the machine its figures came from (the
+raw file's `machine` record: CPU model, vector ISA, BLAS, library versions). tests/test_results_page.py
+fails when a page and this script disagree, so a rerun that changes a raw file changes the page with it.
+"""
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RAW = ROOT / "benchmarks" / "results"
+PAGES = [ROOT / "docs" / "results.md", ROOT / "docs" / "cpu_kernels.md", ROOT / "docs" / "distributed.md", ROOT / "README.md"]
+BLOCK = re.compile(r"(<!-- begin generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)", re.S)
+
+
+# ---------------------------------------------------------------- reading raw files
+
+def load(name):
+    """A raw file of benchmarks/results/: JSON, or JSON lines for .jsonl."""
+    text = (RAW / name).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()] if name.endswith(".jsonl") else json.loads(text)
+
+
+def machine(record, blas=True):
+    """A raw `machine` record in words: CPU model, cores, ISA, BLAS (unless a table's columns name it), and the
+    versions that matter."""
+    isa = {"avx2": "AVX2", "avx512f": "AVX-512", "amx_tile": "AMX", "asimd": "NEON", "sve": "SVE"}
+    parts = [record.get("cpu", "unknown CPU") + f", {record.get('cores', '?')} cores"]
+    if record.get("isa"):
+        parts.append(" ".join(isa.get(f, f) for f in record["isa"]))
+    if blas and record.get("blas"):
+        parts.append("BLAS " + " and ".join(sorted(record["blas"])))
+    versions = [f"{k} {record[k]}" for k in ("python", "numpy", "numba", "mkl", "torch") if record.get(k)
+                and (blas or k != "mkl")]
+    return "; ".join(parts + [", ".join(versions)])
+
+
+def num(x, digits=0):
+    return f"{x:,.{digits}f}"
+
+
+def pct(x, digits=2):
+    return f"{100 * x:.{digits}f}%"
+
+
+# ---------------------------------------------------------------- side-by-side speed (compare_step.py)
+
+def ratio_summary(raw):
+    """median (min-max, rounds; k below 1.0) of a compare_step.py file's pair ratios."""
+    r = [row["ratio"] for row in raw["rounds"]]
+    below = sum(x < 1.0 for x in r)
+    return (f"{statistics.median(r):.3f} ({min(r):.3f}–{max(r):.3f}, {len(r)} rounds"
+            + (f"; {below} below 1.0)" if below else "; none below 1.0)"))
+
+
+def sides(raw):
+    """The two sides' names in a compare_step.py file: minivit and its peer."""
+    peer = raw.get("against", "torch")
+    return "minivit", peer
+
+
+def median_of(raw, side, key):
+    return statistics.median(row[side][key] for row in raw["rounds"])
+
+
+def speed_table(rows, caption):
+    """A table of compare_step.py files: [(case, file)], each file's ratio, images/s and step memory."""
+    raws = [(case, name, load(name)) for case, name in rows]
+    machines = {machine(raw["machine"]) for _, _, raw in raws}
+    out = [caption, "", f"Machine: {'; '.join(sorted(machines))}.", "",
+           "| case | ratio, median (range, rounds) | images/s, minivit vs peer | step memory (MB), minivit vs peer | raw file |",
+           "| --- | --- | --- | --- | --- |"]
+    for case, name, raw in raws:
+        a, b = sides(raw)
+        ips = lambda s: median_of(raw, s, "images_per_s")
+        fmt = lambda v: num(v, 1) if v < 100 else num(v)
+        out.append(f"| {case} | **{ratio_summary(raw)}** | {fmt(ips(a))} vs {fmt(ips(b))} | "
+                   f"{median_of(raw, a, 'step_mb'):.0f} vs {median_of(raw, b, 'step_mb'):.0f} | "
+                   f"[`{name}`](../benchmarks/results/{name}) |")
+    return "\n".join(out)
+
+
+CPU_CASES = [("training, `cifar-tiny`, 256", "cifar-tiny_train"), ("training, `cifar-small`, 128", "cifar-small_train"),
+             ("training, `vit-ti16`, 16", "vit-ti16_train"), ("inference, `cifar-tiny`, 500", "cifar-tiny_eval"),
+             ("inference, `cifar-small`, 500", "cifar-small_eval"), ("inference, `vit-ti16`, 16", "vit-ti16_eval")]
+
+
+def cpu_step_variants():
+    """One row per case, one column per build: the NumPy lines, the kernels with OpenBLAS, the kernels with MKL."""
+    builds = [("NumPy lines", "lines"), ("kernels, OpenBLAS", "numba_openblas"), ("kernels and MKL", "mkl")]
+    raws = {(key, b): load(f"cpu_step_{key}_{b}.json") for _, key in CPU_CASES for _, b in builds}
+    machines = sorted({machine(raw["machine"], blas=False) for raw in raws.values()})
+    out = ["minivit against PyTorch, each alone in its own process, in turn (`benchmarks/compare_step.py`; "
+           "`--fused 0` the NumPy lines, `--blas numpy` NumPy's OpenBLAS for the products); a ratio above 1 is "
+           "minivit faster. Raw files `cpu_step_<case>_{lines,numba_openblas,mkl}.json`.", "",
+           f"Machine: {'; '.join(machines)}.", "",
+           "| case | " + " | ".join(name for name, _ in builds) + " | images/s, minivit vs PyTorch (kernels and MKL) | "
+           "step memory (MB), minivit vs PyTorch |", "| --- |" + " --- |" * (len(builds) + 2)]
+    for case, key in CPU_CASES:
+        cells = [ratio_summary(raws[key, b]) for _, b in builds]
+        mkl = raws[key, "mkl"]
+        fmt = lambda v: num(v, 1) if v < 100 else num(v)
+        out.append(f"| {case} | " + " | ".join(cells[:-1]) + f" | **{cells[-1]}** | "
+                   f"{fmt(median_of(mkl, 'minivit', 'images_per_s'))} vs {fmt(median_of(mkl, 'torch', 'images_per_s'))} | "
+                   f"{median_of(mkl, 'minivit', 'step_mb'):.0f} vs {median_of(mkl, 'torch', 'step_mb'):.0f} |")
+    r = [row["ratio"] for raw in (raws[key, "mkl"] for _, key in CPU_CASES) for row in raw["rounds"]]
+    out += ["", f"With the kernels and MKL: {sum(x < 1.0 for x in r)} of {len(r)} rounds below 1.0."]
+    return "\n".join(out)
+
+
+def cpu_step_mkl():
+    return speed_table([(case, f"cpu_step_{key}_mkl.json") for case, key in CPU_CASES],
+                       "minivit with its CPU kernels and MKL's products against PyTorch, each alone in its own process, "
+                       "in turn (`benchmarks/compare_step.py`); a ratio above 1 is minivit faster.")
+
+
+def cpu_step_final():
+    rows = [(case, f"cpu_step_{key}_mkl_final.json") for case, key in CPU_CASES if (RAW / f"cpu_step_{key}_mkl_final.json").exists()]
+    text = speed_table(rows, "The final tree of that work, rechecked on its three thinnest cases.")
+    r = [row["ratio"] for _, name in rows for row in load(name)["rounds"]]
+    return text + f"\n\n{sum(x < 1.0 for x in r)} of these {len(r)} rounds fell below 1.0 (the lowest {min(r):.3f})."
+
+
+def restructure():
+    rows = [(case, f"restructure_{key}_vs_before.json") for case, key in CPU_CASES
+            if (RAW / f"restructure_{key}_vs_before.json").exists()]
+    lesson = [(case, f"restructure_{key}_lesson_vs_before.json") for case, key in CPU_CASES
+              if (RAW / f"restructure_{key}_lesson_vs_before.json").exists()]
+    text = speed_table(rows, "The default install (numba kernels, MKL), the tree with the textbook layers against the "
+                             "tree before (`compare_step.py --against tree`); above 1 is the new tree faster.")
+    one = [(case + ", one thread", f"restructure_{key}_1thread_vs_before.json") for case, key in CPU_CASES
+           if (RAW / f"restructure_{key}_1thread_vs_before.json").exists()]
+    if one:
+        text += "\n\n" + speed_table(one, "The same on one core (`--threads 1`), where the two shard threads' "
+                                           "scheduling adds no noise of its own.")
+    if lesson:
+        text += "\n\n" + speed_table(lesson, "`MINIVIT_FUSED=0`, the layers' own lines (the lesson), against the "
+                                             "tuned NumPy forms they replaced (`--fused 0 --against tree`).")
+    return text
+
+
+# ---------------------------------------------------------------- the hour (metrics.jsonl of a --time-budget run)
+
+def first_reaching(rows, key, level):
+    """Minutes of training when `key` first reaches `level`, or None."""
+    return next((r["elapsed_s"] / 60 for r in rows if r.get(key) is not None and r[key] >= level), None)
+
+
+def stage_medians(rows, stages, budget_s):
+    """Median images/s of the epochs that ended inside each resize stage ([(size, until)], until as a share)."""
+    out, start = [], 0.0
+    for size, until in stages:
+        inside = [r["images_per_s"] for r in rows if start * budget_s < r["elapsed_s"] <= until * budget_s]
+        out.append((size, statistics.median(inside) if inside else math.nan))
+        start = until
+    return out
+
+
+def images_seen(rows, train_images):
+    """Images the run trained on: whole epochs, and the last one's steps where it ended mid-epoch."""
+    steps_per_epoch = rows[0]["step"] / rows[0]["epoch"]
+    batch = train_images / steps_per_epoch if steps_per_epoch else 0
+    return rows[-1]["step"] * batch
+
+
+def hour_facts(metrics, config):
+    rows, cfg = load(metrics), load(config) if config else None
+    t = cfg["train"] if cfg else {}
+    schedule = [(int(s), float(u)) for s, u in (p.split(":") for p in t.get("resize_schedule", "").split(",") if p)]
+    stages = schedule + [(cfg["model"]["image_size"] if cfg else 32, 1.0)]
+    last = rows[-1]
+    return rows, t, stages, last
+
+
+def hour_table(metrics, config, train_images=45000):
+    rows, t, stages, last = hour_facts(metrics, config)
+    budget = last["elapsed_s"]
+    reach = " / ".join(f"{first_reaching(rows, 'val_acc', x):.1f}" if first_reaching(rows, 'val_acc', x) else "never"
+                       for x in (0.70, 0.75, 0.80))
+    tail = [r["val_acc"] for r in rows if r["elapsed_s"] >= budget - 600]
+    best = max(rows, key=lambda r: r["val_acc"])
+    return [
+        ("test accuracy (read once, after the last epoch)", f"**{pct(last['test_acc'])}**"),
+        ("validation accuracy at the end", pct(last["val_acc"])),
+        ("validation, mean (sd) over the last 10 minutes", f"{pct(statistics.mean(tail))} ({100 * statistics.stdev(tail):.2f})"),
+        ("best validation reading", f"{pct(best['val_acc'])} at {best['elapsed_s'] / 60:.1f} min (epoch {best['epoch']})"),
+        ("validation 70% / 75% / 80% first reached (min)", reach),
+        ("images/s, median per stage", " / ".join(f"{num(v)} at {s} px" for s, v in stage_medians(rows, stages, budget))),
+        ("training time, epochs, images seen", f"{budget / 60:.1f} min, {last['epoch']} epochs, about "
+                                               f"{images_seen(rows, train_images) / 1e6:.1f} million images"),
+        ("training accuracy at the end (augmented batches)", pct(last["train_acc"], 1)),
+    ]
+
+
+def hour_fifth():
+    facts = hour_table("cifar10_hour_mpi_metrics.jsonl", "cifar10_hour_mpi_config.json")
+    m = machine(load("cifar10_hour_mpi_config.json")["machine"])
+    lines = ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in facts]
+    lines.append(f"| machine | {m} |")
+    lines.append("| raw files | [`cifar10_hour_mpi_metrics.jsonl`](../benchmarks/results/cifar10_hour_mpi_metrics.jsonl), "
+                 "[`cifar10_hour_mpi_config.json`](../benchmarks/results/cifar10_hour_mpi_config.json) |")
+    return "\n".join(lines)
+
+
+def hour_peer():
+    ours = dict(hour_table("cifar10_hour_mpi_metrics.jsonl", "cifar10_hour_mpi_config.json"))
+    theirs = dict(hour_table("torch_hour_budget_metrics.jsonl", "cifar10_hour_mpi_config.json"))
+    m_ours = machine(load("cifar10_hour_mpi_config.json")["machine"])
+    m_theirs = machine(load("torch_hour_budget_machine.json"))
+    lines = ["| | minivit (2 MPI ranks x 1 thread) | PyTorch peer (1 process x 2 threads) |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {ours[k]} | {theirs[k]} |" for k in ours]
+    lines.append(f"| machine | {m_ours} | {m_theirs} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- recipe sweeps (recipe_sweep.py)
+
+def binomial_se(p, n):
+    """The standard error of an accuracy p measured on n images: the test set's sampling error only, not the
+    spread between training runs (which needs seeds)."""
+    return math.sqrt(p * (1 - p) / n)
+
+
+def sweep_budget():
+    raw = load("recipe_sweep_budget_cpu.json")
+    runs = sorted(raw["runs"], key=lambda r: -r["rank_acc"])
+    n = raw["runs"][0]["train_config"]["val_split"]
+    changes = lambda r: ", ".join(f"{k}={v}" for k, v in {**{k: v for k, v in r["train_config"].items()
+                                                             if k in ("schedule", "resize_schedule") and v not in ("cosine", "")},
+                                                          **{k: v for k, v in r["model"].items() if k == "patch_dropout"}}.items()) or "the base"
+    out = [f"Machine: {machine(raw['machine'])}; {raw['ranks']} MPI ranks. Raw file: "
+           "[`recipe_sweep_budget_cpu.json`](../benchmarks/results/recipe_sweep_budget_cpu.json).", "",
+           "| recipe | changes from `hour` | validation accuracy | test accuracy (read once) | epochs | images/s |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for i, r in enumerate(runs):
+        val = pct(r["rank_acc"])
+        out.append(f"| {r['recipe']} | {changes(r)} | {'**' + val + '**' if i == 0 else val} | {pct(r['test_acc'])} | "
+                   f"{r['history'][-1]['epoch']} | {num(r['images_per_s'])} |")
+    se = binomial_se(runs[0]["rank_acc"], n)
+    out += ["", f"On {n:,} validation images one reading's sampling error is about {100 * se:.2f} points, and a "
+                f"difference of two readings' about {100 * math.sqrt(2) * se:.2f}; the spread between training runs "
+                "(seeds) was not measured and comes on top."]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- MPI ranks against threads (mpi_scaling.py)
+
+MPI_ROW = re.compile(r"^(?P<preset>\S+)\s+(?P<batch>\d+)\s+(?P<setting>\d+ ranks? x \d+ threads?)\s+(?P<ips>\d+)\s+"
+                     r"(?P<step>[\d.]+)\s+(?P<red>[\d.]+)\s+(?P<mb>[\d.]+)\s+\(images/s (?P<lo>\d+)-(?P<hi>\d+)\)")
+
+
+def mpi_table(name):
+    """The settings of one mpi_scaling.py output, a row per preset: images/s (range) of each, the Allreduce."""
+    text = (RAW / name).read_text()
+    record = json.loads(text.splitlines()[0].split(":", 1)[1])
+    rows = {}
+    for m in (MPI_ROW.match(line) for line in text.splitlines()):
+        if m:
+            rows.setdefault((m["preset"], m["batch"]), {})[m["setting"]] = m
+    settings = ["1 rank x 1 thread", "2 ranks x 1 thread", "1 rank x 2 threads"]
+    out = [f"Machine: {machine(record)}. Raw file: [`{name}`](../benchmarks/results/{name}).", "",
+           "| preset | batch | " + " | ".join(settings) + " | Allreduce a step (2 ranks) | gradient |",
+           "| --- | --- |" + " --- |" * (len(settings) + 2)]
+    for (preset, batch), by in rows.items():
+        best = max(int(by[k]["ips"]) for k in settings)
+        cell = lambda k: (f"**{num(int(by[k]['ips']))}**" if int(by[k]["ips"]) == best else num(int(by[k]["ips"]))) + \
+            f" ({by[k]['lo']}-{by[k]['hi']}) img/s"
+        two = by["2 ranks x 1 thread"]
+        out.append(f"| {preset} | {batch} | " + " | ".join(cell(k) for k in settings) +
+                   f" | {float(two['red']):.1f} ms | {two['mb']} MB |")
+    return "\n".join(out)
+
+
+def mpi_scaling_old():
+    return mpi_table("mpi_scaling.txt")
+
+
+def mpi_scaling_kernels():
+    return mpi_table("mpi_scaling_kernels.txt")
+
+
+# ---------------------------------------------------------------- the headline table
+
+def headlines():
+    hour = dict(hour_table("cifar10_hour_mpi_metrics.jsonl", "cifar10_hour_mpi_config.json"))
+    peer = dict(hour_table("torch_hour_budget_metrics.jsonl", "cifar10_hour_mpi_config.json"))
+    m_hour = load("cifar10_hour_mpi_config.json")["machine"]
+    cpu = {key: load(f"cpu_step_{key}_mkl.json") for _, key in CPU_CASES}
+    ratios = [statistics.median(r["ratio"] for r in raw["rounds"]) for raw in cpu.values()]
+    m_cpu = next(iter(cpu.values()))["machine"]
+    rows = [
+        ("CIFAR-10 in 60 minutes of training, 2 cores, one seed (the fifth attempt)",
+         f"{hour['test accuracy (read once, after the last epoch)']} test", m_hour.get("cpu"),
+         "`mpiexec -n 2 minivit train ... --time-budget 60` (below)", "`cifar10_hour_mpi_metrics.jsonl`"),
+        ("the PyTorch peer on the same recipe and machine", f"{peer['test accuracy (read once, after the last epoch)']} test",
+         load("torch_hour_budget_machine.json").get("cpu"), "`benchmarks/train_torch.py ...` (below)",
+         "`torch_hour_budget_metrics.jsonl`"),
+        ("CPU step against PyTorch, six cases (kernels and MKL)",
+         f"medians {min(ratios):.2f}–{max(ratios):.2f}", m_cpu.get("cpu"), "`benchmarks/compare_step.py` (below)",
+         "`cpu_step_*_mkl.json`"),
+    ]
+    out = ["| headline | figure | machine | command | raw file |", "| --- | --- | --- | --- | --- |"]
+    out += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
+    return "\n".join(out)
+
+
+def readme_results():
+    """The README's paragraph of headline figures, each with its machine."""
+    hour = dict(hour_table("cifar10_hour_mpi_metrics.jsonl", "cifar10_hour_mpi_config.json"))
+    peer = dict(hour_table("torch_hour_budget_metrics.jsonl", "cifar10_hour_mpi_config.json"))
+    m = load("cifar10_hour_mpi_config.json")["machine"]
+    med = {key: statistics.median(r["ratio"] for r in load(f"cpu_step_{key}_mkl.json")["rounds"]) for _, key in CPU_CASES}
+    train = [med[k] for k in med if k.endswith("train")]
+    infer = [med[k] for k in med if k.endswith("eval")]
+    finals = [load(f"cpu_step_{key}_mkl_final.json") for _, key in CPU_CASES if (RAW / f"cpu_step_{key}_mkl_final.json").exists()]
+    rounds = [r["ratio"] for raw in finals for r in raw["rounds"]]
+    cpu = load("cpu_step_cifar-tiny_train_mkl.json")["machine"]
+    return (f"On an {m['cpu']} ({' '.join(m.get('isa', []))}), 2 cores: spending the hour on a time budget reaches "
+            f"{hour['test accuracy (read once, after the last epoch)']} test accuracy in 60 minutes of training (one run, one "
+            f"seed; validation {hour['validation accuracy at the end']} at the end, the last 10 minutes' mean "
+            f"{hour['validation, mean (sd) over the last 10 minutes'].split(' ')[0]}), and the PyTorch peer on the same "
+            f"recipe, weights and batches {peer['test accuracy (read once, after the last epoch)']}. On the same CPU, with "
+            f"the numba kernels and MKL's products, minivit's step against PyTorch's has medians of "
+            f"{min(train):.2f}–{max(train):.2f} in training and {min(infer):.2f}–{max(infer):.2f} in inference "
+            f"(`benchmarks/compare_step.py`, {cpu['cpu']}); in a recheck of the three thinnest cases "
+            f"{sum(x < 1.0 for x in rounds)} of {len(rounds)} rounds fell below 1.0. Rendered from "
+            "`benchmarks/results/` by `benchmarks/render_results.py`.")
+
+
+BLOCKS = {"headlines": headlines, "readme-results": readme_results, "mpi-scaling-old": mpi_scaling_old,
+          "mpi-scaling-kernels": mpi_scaling_kernels, "cpu-step-mkl": cpu_step_mkl, "cpu-step-variants": cpu_step_variants, "cpu-step-final": cpu_step_final,
+          "hour-fifth": hour_fifth, "hour-peer": hour_peer, "restructure": restructure, "sweep-budget": sweep_budget}
+
+
+# ---------------------------------------------------------------- pages
+
+def render_page(text):
+    """The page with every generated block rendered anew; an unknown block name is an error."""
+    def fill(m):
+        name = m.group("name")
+        if name not in BLOCKS:
+            raise KeyError(f"a generated block names {name!r}, which render_results.py does not know")
+        return m.group(1) + BLOCKS[name]().rstrip("\n") + "\n" + m.group(4)
+    return BLOCK.sub(fill, text)
+
+
+def differing_blocks(text):
+    """Names of the page's generated blocks whose text differs from what the raw files render."""
+    return [m.group("name") for m in BLOCK.finditer(text)
+            if m.group("body").rstrip("\n") != BLOCKS[m.group("name")]().rstrip("\n")]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 naming each block that differs")
+    a = p.parse_args()
+    stale = []
+    for page in PAGES:
+        text = page.read_text()
+        if a.check:
+            stale += [f"{page.relative_to(ROOT)}: {name}" for name in differing_blocks(text)]
+        else:
+            new = render_page(text)
+            if new != text:
+                page.write_text(new)
+                print(f"rendered {page.relative_to(ROOT)}")
+    if stale:
+        print("out of date (run python benchmarks/render_results.py):\n  " + "\n  ".join(stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
