@@ -123,12 +123,6 @@ def cpu_step_variants():
     return "\n".join(out)
 
 
-def cpu_step_mkl():
-    return speed_table([(case, f"cpu_step_{key}_mkl.json") for case, key in CPU_CASES],
-                       "minivit with its CPU kernels and MKL's products against PyTorch, each alone in its own process, "
-                       "in turn (`benchmarks/compare_step.py`); a ratio above 1 is minivit faster.")
-
-
 def cpu_step_final():
     rows = [(case, f"cpu_step_{key}_mkl_final.json") for case, key in CPU_CASES if (RAW / f"cpu_step_{key}_mkl_final.json").exists()]
     text = speed_table(rows, "The final tree of that work, rechecked on its three thinnest cases.")
@@ -343,7 +337,8 @@ def readme_results():
 
 
 BLOCKS = {"headlines": headlines, "readme-results": readme_results, "mpi-scaling-old": mpi_scaling_old,
-          "mpi-scaling-kernels": mpi_scaling_kernels, "cpu-step-mkl": cpu_step_mkl, "cpu-step-variants": cpu_step_variants, "cpu-step-final": cpu_step_final,
+          "mpi-scaling-kernels": mpi_scaling_kernels, "cpu-step-variants": cpu_step_variants,
+          "cpu-step-final": cpu_step_final,
           "hour-fifth": hour_fifth, "hour-peer": hour_peer, "restructure": restructure, "sweep-budget": sweep_budget}
 
 

@@ -35,9 +35,9 @@ KERNELS = {
     # layers/linear.py (b may be None: no bias)
     "linear_forward": Kernel(("x", "w", "b"), "y, (x, w)"),
     "linear_backward": Kernel(("dy", "cache"), "dx, dw, db"),
-    # layers/conv.py (the CNN's and the hybrid stem's convolutions)
-    "conv2d_forward": Kernel(("x", "w", "b", "stride", "pad"), "y, (cols, x.shape, w, stride, pad)"),
-    "conv2d_backward": Kernel(("dy", "cache"), "dx, dw, db"),
+    # layers/conv.py (the CNN's and the hybrid stem's convolutions): each image's windows as columns, and back
+    "conv_windows": Kernel(("x", "kh", "kw", "stride", "pad"), "cols (B, C*kh*kw, Ho*Wo)"),
+    "conv_windows_adjoint": Kernel(("cols", "x_shape", "kh", "kw", "stride", "pad"), "dx (B, C, H, W)"),
     # layers/loss.py, integer labels
     "cross_entropy": Kernel(("logits", "labels", "label_smoothing"), "0-d mean loss, dlogits"),
     # train/optim.py: every tensor in one call

@@ -294,9 +294,9 @@ def test_the_compiled_code_is_kept_on_disk(tmp_path):
 @pytest.mark.parametrize("kh,kw,stride,pad", [(3, 3, 1, 1), (3, 3, 2, 1), (2, 3, 1, 0), (4, 4, 4, 0),
                                              (5, 5, 2, 2), (2, 2, 3, 1)])
 def test_conv_windows_match_im2col_and_col2im(kh, kw, stride, pad):
-    """windows() is im2col with each image's rows as columns, windows_adjoint() is col2im, also
+    """The kernel's conv_windows is im2col with each image's rows as columns, its adjoint col2im, also
     where windows overlap, where they skip pixels (stride 3 > kernel 2) and over the padding."""
-    windows, windows_adjoint = kernels.windows, kernels.windows_adjoint
+    windows, windows_adjoint = kernels.conv_windows, kernels.conv_windows_adjoint
     rng = np.random.default_rng(10)
     x = rng.standard_normal((3, 2, 7, 8))
     cols = windows(x, kh, kw, stride, pad)                       # (B, C kh kw, Ho Wo)

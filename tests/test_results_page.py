@@ -22,7 +22,8 @@ def test_every_generated_block_is_what_the_raw_files_give(page):
 def test_the_results_page_renders_its_headline_and_tables():
     text = (ROOT / "docs" / "results.md").read_text()
     names = {m.group("name") for m in render_results.BLOCK.finditer(text)}
-    assert {"headlines", "hour-fifth", "hour-peer", "cpu-step-mkl", "cpu-step-final", "restructure"} <= names
+    assert {"headlines", "hour-fifth", "hour-peer", "sweep-budget", "cpu-step-variants", "cpu-step-final",
+            "restructure"} <= names
     assert text.index("<!-- begin generated: headlines -->") < text.index("\n## ")   # the short table comes first
 
 
@@ -41,7 +42,7 @@ def test_a_changed_raw_figure_is_caught(tmp_path, monkeypatch):
     data = json.loads(f.read_text())
     data["rounds"][0]["ratio"] = 0.5                     # one round's ratio changes: the range must follow
     f.write_text(json.dumps(data))
-    assert "cpu-step-mkl" in render_results.differing_blocks(page)
+    assert "cpu-step-variants" in render_results.differing_blocks(page)
 
 
 def test_an_unknown_block_name_is_an_error():

@@ -439,16 +439,16 @@ def linear_backward(dy, cache):
 
 # ----------------------------------------------------------------------------------------------- convolution
 
-# minivit.layers.conv.conv2d_forward / conv2d_backward: the same products, with each image's windows copied
-# by one gather through a table of pixel indices instead of im2col's kh x kw strided slices, and col2im's
-# sums by one gather through the inverse table (docs/derivations/conv.md).
+# minivit.layers.conv's windows: each image's im2col rows as columns, copied by one gather through a table of
+# pixel indices instead of im2col's kh x kw strided slices; and col2im's sums by one gather through the
+# inverse table (docs/derivations/conv.md). The convolution's products stay the layer's.
 def _conv_out_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
 
 @lru_cache(maxsize=32)
 def _window_tables(C, H, W, kh, kw, stride, pad):
-    """The index tables of windows() and windows_adjoint() for one image shape.
+    """The index tables of conv_windows() and conv_windows_adjoint() for one image shape.
 
     idx (C*kh*kw, Ho*Wo): entry (c u v, i j) is the flat position, in the padded (C, H+2p, W+2p)
     image, of the pixel that im2col copies into row (i, j), column (c, u, v).
@@ -472,8 +472,8 @@ def _window_tables(C, H, W, kh, kw, stride, pad):
     return idx, inv.reshape(C * H * W, -1)
 
 
-def windows(x, kh, kw, stride=1, pad=0):
-    """x (B, C, H, W) -> cols (B, C*kh*kw, Ho*Wo): image n's im2col rows as columns, cols[n] = im2col(x[n:n+1]).T.
+def conv_windows(x, kh, kw, stride=1, pad=0):
+    """As minivit.layers.conv.conv_windows: x (B, C, H, W) -> cols (B, C*kh*kw, Ho*Wo), cols[n] = im2col(x[n:n+1]).T.
 
     One np.take per image through the index table (an image and its windows stay in the cache, and
     take releases the GIL for the engine's other thread).
@@ -488,8 +488,8 @@ def windows(x, kh, kw, stride=1, pad=0):
     return cols
 
 
-def windows_adjoint(cols, x_shape, kh, kw, stride=1, pad=0):
-    """Adjoint of windows(): cols (B, C*kh*kw, Ho*Wo) -> (B, C, H, W), col2im image by image.
+def conv_windows_adjoint(cols, x_shape, kh, kw, stride=1, pad=0):
+    """As minivit.layers.conv.conv_windows_adjoint: cols (B, C*kh*kw, Ho*Wo) -> (B, C, H, W), col2im image by image.
 
     Each pixel's gradient is the sum of the entries that copied it: one gather per image through the
     inverse table (a zero appended to the columns fills the unused slots), then a sum over those m
@@ -504,28 +504,6 @@ def windows_adjoint(cols, x_shape, kh, kw, stride=1, pad=0):
         padded[:-1] = cols[n].ravel()
         np.matmul(np.take(padded, inv), ones, out=dx[n])           # (C*H*W, m) @ (m, 1)
     return dx.reshape(B, C, H, W)
-
-
-def conv2d_forward(x, w, b, stride=1, pad=0):
-    """As minivit.layers.conv.conv2d_forward: -> y (B, F, Ho, Wo), (cols (B, C*kh*kw, Ho*Wo), x.shape, w, stride, pad)."""
-    B = x.shape[0]
-    F, _, kh, kw = w.shape
-    cols = windows(x, kh, kw, stride, pad)         # (B, C*kh*kw, Ho*Wo)
-    y = w.reshape(F, -1) @ cols                    # (B, F, Ho*Wo): one product per image
-    y += b[:, None]
-    Ho, Wo = _conv_out_size(x.shape[2], kh, stride, pad), _conv_out_size(x.shape[3], kw, stride, pad)
-    return y.reshape(B, F, Ho, Wo), (cols, x.shape, w, stride, pad)
-
-
-def conv2d_backward(dy, cache):
-    """As minivit.layers.conv.conv2d_backward: -> dx, dw, db."""
-    cols, x_shape, w, stride, pad = cache
-    F, C, kh, kw = w.shape
-    dy3 = dy.reshape(dy.shape[0], F, -1)           # (B, F, Ho*Wo)
-    db = dy3.sum(axis=(0, 2))                      # (F,)
-    dw = (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # (F, C, kh, kw)
-    dcols = w.reshape(F, -1).T @ dy3               # (B, C*kh*kw, Ho*Wo)
-    return windows_adjoint(dcols, x_shape, kh, kw, stride, pad), dw, db
 
 
 # ----------------------------------------------------------------------------------------------- loss

@@ -9,7 +9,8 @@ x_p in R^{N x (P^2 C)}). Derivation: docs/derivations/conv.md.
 `conv2d_forward` keeps each image's windows apart, as the columns of a (C kh kw, Ho Wo)
 matrix, and takes one product per image: its (F, Ho Wo) result is already the output's
 (B, F, Ho, Wo) memory order. (On the CPU a kernel copies the windows through a table of pixel
-indices instead: minivit/cpu/kernels.py, pinned to these lines by tests/test_cpu_kernels.py.)
+indices instead of im2col's slices: minivit/cpu/kernels.py, pinned to these lines by
+tests/test_cpu_kernels.py.)
 """
 from ..backend import fused, get_array_module
 
@@ -56,18 +57,32 @@ def col2im(cols, x_shape, kh, kw, stride=1, pad=0):
     return xpad[:, :, pad:pad + H, pad:pad + W]
 
 
+def conv_windows(x, kh, kw, stride=1, pad=0):
+    """x (B, C, H, W) -> cols (B, C*kh*kw, Ho*Wo): each image's im2col rows as columns, cols[n] = im2col(x[n:n+1]).T."""
+    kernel = fused(x, "conv_windows")
+    if kernel:  # on a CPU: one gather per image through a table of pixel indices (minivit/cpu/kernels.py)
+        return kernel(x, kh, kw, stride, pad)
+    B = x.shape[0]
+    return im2col(x, kh, kw, stride, pad).reshape(B, -1, x.shape[1] * kh * kw).transpose(0, 2, 1)
+
+
+def conv_windows_adjoint(cols, x_shape, kh, kw, stride=1, pad=0):
+    """The adjoint of conv_windows: cols (B, C*kh*kw, Ho*Wo) -> (B, C, H, W), col2im of each image's columns."""
+    kernel = fused(cols, "conv_windows_adjoint")
+    if kernel:
+        return kernel(cols, x_shape, kh, kw, stride, pad)
+    return col2im(cols.transpose(0, 2, 1).reshape(-1, cols.shape[1]), x_shape, kh, kw, stride, pad)
+
+
 def conv2d_forward(x, w, b, stride=1, pad=0):
     """x (B, C, H, W), w (F, C, kh, kw) as in torch F.conv2d, b (F,) -> y (B, F, Ho, Wo).
 
     The im2col product, image by image with the windows as columns: y[n] = w.reshape(F, -1) @ cols[n] + b,
     (F, C kh kw) @ (C kh kw, Ho Wo), whose (F, Ho Wo) result is already the output's memory order."""
-    kernel = fused(x, "conv2d_forward")
-    if kernel:  # on a CPU: the windows copied through an index table (minivit/cpu/kernels.py)
-        return kernel(x, w, b, stride, pad)
     B, C, H, W = x.shape
     F, _, kh, kw = w.shape
     Ho, Wo = _out_size(H, kh, stride, pad), _out_size(W, kw, stride, pad)
-    cols = im2col(x, kh, kw, stride, pad).reshape(B, Ho * Wo, -1).transpose(0, 2, 1)  # (B, C*kh*kw, Ho*Wo)
+    cols = conv_windows(x, kh, kw, stride, pad)    # (B, C*kh*kw, Ho*Wo)
     y = w.reshape(F, -1) @ cols + b[:, None]       # (B, F, Ho*Wo): one product per image
     return y.reshape(B, F, Ho, Wo), (cols, x.shape, w, stride, pad)
 
@@ -77,17 +92,13 @@ def conv2d_backward(dy, cache):
 
     The linear layer's backward with cols as its input, image by image: dw sums the images'
     dy[n] @ cols[n].T, and dcols[n] = w.reshape(F, -1).T @ dy[n] goes back through col2im."""
-    kernel = fused(dy, "conv2d_backward")
-    if kernel:
-        return kernel(dy, cache)
     cols, x_shape, w, stride, pad = cache
     F, C, kh, kw = w.shape
     dy3 = dy.reshape(dy.shape[0], F, -1)           # (B, F, Ho*Wo)
     db = dy3.sum(axis=(0, 2))                      # (F,)
     dw = (dy3 @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)  # (F, C, kh, kw)
     dcols = w.reshape(F, -1).T @ dy3               # (B, C*kh*kw, Ho*Wo)
-    dx = col2im(dcols.transpose(0, 2, 1).reshape(-1, C * kh * kw), x_shape, kh, kw, stride, pad)  # (B, C, H, W)
-    return dx, dw, db
+    return conv_windows_adjoint(dcols, x_shape, kh, kw, stride, pad), dw, db
 
 
 def patch_embed_forward(x, w, b):
