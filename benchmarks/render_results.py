@@ -288,6 +288,34 @@ def mpi_scaling_kernels():
     return mpi_table("mpi_scaling_kernels.txt")
 
 
+# ---------------------------------------------------------------- dependencies (install_size.py) and the BLAS by CPU
+
+def install_size():
+    raw = load("install_size.json")
+    out = [f"Machine: {machine(raw['machine'])}. Raw file: [`install_size.json`](../benchmarks/results/install_size.json) "
+           "(`python benchmarks/install_size.py`; pip's cache was warm, so the seconds are this machine's with it).", "",
+           "| step | adds | took | the environment then |", "| --- | --- | --- | --- |"]
+    out += [f"| `{r['step']}` | {r['mb'] / 1024:.2f} GB | {r['seconds']:.0f} s | {r['total_mb'] / 1024:.2f} GB |" for r in raw["rows"]]
+    return "\n".join(out)
+
+
+def readme_install():
+    rows = {r["step"]: r for r in load("install_size.json")["rows"]}
+    base = rows["pip install -r requirements.txt"]
+    extra = lambda name: rows[f'pip install -e ".[{name}]"']["mb"] / 1024
+    return (f"The first command builds a {base['total_mb'] / 1024:.1f} GB environment (numba's kernels included); "
+            f"`pip install -e \".[mkl]\"` adds Intel's MKL ({extra('mkl'):.1f} GB, a few percent faster on Intel CPUs) and "
+            f"`pip install -e \".[onnx]\"` the ONNX export's check ({extra('onnx'):.1f} GB); `minivit info` prints what "
+            "this machine has.")
+
+
+def mkl_vs_openblas():
+    rows = [(case, f"cpu_step_{key}_mkl_vs_openblas.json") for case, key in CPU_CASES
+            if (RAW / f"cpu_step_{key}_mkl_vs_openblas.json").exists()]
+    return speed_table(rows, "minivit with MKL's products against minivit with NumPy's OpenBLAS, the kernels on in both "
+                             "(`compare_step.py --against openblas`); above 1 is MKL faster.")
+
+
 # ---------------------------------------------------------------- the headline table
 
 def headlines():
@@ -338,7 +366,8 @@ def readme_results():
 
 BLOCKS = {"headlines": headlines, "readme-results": readme_results, "mpi-scaling-old": mpi_scaling_old,
           "mpi-scaling-kernels": mpi_scaling_kernels, "cpu-step-variants": cpu_step_variants,
-          "cpu-step-final": cpu_step_final,
+          "cpu-step-final": cpu_step_final, "install-size": install_size, "readme-install": readme_install,
+          "mkl-vs-openblas": mkl_vs_openblas,
           "hour-fifth": hour_fifth, "hour-peer": hour_peer, "restructure": restructure, "sweep-budget": sweep_budget}
 
 

@@ -411,7 +411,7 @@ def _run(a):
                 "profile": cmd_profile, "finetune": cmd_finetune, "fewshot": cmd_fewshot, "make-subset": cmd_make_subset,
                 "export": cmd_export, "info": cmd_info}[a.command](a)
     except (DataError, CheckpointError, ConfigError, BackendError, TrainingDiverged, RunFolderBusy, ValueError,
-            MemoryError, OSError, DistributedError) as e:
+            MemoryError, OSError, DistributedError, ImportError) as e:   # ImportError: an optional extra is missing
         if os.environ.get("MINIVIT_DEBUG"):
             raise
         print(f"minivit: error: {e}", file=sys.stderr)

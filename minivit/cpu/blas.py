@@ -3,15 +3,17 @@
 NumPy's `@` calls the BLAS NumPy was built with: OpenBLAS in NumPy's wheels. On the dense layers'
 shapes (a shard's 2,000 tokens times 64-768 features) MKL reached more of a core's peak than OpenBLAS on
 an AVX-512 Intel Xeon (benchmarks/blas_gflops.py; the figures, with their machine, in docs/cpu_kernels.md). MKL ships as a Python wheel (`pip install mkl`,
-part of `minivit[fast]`) holding the shared library libmkl_rt; this module loads it with ctypes and
+part of `minivit[mkl]`) holding the shared library libmkl_rt; this module loads it with ctypes and
 calls its GEMM, C = alpha op(A) op(B), on NumPy arrays' memory. The products themselves are the
 same as NumPy's; only the library that multiplies differs.
 
 MKL is asked to run sequentially (one thread per call): the trainer already gives each core its own
 shard (minivit/train/engine.py), as with OpenBLAS limited to one thread.
 
-Switches: MINIVIT_BLAS=numpy (or openblas) keeps NumPy's own BLAS even where MKL is installed, MINIVIT_BLAS=mkl
-(or unset) uses MKL where it loads, anything else is refused; MINIVIT_FUSED=0 turns
+Which BLAS is chosen by measurement, per CPU vendor (MKL_VENDORS below): MKL on Intel CPUs where it loads,
+NumPy's own elsewhere. Switches: MINIVIT_BLAS=numpy (or openblas) keeps NumPy's own BLAS even where MKL is
+installed, MINIVIT_BLAS=mkl uses MKL on any CPU, auto (or unset) follows the vendor rule, anything else is
+refused; MINIVIT_FUSED=0 turns
 this off with the other CPU kernels. Without the mkl wheel `available()` is False and nothing changes.
 Imports nothing of minivit.
 """
@@ -37,9 +39,13 @@ _INT_MAX = 2 ** 31 - 1                            # MKL_INT in the LP64 interfac
 #   a training step slower with MKL's products, cifar-small's and vit-ti16's faster
 #   (benchmarks/compare_step.py --against openblas).
 SMALL_PRODUCT = 1 << 20
+# Where MKL's products are used by default, by CPU vendor, as measured with `compare_step.py --against openblas`
+# (docs/cpu_kernels.md, "Which BLAS, by CPU"): on Intel's Xeons they ran the step faster; on an AMD EPYC
+# (Zen 3) slower on vit-ti16. MINIVIT_BLAS=mkl uses MKL on any CPU.
+MKL_VENDORS = ("GenuineIntel",)
 SMALL_SIDE = 128
 _lib = None
-_enabled = True
+_enabled = None   # use_mkl's choice; None: MINIVIT_BLAS and the vendor rule decide
 
 
 def _candidates():
@@ -52,14 +58,21 @@ def _candidates():
         yield found
 
 
-def _load():
-    """libmkl_rt with its GEMMs typed, or False when there is none or it cannot be set up as needed."""
+def wanted():
+    """Whether MKL's products are wanted here: use_mkl's choice, else MINIVIT_BLAS, else the vendor rule."""
+    if _enabled is not None:
+        return _enabled
     choice = os.environ.get("MINIVIT_BLAS", "").strip().lower()
-    if choice not in ("", "mkl", "numpy", "openblas"):
-        raise ValueError(f"MINIVIT_BLAS={os.environ['MINIVIT_BLAS']!r}: use mkl (MKL where it loads, the default) "
-                         "or numpy (NumPy's own BLAS; openblas means the same)")
+    if choice not in ("", "auto", "mkl", "numpy", "openblas"):
+        raise ValueError(f"MINIVIT_BLAS={os.environ['MINIVIT_BLAS']!r}: use auto (MKL on Intel CPUs where it loads, "
+                         "the default), mkl (MKL on any CPU) or numpy (NumPy's own BLAS; openblas means the same)")
     if choice in ("numpy", "openblas"):
         return False
+    return choice == "mkl" or cpu_vendor() in MKL_VENDORS
+
+
+def _load():
+    """libmkl_rt with its GEMMs typed, or False when there is none or it cannot be set up as needed."""
     for path in _candidates():
         try:
             lib = ctypes.CDLL(path)
@@ -88,16 +101,29 @@ def _load():
     return False
 
 
+def cpu_vendor():
+    """The CPU's vendor string ('GenuineIntel', 'AuthenticAMD', ...) from /proc/cpuinfo, or None."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def use_mkl(on):
-    """Turn MKL's products on (where it loads) or off, for this process."""
+    """Turn MKL's products on (where it loads, whatever the CPU) or off for this process; None: back to the
+    default (MINIVIT_BLAS, then the vendor rule)."""
     global _enabled
-    _enabled = bool(on)
+    _enabled = None if on is None else bool(on)
 
 
 def library():
     """The loaded libmkl_rt, or None (not installed, not usable, or turned off)."""
     global _lib
-    if not _enabled:
+    if not wanted():
         return None
     if _lib is None:
         _lib = _load()            # once: MKL's settings above cannot be made again after its first call

@@ -31,7 +31,7 @@ def _onnx():
     try:
         import onnx
     except ImportError:
-        raise ImportError("exporting to ONNX needs the onnx package: pip install onnx") from None
+        raise ImportError("exporting to ONNX needs the onnx package: pip install -e \".[onnx]\" (or pip install onnx)") from None
     return onnx
 
 
