@@ -632,3 +632,52 @@ def test_broken_links_are_skipped_and_two_links_to_one_folder_both_read(tmp_path
     (root / "train" / "a" / "gone.png").symlink_to(tmp_path / "no-such-file.png")   # a broken link
     d = load_dataset(str(root))
     assert d.classes == ("a", "b", "c") and np.bincount(d.train.labels).tolist() == [2, 2, 2]
+
+
+# ---------------------------------------------------------------- round three: hostile files, a bad flag
+
+@pytest.mark.parametrize("budget", ["-1", "nan"])
+def test_an_invalid_time_budget_leaves_no_run_folder(tmp_path, toy, budget):
+    out = tmp_path / "new" / "run"
+    r = run("train", "--data", str(toy), "--out", str(out), "--time-budget", budget, *TRAIN)
+    assert r.returncode == 1 and "time" in r.stderr.lower() and "Traceback" not in r.stderr, r.stderr
+    assert not out.exists() and (tmp_path / "new").exists() is False
+
+
+def test_a_run_that_fails_removes_the_folder_it_made_but_not_its_parent(tmp_path):
+    parent = tmp_path / "mine"
+    parent.mkdir()
+    r = run("train", "--data", str(tmp_path / "missing"), "--out", str(parent / "run"), *TRAIN)
+    assert r.returncode == 1 and not (parent / "run").exists() and parent.is_dir(), r.stderr
+
+
+def test_a_weights_file_that_is_a_pipe_is_refused_at_once(tmp_path):
+    from minivit.io.huggingface import save_hf
+    cfg = mv.ViTConfig.preset("test")
+    folder = save_hf(tmp_path / "hf", mv.init_params(cfg, seed=0), cfg)
+    (folder / "model.safetensors").unlink()
+    os.mkfifo(folder / "model.safetensors")               # a read would block for ever
+    os.mkfifo(tmp_path / "w.safetensors")
+    os.symlink(tmp_path / "w.safetensors", tmp_path / "link.safetensors")
+    for target in (folder, tmp_path / "w.safetensors", tmp_path / "link.safetensors"):
+        r = run("evaluate", str(target), timeout=60)
+        assert r.returncode == 1 and "not a regular file" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("what", ["nan-weight", "zero-std", "nan-mean", "short-mean", "classes"])
+def test_non_finite_weights_or_a_bad_normalisation_are_refused(tmp_path, what):
+    from minivit import load_pretrained
+    from minivit.io.safetensors_file import save_timm
+    cfg = mv.ViTConfig.preset("test")
+    params = mv.init_params(cfg, seed=0)
+    mean, std, classes = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], [f"c{i}" for i in range(cfg.num_classes)]
+    if what == "nan-weight":
+        params["blocks.0.mlp.fc1.w"][0, 0] = np.nan
+    std = [0.25, 0.0, 0.25] if what == "zero-std" else std
+    mean = [np.nan, 0.5, 0.5] if what == "nan-mean" else [0.5, 0.5] if what == "short-mean" else mean
+    classes = classes[:-1] if what == "classes" else classes
+    path = save_timm(tmp_path / "m.safetensors", params, cfg, classes, mean, std)
+    with pytest.raises(mv.io.checkpoint.CheckpointError, match="fc1.w|normalisation|class names"):
+        load_pretrained(path, heads=cfg.heads)
+    r = run("evaluate", str(path), timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "m.safetensors" in r.stderr, r.stderr

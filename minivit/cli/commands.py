@@ -41,15 +41,17 @@ def _run_folder_checked(a):
     """The run folder, locked and checked before any data loads, held to the command's end, and removed
     again if the command fails before writing into it (io/run_folder.py). Only rank 0 touches it (the
     others get its name)."""
+    created = a.out is None or not Path(a.out).exists()   # removed again if the command fails before using it
     out = _run_folder(a)
     if not current_world().is_root:
         yield out
         return
-    with run_folder(out, a.resume, created=a.out is None):
+    with run_folder(out, a.resume, created=created, parent_too=a.out is None):
         yield out
 
 
 def cmd_train(a, head="classify"):
+    train_config(a)   # a bad setting is refused before any run folder is made
     with _run_folder_checked(a) as out:
         return _train(a, out, head)
 
@@ -218,6 +220,7 @@ def cmd_finetune(a):
     clipping at 1, a short warmup and cosine decay train everything."""
     if a.image_size is not None and a.image_size < 1:
         raise ValueError(f"--image-size must be a positive number of pixels, got {a.image_size}")
+    train_config(a)   # a bad setting is refused before any run folder is made
     with _run_folder_checked(a) as out:
         return _finetune(a, out)
 

@@ -39,6 +39,43 @@ def _metadata_info(meta, config=None, preprocessor=None):
 
 
 def load_pretrained(path, heads=None, bfloat16=False, log=print, require=()):
+    """(params, cfg, info) from any file minivit reads (_load_any), refused in one CheckpointError when a weight
+    is NaN or infinite, or the recorded normalisation or class names cannot be what the model needs."""
+    params, cfg, info = _load_any(path, heads, bfloat16, log, require)
+    check_loaded(path, params, cfg, info)
+    return params, cfg, info
+
+
+def check_loaded(path, params, cfg, info):
+    """What every format must give: finite weights, a finite mean and a positive finite std of one value per
+    input channel, and class names (strings) one per class."""
+    import numpy as np
+
+    from ..backend import to_numpy
+    bad = next((k for k, v in params.items() if not np.isfinite(to_numpy(v)).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: parameter {bad!r} holds NaN or infinite values")
+    if ("mean" in info) != ("std" in info):
+        raise CheckpointError(f"{path}: records a {'mean' if 'mean' in info else 'std'} without the other")
+    if "mean" in info:
+        try:
+            mean, std = np.asarray(info["mean"], dtype=np.float64), np.asarray(info["std"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{path}: the normalisation's mean and std must be lists of numbers") from None
+        C = cfg.in_channels
+        if mean.shape != (C,) or std.shape != (C,):
+            raise CheckpointError(f"{path}: the normalisation has mean {mean.shape} and std {std.shape}; the model "
+                                  f"reads {C} channels")
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+            raise CheckpointError(f"{path}: the normalisation must be finite with a positive std, got mean "
+                                  f"{mean.tolist()} and std {std.tolist()}")
+    classes = info.get("classes")
+    if classes is not None and cfg.head == "classify" and (
+            not isinstance(classes, list) or len(classes) != cfg.num_classes or not all(isinstance(c, str) for c in classes)):
+        raise CheckpointError(f"{path}: the class names must be {cfg.num_classes} strings, one per class of the head")
+
+
+def _load_any(path, heads=None, bfloat16=False, log=print, require=()):
     """(params, cfg, info) from any file minivit reads, told apart by what it holds:
 
     - a folder with config.json and model.safetensors: transformers' ViTForImageClassification;
@@ -54,8 +91,9 @@ def load_pretrained(path, heads=None, bfloat16=False, log=print, require=()):
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path}: a folder without config.json; expected a transformers model folder")
         return _load_hf(path / "model.safetensors", path / "config.json", bfloat16)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint file or folder")
+    _regular(path)
     if path.suffix == ".safetensors":
         sd, meta = read_safetensors(path, bfloat16)
         if any(k.startswith(("vit.", "embeddings.")) for k in sd):
@@ -81,9 +119,24 @@ def load_pretrained(path, heads=None, bfloat16=False, log=print, require=()):
     return params, cfg, {}
 
 
+def _regular(path):
+    """Refuse anything but a regular file (a FIFO would block the read, a device never ends)."""
+    import stat
+    try:
+        mode = path.stat().st_mode          # follows links: a link to a FIFO is refused too
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{path}: not a regular file (a pipe, a device or a socket); give a weights file")
+
+
 def _load_hf(weights, config_path, bfloat16, loaded=None):
     if not config_path.is_file():
         raise CheckpointError(f"{weights}: transformers' layout, but no config.json beside it")
+    if loaded is None:
+        if not weights.exists():
+            raise CheckpointError(f"{weights.parent}: no model.safetensors beside config.json")
+        _regular(weights)
     sd, meta = loaded or read_safetensors(weights, bfloat16)
     sd = {("vit." + k if k.startswith(("embeddings.", "encoder.", "layernorm.")) else k): v for k, v in sd.items()}
     config = json.loads(config_path.read_text())

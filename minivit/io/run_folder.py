@@ -122,11 +122,11 @@ def check_out_folder(out, resume):
 
 
 @contextlib.contextmanager
-def run_folder(out, resume, created):
+def run_folder(out, resume, created, parent_too=False):
     """The run folder's life around a command: checked, locked (RunFolderBusy, naming the PID, if another run
     trains here), refused if it holds a finished run's checkpoint without --resume, held locked to the
-    command's end, and removed again (with runs/ when it is empty) if the command fails before writing
-    into a folder it `created`."""
+    command's end, and removed again if the command fails before writing into a folder it `created`
+    (and, with `parent_too`, its parent when that is left empty: the runs/ folder a default name made)."""
     from .checkpoint import CheckpointError
     try:
         check_out_folder(out, resume)
@@ -138,6 +138,7 @@ def run_folder(out, resume, created):
     except BaseException:
         if created and out.is_dir() and {f.name for f in out.iterdir()} <= {".lock"}:
             shutil.rmtree(out, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                out.parent.rmdir()
+            if parent_too:
+                with contextlib.suppress(OSError):
+                    out.parent.rmdir()
         raise
