@@ -681,3 +681,55 @@ def test_non_finite_weights_or_a_bad_normalisation_are_refused(tmp_path, what):
         load_pretrained(path, heads=cfg.heads)
     r = run("evaluate", str(path), timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr and "m.safetensors" in r.stderr, r.stderr
+
+
+@pytest.fixture
+def exported_source(tmp_path):
+    from minivit.io.safetensors_file import save_timm
+    cfg = mv.ViTConfig.preset("test")
+    with_norm = save_timm(tmp_path / "with.safetensors", mv.init_params(cfg, seed=0), cfg,
+                          [f"c{i}" for i in range(cfg.num_classes)], [0.5] * 3, [0.25] * 3)
+    without = save_timm(tmp_path / "without.safetensors", mv.init_params(cfg, seed=1), cfg)
+    return with_norm, without, cfg
+
+
+@pytest.mark.parametrize("fmt, name", [("onnx", "m.onnx"), ("npz", "m.npz"), ("timm", "m.safetensors"), ("hf", "hf")])
+def test_export_refuses_an_existing_target_unless_forced(tmp_path, exported_source, fmt, name):
+    src, _, cfg = exported_source
+    out = tmp_path / name
+    if fmt == "hf":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    else:
+        out.write_bytes(b"mine")
+    r = run("export", str(src), "--format", fmt, "--out", str(out), "--heads", str(cfg.heads))
+    assert r.returncode == 1 and "exists" in r.stderr and "--force" in r.stderr, r.stderr
+    assert (out / "keep.txt").read_text() == "mine" if fmt == "hf" else out.read_bytes() == b"mine"
+    r = run("export", str(src), "--format", fmt, "--out", str(out), "--heads", str(cfg.heads), "--force")
+    assert r.returncode == 0, r.stderr
+    assert not (out / "keep.txt").exists() if fmt == "hf" else out.read_bytes() != b"mine"
+
+
+def test_export_never_writes_into_a_run_folder(tmp_path, toy, exported_source):
+    src, _, cfg = exported_source
+    out = tmp_path / "run"
+    assert run("train", "--data", str(toy), "--out", str(out), "--epochs", "1", *TRAIN).returncode == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    for fmt, target in (("hf", out), ("npz", out / "checkpoint.npz"), ("onnx", out / "model.onnx")):
+        r = run("export", str(src), "--format", fmt, "--out", str(target), "--heads", str(cfg.heads), "--force")
+        assert r.returncode == 1 and "run folder" in r.stderr, r.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert run("train", "--data", str(toy), "--out", str(out), "--epochs", "2", "--resume", *TRAIN).returncode == 0
+
+
+def test_an_hf_export_over_an_older_one_leaves_no_stale_file(tmp_path, exported_source):
+    from minivit import load_pretrained
+    with_norm, without, cfg = exported_source
+    out = tmp_path / "hf"
+    assert run("export", str(with_norm), "--format", "hf", "--out", str(out), "--heads", str(cfg.heads)).returncode == 0
+    assert (out / "preprocessor_config.json").exists()
+    r = run("export", str(without), "--format", "hf", "--out", str(out), "--heads", str(cfg.heads), "--force")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert "mean" not in load_pretrained(out)[2]                        # the new model's, not the old one's
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hf.")]   # no staging folder left

@@ -15,7 +15,7 @@ from ..backend import BackendError, fused_on, to_numpy, use_backend
 from ..io.checkpoint import CheckpointError
 from ..config import ConfigError, ViTConfig
 from ..data.splits import DataError
-from ..io.run_folder import RunFolderBusy, new_run_folder, run_folder
+from ..io.run_folder import RunFolderBusy, is_run_folder, new_run_folder, run_folder
 from ..io.pretrained import load_pretrained
 from ..models.vit import require_class_head
 from ..models.objectives import OBJECTIVES
@@ -313,6 +313,12 @@ def cmd_export(a):
         raise ValueError(f"--format hf writes a folder; --out {a.out} is a file")
     if out.exists() and out.resolve() == Path(a.checkpoint).resolve():
         raise ValueError(f"--out {a.out} is the file being exported; write it elsewhere")
+    run = out if a.format == "hf" else out.parent
+    if is_run_folder(run):
+        raise ValueError(f"--out {a.out}: {run} is a minivit run folder (it holds a checkpoint or metrics); "
+                         "export outside it, so the run can still be resumed and evaluated")
+    if out.exists() and not a.force:
+        raise ValueError(f"--out {a.out} exists; choose another name, or pass --force to replace it")
     params, cfg, info = load_pretrained(a.checkpoint, heads=a.heads, bfloat16=a.bfloat16,
                                         log=lambda m: print(m, file=sys.stderr))
     classes, mean, std = info.get("classes"), info.get("mean"), info.get("std")

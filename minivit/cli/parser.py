@@ -171,6 +171,8 @@ def _add_export(sub):
                    help="attention heads of a timm .safetensors, which does not record them (default: the paper's "
                         "for its width)")
     x.add_argument("--bfloat16", action="store_true", help="widen bfloat16 weights to float32 instead of refusing them")
+    x.add_argument("--force", action="store_true",
+                   help="replace what is at --out (never a minivit run folder or a file inside one)")
 
 
 def _add_make_subset(sub):

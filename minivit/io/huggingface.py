@@ -3,6 +3,9 @@ preprocessor_config.json. to_hf / from_hf map the weights (transformers keeps q,
 layers, minivit fuses them), hf_config writes the configuration, save_hf the whole folder. The key table is
 in docs/formats.md."""
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -89,9 +92,32 @@ def hf_config(cfg, classes=None):
 
 def save_hf(folder, params, cfg, classes=None, mean=None, std=None):
     """A folder `transformers.ViTForImageClassification.from_pretrained(folder)` loads: config.json,
-    model.safetensors and, with the normalisation, preprocessor_config.json (ViTImageProcessor)."""
+    model.safetensors and, with the normalisation, preprocessor_config.json (ViTImageProcessor).
+
+    Complete or not at all: the files are written into a new folder beside `folder`, which then takes its
+    place, so no file of an earlier export (a preprocessor_config.json of another model) stays behind."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)          # a folder as mkdir makes it, not mkdtemp's private one
+    try:
+        _write_hf(staging, params, cfg, classes, mean, std)
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            os.replace(folder, old)
+            os.replace(staging, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def _write_hf(folder, params, cfg, classes, mean, std):
     write_safetensors(folder / "model.safetensors", {k: v.astype(np.float32) for k, v in to_hf(params, cfg).items()},
                       {"format": "pt", **_described(params, cfg, classes, mean, std)})
     with atomic_write(folder / "config.json") as f:
@@ -102,7 +128,6 @@ def save_hf(folder, params, cfg, classes=None, mean=None, std=None):
                "do_normalize": True, "image_mean": [float(v) for v in mean], "image_std": [float(v) for v in std]}
         with atomic_write(folder / "preprocessor_config.json") as f:
             f.write(json.dumps(pre, indent=2).encode())
-    return folder
 
 
 def from_hf(sd, config):

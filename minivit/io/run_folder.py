@@ -142,3 +142,9 @@ def run_folder(out, resume, created, parent_too=False):
                 with contextlib.suppress(OSError):
                     out.parent.rmdir()
         raise
+
+
+def is_run_folder(folder):
+    """Whether `folder` holds a minivit run: its checkpoint, its metrics, or a run's lock."""
+    folder = Path(folder)
+    return folder.is_dir() and any((folder / name).exists() for name in ("checkpoint.npz", "metrics.jsonl", ".lock"))
