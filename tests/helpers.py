@@ -1,9 +1,23 @@
 """Test tools: the package's own gradient checker (minivit.tools.gradcheck), and what several test files share."""
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 
+from minivit import backend
 from minivit.data import Dataset, Split
 from minivit.tools.gradcheck import check_grads, numerical_grad, rel_error  # noqa: F401
+
+
+@contextmanager
+def kernels(on):
+    """The CPU and CUDA kernels on (or off: the layers' own lines) inside the block, as they were after it."""
+    before = backend.fused_on()
+    backend.use_fused_kernels(on)
+    try:
+        yield
+    finally:
+        backend.use_fused_kernels(before)
 
 
 def scalar_of(out_fn, R):

@@ -20,6 +20,7 @@ from minivit.layers.loss import cross_entropy
 from minivit.layers.norm import layernorm_backward, layernorm_forward
 from minivit.models.block import mlp_backward, mlp_forward
 from minivit.train.optim import AdamW
+import helpers
 
 try:
     import numba  # noqa: F401
@@ -44,20 +45,21 @@ def rel(a, b, floor=1e-300):
 
 @pytest.fixture(autouse=True)
 def fused_on():
-    before = backend.fused_on()
-    backend.use_fused_kernels(True)
-    yield
-    backend.use_fused_kernels(before)
+    with helpers.kernels(True):
+        yield
+
+
+def lines(fn):
+    """fn() with the kernels off: the layers' own lines."""
+    with helpers.kernels(False):
+        return fn()
 
 
 def both(fn):
-    """fn() with the kernels on, then off: (fused result, NumPy result)."""
-    backend.use_fused_kernels(True)
-    on = fn()
-    backend.use_fused_kernels(False)
-    off = fn()
-    backend.use_fused_kernels(True)
-    return on, off
+    """fn() with the kernels on, then off: (the kernels' result, the layers' lines')."""
+    with helpers.kernels(True):
+        on = fn()
+    return on, lines(fn)
 
 
 def test_numpy_arrays_get_the_cpu_kernels_and_the_switch_turns_them_off():
@@ -133,9 +135,7 @@ def test_gelu_with_and_without_bias(dtype, form, with_bias):
     for a, b_ in zip(on, off):
         assert a.dtype == dtype and rel(a, b_) < TOL[dtype]
     h = x.astype(np.float64) + (0 if bias is None else bias)
-    backend.use_fused_kernels(False)                   # the layer's lines in float64: the formula
-    want = gelu_forward(h, form)[0]
-    backend.use_fused_kernels(True)
+    want = lines(lambda: gelu_forward(h, form)[0])     # the layer's lines in float64: the formula
     assert rel(on[0], want) < (1e-6 if dtype == np.float32 else 1e-13)
 
 
@@ -146,22 +146,15 @@ def test_softmax_scaled_and_its_backward(dtype, n):
     x = (rng.standard_normal((2, 3, n, n)) * 4).astype(dtype)
     x[0, 0, 0] += 500.0                                   # a row far from the others: its own maximum
     dp = rng.standard_normal(x.shape).astype(dtype)
-    backend.use_fused_kernels(False)                   # the layer's lines in float64: the formula
-    p = softmax(x.astype(np.float64) * 0.25)
-    ref, ref_wide = p, None
-    backend.use_fused_kernels(True)
+    p = ref = lines(lambda: softmax(x.astype(np.float64) * 0.25))   # the layer's lines in float64: the formula
     assert rel(kernels.softmax(x, scale=0.25), ref) < TOL[dtype]
     buf = x.copy()
     assert kernels.softmax(buf, out=buf, scale=0.25) is buf and rel(buf, ref) < TOL[dtype]      # in place
     wide = x.copy()
     wide[1, 2, 0, :] = np.linspace(-300, 300, n)                 # logits spanning more than 60: each row its own shift
-    backend.use_fused_kernels(False)
-    ref_wide = softmax(wide.astype(np.float64) * 0.25)
-    backend.use_fused_kernels(True)
+    ref_wide = lines(lambda: softmax(wide.astype(np.float64) * 0.25))
     assert rel(kernels.softmax(wide, scale=0.25), ref_wide) < TOL[dtype]
-    backend.use_fused_kernels(False)
-    ds = 0.25 * softmax_backward(dp.astype(np.float64), p)
-    backend.use_fused_kernels(True)
+    ds = lines(lambda: 0.25 * softmax_backward(dp.astype(np.float64), p))
     assert rel(kernels.softmax_backward(dp, p.astype(dtype), scale=0.25), ds) < 10 * TOL[dtype]
     on, off = both(lambda: (softmax(x), softmax_backward(dp, softmax(x))))
     for a, b_ in zip(on, off):
@@ -184,9 +177,7 @@ def test_attention_forward_backward(dtype):
     on, off = both(run)
     for a, b_ in zip(on, off):
         assert rel(a, b_) < 10 * TOL[dtype]
-    backend.use_fused_kernels(False)                   # the layer's lines in float64
-    ref, _ = attention_forward(*(a.astype(np.float64) for a in (q, k, v)))
-    backend.use_fused_kernels(True)
+    ref, _ = lines(lambda: attention_forward(*(a.astype(np.float64) for a in (q, k, v))))   # the layer's, float64
     assert rel(on[0], ref) < 10 * TOL[dtype]
     assert type(on_cache[0]) is type(off_cache[0])        # one cache type, whoever ran forward
 

@@ -14,17 +14,14 @@ import pytest
 from scipy.special import erf
 
 import minivit as mv
-from minivit import backend
-from helpers import rel_error
+from helpers import kernels, rel_error
 
 
 @pytest.fixture(autouse=True)
 def layer_lines():
     """The layers' own lines: the kernels off."""
-    before = backend.fused_on()
-    backend.use_fused_kernels(False)
-    yield
-    backend.use_fused_kernels(before)
+    with kernels(False):
+        yield
 
 
 rng = np.random.default_rng(0)

@@ -4,20 +4,17 @@ import numpy as np
 import pytest
 
 import minivit as mv
-from minivit import backend
 from minivit.models import block
 from minivit.train import optim
-from helpers import check_grads, rel_error, scalar_of
+from helpers import check_grads, kernels, rel_error, scalar_of
 
 rng = np.random.default_rng(0)
 
 
 @pytest.fixture(autouse=True, params=["kernels", "numpy-lines"])
 def path(request):
-    before = backend.fused_on()
-    backend.use_fused_kernels(request.param == "kernels")
-    yield request.param
-    backend.use_fused_kernels(before)
+    with kernels(request.param == "kernels"):
+        yield request.param
 
 
 def randn(*shape):

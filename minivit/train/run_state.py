@@ -35,7 +35,7 @@ def check_resumable(path, meta, tcfg, fingerprint, data_spec, total_steps, log=p
     on data with this `fingerprint`: the same settings but --epochs (and --threads), the same data, and no more steps
     already trained than the new length allows. A changed --epochs is said in the log."""
     saved = TrainConfig(**meta["train_config"])
-    # --threads may change: every draw follows an image, not a thread (streams.py); so may the MPI ranks.
+    # --threads may change: every draw follows an image, not a thread (random_streams.py); so may the MPI ranks.
     diff = [k for k in asdict(tcfg) if getattr(saved, k) != getattr(tcfg, k) and k not in ("epochs", "threads")]
     if diff:
         raise ValueError(f"--resume: {path} was trained with different settings ({', '.join(diff)}); "
