@@ -733,3 +733,13 @@ def test_an_hf_export_over_an_older_one_leaves_no_stale_file(tmp_path, exported_
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert "mean" not in load_pretrained(out)[2]                        # the new model's, not the old one's
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hf.")]   # no staging folder left
+
+
+def test_non_finite_weights_in_an_official_npz_are_refused(tmp_path):
+    from minivit import load_pretrained
+    cfg = mv.ViTConfig.preset("test")
+    params = mv.init_params(cfg, seed=0)
+    params["head.w"][0, 0] = np.inf
+    path = mv.save_jax_npz(tmp_path / "vit.npz", params, cfg)
+    with pytest.raises(mv.io.checkpoint.CheckpointError, match="head/kernel.*NaN or infinite"):
+        load_pretrained(path)

@@ -70,6 +70,14 @@ def _meta_problems(meta, cfg, require):
     return problems
 
 
+def refuse_nonfinite(path, arrays):
+    """Raise a CheckpointError naming the first of `arrays` ({name: NumPy array}, as a weights file holds them)
+    with a NaN or an infinity: weights read from any format are checked once, on the host, as they are read."""
+    bad = next((k for k, v in arrays.items() if v.dtype.kind == "f" and not np.isfinite(v).all()), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: {bad!r} holds NaN or infinite values")
+
+
 def _array_problems(path, arrays, shapes):
     """What is wrong with a checkpoint's parameters and optimiser state, given the model's `shapes` (a missing
     or misshapen parameter is raised at once: nothing else can be checked against it)."""

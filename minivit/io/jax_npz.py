@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import to_device, to_numpy
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, refuse_nonfinite
 from ..config import ViTConfig
 from ..atomic_files import atomic_write
 from ..models.vit import param_shapes
@@ -66,6 +66,7 @@ def load_jax_npz(path, gelu="exact", log=print):
             a = {k: z[k] for k in z.files}
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
+    refuse_nonfinite(path, a)
     cfg = _config_of(a, path, gelu)
     dropped = sorted(k for k in a if k.startswith("pre_logits/"))
     if dropped:

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..atomic_files import atomic_write
 from ..config import ViTConfig
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, refuse_nonfinite
 from .timm import to_timm
 
 # The heads of the paper's and DeiT's models by width (timm's files do not record them): Ti, S, B, L, H.
@@ -48,9 +48,11 @@ def read_safetensors(path, bfloat16=False):
                               "--bfloat16 on finetune and export)")
     if not bf16:
         try:
-            return _safetensors().load_file(str(path)), meta
+            out = _safetensors().load_file(str(path))
         except Exception as e:  # a truncated file, an unknown dtype
             raise CheckpointError(f"{path}: not a readable .safetensors file ({e})") from None
+        refuse_nonfinite(path, out)
+        return out, meta
     raw = path.read_bytes()[8 + n:]
     out = {}
     for k, v in header.items():
@@ -62,6 +64,7 @@ def read_safetensors(path, bfloat16=False):
             out[k] = np.frombuffer(raw[a:b], dtype=np.dtype(_DTYPES[v["dtype"]]).newbyteorder("<")).reshape(v["shape"]).copy()
         else:
             raise CheckpointError(f"{path}: {k!r} has dtype {v['dtype']}; weights must be floating point")
+    refuse_nonfinite(path, out)
     return out, meta
 
 
