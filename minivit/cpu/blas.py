@@ -19,6 +19,7 @@ Imports nothing of minivit.
 """
 import ctypes
 import ctypes.util
+import functools
 import glob
 import os
 import re
@@ -101,8 +102,10 @@ def _load():
     return False
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_vendor():
-    """The CPU's vendor string ('GenuineIntel', 'AuthenticAMD', ...) from /proc/cpuinfo, or None."""
+    """The CPU's vendor string ('GenuineIntel', 'AuthenticAMD', ...) from /proc/cpuinfo, or None. Read once:
+    every product asks (library() -> wanted()), and the CPU does not change under a running process."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
