@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from minivit.config import resize_stages  # noqa: E402  (the flag's own parser)
 RAW = ROOT / "benchmarks" / "results"
 PAGES = [ROOT / "docs" / "results.md", ROOT / "docs" / "cpu_kernels.md", ROOT / "docs" / "distributed.md", ROOT / "README.md"]
 BLOCK = re.compile(r"(<!-- begin generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)", re.S)
@@ -172,17 +174,11 @@ def images_seen(rows, train_images):
     return rows[-1]["step"] * batch
 
 
-def hour_facts(metrics, config):
-    rows, cfg = load(metrics), load(config) if config else None
-    t = cfg["train"] if cfg else {}
-    schedule = [(int(s), float(u)) for s, u in (p.split(":") for p in t.get("resize_schedule", "").split(",") if p)]
-    stages = schedule + [(cfg["model"]["image_size"] if cfg else 32, 1.0)]
-    last = rows[-1]
-    return rows, t, stages, last
-
-
 def hour_table(metrics, config, train_images=45000):
-    rows, t, stages, last = hour_facts(metrics, config)
+    """The facts of a --time-budget run: its metrics.jsonl and the config.json of the run it followed."""
+    rows, cfg = load(metrics), load(config)
+    stages = resize_stages(cfg["train"]["resize_schedule"]) + [(cfg["model"]["image_size"], 1.0)]
+    last = rows[-1]
     budget = last["elapsed_s"]
     reach = " / ".join(f"{first_reaching(rows, 'val_acc', x):.1f}" if first_reaching(rows, 'val_acc', x) else "never"
                        for x in (0.70, 0.75, 0.80))
