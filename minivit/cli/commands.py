@@ -51,9 +51,9 @@ def _run_folder_checked(a):
 
 
 def cmd_train(a, head="classify"):
-    train_config(a)   # a bad setting is refused before any run folder is made
+    tcfg = train_config(a)   # a bad setting is refused before any run folder is made
     with _run_folder_checked(a) as out:
-        return _train(a, out, head)
+        return _train(a, out, head, tcfg)
 
 
 def _load_data(spec):
@@ -74,9 +74,8 @@ def cmd_pretrain(a):
     return cmd_train(a, head="mpp")
 
 
-def _train(a, out, head):
+def _train(a, out, head, tcfg):
     from ..train.trainer import Trainer
-    tcfg = train_config(a)
     overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
     OBJECTIVES[head].check_settings(tcfg, overrides)   # before any data loads (models/objectives.py)
     data = _load_data(a.data)
@@ -220,19 +219,18 @@ def cmd_finetune(a):
     clipping at 1, a short warmup and cosine decay train everything."""
     if a.image_size is not None and a.image_size < 1:
         raise ValueError(f"--image-size must be a positive number of pixels, got {a.image_size}")
-    train_config(a)   # a bad setting is refused before any run folder is made
+    tcfg = train_config(a)   # a bad setting is refused before any run folder is made
     with _run_folder_checked(a) as out:
-        return _finetune(a, out)
+        return _finetune(a, out, tcfg)
 
 
-def _finetune(a, out):
+def _finetune(a, out, tcfg):
     from ..data.splits import Dataset, Split
     from ..models.vit import with_new_head
     from ..models.resolution import resize_images, resize_pos_embed
     from ..train.trainer import Trainer
     params, cfg, _ = load_pretrained(a.checkpoint, heads=a.heads, bfloat16=a.bfloat16,
                                      log=lambda m: print(m, file=sys.stderr))
-    tcfg = train_config(a)
     data = _load_data(a.data)
     size = a.image_size or data.image_shape[1]
     if data.image_shape[0] != cfg.in_channels:
