@@ -190,6 +190,8 @@ def hour_table(metrics, config, train_images=45000):
         ("validation, mean (sd) over the last 10 minutes", f"{pct(statistics.mean(tail))} ({100 * statistics.stdev(tail):.2f})"),
         ("best validation reading", f"{pct(best['val_acc'])} at {best['elapsed_s'] / 60:.1f} min (epoch {best['epoch']})"),
         ("validation 70% / 75% / 80% first reached (min)", reach),
+        ("validation readings from 43 to 47 minutes", ", ".join(pct(r["val_acc"]) for r in rows
+                                                                if 43 * 60 <= r["elapsed_s"] <= 47 * 60)),
         ("images/s, median per stage", " / ".join(f"{num(v)} at {s} px" for s, v in stage_medians(rows, stages, budget))),
         ("training time, epochs, images seen", f"{budget / 60:.1f} min, {last['epoch']} epochs, about "
                                                f"{images_seen(rows, train_images) / 1e6:.1f} million images"),
