@@ -3,7 +3,8 @@ the `test` preset on toy images, with RandAugment, crops and flips, random erasi
 dropout, drop path and PatchDropout on so that every random stream is drawn, in float32 or float64. Rank 0 writes the run folder; the parameters are in its
 checkpoint.
 
-    python tests/mpi_driver.py OUT [--epochs E] [--threads T] [--float64] [--resume] [--crash-after-first-epoch]
+    python tests/mpi_driver.py OUT [--epochs E] [--threads T] [--batch-size B] [--float64] [--resume]
+                                   [--crash-after-first-epoch]
 """
 import argparse
 import os
@@ -32,12 +33,13 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=12)
     ap.add_argument("--float64", action="store_true")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--crash-after-first-epoch", action="store_true")
     a = ap.parse_args()
     cfg = ViTConfig.preset("test", dropout=0.1, drop_path=0.1, patch_dropout=0.25, num_classes=5)
-    tcfg = TrainConfig(epochs=a.epochs, batch_size=12, lr=3e-3, warmup_epochs=0.5, seed=5, threads=a.threads,
+    tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=3e-3, warmup_epochs=0.5, seed=5, threads=a.threads,
                        ema=0.9, clip_norm=1.0, eval_batch_size=4,   # 14 test images: 4 batches, shared by the ranks
                        randaugment=1, random_erasing=0.5, mixup=0.8, cutmix=1.0)   # every stream of the batch
     init = init_params(cfg, seed=tcfg.seed)

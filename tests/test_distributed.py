@@ -202,6 +202,17 @@ def test_a_rank_that_raises_ends_the_job_and_the_run_resumes_on_other_rank_count
         _assert_same_params(_params(tmp_path / "full"), _params(tmp_path / f"resumed{ranks}"), rtol=1e-10, atol=1e-12)
 
 
+def test_ranks_without_rows_add_zeros(mpiexec, tmp_path):
+    """Batches of 5 on 3 ranks give rows 1, 2, 2, and the epoch's last batch of 1 image (36 = 7 x 5 + 1)
+    leaves two ranks with none: they add zeros to the sum, and the run is one process's."""
+    args = ["--float64", "--batch-size", "5"]
+    one = _launch(mpiexec, 0, DRIVER + [str(tmp_path / "one"), *args], tmp_path)
+    many = _launch(mpiexec, 3, DRIVER + [str(tmp_path / "many"), *args], tmp_path)
+    assert one.returncode == 0 and many.returncode == 0, one.stderr + many.stderr
+    assert load_checkpoint(tmp_path / "many" / "checkpoint.npz")[3]["step"] == 16
+    _assert_same_params(_params(tmp_path / "one"), _params(tmp_path / "many"), rtol=1e-10, atol=1e-12)
+
+
 TOY_TRAIN = ["--preset", "test", "--batch-size", "8", "--no-progress", "--dropout", "0.1", "--lr", "1e-3",
              "--warmup", "0.5"]
 
@@ -295,3 +306,68 @@ def test_profile_under_mpiexec_reports_the_allreduce(mpiexec, tmp_path):
 def test_commands_of_one_process_refuse_mpiexec(mpiexec, tmp_path):
     r = _launch(mpiexec, 2, [sys.executable, "-m", "minivit", "evaluate", "nothing.npz"], tmp_path, cwd=tmp_path)
     assert r.returncode != 0 and "`minivit evaluate` runs in one process" in r.stderr, r.stderr
+
+
+def test_a_batch_smaller_than_the_ranks_trains_and_profile_says_why_it_cannot(mpiexec, tmp_path):
+    data = _toy_folder(tmp_path)
+    r = _launch(mpiexec, 3, [sys.executable, "-m", "minivit", "train", "--data", str(data), "--out", str(tmp_path / "run"),
+                             "--epochs", "1", *TOY_TRAIN, "--batch-size", "2"], tmp_path, timeout=120)
+    assert r.returncode == 0 and r.stdout.count("done:") == 1, r.stdout + r.stderr
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.npz")[3]["step"] == 15   # 30 images in 2s
+    r = _launch(mpiexec, 2, [sys.executable, "-m", "minivit", "profile", "--preset", "test", "--batch-size", "1",
+                             "--steps", "1"], tmp_path, cwd=tmp_path, timeout=120)
+    assert r.returncode != 0 and "give a batch of at least 2 images" in r.stderr, r.stderr
+
+
+def _slow_folder(tmp_path):
+    """6,000 images of 128 x 128 pixels: a few seconds to decode, long enough to be interrupted in."""
+    from datagen import png_bytes
+    rng = np.random.default_rng(0)
+    pngs = [png_bytes(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)) for _ in range(20)]
+    for split, n in (("train", 3000), ("test", 5)):
+        for c in "ab":
+            d = tmp_path / "slow" / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                (d / f"{i:04d}.png").write_bytes(pngs[i % len(pngs)])
+    return tmp_path / "slow"
+
+
+def _rank_pids(marker):
+    """The PIDs of the Python processes whose command line holds `marker`, lowest (rank 0's: started first) first."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if d.name.isdigit() and marker.encode() in argv and b"minivit" in argv and "python" in Path(argv[0].decode()).name:
+            found.append(int(d.name))
+    return sorted(found)
+
+
+@pytest.mark.parametrize("whom, code", [("mpiexec", 130), ("rank 0", 143)])
+def test_a_signal_while_the_data_loads_ends_the_job_within_seconds(mpiexec, tmp_path, whom, code):
+    """Ctrl-C on mpiexec (every rank gets it), or SIGTERM to rank 0 alone, while rank 0 decodes the images and
+    rank 1 waits for it in a barrier: the job ends with 130 or 143, and no run folder is left behind."""
+    data, out = _slow_folder(tmp_path), tmp_path / "run"
+    p = subprocess.Popen([mpiexec, "-n", "2", sys.executable, "-m", "minivit", "train", "--data", str(data),
+                          "--out", str(out), *TOY_TRAIN], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=_env(tmp_path))
+    deadline = time.monotonic() + 60
+    while len(_rank_pids(str(out))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)   # the ranks import minivit, then rank 0 decodes for several seconds
+    if whom == "mpiexec":
+        p.send_signal(signal.SIGINT)
+    else:
+        os.kill(_rank_pids(str(out))[0], signal.SIGTERM)
+    try:
+        stdout, stderr = p.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        stdout, stderr = p.communicate()
+        pytest.fail(f"the job still ran 30 s after the signal: {stderr[-2000:]}")
+    assert "data:" not in stdout, "the images had loaded before the signal: make _slow_folder slower"
+    assert p.returncode == code, (p.returncode, stderr)
+    assert "rank 0 of 2 ended with status" in stderr and not out.exists(), stderr

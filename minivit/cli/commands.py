@@ -399,13 +399,23 @@ def _join_the_world(a):
 
 
 def _end_the_job_if_failed(code):
-    """A rank that fails (a user's error, Ctrl-C outside training) ends every rank, naming itself, so
-    none waits forever for it in a sum. A world of one just returns."""
+    """A rank that fails (a user's error) ends every rank, naming itself, so none waits forever for it in
+    a sum. 130 and 143 here are a training run's stop, which every rank agreed on (train/trainer.py) and
+    leaves together after rank 0 saved; a signal outside training ends the job at once (_end_the_job).
+    A world of one just returns."""
+    if code not in (130, 143):
+        _end_the_job(code)
+
+
+def _end_the_job(code):
+    """Under MPI, a rank's failure or a signal it alone acted on (Ctrl-C or SIGTERM while loading data,
+    when the other ranks may be waiting in a collective) ends every rank now, with `code`. -> code."""
     from ..train.distributed import joined_world
     world = joined_world()
-    if code and world is not None and world.size > 1 and code not in (130, 143):
+    if code and world is not None and world.size > 1:
         print(f"minivit: rank {world.rank} of {world.size} ended with status {code}; ending the job", file=sys.stderr)
         world.abort(code)
+    return code
 
 
 def _run(a):
@@ -425,10 +435,10 @@ def _run(a):
         return 1
     except KeyboardInterrupt:  # Ctrl-C outside training (loading data, evaluating): no traceback
         print("minivit: interrupted", file=sys.stderr)
-        return 130
+        return _end_the_job(130)
     except Terminated:
         print("minivit: terminated (SIGTERM)", file=sys.stderr)
-        return 143
+        return _end_the_job(143)
 
 
 if __name__ == "__main__":

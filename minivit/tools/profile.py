@@ -223,6 +223,9 @@ def profile_step(cfg, batch_size=128, steps=3, warmup=1, seed=0, label_smoothing
     opt = AdamW(lr=1e-4, weight_decay=0.05)
     names = {id(v): k for k, v in params.items()}
     world = current_world()   # under mpiexec: this rank's rows of the batch, and the gradients' Allreduce
+    if batch_size < world.size:   # every rank knows this, so every rank stops here alike
+        raise ValueError(f"--batch-size {batch_size} leaves ranks of the {world.size} without an image to profile: "
+                         f"give a batch of at least {world.size} images (each rank profiles its own rows)")
     mine = world.rows(batch_size)
     engine = Engine(cfg, 2 if pieces else 1, serial=True)   # the trainer's pieces (two threads' worth), one at a time
     if not pieces:

@@ -25,7 +25,10 @@ def blas_single_thread(threads, ranks=1):
 
 def shard_slices(n, threads, size=None):
     """Slices of n rows: one per thread, or (with size) pieces of at most `size` rows, as many
-    for each thread (five pieces on two threads would leave one thread idle through the fifth)."""
+    for each thread (five pieces on two threads would leave one thread idle through the fifth).
+    No rows (an MPI rank's empty share of a small batch): no slices."""
+    if n == 0:
+        return []
     k = min(threads * (-(-n // (size * threads)) if size else 1), n)
     bounds = [n * i // k for i in range(k + 1)]  # Python ints: a NumPy scalar here would
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]  # promote float32 math to float64
@@ -150,6 +153,8 @@ class Engine:
         for l_, c_, g_ in self.map(shard, self.shards(B, images_per_shard(cfg, self.TRAIN_TOKENS_PER_SHARD))):
             loss, correct = loss + l_, correct + c_     # in shard order, and each shard's
             grads = add_grads(grads, g_)                # gradients are freed once added
+        if grads is None:   # no rows here (an MPI rank of a batch smaller than the ranks): it adds zeros to the sum
+            grads = {k: xp.zeros_like(v) for k, v in params.items()}
         return loss, correct, grads
 
     def close(self):
