@@ -66,9 +66,11 @@ class ViTConfig:
     #                             prediction's [mask] token and 512-colour head per patch (pre-training, B.1.2)
 
     def __post_init__(self):
+        self._check_types()   # a config read from a file may hold anything JSON can: refuse it by name first
         for name in ("stem_channels", "stem_strides"):  # JSON gives lists back; keep the config hashable
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("image_size", "patch_size", "in_channels", "num_classes", "dim", "depth", "heads", "mlp_dim"):
+        for name in ("image_size", "patch_size", "in_channels", "num_classes", "dim", "depth", "heads", "mlp_dim",
+                     "stem_groups"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
@@ -119,6 +121,22 @@ class ViTConfig:
             raise ConfigError(f"the stem's {self.feature_size}x{self.feature_size} feature map is not divisible "
                               f"by patch_size {self.patch_size}")
 
+    def _check_types(self):
+        """Every field of the type its checks compare: numbers where numbers go, names where names go."""
+        def number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+        for name in ("dropout", "attn_dropout", "drop_path", "patch_dropout", "layer_scale", "ln_eps"):
+            if not number(getattr(self, name)):
+                raise ConfigError(f"{name} must be a number, got {getattr(self, name)!r}")
+        for name in ("pool", "pos_embed", "gelu", "attn_init", "head"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a name (a string), got {getattr(self, name)!r}")
+        if not isinstance(self.pos_embed_every_layer, bool):
+            raise ConfigError(f"pos_embed_every_layer must be true or false, got {self.pos_embed_every_layer!r}")
+        for name in ("stem_channels", "stem_strides"):
+            if not isinstance(getattr(self, name), (list, tuple)):
+                raise ConfigError(f"{name} must be a list of integers (one per stem layer), got {getattr(self, name)!r}")
+
     @property
     def downsampling(self):
         """How much the stem shrinks the image (1 without a stem)."""
@@ -159,6 +177,8 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise ConfigError(f"a model config is a mapping of fields to values, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -39,3 +39,18 @@ def machine():
     if "cupy" in sys.modules:   # the GPU itself is named by the GPU scripts (benchmarks/gpu_step.py)
         info["cupy"] = sys.modules["cupy"].__version__
     return info
+
+
+def available_memory():
+    """Bytes of memory this machine can still give (Linux's MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -70,6 +70,42 @@ def _meta_problems(meta, cfg, require):
     return problems
 
 
+def npz_layout(path):
+    """{name: (shape, dtype)} of an .npz's arrays, read from each member's .npy header alone: nothing is
+    decompressed or allocated, so what a file declares can be checked against what it should hold first
+    (a 10 MB file may declare an 8 GiB array). Raises a CheckpointError for a file that is no .npz."""
+    import zipfile
+    from numpy.lib import format as npy
+    layout = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with z.open(info) as f:
+                    version = npy.read_magic(f)
+                    read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                    shape, _, dtype = read(f, max_header_size=10_000)
+                layout[info.filename[:-4]] = (tuple(shape), dtype)
+    except Exception as e:  # zipfile.BadZipFile, a bad magic or header, a compression method zipfile lacks
+        raise CheckpointError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
+    return layout
+
+
+def declared_bytes(layout):
+    """Bytes the arrays of an npz_layout take once read."""
+    return sum(int(np.prod(shape, dtype=object)) * dtype.itemsize for shape, dtype in layout.values())
+
+
+def refuse_too_large(path, layout):
+    """Refuse a file whose arrays would not fit in the memory available now, before any is read."""
+    from ..machine import available_memory
+    need, free = declared_bytes(layout), available_memory()
+    if free is not None and need > free:
+        raise CheckpointError(f"{path}: declares arrays of {need / 1e9:,.1f} GB, more than the {free / 1e9:.1f} GB "
+                              "of memory available; not read")
+
+
 def refuse_nonfinite(path, arrays):
     """Raise a CheckpointError naming the first of `arrays` ({name: NumPy array}, as a weights file holds them)
     with a NaN or an infinity: weights read from any format are checked once, on the host, as they are read."""
@@ -78,28 +114,62 @@ def refuse_nonfinite(path, arrays):
         raise CheckpointError(f"{path}: {bad!r} holds NaN or infinite values")
 
 
-def _array_problems(path, arrays, shapes):
-    """What is wrong with a checkpoint's parameters and optimiser state, given the model's `shapes` (a missing
-    or misshapen parameter is raised at once: nothing else can be checked against it)."""
+def _array_problems(path, layout, shapes):
+    """What is wrong with a checkpoint's parameters and optimiser state as declared (npz_layout: shapes and
+    dtypes, nothing read yet), given the model's `shapes` (a missing or misshapen parameter is raised at once:
+    nothing else can be checked against it)."""
     problems = []
     for name, shape in shapes.items():
-        a = arrays.get("param/" + name)
-        if a is None or a.shape != shape:
+        declared = layout.get("param/" + name)
+        if declared is None or declared[0] != shape:
             raise CheckpointError(f"{path}: parameter {name!r} missing or of the wrong shape")
-        if a.dtype.kind != "f":
-            problems.append(f"parameter {name!r} has dtype {a.dtype}, not a floating-point type")
-        elif not np.isfinite(a).all():
-            problems.append(f"parameter {name!r} holds NaN or infinite values")
-    unknown = sorted(k for k in arrays if k.startswith("param/") and k[6:] not in shapes)
+        if declared[1].kind != "f":
+            problems.append(f"parameter {name!r} has dtype {declared[1]}, not a floating-point type")
+    unknown = sorted(k for k in layout if k.startswith("param/") and k[6:] not in shapes)
     if unknown:
         problems.append(f"unknown parameters {', '.join(k[6:] for k in unknown)}")
-    for k, v in arrays.items():
+    for k, (shape, dtype) in layout.items():
         if k.startswith("opt/"):
             _, _, name = k[4:].partition(".")  # 'm.blocks.0.attn.qkv.w' -> the parameter's name
-            if name not in shapes or v.shape != shapes[name] or v.dtype.kind != "f":
+            if name not in shapes or shape != shapes[name] or dtype.kind != "f":
                 problems.append(f"optimiser state {k[4:]!r} does not fit parameter {name!r} "
-                                f"(shape {v.shape}, dtype {v.dtype})")
+                                f"(shape {shape}, dtype {dtype})")
+    other = sorted(k for k in layout if k != "meta" and not k.startswith(("param/", "opt/")))
+    if other:
+        problems.append(f"arrays that are neither parameters nor optimiser state: {', '.join(other[:8])}")
     return problems
+
+
+def refuse_depth_unlike_the_file(path, cfg, names, prefix):
+    """A config read from a file declares the model's depth, and the file's own keys say how many blocks it
+    holds (`prefix`: where a block's names start, 'blocks.'). They must agree before anything per block is
+    built: a declared 10^9 layers would otherwise build tables of 10^9 entries."""
+    depth = getattr(cfg, "depth", None)   # (a CNN's config has none)
+    held = len({n[len(prefix):].split(".", 1)[0] for n in names if n.startswith(prefix)})
+    if depth is not None and depth != held:
+        raise CheckpointError(f"{path}: its config says {depth:,} blocks but the file holds weights for {held}")
+
+
+# A checkpoint's metadata is its config, settings, classes and history: kilobytes. Anything declaring more is refused
+# before it is read.
+META_LIMIT = 64 * 2 ** 20
+
+
+def _read_meta(path, layout):
+    """The checkpoint's metadata (the JSON string under 'meta'), a dict."""
+    if "meta" not in layout:
+        raise CheckpointError(f"{path}: not a minivit checkpoint (no 'meta')")
+    if declared_bytes({"meta": layout["meta"]}) > META_LIMIT or layout["meta"][1].kind != "U":
+        raise CheckpointError(f"{path}: its 'meta' is not a JSON text of reasonable size ({layout['meta'][1]}, "
+                              f"shape {layout['meta'][0]})")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+    except Exception as e:  # a corrupted member, JSON that is not, nested too deep
+        raise CheckpointError(f"{path}: not a readable minivit checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its 'meta' must be a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def load_checkpoint(path, cfg=None, require=(), family=None):
@@ -115,15 +185,13 @@ def load_checkpoint(path, cfg=None, require=(), family=None):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            arrays = {k: z[k] for k in z.files if k != "meta"}
-    except Exception as e:  # zipfile.BadZipFile, KeyError, ValueError, EOFError ...
-        raise CheckpointError(f"{path}: not a readable minivit checkpoint ({type(e).__name__}: {e})") from None
+    layout = npz_layout(path)        # what the file declares: checked before any array is read
+    meta = _read_meta(path, layout)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}")
     from ..models.families import config_from_dict, family_of
+    if "config" not in meta:
+        raise CheckpointError(f"{path}: invalid checkpoint: its metadata holds no model 'config'")
     try:
         saved = config_from_dict(meta["config"])
     except ConfigError as e:
@@ -136,8 +204,9 @@ def load_checkpoint(path, cfg=None, require=(), family=None):
         diff = [f"{k}: checkpoint {v!r}, requested {getattr(cfg, k)!r}"
                 for k, v in saved.to_dict().items() if getattr(cfg, k) != v]
         raise CheckpointError(f"{path}: checkpoint is for a different model ({'; '.join(diff)})")
+    refuse_depth_unlike_the_file(path, saved, layout, "param/blocks.")
     shapes = family_of(saved).param_shapes(saved)
-    problems = _array_problems(path, arrays, shapes)
+    problems = _array_problems(path, layout, shapes)
     scalars = meta.pop("opt_scalars", {})
     if not isinstance(scalars, dict) or not all(isinstance(v, (int, float)) for v in scalars.values()):
         problems.append(f"optimiser scalars must be numbers, got {scalars!r}")
@@ -145,6 +214,16 @@ def load_checkpoint(path, cfg=None, require=(), family=None):
     problems += _meta_problems(meta, saved, require)
     if problems:
         raise CheckpointError(f"{path}: invalid checkpoint: " + "; ".join(problems))
+    refuse_too_large(path, layout)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in layout if k != "meta"}
+    except Exception as e:  # a member whose data is cut short or corrupted
+        raise CheckpointError(f"{path}: not a readable minivit checkpoint ({type(e).__name__}: {e})") from None
+    nonfinite = [f"parameter {k[6:]!r} holds NaN or infinite values" for k, v in arrays.items()
+                 if k.startswith("param/") and not np.isfinite(v).all()]
+    if nonfinite:
+        raise CheckpointError(f"{path}: invalid checkpoint: " + "; ".join(nonfinite))
     params = {name: to_device(arrays["param/" + name]) for name in shapes}
     opt_state = {k[4:]: to_device(v) for k, v in arrays.items() if k.startswith("opt/")}
     opt_state.update(scalars)

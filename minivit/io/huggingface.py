@@ -12,9 +12,9 @@ import numpy as np
 
 from ..atomic_files import atomic_write
 from ..backend import to_device, to_numpy
-from ..config import ViTConfig
+from ..config import ConfigError, ViTConfig
 from ..models.vit import param_shapes
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, refuse_depth_unlike_the_file
 from .safetensors_file import _described, write_safetensors
 
 # transformers' hidden_act -> minivit's GELU form
@@ -142,8 +142,11 @@ def from_hf(sd, config):
     if not config.get("qkv_bias", True):
         raise CheckpointError("config.json: qkv_bias false; minivit's attention has q, k and v biases")
     act = config.get("hidden_act", "gelu")
-    if act not in HF_GELU:
+    if not isinstance(act, str) or act not in HF_GELU:
         raise CheckpointError(f"config.json: hidden_act {act!r}; minivit has the exact GELU and its tanh form")
+    if sd["classifier.weight"].ndim != 2:
+        raise CheckpointError(f"transformers weights: 'classifier.weight' has shape {sd['classifier.weight'].shape}, "
+                              "not (classes, width)")
     try:
         cfg = ViTConfig(image_size=config["image_size"], patch_size=config["patch_size"],
                         in_channels=config.get("num_channels", 3), num_classes=sd["classifier.weight"].shape[0],
@@ -151,6 +154,9 @@ def from_hf(sd, config):
                         mlp_dim=config["intermediate_size"], gelu=HF_GELU[act], ln_eps=config.get("layer_norm_eps", 1e-12))
     except KeyError as e:
         raise CheckpointError(f"config.json has no {e}") from None
+    except ConfigError as e:
+        raise CheckpointError(f"config.json does not describe a ViT minivit can build ({e})") from None
+    refuse_depth_unlike_the_file("config.json", cfg, sd, "vit.encoder.layer.")
     names, used, p = _hf_names(cfg), set(), {}
     shapes = param_shapes(cfg)
     for name, (key, how) in names.items():

@@ -26,29 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import to_device, to_numpy
-from .checkpoint import CheckpointError, refuse_nonfinite
-from ..config import ViTConfig
+from .checkpoint import CheckpointError, npz_layout, refuse_nonfinite, refuse_too_large
+from ..config import ConfigError, ViTConfig
 from ..atomic_files import atomic_write
 from ..models.vit import param_shapes
 
 _BLOCK = "Transformer/encoderblock_{}/"
 _ATT = "MultiHeadDotProductAttention_1/"
-
-
-def _block_keys(i):
-    b = _BLOCK.format(i)
-    keys = [b + f"LayerNorm_{n}/{leaf}" for n in (0, 2) for leaf in ("scale", "bias")]
-    keys += [b + _ATT + f"{part}/{leaf}" for part in ("query", "key", "value", "out") for leaf in ("kernel", "bias")]
-    keys += [b + f"MlpBlock_3/Dense_{n}/{leaf}" for n in (0, 1) for leaf in ("kernel", "bias")]
-    return keys
-
-
-def _all_keys(depth):
-    keys = ["embedding/kernel", "embedding/bias", "cls", "Transformer/posembed_input/pos_embedding",
-            "Transformer/encoder_norm/scale", "Transformer/encoder_norm/bias", "head/kernel", "head/bias"]
-    for i in range(depth):
-        keys += _block_keys(i)
-    return keys
 
 
 def load_jax_npz(path, gelu="exact", log=print):
@@ -61,49 +45,83 @@ def load_jax_npz(path, gelu="exact", log=print):
     models call, defaults to the tanh approximation.
     """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
-    refuse_nonfinite(path, a)
-    cfg = _config_of(a, path, gelu)
-    dropped = sorted(k for k in a if k.startswith("pre_logits/"))
+    layout = npz_layout(path)      # the arrays' shapes as declared: every check below runs before any is read
+    shapes = {k: shape for k, (shape, _) in layout.items()}
+    cfg = _config_of(shapes, path, gelu)
+    dropped = sorted(k for k in shapes if k.startswith("pre_logits/"))
     if dropped:
         log(f"{path}: dropped {', '.join(dropped)} (a pre-training head layer minivit's model does not have)")
-    unknown = sorted(set(a) - set(_all_keys(cfg.depth)) - set(dropped))
+    expected = _official_shapes(cfg)
+    unknown = sorted(set(shapes) - set(expected) - set(dropped))
     if unknown:
         raise CheckpointError(f"{path}: keys minivit cannot represent: {', '.join(unknown[:12])}"
                               + (f" and {len(unknown) - 12} more" if len(unknown) > 12 else ""))
-    missing = [k for k in _all_keys(cfg.depth) if k not in a]
+    missing = [k for k in expected if k not in shapes]
     if missing:
-        raise CheckpointError(f"{path}: missing {', '.join(missing[:12])}")
+        raise CheckpointError(f"{path}: missing {', '.join(missing[:12])}" + (f" and {len(missing) - 12} more"
+                                                                             if len(missing) > 12 else ""))
+    for k, shape in expected.items():
+        if shapes[k] != shape or layout[k][1].kind != "f":
+            raise CheckpointError(f"{path}: {k} is {layout[k][1]} of shape {shapes[k]}; the model the file describes "
+                                  f"needs floats of shape {shape}")
+    refuse_too_large(path, {k: layout[k] for k in expected})
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            a = {k: z[k] for k in expected}
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
+    refuse_nonfinite(path, a)
     p = _params_of(a, cfg)
-    for name, shape in param_shapes(cfg).items():
-        if p[name].shape != shape:
-            raise CheckpointError(f"{path}: {name} has shape {p[name].shape}, the inferred config expects {shape}")
     return {k: to_device(np.ascontiguousarray(p[k])) for k in param_shapes(cfg)}, cfg
 
 
-def _config_of(a, path, gelu):
-    """The ViTConfig an official .npz's arrays `a` describe, read off their shapes."""
-    for required in ("embedding/kernel", "Transformer/posembed_input/pos_embedding", "head/kernel"):
-        if required not in a:
+def _config_of(shapes, path, gelu):
+    """The ViTConfig an official .npz's arrays describe, read off their declared `shapes`."""
+    att, mlp = _BLOCK.format(0) + _ATT, _BLOCK.format(0) + "MlpBlock_3/Dense_0/kernel"
+    for required in ("embedding/kernel", "Transformer/posembed_input/pos_embedding", "head/kernel",
+                     att + "query/kernel", mlp):
+        if required not in shapes:
             raise CheckpointError(f"{path}: no {required!r}; not a ViT checkpoint in the official layout")
-    if "cls" not in a:
+    if "cls" not in shapes:
         raise CheckpointError(f"{path}: no 'cls' (class token): a model that pools without a class token cannot be "
                               "represented (minivit's pool='gap' keeps the class token)")
-    P, _, C, D = a["embedding/kernel"].shape
-    depth = len({m.group(1) for k in a for m in [re.match(r"Transformer/encoderblock_(\d+)/", k)] if m})
-    att = _BLOCK.format(0) + _ATT
-    heads = a[att + "query/kernel"].shape[1]
-    mlp_dim = a[_BLOCK.format(0) + "MlpBlock_3/Dense_0/kernel"].shape[1]
-    tokens = a["Transformer/posembed_input/pos_embedding"].shape[1]
+    for key, ndim in (("embedding/kernel", 4), ("Transformer/posembed_input/pos_embedding", 3), ("head/kernel", 2),
+                      (att + "query/kernel", 3), (mlp, 2)):
+        if len(shapes[key]) != ndim:
+            raise CheckpointError(f"{path}: {key} has shape {shapes[key]}; the official layout's has {ndim} axes")
+    P, _, C, D = shapes["embedding/kernel"]
+    depth = len({m.group(1) for k in shapes for m in [re.match(r"Transformer/encoderblock_(\d+)/", k)] if m})
+    heads = shapes[att + "query/kernel"][1]
+    mlp_dim = shapes[mlp][1]
+    tokens = shapes["Transformer/posembed_input/pos_embedding"][1]
     grid = int(round((tokens - 1) ** 0.5))
     if grid * grid != tokens - 1:
         raise CheckpointError(f"{path}: {tokens - 1} position rows besides the class token is not a square grid")
-    return ViTConfig(image_size=grid * P, patch_size=P, in_channels=C, num_classes=a["head/kernel"].shape[1],
-                     dim=D, depth=depth, heads=heads, mlp_dim=mlp_dim, gelu=gelu)
+    try:
+        return ViTConfig(image_size=grid * P, patch_size=P, in_channels=C, num_classes=shapes["head/kernel"][1],
+                         dim=D, depth=depth, heads=heads, mlp_dim=mlp_dim, gelu=gelu)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its shapes describe no ViT ({e})") from None
+
+
+def _official_shapes(cfg):
+    """Every key of the official layout with its shape, for the model `cfg` (the table at the top)."""
+    P, C, D, H, M, K = cfg.patch_size, cfg.in_channels, cfg.dim, cfg.heads, cfg.mlp_dim, cfg.num_classes
+    d = D // H
+    shapes = {"embedding/kernel": (P, P, C, D), "embedding/bias": (D,), "cls": (1, 1, D),
+              "Transformer/posembed_input/pos_embedding": (1, cfg.num_patches + 1, D),
+              "Transformer/encoder_norm/scale": (D,), "Transformer/encoder_norm/bias": (D,),
+              "head/kernel": (D, K), "head/bias": (K,)}
+    for i in range(cfg.depth):
+        b = _BLOCK.format(i)
+        for n in (0, 2):
+            shapes[b + f"LayerNorm_{n}/scale"] = shapes[b + f"LayerNorm_{n}/bias"] = (D,)
+        for part in ("query", "key", "value"):
+            shapes[b + _ATT + part + "/kernel"], shapes[b + _ATT + part + "/bias"] = (D, H, d), (H, d)
+        shapes[b + _ATT + "out/kernel"], shapes[b + _ATT + "out/bias"] = (H, d, D), (D,)
+        shapes[b + "MlpBlock_3/Dense_0/kernel"], shapes[b + "MlpBlock_3/Dense_0/bias"] = (D, M), (M,)
+        shapes[b + "MlpBlock_3/Dense_1/kernel"], shapes[b + "MlpBlock_3/Dense_1/bias"] = (M, D), (D,)
+    return shapes
 
 
 def _params_of(a, cfg):

@@ -22,28 +22,64 @@ from .timm import from_timm
 
 
 def _metadata_info(meta, config=None, preprocessor=None):
-    """Class names and normalisation, where the file records them."""
+    """Class names and normalisation, where the file records them (their types: check_loaded)."""
     info = {}
     if "classes" in meta:
-        info["classes"] = json.loads(meta["classes"])
+        info["classes"] = _json_field(meta, "classes")
     elif config and "id2label" in config:
+        labels = config["id2label"]
+        if not isinstance(labels, dict):
+            raise CheckpointError(f"config.json: id2label must map class numbers to names, got {type(labels).__name__}")
         try:
-            info["classes"] = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+            info["classes"] = [labels[str(i)] for i in range(len(labels))]
         except KeyError:
             raise CheckpointError("config.json: id2label does not number its classes 0 .. K-1") from None
-    if "mean" in meta:
-        info["mean"], info["std"] = json.loads(meta["mean"]), json.loads(meta["std"])
-    elif preprocessor and preprocessor.get("do_normalize", True) and "image_mean" in preprocessor:
-        info["mean"], info["std"] = preprocessor["image_mean"], preprocessor["image_std"]
+    if "mean" in meta or "std" in meta:
+        info.update({k: _json_field(meta, k) for k in ("mean", "std") if k in meta})
+    elif preprocessor and preprocessor.get("do_normalize", True) and ("image_mean" in preprocessor
+                                                                     or "image_std" in preprocessor):
+        info.update({k: preprocessor[f"image_{k}"] for k in ("mean", "std") if f"image_{k}" in preprocessor})
     return info
+
+
+def _json_field(meta, key):
+    """A metadata string that holds JSON (the class names, the mean, the std), parsed."""
+    try:
+        return json.loads(meta[key])
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"its metadata's {key!r} is not JSON") from None
+
+
+def _read_json(path, what):
+    """A JSON object from a small file beside the weights (config.json, preprocessor_config.json)."""
+    _regular(path)
+    if path.stat().st_size > 10_000_000:
+        raise CheckpointError(f"{path}: {path.stat().st_size:,} bytes, not a {what}")
+    try:
+        value = json.loads(path.read_bytes())
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deep to be a {what}") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: a {what} is a JSON object, this is a {type(value).__name__}")
+    return value
 
 
 def load_pretrained(path, heads=None, bfloat16=False, log=print, require=()):
     """(params, cfg, info) from any file minivit reads (_load_any), refused in one CheckpointError when a weight
     is NaN or infinite (each format's reader checks its arrays as it reads them), or the recorded
     normalisation or class names cannot be what the model needs."""
-    params, cfg, info = _load_any(path, heads, bfloat16, log, require)
-    check_loaded(path, cfg, info)
+    try:
+        params, cfg, info = _load_any(path, heads, bfloat16, log, require)
+        check_loaded(path, cfg, info)
+    except CheckpointError as e:   # every message names the file it is about
+        if str(path) in str(e):
+            raise
+        raise CheckpointError(f"{path}: {e}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError, OverflowError) as e:
+        # what no check above foresaw in a hostile file: still one line that names it (the cause stays chained)
+        raise CheckpointError(f"{path}: a malformed weights file ({type(e).__name__}: {e})") from e
     return params, cfg, info
 
 
@@ -53,10 +89,11 @@ def check_loaded(path, cfg, info):
     if ("mean" in info) != ("std" in info):
         raise CheckpointError(f"{path}: records a {'mean' if 'mean' in info else 'std'} without the other")
     if "mean" in info:
-        try:
-            mean, std = np.asarray(info["mean"], dtype=np.float64), np.asarray(info["std"], dtype=np.float64)
-        except (TypeError, ValueError):
-            raise CheckpointError(f"{path}: the normalisation's mean and std must be lists of numbers") from None
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+        if not all(isinstance(info[k], list) and all(number(v) for v in info[k]) for k in ("mean", "std")):
+            raise CheckpointError(f"{path}: the normalisation's mean and std must be lists of numbers, got "
+                                  f"{str(info['mean'])[:40]} and {str(info['std'])[:40]}")
+        mean, std = np.asarray(info["mean"], dtype=np.float64), np.asarray(info["std"], dtype=np.float64)
         C = cfg.in_channels
         if mean.shape != (C,) or std.shape != (C,):
             raise CheckpointError(f"{path}: the normalisation has mean {mean.shape} and std {std.shape}; the model "
@@ -95,7 +132,10 @@ def _load_any(path, heads=None, bfloat16=False, log=print, require=()):
             return _load_hf(path, path.parent / "config.json", bfloat16, (sd, meta))
         if not any(k.startswith("blocks.") for k in sd):
             raise CheckpointError(f"{path}: neither timm's ViT keys (blocks.0...) nor transformers' (vit.encoder...)")
-        cfg = timm_config(sd, meta, heads)
+        try:
+            cfg = timm_config(sd, meta, heads)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
         try:
             params = from_timm(sd, cfg)
         except (KeyError, ValueError) as e:
@@ -134,12 +174,12 @@ def _load_hf(weights, config_path, bfloat16, loaded=None):
         _regular(weights)
     sd, meta = loaded or read_safetensors(weights, bfloat16)
     sd = {("vit." + k if k.startswith(("embeddings.", "encoder.", "layernorm.")) else k): v for k, v in sd.items()}
-    config = json.loads(config_path.read_text())
+    config = _read_json(config_path, "transformers config")
     pre_path = config_path.parent / "preprocessor_config.json"
-    pre = json.loads(pre_path.read_text()) if pre_path.is_file() else None
+    pre = _read_json(pre_path, "preprocessor config") if pre_path.exists() else None
     params, cfg = from_hf(sd, config)
     info = _metadata_info(meta, config, pre)
-    if len(info.get("classes", [None] * cfg.num_classes)) != cfg.num_classes:
+    if isinstance(info.get("classes"), list) and len(info["classes"]) != cfg.num_classes:
         raise CheckpointError(f"config.json: id2label names {len(info['classes'])} classes, the classifier has "
                               f"{cfg.num_classes}")
     return params, cfg, info

@@ -3,6 +3,7 @@ arrays), read and written without torch, and timm's ViT layout in it: save_timm 
 as timm's state_dict with metadata {"format": "pt"}, timm_config reads a model's configuration off a
 timm file's shapes. The key tables are in docs/formats.md; io/timm.py maps the names."""
 import json
+import math
 import re
 import struct
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 
 from ..atomic_files import atomic_write
 from ..config import ViTConfig
-from .checkpoint import CheckpointError, refuse_nonfinite
+from .checkpoint import CheckpointError, refuse_depth_unlike_the_file, refuse_nonfinite
 from .timm import to_timm
 
 # The heads of the paper's and DeiT's models by width (timm's files do not record them): Ti, S, B, L, H.
@@ -28,20 +29,89 @@ def _safetensors():
     return safetensors.numpy
 
 
+# The safetensors format's own bound on the header (its Rust reader refuses more).
+HEADER_LIMIT = 100_000_000
+_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+
+
+def read_header(path):
+    """-> (tensors: {name: {dtype, shape, data_offsets}}, metadata: {str: str}, where the data starts), every
+    field checked against the format and the file's own length before anything is read or allocated: the
+    header's length, its JSON, each entry's types, its offsets inside the data and their size against its
+    shape. A file that fails is one CheckpointError naming the file and the entry."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: {size} bytes, too short for a .safetensors file")
+        n = struct.unpack("<Q", head)[0]
+        if n > min(size - 8, HEADER_LIMIT):
+            raise CheckpointError(f"{path}: not a .safetensors file: its header length field says {n:,} bytes, the file "
+                                  f"has {size - 8:,} after it (and the format allows {HEADER_LIMIT:,})")
+        text = f.read(n)
+    try:
+        header = json.loads(text)
+    except RecursionError:
+        raise CheckpointError(f"{path}: the .safetensors header is nested too deep to be one") from None
+    except ValueError as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{path}: the .safetensors header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the .safetensors header must be a JSON object, got {type(header).__name__}")
+    meta = header.pop("__metadata__", None) or {}
+    if not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise CheckpointError(f"{path}: the header's __metadata__ must map names to strings, got {_short(meta)}")
+    data = size - 8 - n
+    spans = []
+    for name, entry in header.items():
+        spans.append(_check_entry(path, name, entry, data))
+    spans.sort()
+    for (a, b, x), (c, _, y) in zip(spans, spans[1:]):
+        if c < b:
+            raise CheckpointError(f"{path}: tensors {x!r} and {y!r} overlap in the file's data")
+    return header, meta, 8 + n
+
+
+def _check_entry(path, name, entry, data):
+    """One header entry of a tensor: its dtype, shape and offsets, and their agreement. -> (start, end, name)."""
+    where = f"{path}: tensor {name!r}"
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{where}: its header entry must be an object, got {_short(entry)}")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise CheckpointError(f"{where}: dtype must be a name, got {_short(dtype)}")
+    if dtype not in _ITEMSIZE:
+        raise CheckpointError(f"{where} has dtype {dtype}; weights must be floating point (F16, BF16, F32, F64)")
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    if not (isinstance(shape, list) and all(whole(d) for d in shape)):
+        raise CheckpointError(f"{where}: shape must be a list of whole numbers, got {_short(shape)}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(whole(o) for o in offsets)
+            and offsets[0] <= offsets[1] <= data):
+        raise CheckpointError(f"{where}: data_offsets must be two whole numbers within the file's {data:,} data "
+                              f"bytes, got {_short(offsets)}")
+    need = math.prod(shape) * _ITEMSIZE[dtype]
+    if offsets[1] - offsets[0] != need:
+        raise CheckpointError(f"{where}: {dtype} of shape {shape} takes {need:,} bytes, its offsets span "
+                              f"{offsets[1] - offsets[0]:,}")
+    return offsets[0], offsets[1], name
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def read_safetensors(path, bfloat16=False):
-    """-> ({name: NumPy array}, metadata dict) of a .safetensors file.
+    """-> ({name: NumPy array}, metadata dict) of a .safetensors file, its header checked first (read_header).
 
     bfloat16 weights, which NumPy cannot hold, are refused unless `bfloat16=True`, which widens
     them to float32 (exactly: every bfloat16 is a float32 with 16 more zero bits)."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            n = struct.unpack("<Q", f.read(8))[0]
-            header = json.loads(f.read(n))
-    except (OSError, struct.error, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable .safetensors file ({e})") from None
-    meta = header.pop("__metadata__", None) or {}
-    bf16 = sorted(k for k, v in header.items() if v.get("dtype") == "BF16")
+        header, meta, start = read_header(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e})") from None
+    bf16 = sorted(k for k, v in header.items() if v["dtype"] == "BF16")
     if bf16 and not bfloat16:
         raise CheckpointError(f"{path}: {len(bf16)} bfloat16 tensors ({', '.join(bf16[:3])}, ...), which NumPy cannot "
                               "hold; ask for the conversion to float32 (load_pretrained(..., bfloat16=True), "
@@ -49,21 +119,19 @@ def read_safetensors(path, bfloat16=False):
     if not bf16:
         try:
             out = _safetensors().load_file(str(path))
-        except Exception as e:  # a truncated file, an unknown dtype
+        except Exception as e:  # what the header check cannot see
             raise CheckpointError(f"{path}: not a readable .safetensors file ({e})") from None
         refuse_nonfinite(path, out)
         return out, meta
-    raw = path.read_bytes()[8 + n:]
+    raw = path.read_bytes()[start:]
     out = {}
-    for k, v in header.items():
+    for k, v in header.items():   # every entry's dtype, shape and offsets agree (read_header)
         a, b = v["data_offsets"]
         if v["dtype"] == "BF16":
             bits = np.frombuffer(raw[a:b], dtype="<u2").astype(np.uint32) << 16
             out[k] = bits.view(np.float32).reshape(v["shape"])
-        elif v["dtype"] in _DTYPES:
-            out[k] = np.frombuffer(raw[a:b], dtype=np.dtype(_DTYPES[v["dtype"]]).newbyteorder("<")).reshape(v["shape"]).copy()
         else:
-            raise CheckpointError(f"{path}: {k!r} has dtype {v['dtype']}; weights must be floating point")
+            out[k] = np.frombuffer(raw[a:b], dtype=np.dtype(_DTYPES[v["dtype"]]).newbyteorder("<")).reshape(v["shape"]).copy()
     refuse_nonfinite(path, out)
     return out, meta
 
@@ -108,7 +176,18 @@ def timm_config(sd, meta, heads=None):
             raise CheckpointError(f"timm weights without {key!r}: minivit loads a VisionTransformer with a class "
                                   "token, a position table and a class head")
     if "minivit_config" in meta:
-        return ViTConfig.from_dict(json.loads(meta["minivit_config"]))
+        try:
+            cfg = ViTConfig.from_dict(json.loads(meta["minivit_config"]))
+        except RecursionError:
+            raise CheckpointError("its minivit_config metadata is nested too deep to be a config") from None
+        except ValueError as e:   # JSON that is not, and ConfigError
+            raise CheckpointError(f"its minivit_config metadata is not a model config ({e})") from None
+        refuse_depth_unlike_the_file("its minivit_config", cfg, sd, "blocks.")
+        return cfg
+    for key, ndim in (("patch_embed.proj.weight", 4), ("pos_embed", 3), ("head.weight", 2),
+                      ("blocks.0.mlp.fc1.weight", 2)):
+        if sd[key].ndim != ndim:
+            raise CheckpointError(f"timm weights: {key!r} has shape {sd[key].shape}; timm's has {ndim} axes")
     D, C, P, _ = sd["patch_embed.proj.weight"].shape
     tokens = sd["pos_embed"].shape[1]
     grid = int(round((tokens - 1) ** 0.5))

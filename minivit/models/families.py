@@ -29,7 +29,9 @@ def family_of(cfg):
 
 def config_from_dict(d):
     """A config from its to_dict(): a CNN's carries family 'cnn'; a ViT's has no family key."""
-    name = d.get("family", "vit") if isinstance(d, dict) else None
-    if name not in FAMILIES:
+    if not isinstance(d, dict):
+        raise ConfigError(f"a model config is a mapping of fields to values, got {type(d).__name__}")
+    name = d.get("family", "vit")
+    if not isinstance(name, str) or name not in FAMILIES:
         raise ConfigError(f"unknown model family {name!r}; expected one of {', '.join(FAMILIES)}")
     return FAMILIES[name].config.from_dict(d)

@@ -9,6 +9,7 @@ import numpy as np
 from .mallopt import keep_freed_memory
 from ..backend import backend_name, xp as backend_xp
 from ..data.transforms import normalize
+from ..machine import available_memory
 from ..models.families import family_of
 from ..models.objectives import objective_of
 from .random_streams import ImageStreams, step_stream
@@ -64,21 +65,6 @@ def step_memory(cfg, batch_size, threads=2):
     per_shard = images_per_shard(cfg, Engine.TRAIN_TOKENS_PER_SHARD)
     in_flight = batch_size if per_shard is None else min(batch_size, per_shard * threads)
     return 4 * in_flight * cfg.depth * (T * (10 * D + 3 * M) + 3 * H * T * T)
-
-
-def available_memory():
-    """Bytes of memory this machine can still give (Linux's MemAvailable), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def check_memory(cfg, batch_size, threads, data_bytes=0, what="this setting"):
