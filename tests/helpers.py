@@ -1,4 +1,6 @@
 """Test tools: the package's own gradient checker (minivit.tools.gradcheck), and what several test files share."""
+import importlib
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -56,3 +58,14 @@ def full_and_resumed(cfg, tcfg, data, folder):
     for k in full.params:
         np.testing.assert_array_equal(second.params[k], full.params[k])
     return full, second
+
+
+def needs(module, install):
+    """Import an optional dependency, or skip the test without it; in CI, which installs every extra
+    (.ci/run), fail instead."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail(f"{module} is missing; CI installs it (.ci/run): {install}")
+        pytest.skip(f"needs {module}: {install}")

@@ -23,6 +23,7 @@ import minivit as mv
 from minivit.data import DataError, load_dataset, read_image
 from minivit.io.run_folder import RunFolderBusy, RunLock, new_run_folder
 from datagen import image_folder_files, png_bytes, write_folder, write_zip
+from helpers import needs
 
 TRAIN = ["--preset", "test", "--batch-size", "8", "--no-progress"]
 
@@ -743,3 +744,55 @@ def test_non_finite_weights_in_an_official_npz_are_refused(tmp_path):
     path = mv.save_jax_npz(tmp_path / "vit.npz", params, cfg)
     with pytest.raises(mv.io.checkpoint.CheckpointError, match="head/kernel.*NaN or infinite"):
         load_pretrained(path)
+
+
+COMPILE_SPY = """
+import sys
+import json
+from numba.core import event
+import minivit.train.trainer as trainer
+compiles, clock = {"before": [], "after": []}, []
+start = trainer._EpochMeter.__init__
+def started(self, *a, **k):
+    clock.append(1)
+    start(self, *a, **k)
+trainer._EpochMeter.__init__ = started
+class Spy(event.Listener):
+    def on_start(self, ev):
+        compiles["after" if clock else "before"].append(ev.data["dispatcher"].py_func.__name__)
+    def on_end(self, ev):
+        pass
+event.register("numba:compile", Spy())
+from minivit.cli.commands import main
+code = main(sys.argv[1:])
+print("numba compiles:", json.dumps(compiles))
+sys.exit(code)
+"""
+
+
+def test_the_kernels_compile_before_the_training_clock_starts(tmp_path, toy):
+    """With a cold numba cache, every kernel a step and an evaluation call compiles in the warm-up, before the
+    first epoch's clock starts: a --time-budget run spends its budget training (numba's compile events, seen
+    by a listener in the training process)."""
+    needs("numba", "pip install minivit[fast]")
+    r = subprocess.run([sys.executable, "-c", COMPILE_SPY, "train", "--data", str(toy), "--out", str(tmp_path / "run"),
+                        "--epochs", "2", "--ema", "0.9", "--clip-norm", "1", *TRAIN], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")})
+    assert r.returncode == 0, r.stderr
+    compiled = json.loads(r.stdout.split("numba compiles: ", 1)[1])
+    assert len(compiled["before"]) >= 5 and compiled["after"] == [], compiled
+
+
+def test_without_a_writable_numba_cache_the_kernels_compile_in_memory(tmp_path, toy):
+    """numba looks for a writable cache folder when the kernels are defined and raises when it finds none (a
+    read-only install and home). Here numba is told to look in one place only (its own
+    NUMBA_CACHE_LOCATOR_CLASSES), NUMBA_CACHE_DIR, which cannot be made (it is under a file): training runs,
+    says so once, and writes no cache."""
+    needs("numba", "pip install minivit[fast]")
+    (tmp_path / "a-file").write_text("")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "a-file" / "numba"),
+           "NUMBA_CACHE_LOCATOR_CLASSES": "UserProvidedCacheLocator"}
+    r = run("train", "--data", str(toy), "--out", str(tmp_path / "run"), "--epochs", "1", *TRAIN, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("numba finds no writable folder for its cache") == 1, r.stderr
+    assert "Traceback" not in r.stderr and "done:" in r.stdout

@@ -17,11 +17,14 @@ How they are compiled (docs/cpu_kernels.md):
 - nogil: the trainer's threads run their shards of the batch at the same time (minivit/train/engine.py);
   the kernels themselves are serial loops, one core each.
 - cache: the machine code is kept on disk beside this file (or in numba's user cache when
-  that folder is read-only), so only the first call on a machine compiles.
+  that folder is read-only), so only the first call on a machine compiles. Where numba finds no
+  writable place at all (a read-only install and home), they compile in memory on every run
+  instead, and minivit says so once (_njit).
 - fastmath, but only reassociation, contraction, reciprocals and signed zeros: LLVM may then
   vectorise the row sums. No 'nnan' or 'ninf': a NaN must still reach the trainer's guard.
 """
 import math
+import sys
 from functools import lru_cache
 
 import numba
@@ -32,7 +35,27 @@ from numba.extending import intrinsic, overload
 from .blas import matmul
 from ..contract import GELU_TANH_C, SQRT_2_OVER_PI, AttentionCache
 
-JIT = dict(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz"})
+JIT = dict(nogil=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz"})
+_UNCACHED = []   # set once numba has found no writable cache folder
+
+
+def _njit(**options):
+    """numba.njit with its machine code cached on disk. numba looks for a writable folder (NUMBA_CACHE_DIR, this
+    package's __pycache__, the user's cache) when a kernel is decorated, and raises if it finds none; the
+    kernels then compile in memory on every run, which costs time on each start but nothing else."""
+    def wrap(fn):
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError as e:
+            if "cannot cache" not in str(e):
+                raise
+            if not _UNCACHED:
+                _UNCACHED.append(str(e))
+                print("minivit: numba finds no writable folder for its cache (this package's folder, the home cache "
+                      "and NUMBA_CACHE_DIR are read-only or missing); the CPU kernels compile in memory on each run. "
+                      "Set NUMBA_CACHE_DIR to a writable folder to keep them", file=sys.stderr)
+            return numba.njit(cache=False, **options)(fn)
+    return wrap
 
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -67,7 +90,7 @@ def _float64_from_bits(typingctx, bits):
     return types.float64(bits), codegen
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})   # no reassociation: the reduction's order matters
+@_njit(nogil=True, error_model="numpy", fastmath={"contract"})   # no reassociation: the reduction's order matters
 def vector_exp(x):
     if x < -708.0:                                # below, 2^n would leave the normal range; NaN passes
         x = -708.0
@@ -103,7 +126,7 @@ def _float32_from_bits(typingctx, bits):
     return types.float32(bits), codegen
 
 
-@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"contract"})
+@_njit(nogil=True, error_model="numpy", fastmath={"contract"})
 def vector_expf(x):
     if x < _LO_F:
         x = _LO_F
@@ -129,7 +152,7 @@ def _exp_of(x):
 
 # The largest of a row's n entries times `scale` (> 0). Compiled with 'nnan' as well, so that it runs on
 # vector lanes: a NaN in the row may then be missed here, but the exp pass after it turns it to NaN anyway.
-@numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz", "nnan", "ninf"})
+@_njit(nogil=True, error_model="numpy", fastmath={"reassoc", "contract", "arcp", "nsz", "nnan", "ninf"})
 def row_max(x, i, n, scale):
     top = scale * x[i, 0]
     for j in range(1, n):
@@ -162,7 +185,7 @@ def _output(out, *inputs, in_place=False):
 # ----------------------------------------------------------------------------------------------- LayerNorm
 
 # minivit.layers.norm.layernorm_forward: y = xhat w + b, xhat = (x - mean) rstd, rstd = 1 / sqrt(var + eps)
-@numba.njit(**JIT)
+@_njit(**JIT)
 def layernorm_forward_kernel(x, w, b, eps, y, xhat, rstd):
     rows, D = x.shape
     for i in range(rows):
@@ -194,7 +217,7 @@ def layernorm_forward(x, w, b, eps):
 
 # minivit.layers.norm.layernorm_backward: g = dy w, dx = rstd (g - mean(g) - xhat mean(g xhat)),
 # dw = sum over rows of dy xhat, db = sum over rows of dy
-@numba.njit(**JIT)
+@_njit(**JIT)
 def layernorm_backward_kernel(dy, xhat, rstd, w, dx, dw, db):
     rows, D = dy.shape
     dw_sum = np.zeros(D)                          # float64 column sums
@@ -241,7 +264,7 @@ _A1_F, _A2_F, _A3_F, _A4_F, _A5_F = (_F32(a) for a in (_A1, _A2, _A3, _A4, _A5))
 _ONE_F, _ZERO_F, _INV_SQRT_2PI_F = _F32(1.0), _F32(0.0), _F32(_INV_SQRT_2PI)
 
 
-@numba.njit(**JIT)
+@_njit(**JIT)
 def normal_cdf_as_f32(h):
     e = vector_expf(-_HALF_F * h * h)
     t = _ONE_F / (_ONE_F + _AS_PK_F * abs(h))
@@ -251,7 +274,7 @@ def normal_cdf_as_f32(h):
 
 # The loop over j is written twice, with the derivative (training) and without (inference): one loop
 # with the choice inside it is not vectorised (measured: 4 times slower without the derivative).
-@numba.njit(**JIT)
+@_njit(**JIT)
 def gelu_exact_kernel(x, b, y, dydx):
     rows, H = x.shape
     row = np.empty(H, y.dtype)                    # y's row, written after x's row is read: y may be x
@@ -272,7 +295,7 @@ def gelu_exact_kernel(x, b, y, dydx):
 
 
 # The same in float64, with libm's erf and exp (one call each per element: a float64 model is for checking)
-@numba.njit(**JIT)
+@_njit(**JIT)
 def gelu_exact_float64_kernel(x, b, y, dydx):
     rows, H = x.shape
     keep = dydx.shape[0] > 0
@@ -289,7 +312,7 @@ def gelu_exact_float64_kernel(x, b, y, dydx):
 # y' = (1 + tanh u)/2 + h/2 (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 h^2).
 # 1 + tanh u = 2 / (1 + e^-2u): no cancellation where tanh u is near -1, and 1 - tanh^2 u = (1 + t)(1 - t).
 # In x's precision: c holds (sqrt(2/pi), 0.044715, 1/2, 1, 2, 3) in x's dtype.
-@numba.njit(**JIT)
+@_njit(**JIT)
 def gelu_tanh_kernel(x, b, y, dydx, c):
     rows, H = x.shape
     k, g, half, one, two, three = c[0], c[1], c[2], c[3], c[4], c[5]
@@ -338,7 +361,7 @@ def gelu_forward(x, approximate, keep_cache=True, out=None, bias=None):
 # sum, the exponentials that vector_expf clamps to e^-87 (its argument clamped at -87) move a row of n
 # entries by less than n e^-27 of itself (4e-10 for vit-ti16's 197).
 # In x's precision: scale, shift and the floor come in x's dtype.
-@numba.njit(**JIT)
+@_njit(**JIT)
 def softmax_kernel(x, out, scale, shift, shared, floor):
     rows, n = x.shape
     row = np.empty(n, x.dtype)                    # the row's exponentials: out may be x
@@ -377,7 +400,7 @@ def softmax(x, out=None, scale=1.0):
 
 
 # scale * minivit.layers.attention.softmax_backward: ds = scale p (dp - rowsum(dp p)), per row
-@numba.njit(**JIT)
+@_njit(**JIT)
 def softmax_backward_kernel(dp, p, out, scale):
     rows, n = p.shape
     for i in range(rows):
@@ -510,7 +533,7 @@ def conv_windows_adjoint(cols, x_shape, kh, kw, stride=1, pad=0):
 
 # minivit.layers.loss.cross_entropy, integer labels: q = (1 - eps) onehot + eps / K,
 # loss_i = -sum_k q_k log softmax(z_i)_k, dlogits = (softmax(z) - q) / B
-@numba.njit(**JIT)
+@_njit(**JIT)
 def cross_entropy_kernel(logits, labels, eps, rowloss, dlogits):
     B, K = logits.shape
     for i in range(B):
@@ -546,7 +569,7 @@ def cross_entropy(logits, labels, label_smoothing):
 # p <- p (1 - lr wd) for decayed tensors; m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
 # p <- p - (lr / bc1) m / (sqrt(v / bc2) + eps).
 # The scalars come in the parameters' dtype, so a float32 step rounds (and overflows) as NumPy's does.
-@numba.njit(**JIT)
+@_njit(**JIT)
 def adamw_kernel(params, grads, decays, m, v, shrink, b1, one_minus_b1, b2, one_minus_b2, step, bc2, eps):
     start = 0
     for t in range(len(params)):

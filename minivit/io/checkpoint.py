@@ -70,7 +70,7 @@ def _meta_problems(meta, cfg, require):
     return problems
 
 
-def npz_layout(path):
+def npz_layout(path, what=".npz"):
     """{name: (shape, dtype)} of an .npz's arrays, read from each member's .npy header alone: nothing is
     decompressed or allocated, so what a file declares can be checked against what it should hold first
     (a 10 MB file may declare an 8 GiB array). Raises a CheckpointError for a file that is no .npz."""
@@ -88,7 +88,7 @@ def npz_layout(path):
                     shape, _, dtype = read(f, max_header_size=10_000)
                 layout[info.filename[:-4]] = (tuple(shape), dtype)
     except Exception as e:  # zipfile.BadZipFile, a bad magic or header, a compression method zipfile lacks
-        raise CheckpointError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None
     return layout
 
 
@@ -185,7 +185,7 @@ def load_checkpoint(path, cfg=None, require=(), family=None):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
-    layout = npz_layout(path)        # what the file declares: checked before any array is read
+    layout = npz_layout(path, "minivit checkpoint")   # what the file declares: checked before any array is read
     meta = _read_meta(path, layout)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}")

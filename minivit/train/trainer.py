@@ -21,9 +21,9 @@ from .optim import EMA, SGD, AdamW, budget_decay, clip_grad_norm, warmup_decay
 from .random_streams import describe as describe_streams, step_stream
 from .run_state import RUN_POSITION, check_images_fit, check_resumable, data_fingerprint, share_state
 from ..atomic_files import write_text_atomic
-from ..backend import backend_name, get_array_module
+from ..backend import backend_name, cpu_kernels, get_array_module
 from ..machine import machine
-from ..data.splits import Dataset, hold_out
+from ..data.splits import Dataset, Split, hold_out
 from ..data.transforms import channel_stats
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.run_folder import RunLock
@@ -172,6 +172,7 @@ class Trainer:
         handlers = _catch_signals(self._signals.append)
         try:
             with blas_single_thread(self.engine.threads, self.world.size):
+                self._warm_up()
                 while self.step < self.total_steps and not interrupted and not self._budget_spent():
                     self._run_epoch(interrupted)
         finally:
@@ -181,6 +182,32 @@ class Trainer:
                      "Continue with the same command and --resume")
             self.interrupted = interrupted[0]
         return self.history
+
+    def _warm_up(self):
+        """Compile the CPU kernels before the clock starts. numba compiles each kernel at its first call (tens of
+        seconds on a cold cache), which would count as training time: a --time-budget run would spend part of
+        its budget compiling. So: a forward and backward pass on two images of the first batch, an evaluation
+        pass, and the optimiser's step (with the clipping and the EMA) on stand-ins of one element per
+        parameter: the kernels compile for the types, not the sizes. Nothing of it is kept, and no random
+        draw moves (the streams are keyed by step and image: random_streams.py)."""
+        if backend_name() != "numpy" or cpu_kernels() is None or self._finished():
+            return
+        t0 = time.perf_counter()
+        epoch, index = divmod(self.step, self.steps_per_epoch)
+        x, y = self._batch(epoch, index)
+        x, y = x[:2], y[:2]
+        t = self.tcfg
+        small = resizing.model_at(self.resize, 0.0)
+        self.engine.loss_and_grads(self.params, resizing.resize(x, small), y, t.label_smoothing, t.seed, self.step,
+                                   cfg=small)
+        train = self.data.train
+        self._evaluate(self.params, Split(train.images[:2], train.labels[:2]))
+        stand_in = {k: np.zeros((1,) * v.ndim, v.dtype) for k, v in self.params.items()}
+        update(stand_in, {k: np.zeros_like(v) for k, v in stand_in.items()}, make_optimizer(t), t.clip_norm,
+               EMA(stand_in, t.ema) if t.ema else None)
+        seconds = time.perf_counter() - t0
+        if seconds > 2.0:
+            self.log(f"compiled the CPU kernels in {seconds:.0f} s, before the training clock started")
 
     def _run_epoch(self, interrupted):
         """The rest of the current epoch, a step per batch; then evaluate and commit it, or (when
