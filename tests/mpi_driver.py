@@ -4,7 +4,7 @@ dropout, drop path and PatchDropout on so that every random stream is drawn, in 
 checkpoint.
 
     python tests/mpi_driver.py OUT [--epochs E] [--threads T] [--batch-size B] [--float64] [--resume]
-                                   [--crash-after-first-epoch]
+                                   [--crash-after-first-epoch] [--rank-1-fails-to-start]
 """
 import argparse
 import os
@@ -18,6 +18,7 @@ from helpers import toy_dataset  # noqa: E402
 from minivit import ViTConfig, init_params  # noqa: E402
 from minivit.config import TrainConfig  # noqa: E402
 from minivit.train import Trainer  # noqa: E402
+from minivit.train.distributed import current_world  # noqa: E402
 
 
 class Crash(Exception):
@@ -37,6 +38,7 @@ def main():
     ap.add_argument("--float64", action="store_true")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--crash-after-first-epoch", action="store_true")
+    ap.add_argument("--rank-1-fails-to-start", action="store_true")
     a = ap.parse_args()
     cfg = ViTConfig.preset("test", dropout=0.1, drop_path=0.1, patch_dropout=0.25, num_classes=5)
     tcfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=3e-3, warmup_epochs=0.5, seed=5, threads=a.threads,
@@ -45,9 +47,10 @@ def main():
     init = init_params(cfg, seed=tcfg.seed)
     if a.float64:
         init = {k: v.astype("float64") for k, v in init.items()}
+    if a.rank_1_fails_to_start and current_world().rank == 1:   # Trainer() raises there, while rank 0 waits in a sum
+        tcfg = TrainConfig(**{**tcfg.__dict__, "val_split": 10_000})
     trainer = Trainer(cfg, tcfg, toy_dataset(n_train=36, n_test=14), a.out, resume=a.resume, progress=False,
                       plots=False, init=init, on_epoch_end=crash if a.crash_after_first_epoch else None)
-    trainer.world.guard_exceptions()
     trainer.fit()
     ev = trainer._evaluate(trainer.params, trainer.data.test)   # the test set's predictions, gathered on rank 0
     if trainer.world.is_root:

@@ -202,6 +202,12 @@ def test_a_rank_that_raises_ends_the_job_and_the_run_resumes_on_other_rank_count
         _assert_same_params(_params(tmp_path / "full"), _params(tmp_path / f"resumed{ranks}"), rtol=1e-10, atol=1e-12)
 
 
+def test_a_rank_that_fails_to_start_ends_the_job(mpiexec, tmp_path):
+    """Trainer() raises on rank 1 while rank 0 waits for it in its first collective: the job ends, naming it."""
+    r = _launch(mpiexec, 2, DRIVER + [str(tmp_path / "run"), "--rank-1-fails-to-start"], tmp_path, timeout=120)
+    assert r.returncode != 0 and "rank 1 of 2 failed" in r.stderr, r.stderr
+
+
 def test_ranks_without_rows_add_zeros(mpiexec, tmp_path):
     """Batches of 5 on 3 ranks give rows 1, 2, 2, and the epoch's last batch of 1 image (36 = 7 x 5 + 1)
     leaves two ranks with none: they add zeros to the sum, and the run is one process's."""

@@ -159,9 +159,10 @@ class World:
 
     def guard_exceptions(self):
         """An exception no one catches, on any rank, ends the whole job with one line naming the rank,
-        instead of leaving the other ranks waiting in their next Allreduce forever."""
-        if self.size == 1:
+        instead of leaving the other ranks waiting in their next Allreduce forever. Installed once per world."""
+        if self.size == 1 or getattr(self, "_guarded", False):
             return
+        self._guarded = True
         previous = sys.excepthook
 
         def hook(kind, value, tb):

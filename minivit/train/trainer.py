@@ -62,6 +62,7 @@ class Trainer:
         ones mpiexec started, or this process alone. Only rank 0 reads or writes the run folder."""
         self.cfg, self.tcfg = cfg, tcfg
         self.world = world or current_world()
+        self.world.guard_exceptions()   # a rank that fails, here or later, ends the job instead of hanging it
         if not self.world.is_root:   # one writer: the other ranks say nothing and draw nothing
             log, progress, on_epoch_end, plots = (lambda *a, **k: None), False, None, False
         self.engine = Engine(cfg, tcfg.threads)   # the shards and threads of a step, and the objective, chosen once
