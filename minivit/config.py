@@ -256,6 +256,8 @@ class TrainConfig:
     randaugment_magnitude: float = setting(9.0, "RandAugment's magnitude, 0..10")
     random_erasing: float = setting(0.0, "random erasing: each image gets a random box set to its mean colour "
                                     "with probability P")
+    recipe: str = setting("", "the named recipe (RECIPES) these settings started from, recorded with the run; "
+                          "'' = none")
     resize_schedule: str = setting("", "progressive resizing: 'R:P,...' trains on R-pixel images until progress P "
                                    "(0..1: of the steps, or of --time-budget), then on the next size, and at full size "
                                    "after the last, e.g. '16:0.3,24:0.6'; the learned position table is resampled to "
@@ -276,6 +278,8 @@ class TrainConfig:
                for name, rule in ranges.items() if (problem := _out_of_range(getattr(self, name), *rule))]
         if self.schedule not in SCHEDULES:
             bad.append(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.recipe and self.recipe not in RECIPES:
+            bad.append(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.optimizer not in OPTIMIZERS:
             bad.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         try:
@@ -284,6 +288,29 @@ class TrainConfig:
             bad.append(str(e))
         if bad:
             raise ValueError("invalid training setting: " + "; ".join(bad))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole training setup under one name (`minivit train --recipe NAME`): the model preset and the
+    flags it changes, and the training settings. Flags given beside --recipe override single settings."""
+    summary: str     # its line in `minivit train --help`
+    preset: str
+    model: dict      # ViTConfig fields changed from the preset
+    train: dict      # TrainConfig fields changed from train's defaults
+
+
+# The fifth hour of docs/results.md ("The hour"), the CIFAR-10 recipe its figures come from: chosen on 5,000
+# held-out training images, which every run of it holds out again; the test set is read once, at the end.
+_HOUR_MODEL = dict(attn_init="mimetic", layer_scale=0.1, drop_path=0.1, patch_dropout=0.25)
+_HOUR_TRAIN = dict(batch_size=256, lr=3e-3, warmup_epochs=2.0, weight_decay=0.05, label_smoothing=0.1,
+                   schedule="linear", resize_schedule="16:0.25,24:0.5", time_budget=60.0, val_split=5000)
+
+RECIPES = {
+    "hour": Recipe("CIFAR-10 in 60 minutes of training (docs/results.md, 'The hour')",
+                   "cifar-tiny", _HOUR_MODEL, _HOUR_TRAIN),
+    "half-hour": Recipe("the hour's recipe on a 30-minute budget (docs/results.md, 'Half an hour')", "cifar-tiny", _HOUR_MODEL, {**_HOUR_TRAIN, "time_budget": 30.0}),
+}
 
 
 def stage_at(stages, progress):

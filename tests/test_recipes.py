@@ -23,3 +23,74 @@ def test_recipe_builds_valid_configs(name):
     for key, value in {**recipe_sweep.BASE, **train_kw}.items():
         assert getattr(tcfg, key) == value
 
+
+
+# ---------------------------------------------------------------- `minivit train --recipe NAME`
+
+import json  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import subprocess  # noqa: E402
+from dataclasses import asdict, replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from minivit.cli.parser import _parser, model_choice, train_config  # noqa: E402
+from minivit.config import RECIPES  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _documented_hour():
+    """The hour's command as docs/results.md prints it under 'The hour', parsed by the CLI's own parser."""
+    text = (ROOT / "docs" / "results.md").read_text()
+    block = re.search(r"\*\*The hour\.\*\*.*?```bash\n(.*?)```", text, re.S).group(1)
+    argv = shlex.split(block.replace("\\\n", " "))
+    return argv[argv.index("train"):]
+
+
+def test_the_hour_recipe_is_the_documented_command():
+    """--recipe hour sets what the 20-flag command of docs/results.md sets, but the run's own choices: where the
+    data is and the run goes, the seed, and the threads (one per rank under its mpiexec -n 2)."""
+    documented = _parser().parse_args(_documented_hour())
+    recipe = _parser().parse_args(["train", "--data", documented.data, "--recipe", "hour"])
+    assert model_choice(recipe) == model_choice(documented)
+    assert asdict(train_config(recipe)) == {**asdict(train_config(documented)), "recipe": "hour", "threads": 2}
+
+
+def test_flags_beside_a_recipe_override_single_settings():
+    a = _parser().parse_args(["train", "--recipe", "hour", "--lr", "1e-3", "--batch-size", "128", "--no-augment",
+                              "--preset", "cifar-small", "--drop-path", "0.2"])
+    hour = RECIPES["hour"]
+    expected = replace(TrainConfig(**hour.train, recipe="hour"), lr=1e-3, batch_size=128, augment=False)
+    assert train_config(a) == expected       # 1e-3 and 128 are train's own defaults: given, they still win
+    assert model_choice(a) == ("cifar-small", {**hour.model, "drop_path": 0.2})
+    assert train_config(_parser().parse_args(["train", "--recipe", "half-hour"])).time_budget == 30
+
+
+def test_under_mpiexec_a_recipe_runs_one_thread_per_rank(monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    assert train_config(_parser().parse_args(["train", "--recipe", "hour"])).threads == 1
+    assert train_config(_parser().parse_args(["train", "--recipe", "hour", "--threads", "2"])).threads == 2
+
+
+def test_help_lists_every_recipe_on_one_line():
+    text = subprocess.run([sys.executable, "-m", "minivit", "train", "--help"], capture_output=True, text=True).stdout
+    for name, recipe in RECIPES.items():
+        assert f"  {name}" in text and recipe.summary in text
+
+
+def test_the_recipe_is_recorded_in_the_checkpoint_and_config_json(tmp_path):
+    from datagen import image_folder_files, write_folder
+    from minivit.io.checkpoint import load_checkpoint
+    data = write_folder(tmp_path / "data", image_folder_files(classes=tuple("abcde"), size=8, per_class=(6, 2)))
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "minivit", "train", "--data", str(data), "--recipe", "hour", "--preset",
+                        "test", "--val-split", "5", "--time-budget", "0.01", "--batch-size", "8", "--resize-schedule",
+                        "", "--no-progress", "--out", str(out)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "MINIVIT_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    assert "recipe: hour; model: test, attn_init=mimetic" in r.stdout
+    meta = load_checkpoint(out / "checkpoint.npz")[3]
+    assert meta["train_config"]["recipe"] == "hour" and meta["train_config"]["lr"] == RECIPES["hour"].train["lr"]
+    assert json.loads((out / "config.json").read_text())["train"]["recipe"] == "hour"
+    assert load_checkpoint(out / "checkpoint.npz")[1].layer_scale == RECIPES["hour"].model["layer_scale"]

@@ -22,7 +22,7 @@ from ..models.objectives import OBJECTIVES
 from ..train.trainer import TrainingDiverged
 from ..train.engine import check_memory
 from ..train.distributed import DistributedError, current_world
-from .parser import MODEL_FLAGS, _parser, train_config
+from .parser import MODEL_FLAGS, _parser, model_choice, train_config
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]   # the installed minivit/ folder
 
@@ -76,13 +76,14 @@ def cmd_pretrain(a):
 
 def _train(a, out, head, tcfg):
     from ..train.trainer import Trainer
-    overrides = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
+    preset, overrides = model_choice(a)   # the recipe's, then the user's flags
     OBJECTIVES[head].check_settings(tcfg, overrides)   # before any data loads (models/objectives.py)
     data = _load_data(a.data)
-    cfg = ViTConfig.preset(a.preset, **{"num_classes": len(data.classes), **overrides, "head": head})
+    cfg = ViTConfig.preset(preset, **{"num_classes": len(data.classes), **overrides, "head": head})
     changed = "".join(f", {k}={v}" for k, v in overrides.items())
+    recipe = f"recipe: {tcfg.recipe}; " if tcfg.recipe else ""
     print(f"data: {a.data} ({len(data.train.labels)} train, {len(data.test.labels)} test, {len(data.classes)} classes); "
-          f"model: {a.preset}{changed}; output: {out}")
+          f"{recipe}model: {preset}{changed}; output: {out}")
     trainer = Trainer(cfg, tcfg, data, out, resume=a.resume, progress=_progress(a), data_spec=a.data)
     from ..models.vit import count_params
     length = (f"{tcfg.time_budget:g} minutes of training" if tcfg.time_budget else f"{trainer.total_steps} steps")

@@ -8,13 +8,16 @@ import argparse
 from dataclasses import fields
 
 from ..backend import BACKENDS
-from ..config import POOLS, PRESETS, TrainConfig, ViTConfig
+from dataclasses import asdict
+
+from ..config import POOLS, PRESETS, RECIPES, TrainConfig, ViTConfig
 
 # The model flags: ViTConfig's fields made with setting(). Unset, they keep the preset's value.
 MODEL_FLAGS = {f.name: f for f in fields(ViTConfig) if f.metadata}
 # What the model flags default to where it is not the preset's value.
 MODEL_FLAG_DEFAULTS = {"num_classes": "the number of classes in --data"}
-TRAIN_FLAGS = {f.name: f for f in fields(TrainConfig)}
+# The training flags: TrainConfig's fields, but the recipe, which `train --recipe` sets as a whole (RECIPES).
+TRAIN_FLAGS = {f.name: f for f in fields(TrainConfig) if f.name != "recipe"}
 # `finetune`'s own defaults (paper 3.2 and B.1.1): SGD with momentum 0.9, no weight decay, a short warmup,
 # cosine decay to 0, clipping at 1, no label smoothing; the paper sweeps the learning rate over 0.001-0.03.
 FINETUNE_DEFAULTS = TrainConfig(epochs=5, lr=0.01, min_lr=0.0, warmup_epochs=0.5, weight_decay=0.0,
@@ -42,23 +45,41 @@ def _type(f):
 
 
 def _add_train_flags(parser, defaults):
-    """One flag per TrainConfig field, with `defaults`' values (train's, pretrain's or finetune's)."""
+    """One flag per TrainConfig field, its help naming `defaults`' value (train's, pretrain's or finetune's).
+    A flag not given parses as None, so a recipe's setting and the user's own can be told apart (train_config)."""
     group = parser.add_argument_group("training")
+    parser.set_defaults(train_defaults=defaults)
     for name, f in TRAIN_FLAGS.items():
         value = getattr(defaults, name)
         if f.type in (bool, "bool"):  # on by default: the flag turns it off
-            group.add_argument(_flag(f), dest=name, action="store_false", default=value,
+            group.add_argument(_flag(f), dest=name, action="store_false", default=None,
                                help=f"turn off: {f.metadata['help']}")
             continue
         metavar = None if f.metadata["choices"] else _flag(f)[2:].replace("-", "_").upper()
-        group.add_argument(_flag(f), dest=name, type=_type(f), default=value, choices=f.metadata["choices"],
+        group.add_argument(_flag(f), dest=name, type=_type(f), default=None, choices=f.metadata["choices"],
                            metavar=metavar, help=f"{f.metadata['help']} (default: {value:g})" if isinstance(value, float)
                            else f"{f.metadata['help']} (default: {value if value != '' else 'off'})")
 
 
 def train_config(a):
-    """The TrainConfig the parsed arguments `a` describe."""
-    return TrainConfig(**{name: getattr(a, name) for name in TRAIN_FLAGS})
+    """The TrainConfig the parsed arguments `a` describe: the command's defaults, then the recipe's settings
+    (--recipe), then every flag the user gave. Under mpiexec a recipe runs one thread per rank."""
+    settings = asdict(a.train_defaults)
+    recipe = getattr(a, "recipe", None)
+    if recipe:
+        from ..train.distributed import launched_size
+        settings.update(RECIPES[recipe].train, recipe=recipe,
+                        threads=1 if launched_size() > 1 else settings["threads"])
+    settings.update({name: getattr(a, name) for name in TRAIN_FLAGS if getattr(a, name) is not None})
+    return TrainConfig(**settings)
+
+
+def model_choice(a):
+    """(preset, ViTConfig overrides) of `train`'s and `pretrain`'s arguments: the recipe's (--recipe), then the
+    --preset and model flags the user gave."""
+    recipe = RECIPES.get(getattr(a, "recipe", None) or "")
+    given = {k: getattr(a, k) for k in MODEL_FLAGS if getattr(a, k) is not None}
+    return a.preset or (recipe.preset if recipe else "cifar-tiny"), {**(recipe.model if recipe else {}), **given}
 
 
 def _add_backend_flag(parser):
@@ -79,11 +100,22 @@ DATA_HELP = ("'subset' (shipped, offline), 'cifar10' (official archive, download
              "cifar-10-python.tar.gz / an image folder or its .tar.gz/.zip")
 
 
-def _add_training_command(sub, name, text, defaults):
-    """`train` and `pretrain`: data, preset, model flags, training flags, run flags."""
-    t = sub.add_parser(name, help=text, description=text)
+def _add_training_command(sub, name, text, defaults, recipes=False):
+    """`train` and `pretrain`: data, preset (and for train, the recipes), model flags, training flags, run flags."""
+    epilog = None
+    if recipes:
+        width = max(map(len, RECIPES))
+        epilog = "recipes (--recipe NAME; flags given beside it override single settings):\n" + "\n".join(
+            f"  {k:<{width}}  {r.summary}" for k, r in RECIPES.items())
+    t = sub.add_parser(name, help=text, description=text, epilog=epilog,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--data", default="subset", help=f"{DATA_HELP} (default: subset)")
-    t.add_argument("--preset", default="cifar-tiny", help=f"model preset: {', '.join(PRESETS)} (default: cifar-tiny)")
+    if recipes:
+        t.add_argument("--recipe", choices=list(RECIPES), default=None,
+                       help="a whole training setup by name, listed below; recorded in the checkpoint and config.json "
+                            "(default: none)")
+    t.add_argument("--preset", default=None, help=f"model preset: {', '.join(PRESETS)} (default: the recipe's, "
+                   "else cifar-tiny)" if recipes else f"model preset: {', '.join(PRESETS)} (default: cifar-tiny)")
     _add_model_flags(t)
     _add_train_flags(t, defaults)
     _add_run_flags(t, "training")
@@ -189,7 +221,7 @@ def _parser():
     sub = p.add_subparsers(dest="command", required=True)
 
     _add_training_command(sub, "train", "train a ViT (default: the shipped CIFAR-10 subset, a few minutes on a CPU)",
-                          TrainConfig())
+                          TrainConfig(), recipes=True)
     _add_training_command(sub, "pretrain", "self-supervised pre-training by masked patch prediction (paper B.1.2): "
                           "the labels are not used", TrainConfig(label_smoothing=0.0))
     _add_evaluate(sub)
