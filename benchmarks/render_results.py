@@ -174,8 +174,9 @@ def images_seen(rows, train_images):
     return rows[-1]["step"] * batch
 
 
-def hour_table(metrics, config, train_images=45000):
-    """The facts of a --time-budget run: its metrics.jsonl and the config.json of the run it followed."""
+def hour_table(metrics, config, train_images=45000, window=(43, 47)):
+    """The facts of a --time-budget run: its metrics.jsonl and the config.json of the run it followed; `window`:
+    the minutes whose validation readings are listed (None: no such row)."""
     rows, cfg = load(metrics), load(config)
     stages = resize_stages(cfg["train"]["resize_schedule"]) + [(cfg["model"]["image_size"], 1.0)]
     last = rows[-1]
@@ -190,8 +191,9 @@ def hour_table(metrics, config, train_images=45000):
         ("validation, mean (sd) over the last 10 minutes", f"{pct(statistics.mean(tail))} ({100 * statistics.stdev(tail):.2f})"),
         ("best validation reading", f"{pct(best['val_acc'])} at {best['elapsed_s'] / 60:.1f} min (epoch {best['epoch']})"),
         ("validation 70% / 75% / 80% first reached (min)", reach),
-        ("validation readings from 43 to 47 minutes", ", ".join(pct(r["val_acc"]) for r in rows
-                                                                if 43 * 60 <= r["elapsed_s"] <= 47 * 60)),
+        *([(f"validation readings from {window[0]} to {window[1]} minutes",
+            ", ".join(pct(r["val_acc"]) for r in rows if window[0] * 60 <= r["elapsed_s"] <= window[1] * 60))]
+          if window else []),
         ("images/s, median per stage", " / ".join(f"{num(v)} at {s} px" for s, v in stage_medians(rows, stages, budget))),
         ("training time, epochs, images seen", f"{budget / 60:.1f} min, {last['epoch']} epochs, about "
                                                f"{images_seen(rows, train_images) / 1e6:.1f} million images"),
@@ -218,6 +220,123 @@ def hour_peer():
     lines += [f"| {k} | {ours[k]} | {theirs[k]} |" for k in ours]
     lines.append(f"| machine | {m_ours} | {m_theirs} |")
     return "\n".join(lines)
+
+
+def half_hour():
+    """`--recipe half-hour`'s run: its facts, and where the fifth hour's run stood at the same minute."""
+    facts = hour_table("cifar10_half_hour_metrics.jsonl", "cifar10_half_hour_config.json", window=None)
+    m = machine(load("cifar10_half_hour_config.json")["machine"])
+    hour = load("cifar10_hour_mpi_metrics.jsonl")
+    at = max((r for r in hour if r["elapsed_s"] <= 30 * 60), key=lambda r: r["elapsed_s"])
+    lines = ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in facts]
+    lines.append(f"| machine | {m} |")
+    lines.append("| raw files | [`cifar10_half_hour_metrics.jsonl`](../benchmarks/results/cifar10_half_hour_metrics.jsonl), "
+                 "[`cifar10_half_hour_config.json`](../benchmarks/results/cifar10_half_hour_config.json) |")
+    lines.append("")
+    other = load("cifar10_hour_mpi_config.json")["machine"]
+    lines.append(f"For comparison, the fifth hour's run (above; another machine: {other['cpu']}, "
+                 f"{' '.join(other.get('isa', []))}) read {pct(at['val_acc'])} on validation after {at['elapsed_s'] / 60:.1f} minutes "
+                 f"of training, its learning rate then {at['lr']:.2g}, still on its way down to the deadline at 60.")
+    return "\n".join(lines)
+
+
+def half_hour_tta():
+    """benchmarks/tta_eval.py on the half-hour run's checkpoint: validation accuracy per test-time augmentation."""
+    raw = load("cifar10_half_hour_tta.json")
+    base = raw["readings"][0]["val_acc"]
+    lines = ["| --tta | validation accuracy | change | seconds for the validation images |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['tta']} | {pct(r['val_acc'])} | {100 * (r['val_acc'] - base):+.2f} points | {r['seconds']:.1f} |"
+              for r in raw["readings"]]
+    se = binomial_se(base, raw["val_images"])
+    lines.append("")
+    lines.append(f"{raw['val_images']:,} validation images (the standard error of one accuracy on them is about "
+                 f"{100 * se:.2f} points; the readings are of the same images and weights, so their differences are paired "
+                 "and vary less than that); "
+                 f"{machine(raw['machine'])}; raw file `cifar10_half_hour_tta.json`.")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the first four hours (epochs, not a budget)
+
+# These runs' metrics predate the machine record in raw files; the page's "The machines" names their CPU.
+FIRST_HOURS_MACHINE = "machine: the AMD EPYC (AVX2) of the first four hours, 2 cores (its files predate machine records)"
+FIRST_HOURS = {1: "notebooks/assets/vit-cifar10-tiny.npz", 2: "cifar10_tiny_hour_metrics.jsonl",
+               3: "cifar10_dim96_hour_metrics.jsonl", 4: "cifar10_b128_hour_metrics.jsonl"}
+
+
+def epoch_rows(source):
+    """One row per epoch: a metrics.jsonl of benchmarks/results/, or the history a checkpoint keeps."""
+    if source.endswith(".npz"):
+        import numpy as np
+        with np.load(ROOT / source) as z:
+            return json.loads(str(z["meta"]))["history"]
+    return load(source)
+
+
+def attempt_facts(n):
+    """The facts table of the n-th hour: test accuracy, training time, images/s, training accuracy."""
+    rows = epoch_rows(FIRST_HOURS[n])
+    last, best = rows[-1], max(rows, key=lambda r: r["test_acc"])
+    best_text = ("the best epoch was the last" if best is last
+                 else f"best epoch {pct(best['test_acc'])}, epoch {best['epoch']}")
+    ema = f"; the EMA of the weights {pct(last['ema_test_acc'])}" if "ema_test_acc" in last else ""
+    speeds = [r["images_per_s"] for r in rows]
+    facts = [("**test accuracy**", f"**{pct(last['test_acc'])}** after {last['epoch']} epochs ({best_text}){ema}"),
+             ("training time", f"{num(last['elapsed_s'])} s = {last['elapsed_s'] / 60:.1f} min inside the training loop"),
+             ("throughput", f"{num(statistics.median(speeds))} images/s median over the epochs ({num(min(speeds))} to "
+                            f"{num(max(speeds))})"),
+             ("training accuracy, last epoch", f"{pct(last['train_acc'], 1)} (augmented images)")]
+    lines = ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in facts]
+    return "\n".join(lines + ["", f"{FIRST_HOURS_MACHINE}; raw: `{FIRST_HOURS[n]}`."])
+
+
+def attempt_reach(n):
+    """Epoch and minutes of training at which the n-th hour's test accuracy first reached each level."""
+    rows = epoch_rows(FIRST_HOURS[n])
+    levels = (0.50, 0.60, 0.70, 0.75, 0.78, 0.80)
+    first = [next((r for r in rows if r["test_acc"] >= x), None) for x in levels]
+    lines = ["| test accuracy | " + " | ".join(f"{100 * x:.0f}%" for x in levels) + " |",
+             "| --- |" + " --- |" * len(levels),
+             "| epoch | " + " | ".join(str(r["epoch"]) if r else "not reached" for r in first) + " |",
+             "| minutes of training | " + " | ".join(f"{r['elapsed_s'] / 60:.1f}" if r else "–" for r in first) + " |"]
+    return "\n".join(lines + ["", f"{FIRST_HOURS_MACHINE}; raw: `{FIRST_HOURS[n]}`."])
+
+
+def at_minutes(rows, minutes):
+    """The test accuracy of the last epoch finished by `minutes` of training."""
+    done = [r for r in rows if r["elapsed_s"] <= minutes * 60]
+    return pct(done[-1]["test_acc"], 1) if done else "–"
+
+
+def attempts_2_and_4():
+    minutes = (5, 10, 20, 30, 40, 50)
+    lines = ["| minutes | " + " | ".join(map(str, minutes)) + " |", "| --- |" + " --- |" * len(minutes)]
+    for label, n in (("batch 256 (second attempt)", 2), ("batch 128 (fourth)", 4)):
+        rows = epoch_rows(FIRST_HOURS[n])
+        lines.append(f"| {label} | " + " | ".join(at_minutes(rows, m) for m in minutes) + " |")
+    return "\n".join(lines + ["", f"{FIRST_HOURS_MACHINE}; raw: `{FIRST_HOURS[2]}`, `{FIRST_HOURS[4]}`."])
+
+
+def peer_second():
+    """The second attempt and its PyTorch peer, side by side."""
+    sides = [epoch_rows(FIRST_HOURS[2]), load("torch_tiny_hour_metrics.jsonl")]
+
+    def reach(rows, x):
+        r = next((r for r in rows if r["test_acc"] >= x), None)
+        return f"{r['elapsed_s'] / 60:.1f}" if r else "never"
+
+    def speed(rows):
+        v = [r["images_per_s"] for r in rows]
+        return f"{num(statistics.median(v))} ({num(min(v))}–{num(max(v))})"
+    facts = [(f"test accuracy after {sides[0][-1]['epoch']} epochs", lambda r: f"**{pct(r[-1]['test_acc'])}**"),
+             ("training accuracy, last epoch", lambda r: pct(r[-1]["train_acc"])),
+             ("time in the training loop", lambda r: f"{num(r[-1]['elapsed_s'])} s ({r[-1]['elapsed_s'] / 60:.1f} min)"),
+             ("images/s, median over epochs (range)", speed),
+             ("minutes to 70% / 75% test accuracy", lambda r: f"{reach(r, 0.70)} / {reach(r, 0.75)}")]
+    lines = ["| | minivit (NumPy, hand-written backward) | PyTorch 2.13 (autograd) |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {f(sides[0])} | {f(sides[1])} |" for k, f in facts]
+    return "\n".join(lines + ["", f"{FIRST_HOURS_MACHINE}; raw: `cifar10_tiny_hour_metrics.jsonl`, "
+                                   "`torch_tiny_hour_metrics.jsonl`."])
 
 
 # ---------------------------------------------------------------- recipe sweeps (recipe_sweep.py)
@@ -366,7 +485,11 @@ BLOCKS = {"headlines": headlines, "readme-results": readme_results, "mpi-scaling
           "mpi-scaling-kernels": mpi_scaling_kernels, "cpu-step-variants": cpu_step_variants,
           "cpu-step-final": cpu_step_final, "install-size": install_size, "readme-install": readme_install,
           "mkl-vs-openblas": mkl_vs_openblas,
-          "hour-fifth": hour_fifth, "hour-peer": hour_peer, "restructure": restructure, "sweep-budget": sweep_budget}
+          "hour-fifth": hour_fifth, "hour-peer": hour_peer, "restructure": restructure, "sweep-budget": sweep_budget,
+          "half-hour": half_hour, "half-hour-tta": half_hour_tta, "attempts-2-and-4": attempts_2_and_4,
+          "peer-second": peer_second,
+          **{f"attempt-{n}": (lambda n=n: attempt_facts(n)) for n in FIRST_HOURS},
+          **{f"attempt-{n}-reach": (lambda n=n: attempt_reach(n)) for n in FIRST_HOURS}}
 
 
 # ---------------------------------------------------------------- pages

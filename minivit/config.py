@@ -15,6 +15,7 @@ POOLS = ("token", "gap")
 GELUS = ("exact", "tanh")
 ATTN_INITS = ("xavier", "mimetic")
 OPTIMIZERS = ("adamw", "sgd")
+TTAS = ("", "flip", "flip-shift")   # test-time augmentation of an evaluation (minivit/data/transforms.py: tta_views)
 SCHEDULES = ("cosine", "linear")   # the learning rate's decay after warmup (minivit/train/optim.py: DECAYS)
 
 
@@ -256,6 +257,9 @@ class TrainConfig:
     randaugment_magnitude: float = setting(9.0, "RandAugment's magnitude, 0..10")
     random_erasing: float = setting(0.0, "random erasing: each image gets a random box set to its mean colour "
                                     "with probability P")
+    tta: str = setting("", "test-time augmentation of every evaluation (validation and test): the logits of views "
+                       "averaged; flip: the image and its mirror; flip-shift: those, and the mirror pairs of the image "
+                       "moved one pixel down-right and up-left; '' = off", TTAS)
     recipe: str = setting("", "the named recipe (RECIPES) these settings started from, recorded with the run; "
                           "'' = none")
     resize_schedule: str = setting("", "progressive resizing: 'R:P,...' trains on R-pixel images until progress P "
@@ -280,6 +284,9 @@ class TrainConfig:
             bad.append(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.recipe and self.recipe not in RECIPES:
             bad.append(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.tta not in TTAS:
+            allowed = ", ".join(t or "'' (off)" for t in TTAS)
+            bad.append(f"--tta must be one of {allowed}, got {self.tta!r}")
         if self.optimizer not in OPTIMIZERS:
             bad.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         try:

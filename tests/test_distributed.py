@@ -326,10 +326,12 @@ def test_a_batch_smaller_than_the_ranks_trains_and_profile_says_why_it_cannot(mp
 
 
 def _slow_folder(tmp_path):
-    """6,000 images of 128 x 128 pixels: a few seconds to decode, long enough to be interrupted in."""
+    """6,000 images of 128 x 128 pixels: a few seconds to decode, long enough to be interrupted in. Smooth
+    gradients, so the files are small; decoding costs by the pixel all the same."""
     from datagen import png_bytes
-    rng = np.random.default_rng(0)
-    pngs = [png_bytes(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)) for _ in range(20)]
+    ramp = np.add.outer(np.arange(128), np.arange(128))
+    pngs = [png_bytes(np.stack([(ramp + 7 * k + c) % 256 for c in range(3)], axis=-1).astype(np.uint8))
+            for k in range(20)]
     for split, n in (("train", 3000), ("test", 5)):
         for c in "ab":
             d = tmp_path / "slow" / split / c
@@ -361,9 +363,9 @@ def test_a_signal_while_the_data_loads_ends_the_job_within_seconds(mpiexec, tmp_
                           "--out", str(out), *TOY_TRAIN], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=_env(tmp_path))
     deadline = time.monotonic() + 60
-    while len(_rank_pids(str(out))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)   # the ranks import minivit, then rank 0 decodes for several seconds
+    while not out.exists() and time.monotonic() < deadline:   # made once the command runs, before the data loads
+        time.sleep(0.05)
+    time.sleep(0.3)   # rank 0 decodes for several seconds from here
     if whom == "mpiexec":
         p.send_signal(signal.SIGINT)
     else:

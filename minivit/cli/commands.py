@@ -150,16 +150,18 @@ def cmd_evaluate(a):
     require_class_head(cfg)   # the test accuracy of a class head; pre-training's colours are not classes
     classes = list(meta.get("classes") or [str(i) for i in range(cfg.num_classes)])
     test = _by_model_class(data, classes)
-    ev = evaluate(params, cfg, test, np.array(meta["mean"]), np.array(meta["std"]))
+    ev = evaluate(params, cfg, test, np.array(meta["mean"]), np.array(meta["std"]), tta=a.tta)
     present = [i for i, c in enumerate(classes) if (test.labels == i).any()]  # only classes the data has
     per_class = {classes[i]: round(float((ev["predictions"][test.labels == i] == i).mean()), 5) for i in present}
     finite = lambda v: round(v, 5) if np.isfinite(v) else None  # JSON has no NaN
-    result = {"data": spec, "images": len(test.labels), "loss": finite(ev["loss"]), "accuracy": finite(ev["accuracy"])}
+    result = {"data": spec, "images": len(test.labels), "loss": finite(ev["loss"]), "accuracy": finite(ev["accuracy"]),
+              "tta": a.tta or None}
     if a.json:
         print(json.dumps({**result, "per_class": per_class}))
     else:
+        tta = f" (test-time augmentation: {a.tta})" if a.tta else ""
         print(f"{Path(a.checkpoint).name} on {spec}: {result['images']:,} images, accuracy {ev['accuracy']:.4f}, "
-              f"loss {ev['loss']:.4f}\n{'class':>14s} accuracy")
+              f"loss {ev['loss']:.4f}{tta}\n{'class':>14s} accuracy")
         for c, acc in per_class.items():
             print(f"  {c:>12s} {acc:.3f}")
     if confusion:
@@ -174,7 +176,7 @@ def cmd_predict(a):
     from ..layers.attention import softmax
     from ..backend import xp
     from ..data.image_folder import read_image
-    from ..data.transforms import normalize
+    from ..data.transforms import normalize, tta_views
     from ..models.vit import forward
     from ..models.resolution import adapt_to_images
     if a.top_k < 1:
@@ -195,7 +197,8 @@ def cmd_predict(a):
         p_, c_ = adapt_to_images(params, cfg, shape, log=lambda m: print(m, file=sys.stderr))
         x = normalize(np.stack([images[i] for i in idx]), np.array(meta["mean"]), np.array(meta["std"]), xp(),
                       params["cls_token"].dtype)
-        for i, p in zip(idx, to_numpy(softmax(forward(p_, x, c_, keep_cache=False)[0]))):
+        logits = sum(w * forward(p_, view, c_, keep_cache=False)[0] for w, view in tta_views(x, a.tta))  # (B, K)
+        for i, p in zip(idx, to_numpy(softmax(logits))):
             probs[i] = p
     for i, f in enumerate(a.images):
         top = np.argsort(-probs[i])[:k]

@@ -10,7 +10,7 @@ from dataclasses import fields
 from ..backend import BACKENDS
 from dataclasses import asdict
 
-from ..config import POOLS, PRESETS, RECIPES, TrainConfig, ViTConfig
+from ..config import POOLS, PRESETS, RECIPES, TTAS, TrainConfig, ViTConfig
 
 # The model flags: ViTConfig's fields made with setting(). Unset, they keep the preset's value.
 MODEL_FLAGS = {f.name: f for f in fields(ViTConfig) if f.metadata}
@@ -129,6 +129,13 @@ def _add_evaluate(sub):
     _add_backend_flag(e)
     e.add_argument("--confusion", default=None, help="also write the confusion matrix to this PNG file")
     e.add_argument("--json", action="store_true", help="print one JSON object (per-class accuracy included), nothing else")
+    _add_tta_flag(e)
+
+
+def _add_tta_flag(parser):
+    parser.add_argument("--tta", choices=[t for t in TTAS if t], default="",
+                        help="test-time augmentation: average the logits of the image and its mirror (flip), or of "
+                             "those and their one-pixel shifts (flip-shift) (default: off)")
 
 
 def _add_predict(sub):
@@ -137,6 +144,7 @@ def _add_predict(sub):
     r.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...) of the model's size, or any with --resize")
     r.add_argument("--top-k", type=int, default=3, help="how many classes to print per image, at least 1 (default: 3)")
     r.add_argument("--resize", action="store_true", help="resize images to the model's size instead of refusing")
+    _add_tta_flag(r)
     _add_backend_flag(r)
 
 

@@ -87,3 +87,29 @@ def mix_batch(x, labels, num_classes, rng, mixup=0.0, cutmix=0.0, partner=None):
         mixed = lam * x + (1.0 - lam) * other
     onehot = xp.eye(num_classes, dtype=x.dtype)[xp.asarray(labels)]   # (B, K)
     return mixed, lam * onehot + (1.0 - lam) * onehot[partner]
+
+
+def tta_views(x, tta):
+    """Test-time augmentation: [(weight, view), ...] of a normalised batch x (B, C, H, W), whose logits are
+    averaged with these weights (they sum to 1).
+
+        ''           x itself
+        flip         x and its mirror image, 1/2 each
+        flip-shift   the mirror pair of x (1/2), and the mirror pairs of x moved one pixel down-right and one
+                     pixel up-left (1/8 each view), the edge filled by reflection (what the training crops
+                     see is padding; a reflected edge keeps the shifted image's statistics)
+
+    The flips and shifts match the training augmentation (random crops of a padded image, mirror images), so
+    the model has seen such views."""
+    xp = get_array_module(x)
+    if not tta:
+        return [(1.0, x)]
+    pairs = [x]
+    if tta == "flip-shift":
+        padded = xp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+        H, W = x.shape[2:]
+        pairs += [padded[:, :, :H, :W], padded[:, :, 2:, 2:]]    # moved down-right, moved up-left
+    elif tta != "flip":
+        raise ValueError(f"unknown test-time augmentation {tta!r}; choose flip or flip-shift")
+    weights = [1.0] if len(pairs) == 1 else [0.5, 0.25, 0.25]   # per mirror pair
+    return [(w / 2, view) for w, v in zip(weights, pairs) for view in (v, v[..., ::-1])]

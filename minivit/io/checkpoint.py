@@ -85,7 +85,10 @@ def npz_layout(path, what=".npz"):
                 with z.open(info) as f:
                     version = npy.read_magic(f)
                     read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
-                    shape, _, dtype = read(f, max_header_size=10_000)
+                    try:
+                        shape, _, dtype = read(f, max_header_size=10_000)
+                    except TypeError:   # NumPy before 1.23.5 has no such bound (and reads any header)
+                        shape, _, dtype = read(f)
                 layout[info.filename[:-4]] = (tuple(shape), dtype)
     except Exception as e:  # zipfile.BadZipFile, a bad magic or header, a compression method zipfile lacks
         raise CheckpointError(f"{path}: not a readable {what} ({type(e).__name__}: {e})") from None

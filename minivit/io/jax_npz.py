@@ -94,8 +94,8 @@ def _config_of(shapes, path, gelu):
     heads = shapes[att + "query/kernel"][1]
     mlp_dim = shapes[mlp][1]
     tokens = shapes["Transformer/posembed_input/pos_embedding"][1]
-    grid = int(round((tokens - 1) ** 0.5))
-    if grid * grid != tokens - 1:
+    grid = int(round(max(tokens - 1, 0) ** 0.5))
+    if tokens < 2 or grid * grid != tokens - 1:
         raise CheckpointError(f"{path}: {tokens - 1} position rows besides the class token is not a square grid")
     try:
         return ViTConfig(image_size=grid * P, patch_size=P, in_channels=C, num_classes=shapes["head/kernel"][1],

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic_files import atomic_write
-from ..config import ViTConfig
+from ..config import ConfigError, ViTConfig
 from .checkpoint import CheckpointError, refuse_depth_unlike_the_file, refuse_nonfinite
 from .timm import to_timm
 
@@ -190,15 +190,20 @@ def timm_config(sd, meta, heads=None):
             raise CheckpointError(f"timm weights: {key!r} has shape {sd[key].shape}; timm's has {ndim} axes")
     D, C, P, _ = sd["patch_embed.proj.weight"].shape
     tokens = sd["pos_embed"].shape[1]
-    grid = int(round((tokens - 1) ** 0.5))
-    if grid * grid != tokens - 1:
+    grid = int(round(max(tokens - 1, 0) ** 0.5))
+    if tokens < 2 or grid * grid != tokens - 1:
         raise CheckpointError(f"timm weights: {tokens - 1} position rows besides the class token is not a square grid")
+    heads_given = heads is not None
     heads = heads or HEADS_BY_DIM.get(D)
     if heads is None:
         raise CheckpointError(f"timm weights of width {D}: the file does not say how many attention heads; "
                               "pass heads=H (--heads H on finetune and export)")
     depth = len({m.group(1) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m})
     gamma = sd.get("blocks.0.ls1.gamma")
-    return ViTConfig(image_size=grid * P, patch_size=P, in_channels=C, num_classes=sd["head.weight"].shape[0], dim=D,
-                     depth=depth, heads=heads, mlp_dim=sd["blocks.0.mlp.fc1.weight"].shape[0],
-                     layer_scale=float(np.abs(gamma).mean()) if gamma is not None else 0.0)
+    try:
+        return ViTConfig(image_size=grid * P, patch_size=P, in_channels=C, num_classes=sd["head.weight"].shape[0],
+                         dim=D, depth=depth, heads=heads, mlp_dim=sd["blocks.0.mlp.fc1.weight"].shape[0],
+                         layer_scale=float(np.abs(gamma).mean()) if gamma is not None else 0.0)
+    except ConfigError as e:   # most often heads that do not divide the width: the user's --heads, or the file
+        source = "given by --heads" if heads_given else "the paper's for this width"
+        raise CheckpointError(f"timm weights of width {D} with {heads} heads ({source}) describe no ViT: {e}") from None

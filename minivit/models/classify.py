@@ -17,7 +17,7 @@ so the trainer and the engine never ask which head a model has. Its functions an
 and names what it reports (METRIC, CURVE). The other objective is masked patch prediction (models/mpp.py).
 """
 from ..backend import to_numpy, xp as backend_xp
-from ..data.transforms import mix_batch
+from ..data.transforms import mix_batch, tta_views
 from ..layers.loss import check_labels, cross_entropy
 from .families import family_of
 
@@ -75,9 +75,17 @@ def eval_targets(x, labels, mean, std, cfg):
     return backend_xp().asarray(labels)
 
 
-def score(engine, params, x, y, first, cfg, label_smoothing, seed=0):
-    """Cross-entropy summed over the batch, number right, count, predicted classes (numpy)."""
-    logits = engine.predict_logits(params, x)
+def tta_logits(engine, params, x, tta=""):
+    """The logits of x, or with test-time augmentation the weighted mean of its views' logits (tta_views)."""
+    views = tta_views(x, tta)
+    return sum(w * engine.predict_logits(params, view) for w, view in views) if len(views) > 1 else \
+        engine.predict_logits(params, x)
+
+
+def score(engine, params, x, y, first, cfg, label_smoothing, seed=0, tta=""):
+    """Cross-entropy summed over the batch, number right, count, predicted classes (numpy); with `tta`, of the
+    views' mean logits."""
+    logits = tta_logits(engine, params, x, tta)
     loss, _ = cross_entropy(logits, y, label_smoothing)
     preds = to_numpy(logits.argmax(axis=1))
     return float(loss) * len(y), float((preds == to_numpy(y)).sum()), len(y), preds

@@ -184,6 +184,9 @@ CURVE = "masked patches: 3-bit colour accuracy"
 def check_settings(tcfg, overrides):
     if tcfg.mixup or tcfg.cutmix:
         raise ValueError("--mixup and --cutmix mix class labels; masked patch prediction has none (drop them for pretrain)")
+    if tcfg.tta:
+        raise ValueError("--tta averages a classifier's logits over mirrored views; a masked patch's colours have no "
+                         "such view (drop it for pretrain)")
     if overrides.get("num_classes") is not None:
         raise ValueError("--num-classes sets the class head; masked patch prediction has a colour head instead "
                          "(drop it for pretrain; `minivit finetune` makes the class head for the new data)")
@@ -215,8 +218,9 @@ def eval_targets(x, labels, mean, std, cfg):
     return colour_targets(x, mean, std, cfg)
 
 
-def score(engine, params, x, colours, first, cfg, label_smoothing, seed=0):
-    """Cross-entropy summed over the corrupted patches, the number right, their count (no predictions).
+def score(engine, params, x, colours, first, cfg, label_smoothing, seed=0, tta=""):
+    """Cross-entropy summed over the corrupted patches, the number right, their count (no predictions). `tta` is
+    a classifier's (test-time augmentation of its logits); the colours of a corrupted patch have no mirror view.
 
     The corruption of the batch starting at image `first` is drawn from default_rng([seed, first]),
     so every evaluation corrupts the same images the same way and epochs compare fairly."""

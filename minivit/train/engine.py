@@ -161,9 +161,11 @@ class Engine:
         return backend_xp().concatenate(list(self.map(shard, shards)))
 
 
-def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smoothing=0.0, engine=None, world=None):
+def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smoothing=0.0, engine=None, world=None,
+             tta=""):
     """-> dict(loss, accuracy, predictions) over a Split, in eval mode, for the model's objective:
-    classification (predictions: (N,) numpy) or masked patch prediction (predictions: None).
+    classification (predictions: (N,) numpy) or masked patch prediction (predictions: None). `tta`: a
+    classifier's test-time augmentation, its views' logits averaged (data/transforms.py: tta_views).
 
     Pass the trainer's `engine` to reuse its threads; otherwise one is made and closed here.
     Under MPI (`world`, minivit/train/distributed.py) rank r scores the batches r, r + N, r + 2N ...
@@ -177,7 +179,7 @@ def evaluate(params, cfg, split, mean, std, batch_size=500, threads=2, label_smo
         for a in range(rank * batch_size, len(split.labels), batch_size * size):   # this rank's batches
             x = normalize(split.images[a:a + batch_size], mean, std, xp, params_dtype(params))
             y = obj.eval_targets(x, split.labels[a:a + batch_size], mean, std, cfg)
-            l_, c_, n_, p_ = obj.score(engine, params, x, y, a, cfg, label_smoothing)
+            l_, c_, n_, p_ = obj.score(engine, params, x, y, a, cfg, label_smoothing, tta=tta)
             total, correct, count = total + l_, correct + c_, count + n_
             preds.append(p_)
     if own:

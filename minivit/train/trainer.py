@@ -174,6 +174,8 @@ class Trainer:
         try:
             with blas_single_thread(self.engine.threads, self.world.size):
                 self._warm_up()
+                if interrupted:   # Ctrl-C while the kernels compiled: the run's start is saved, as a stop is
+                    self.save()
                 while self.step < self.total_steps and not interrupted and not self._budget_spent():
                     self._run_epoch(interrupted)
         finally:
@@ -363,7 +365,7 @@ class Trainer:
     def _evaluate(self, params, split):
         """The objective's loss and accuracy on a Split (the validation or the test images), in the trainer's threads."""
         return evaluate(params, self.cfg, split, self.mean, self.std, self.tcfg.eval_batch_size, engine=self.engine,
-                        world=self.world)
+                        world=self.world, tta=self.tcfg.tta)
 
     def _plot(self, epoch, ev, split, name):
         if not self.plots:
