@@ -222,37 +222,47 @@ def hour_peer():
     return "\n".join(lines)
 
 
+HALF_HOUR_SEEDS = (0, 1)
+
+
 def half_hour():
-    """`--recipe half-hour`'s run: its facts, and where the fifth hour's run stood at the same minute."""
-    facts = hour_table("cifar10_half_hour_metrics.jsonl", "cifar10_half_hour_config.json", window=None)
-    m = machine(load("cifar10_half_hour_config.json")["machine"])
-    hour = load("cifar10_hour_mpi_metrics.jsonl")
-    at = max((r for r in hour if r["elapsed_s"] <= 30 * 60), key=lambda r: r["elapsed_s"])
-    lines = ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in facts]
-    lines.append(f"| machine | {m} |")
-    lines.append("| raw files | [`cifar10_half_hour_metrics.jsonl`](../benchmarks/results/cifar10_half_hour_metrics.jsonl), "
-                 "[`cifar10_half_hour_config.json`](../benchmarks/results/cifar10_half_hour_config.json) |")
+    """`--recipe half-hour`'s runs, a column per seed, and where the fifth hour's run stood at the same minute."""
+    facts = [dict(hour_table(f"cifar10_half_hour_s{k}_metrics.jsonl", f"cifar10_half_hour_s{k}_config.json", window=None))
+             for k in HALF_HOUR_SEEDS]
+    tests = [load(f"cifar10_half_hour_s{k}_metrics.jsonl")[-1]["test_acc"] for k in HALF_HOUR_SEEDS]
+    lines = ["| | " + " | ".join(f"seed {k}" for k in HALF_HOUR_SEEDS) + " |", "| --- |" + " --- |" * len(HALF_HOUR_SEEDS)]
+    lines += [f"| {key} | " + " | ".join(f[key] for f in facts) + " |" for key in facts[0]]
+    lines.append("| machine | " + " | ".join(machine(load(f"cifar10_half_hour_s{k}_config.json")["machine"])
+                                            for k in HALF_HOUR_SEEDS) + " |")
+    lines.append("| raw files | " + " | ".join(f"`cifar10_half_hour_s{k}_metrics.jsonl`, `cifar10_half_hour_s{k}_config.json`"
+                                              for k in HALF_HOUR_SEEDS) + " |")
     lines.append("")
-    other = load("cifar10_hour_mpi_config.json")["machine"]
+    lines.append(f"Mean test accuracy of the {len(tests)} seeds: **{pct(statistics.mean(tests))}** (they differ by "
+                 f"{100 * abs(tests[0] - tests[-1]):.2f} points).")
+    hour, other = load("cifar10_hour_mpi_metrics.jsonl"), load("cifar10_hour_mpi_config.json")["machine"]
+    at = max((r for r in hour if r["elapsed_s"] <= 30 * 60), key=lambda r: r["elapsed_s"])
     lines.append(f"For comparison, the fifth hour's run (above; another machine: {other['cpu']}, "
-                 f"{' '.join(other.get('isa', []))}) read {pct(at['val_acc'])} on validation after {at['elapsed_s'] / 60:.1f} minutes "
-                 f"of training, its learning rate then {at['lr']:.2g}, still on its way down to the deadline at 60.")
+                 f"{' '.join(other.get('isa', []))}) read {pct(at['val_acc'])} on validation after "
+                 f"{at['elapsed_s'] / 60:.1f} minutes of training, its learning rate then {at['lr']:.2g}, still on its "
+                 "way down to the deadline at 60.")
     return "\n".join(lines)
 
 
 def half_hour_tta():
-    """benchmarks/tta_eval.py on the half-hour run's checkpoint: validation accuracy per test-time augmentation."""
-    raw = load("cifar10_half_hour_tta.json")
-    base = raw["readings"][0]["val_acc"]
-    lines = ["| --tta | validation accuracy | change | seconds for the validation images |", "| --- | --- | --- | --- |"]
-    lines += [f"| {r['tta']} | {pct(r['val_acc'])} | {100 * (r['val_acc'] - base):+.2f} points | {r['seconds']:.1f} |"
-              for r in raw["readings"]]
-    se = binomial_se(base, raw["val_images"])
+    """benchmarks/tta_eval.py on each half-hour run's checkpoint: validation accuracy per test-time augmentation."""
+    raws = [load(f"cifar10_half_hour_s{k}_tta.json") for k in HALF_HOUR_SEEDS]
+    lines = ["| --tta | " + " | ".join(f"seed {k}: validation (change)" for k in HALF_HOUR_SEEDS)
+             + " | seconds for the validation images |", "| --- |" + " --- |" * (len(raws) + 1)]
+    for i, tta in enumerate(r["tta"] for r in raws[0]["readings"]):
+        cells = [f"{pct(raw['readings'][i]['val_acc'])} ({100 * (raw['readings'][i]['val_acc'] - raw['readings'][0]['val_acc']):+.2f})"
+                 for raw in raws]
+        lines.append(f"| {tta} | " + " | ".join(cells) + f" | {raws[0]['readings'][i]['seconds']:.1f} |")
+    se = binomial_se(raws[0]["readings"][0]["val_acc"], raws[0]["val_images"])
     lines.append("")
-    lines.append(f"{raw['val_images']:,} validation images (the standard error of one accuracy on them is about "
-                 f"{100 * se:.2f} points; the readings are of the same images and weights, so their differences are paired "
-                 "and vary less than that); "
-                 f"{machine(raw['machine'])}; raw file `cifar10_half_hour_tta.json`.")
+    lines.append(f"{raws[0]['val_images']:,} validation images (the standard error of one accuracy on them is about "
+                 f"{100 * se:.2f} points; the readings of one run are of the same images and weights, so their "
+                 f"differences are paired and vary less than that); {machine(raws[0]['machine'])}; raw files "
+                 + ", ".join(f"`cifar10_half_hour_s{k}_tta.json`" for k in HALF_HOUR_SEEDS) + ".")
     return "\n".join(lines)
 
 
@@ -446,6 +456,10 @@ def headlines():
         ("CIFAR-10 in 60 minutes of training, 2 cores, one seed (the fifth attempt)",
          f"{hour['test accuracy (read once, after the last epoch)']} test", m_hour.get("cpu"),
          "`mpiexec -n 2 minivit train ... --time-budget 60` (below)", "`cifar10_hour_mpi_metrics.jsonl`"),
+        (f"CIFAR-10 in 30 minutes of training, 2 cores, mean of {len(HALF_HOUR_SEEDS)} seeds (`--recipe half-hour`)",
+         f"**{pct(statistics.mean(load(f'cifar10_half_hour_s{k}_metrics.jsonl')[-1]['test_acc'] for k in HALF_HOUR_SEEDS))}** test",
+         load("cifar10_half_hour_s0_config.json")["machine"].get("cpu"),
+         "`mpiexec -n 2 minivit train --data ... --recipe half-hour` (below)", "`cifar10_half_hour_s*_metrics.jsonl`"),
         ("the PyTorch peer on the same recipe and machine", f"{peer['test accuracy (read once, after the last epoch)']} test",
          load("torch_hour_budget_machine.json").get("cpu"), "`benchmarks/train_torch.py ...` (below)",
          "`torch_hour_budget_metrics.jsonl`"),
@@ -469,11 +483,16 @@ def readme_results():
     finals = [load(f"cpu_step_{key}_mkl_final.json") for _, key in CPU_CASES if (RAW / f"cpu_step_{key}_mkl_final.json").exists()]
     rounds = [r["ratio"] for raw in finals for r in raw["rounds"]]
     cpu = load("cpu_step_cifar-tiny_train_mkl.json")["machine"]
+    half = pct(statistics.mean(load(f"cifar10_half_hour_s{k}_metrics.jsonl")[-1]["test_acc"] for k in HALF_HOUR_SEEDS))
+    half_m = load("cifar10_half_hour_s0_config.json")["machine"]
+    half_cpu = f"{half_m['cpu']} ({' '.join(half_m.get('isa', []))})"
     return (f"On an {m['cpu']} ({' '.join(m.get('isa', []))}), 2 cores: spending the hour on a time budget reaches "
             f"{hour['test accuracy (read once, after the last epoch)']} test accuracy in 60 minutes of training (one run, one "
             f"seed; validation {hour['validation accuracy at the end']} at the end, the last 10 minutes' mean "
             f"{hour['validation, mean (sd) over the last 10 minutes'].split(' ')[0]}), and the PyTorch peer on the same "
-            f"recipe, weights and batches {peer['test accuracy (read once, after the last epoch)']}. On the same CPU, with "
+            f"recipe, weights and batches {peer['test accuracy (read once, after the last epoch)']}. Half an hour "
+            f"(`--recipe half-hour`) reached {half} test accuracy, the mean of {len(HALF_HOUR_SEEDS)} seeds, on an "
+            f"{half_cpu}. On the same CPU as the hour, with "
             f"the numba kernels and MKL's products, minivit's step against PyTorch's has medians of "
             f"{min(train):.2f}–{max(train):.2f} in training and {min(infer):.2f}–{max(infer):.2f} in inference "
             f"(`benchmarks/compare_step.py`, {cpu['cpu']}); in a recheck of the three thinnest cases "

@@ -2,7 +2,7 @@
 images it held out (--val-split) with each --tta (none, flip, flip-shift), and how long each reading took.
 The test set is not read: a run reads it once, at its end, and a choice between these is made on validation.
 
-    python benchmarks/tta_eval.py runs/half-hour-s0/checkpoint.npz --out benchmarks/results/cifar10_half_hour_tta.json
+    python benchmarks/tta_eval.py runs/half-hour-s0/checkpoint.npz --out benchmarks/results/cifar10_half_hour_s0_tta.json
 
 The data is the run's own (the checkpoint records it); give --data where it has moved.
 """
