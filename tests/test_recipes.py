@@ -85,7 +85,7 @@ def test_the_recipe_is_recorded_in_the_checkpoint_and_config_json(tmp_path):
     data = write_folder(tmp_path / "data", image_folder_files(classes=tuple("abcde"), size=8, per_class=(6, 2)))
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "minivit", "train", "--data", str(data), "--recipe", "hour", "--preset",
-                        "test", "--val-split", "5", "--time-budget", "0.01", "--batch-size", "8", "--resize-schedule",
+                        "test", "--val-split", "5", "--time-budget", "0.002", "--batch-size", "8", "--resize-schedule",
                         "", "--no-progress", "--out", str(out)], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "MINIVIT_CACHE": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr
