@@ -152,9 +152,15 @@ def restructure():
 
 # ---------------------------------------------------------------- the hour (metrics.jsonl of a --time-budget run)
 
+def first_row(rows, key, level):
+    """The first row (epoch) whose `key` reaches `level`, or None."""
+    return next((r for r in rows if r.get(key) is not None and r[key] >= level), None)
+
+
 def first_reaching(rows, key, level):
     """Minutes of training when `key` first reaches `level`, or None."""
-    return next((r["elapsed_s"] / 60 for r in rows if r.get(key) is not None and r[key] >= level), None)
+    r = first_row(rows, key, level)
+    return r["elapsed_s"] / 60 if r else None
 
 
 def stage_medians(rows, stages, budget_s):
@@ -225,11 +231,16 @@ def hour_peer():
 HALF_HOUR_SEEDS = (0, 1)
 
 
+def half_hour_tests():
+    """The test accuracy each half-hour seed read once, at its end."""
+    return [load(f"cifar10_half_hour_s{k}_metrics.jsonl")[-1]["test_acc"] for k in HALF_HOUR_SEEDS]
+
+
 def half_hour():
     """`--recipe half-hour`'s runs, a column per seed, and where the fifth hour's run stood at the same minute."""
     facts = [dict(hour_table(f"cifar10_half_hour_s{k}_metrics.jsonl", f"cifar10_half_hour_s{k}_config.json", window=None))
              for k in HALF_HOUR_SEEDS]
-    tests = [load(f"cifar10_half_hour_s{k}_metrics.jsonl")[-1]["test_acc"] for k in HALF_HOUR_SEEDS]
+    tests = half_hour_tests()
     lines = ["| | " + " | ".join(f"seed {k}" for k in HALF_HOUR_SEEDS) + " |", "| --- |" + " --- |" * len(HALF_HOUR_SEEDS)]
     lines += [f"| {key} | " + " | ".join(f[key] for f in facts) + " |" for key in facts[0]]
     lines.append("| machine | " + " | ".join(machine(load(f"cifar10_half_hour_s{k}_config.json")["machine"])
@@ -304,7 +315,7 @@ def attempt_reach(n):
     """Epoch and minutes of training at which the n-th hour's test accuracy first reached each level."""
     rows = epoch_rows(FIRST_HOURS[n])
     levels = (0.50, 0.60, 0.70, 0.75, 0.78, 0.80)
-    first = [next((r for r in rows if r["test_acc"] >= x), None) for x in levels]
+    first = [first_row(rows, "test_acc", x) for x in levels]
     lines = ["| test accuracy | " + " | ".join(f"{100 * x:.0f}%" for x in levels) + " |",
              "| --- |" + " --- |" * len(levels),
              "| epoch | " + " | ".join(str(r["epoch"]) if r else "not reached" for r in first) + " |",
@@ -332,8 +343,8 @@ def peer_second():
     sides = [epoch_rows(FIRST_HOURS[2]), load("torch_tiny_hour_metrics.jsonl")]
 
     def reach(rows, x):
-        r = next((r for r in rows if r["test_acc"] >= x), None)
-        return f"{r['elapsed_s'] / 60:.1f}" if r else "never"
+        minutes = first_reaching(rows, "test_acc", x)
+        return f"{minutes:.1f}" if minutes is not None else "never"
 
     def speed(rows):
         v = [r["images_per_s"] for r in rows]
@@ -457,7 +468,7 @@ def headlines():
          f"{hour['test accuracy (read once, after the last epoch)']} test", m_hour.get("cpu"),
          "`mpiexec -n 2 minivit train ... --time-budget 60` (below)", "`cifar10_hour_mpi_metrics.jsonl`"),
         (f"CIFAR-10 in 30 minutes of training, 2 cores, mean of {len(HALF_HOUR_SEEDS)} seeds (`--recipe half-hour`)",
-         f"**{pct(statistics.mean(load(f'cifar10_half_hour_s{k}_metrics.jsonl')[-1]['test_acc'] for k in HALF_HOUR_SEEDS))}** test",
+         f"**{pct(statistics.mean(half_hour_tests()))}** test",
          load("cifar10_half_hour_s0_config.json")["machine"].get("cpu"),
          "`mpiexec -n 2 minivit train --data ... --recipe half-hour` (below)", "`cifar10_half_hour_s*_metrics.jsonl`"),
         ("the PyTorch peer on the same recipe and machine", f"{peer['test accuracy (read once, after the last epoch)']} test",
@@ -483,7 +494,7 @@ def readme_results():
     finals = [load(f"cpu_step_{key}_mkl_final.json") for _, key in CPU_CASES if (RAW / f"cpu_step_{key}_mkl_final.json").exists()]
     rounds = [r["ratio"] for raw in finals for r in raw["rounds"]]
     cpu = load("cpu_step_cifar-tiny_train_mkl.json")["machine"]
-    half = pct(statistics.mean(load(f"cifar10_half_hour_s{k}_metrics.jsonl")[-1]["test_acc"] for k in HALF_HOUR_SEEDS))
+    half = pct(statistics.mean(half_hour_tests()))
     half_m = load("cifar10_half_hour_s0_config.json")["machine"]
     half_cpu = f"{half_m['cpu']} ({' '.join(half_m.get('isa', []))})"
     return (f"On an {m['cpu']} ({' '.join(m.get('isa', []))}), 2 cores: spending the hour on a time budget reaches "

@@ -25,6 +25,11 @@ def setting(default, help, choices=None, flag=None):
     return field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
 
 
+def is_number(v):
+    """A JSON number (int or float), not a bool: what a numeric setting read from a file must be."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 class ConfigError(ValueError):
     """A configuration that cannot describe a ViT."""
 
@@ -124,10 +129,8 @@ class ViTConfig:
 
     def _check_types(self):
         """Every field of the type its checks compare: numbers where numbers go, names where names go."""
-        def number(v):
-            return isinstance(v, (int, float)) and not isinstance(v, bool)
         for name in ("dropout", "attn_dropout", "drop_path", "patch_dropout", "layer_scale", "ln_eps"):
-            if not number(getattr(self, name)):
+            if not is_number(getattr(self, name)):
                 raise ConfigError(f"{name} must be a number, got {getattr(self, name)!r}")
         for name in ("pool", "pos_embed", "gelu", "attn_init", "head"):
             if not isinstance(getattr(self, name), str):
@@ -316,7 +319,8 @@ _HOUR_TRAIN = dict(batch_size=256, lr=3e-3, warmup_epochs=2.0, weight_decay=0.05
 RECIPES = {
     "hour": Recipe("CIFAR-10 in 60 minutes of training (docs/results.md, 'The hour')",
                    "cifar-tiny", _HOUR_MODEL, _HOUR_TRAIN),
-    "half-hour": Recipe("the hour's recipe on a 30-minute budget (docs/results.md, 'Half an hour')", "cifar-tiny", _HOUR_MODEL, {**_HOUR_TRAIN, "time_budget": 30.0}),
+    "half-hour": Recipe("the hour's recipe on a 30-minute budget (docs/results.md, 'Half an hour')",
+                        "cifar-tiny", _HOUR_MODEL, {**_HOUR_TRAIN, "time_budget": 30.0}),
 }
 
 

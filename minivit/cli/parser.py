@@ -5,11 +5,9 @@ The model and training flags are made from the config dataclasses' fields (miniv
 written once. Every flag's help names its one default.
 """
 import argparse
-from dataclasses import fields
+from dataclasses import asdict, fields
 
 from ..backend import BACKENDS
-from dataclasses import asdict
-
 from ..config import POOLS, PRESETS, RECIPES, TTAS, TrainConfig, ViTConfig
 
 # The model flags: ViTConfig's fields made with setting(). Unset, they keep the preset's value.

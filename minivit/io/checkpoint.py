@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import to_device, to_numpy
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, TrainConfig, is_number
 from ..atomic_files import atomic_write
 
 FORMAT = "minivit-checkpoint-1"
@@ -49,10 +49,9 @@ def save_checkpoint(path, params, cfg, opt_state=None, meta=None):
 def _meta_problems(meta, cfg, require):
     """What is wrong with the metadata: a list of messages (empty when it is well-formed)."""
     problems = [f"missing {k!r}" for k in require if k not in meta]
-    is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
     for k in ("mean", "std"):
         v = meta.get(k)
-        if k in meta and not (isinstance(v, list) and len(v) == cfg.in_channels and all(is_num(x) for x in v)):
+        if k in meta and not (isinstance(v, list) and len(v) == cfg.in_channels and all(is_number(x) for x in v)):
             problems.append(f"{k!r} must be a list of {cfg.in_channels} numbers, got {v!r}")
     if "std" in meta and not problems and not all(x > 0 for x in meta["std"]):
         problems.append(f"'std' must be positive, got {meta['std']!r}")
@@ -68,6 +67,17 @@ def _meta_problems(meta, cfg, require):
         except (TypeError, ValueError) as e:
             problems.append(f"'train_config' is not a training configuration ({e})")
     return problems
+
+
+def json_from(text, what):
+    """Untrusted JSON text (a file's header, config or metadata) parsed, or one CheckpointError saying `what`
+    it was (the file's name in it): JSON that is not, or that nests too deep for Python's parser."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise CheckpointError(f"{what} is nested too deep to be read") from None
+    except ValueError as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise CheckpointError(f"{what} is not JSON ({e})") from None
 
 
 def npz_layout(path, what=".npz"):

@@ -9,12 +9,12 @@ LayerScale where there is none) or a shape the inferred configuration does not h
 names it, since ignoring weights gives wrong logits. No torch is needed. Writing: io/safetensors_file.py
 (timm's layout), io/huggingface.py (transformers'), io/jax_npz.py, io/onnx_graph.py; docs/formats.md.
 """
-import json
 from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointError, load_checkpoint
+from ..config import is_number
+from .checkpoint import CheckpointError, json_from, load_checkpoint
 from .huggingface import from_hf
 from .jax_npz import load_jax_npz
 from .safetensors_file import read_safetensors, timm_config
@@ -44,10 +44,7 @@ def _metadata_info(meta, config=None, preprocessor=None):
 
 def _json_field(meta, key):
     """A metadata string that holds JSON (the class names, the mean, the std), parsed."""
-    try:
-        return json.loads(meta[key])
-    except (ValueError, RecursionError):
-        raise CheckpointError(f"its metadata's {key!r} is not JSON") from None
+    return json_from(meta[key], f"its metadata's {key!r}")
 
 
 def _read_json(path, what):
@@ -55,12 +52,7 @@ def _read_json(path, what):
     _regular(path)
     if path.stat().st_size > 10_000_000:
         raise CheckpointError(f"{path}: {path.stat().st_size:,} bytes, not a {what}")
-    try:
-        value = json.loads(path.read_bytes())
-    except RecursionError:
-        raise CheckpointError(f"{path}: nested too deep to be a {what}") from None
-    except ValueError as e:
-        raise CheckpointError(f"{path}: not JSON ({e})") from None
+    value = json_from(path.read_bytes(), str(path))
     if not isinstance(value, dict):
         raise CheckpointError(f"{path}: a {what} is a JSON object, this is a {type(value).__name__}")
     return value
@@ -89,8 +81,7 @@ def check_loaded(path, cfg, info):
     if ("mean" in info) != ("std" in info):
         raise CheckpointError(f"{path}: records a {'mean' if 'mean' in info else 'std'} without the other")
     if "mean" in info:
-        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-        if not all(isinstance(info[k], list) and all(number(v) for v in info[k]) for k in ("mean", "std")):
+        if not all(isinstance(info[k], list) and all(is_number(v) for v in info[k]) for k in ("mean", "std")):
             raise CheckpointError(f"{path}: the normalisation's mean and std must be lists of numbers, got "
                                   f"{str(info['mean'])[:40]} and {str(info['std'])[:40]}")
         mean, std = np.asarray(info["mean"], dtype=np.float64), np.asarray(info["std"], dtype=np.float64)
@@ -132,10 +123,7 @@ def _load_any(path, heads=None, bfloat16=False, log=print, require=()):
             return _load_hf(path, path.parent / "config.json", bfloat16, (sd, meta))
         if not any(k.startswith("blocks.") for k in sd):
             raise CheckpointError(f"{path}: neither timm's ViT keys (blocks.0...) nor transformers' (vit.encoder...)")
-        try:
-            cfg = timm_config(sd, meta, heads)
-        except CheckpointError as e:
-            raise CheckpointError(f"{path}: {e}") from None
+        cfg = timm_config(sd, meta, heads)   # (its errors get the path from load_pretrained)
         try:
             params = from_timm(sd, cfg)
         except (KeyError, ValueError) as e:

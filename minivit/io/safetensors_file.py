@@ -12,7 +12,7 @@ import numpy as np
 
 from ..atomic_files import atomic_write
 from ..config import ConfigError, ViTConfig
-from .checkpoint import CheckpointError, refuse_depth_unlike_the_file, refuse_nonfinite
+from .checkpoint import CheckpointError, json_from, refuse_depth_unlike_the_file, refuse_nonfinite
 from .timm import to_timm
 
 # The heads of the paper's and DeiT's models by width (timm's files do not record them): Ti, S, B, L, H.
@@ -50,12 +50,7 @@ def read_header(path):
             raise CheckpointError(f"{path}: not a .safetensors file: its header length field says {n:,} bytes, the file "
                                   f"has {size - 8:,} after it (and the format allows {HEADER_LIMIT:,})")
         text = f.read(n)
-    try:
-        header = json.loads(text)
-    except RecursionError:
-        raise CheckpointError(f"{path}: the .safetensors header is nested too deep to be one") from None
-    except ValueError as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CheckpointError(f"{path}: the .safetensors header is not JSON ({e})") from None
+    header = json_from(text, f"{path}: the .safetensors header")
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the .safetensors header must be a JSON object, got {type(header).__name__}")
     meta = header.pop("__metadata__", None) or {}

@@ -52,6 +52,7 @@ class World:
         self.rank = comm.Get_rank() if comm is not None else 0
         self.size = comm.Get_size() if comm is not None else 1
         self._buffer = None
+        self._guarded = False   # guard_exceptions installed
 
     @classmethod
     def launched(cls):
@@ -160,7 +161,7 @@ class World:
     def guard_exceptions(self):
         """An exception no one catches, on any rank, ends the whole job with one line naming the rank,
         instead of leaving the other ranks waiting in their next Allreduce forever. Installed once per world."""
-        if self.size == 1 or getattr(self, "_guarded", False):
+        if self.size == 1 or self._guarded:
             return
         self._guarded = True
         previous = sys.excepthook

@@ -37,7 +37,7 @@ def check_resumable(path, meta, tcfg, fingerprint, data_spec, total_steps, log=p
     saved = TrainConfig(**meta["train_config"])
     # --threads may change: every draw follows an image, not a thread (random_streams.py); so may the MPI ranks.
     # A recipe is a name for settings, which are compared themselves; test-time augmentation changes no weight.
-    diff = [k for k in asdict(tcfg) if getattr(saved, k, None) != getattr(tcfg, k)
+    diff = [k for k in asdict(tcfg) if getattr(saved, k) != getattr(tcfg, k)
             and k not in ("epochs", "threads", "recipe", "tta")]
     if diff:
         raise ValueError(f"--resume: {path} was trained with different settings ({', '.join(diff)}); "
