@@ -252,8 +252,10 @@ def half_hour():
                  f"{100 * abs(tests[0] - tests[-1]):.2f} points).")
     hour, other = load("cifar10_hour_mpi_metrics.jsonl"), load("cifar10_hour_mpi_config.json")["machine"]
     at = max((r for r in hour if r["elapsed_s"] <= 30 * 60), key=lambda r: r["elapsed_s"])
-    lines.append(f"For comparison, the fifth hour's run (above; another machine: {other['cpu']}, "
-                 f"{' '.join(other.get('isa', []))}) read {pct(at['val_acc'])} on validation after "
+    mine = load("cifar10_half_hour_s0_config.json")["machine"]
+    lines.append(f"For comparison, the fifth hour's run (above), on another machine ({other['cpu']}, "
+                 f"{' '.join(other.get('isa', []))}; these runs: {mine['cpu']}, {' '.join(mine.get('isa', []))}), "
+                 f"read {pct(at['val_acc'])} on validation after "
                  f"{at['elapsed_s'] / 60:.1f} minutes of training, its learning rate then {at['lr']:.2g}, still on its "
                  "way down to the deadline at 60.")
     return "\n".join(lines)
