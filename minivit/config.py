@@ -16,6 +16,7 @@ GELUS = ("exact", "tanh")
 ATTN_INITS = ("xavier", "mimetic")
 OPTIMIZERS = ("adamw", "sgd")
 TTAS = ("", "flip", "flip-shift")   # test-time augmentation of an evaluation (minivit/data/transforms.py: tta_views)
+PATCH_INITS = ("", "whiten")   # a data-dependent start of the patch projection (minivit/models/init.py)
 SCHEDULES = ("cosine", "linear")   # the learning rate's decay after warmup (minivit/train/optim.py: DECAYS)
 
 
@@ -263,6 +264,10 @@ class TrainConfig:
     tta: str = setting("", "test-time augmentation of every evaluation (validation and test): the logits of views "
                        "averaged; flip: the image and its mirror; flip-shift: those, and the mirror pairs of the image "
                        "moved one pixel down-right and up-left; '' = off", TTAS)
+    patch_init: str = setting("", "whiten: start the patch projection as a whitening of the training images' patches "
+                              "(airbench's first layer: each eigenvector of the patches' covariance over "
+                              "sqrt(eigenvalue + eps), and its negative); '' = the model's own initialisation",
+                              PATCH_INITS)
     recipe: str = setting("", "the named recipe (RECIPES) these settings started from, recorded with the run; "
                           "'' = none")
     resize_schedule: str = setting("", "progressive resizing: 'R:P,...' trains on R-pixel images until progress P "
@@ -290,6 +295,8 @@ class TrainConfig:
         if self.tta not in TTAS:
             allowed = ", ".join(t or "'' (off)" for t in TTAS)
             bad.append(f"--tta must be one of {allowed}, got {self.tta!r}")
+        if self.patch_init not in PATCH_INITS:
+            bad.append(f"--patch-init must be one of whiten, '' (off), got {self.patch_init!r}")
         if self.optimizer not in OPTIMIZERS:
             bad.append(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         try:

@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from ..backend import xp as backend_xp
+from ..backend import get_array_module, to_numpy, xp as backend_xp
 from ..config import ViTConfig
 from .vit import param_shapes
 
@@ -99,3 +99,49 @@ def init_params(cfg, seed=0, dtype="float32"):
             params[p + "qkv.w"], params[p + "proj.w"] = mimetic_attention(rng, D, cfg.heads)
     xp = backend_xp()
     return {k: xp.asarray(v, dtype=dtype) for k, v in params.items()}
+
+
+# Patch whitening's floor under the eigenvalues: airbench's value (Jordan, 2024), in the units of images
+# normalised per channel to mean 0 and std 1, as here.
+WHITEN_EPS = 5e-4
+
+
+def whiten_patch_embed(params, x, cfg, eps=WHITEN_EPS):
+    """Patch-whitening initialisation of the patch projection (airbench's first layer, Jordan 2024), from
+    normalised training images x (B, C, H, W). -> new params; nothing else changes.
+
+    The image's P x P patches, flattened to n = C P P values, have mean mu and covariance
+    Sigma = V diag(lambda) V^T (eigenvalues descending). Filter i is v_i / sqrt(lambda_i + eps): its output over
+    the patches has variance lambda_i / (lambda_i + eps), about 1, and is uncorrelated with every other filter's.
+    As in airbench each filter comes with its negative, so the first 2k rows of w (D, C, P, P) are the k = min(D // 2, n)
+    largest directions, + then -; the bias centres them, b = -w mu. Rows past 2k keep their initialisation.
+    The whole derivation: docs/derivations/patch_whitening.md."""
+    if cfg.stem_channels:
+        raise ValueError("patch whitening initialises the patch projection of the image; the hybrid's reads a "
+                         "feature map (cfg.stem_channels), so it cannot")
+    B, C, H, W = x.shape
+    P = cfg.patch_size
+    if (C, H, W) != (cfg.in_channels, cfg.image_size, cfg.image_size):
+        raise ValueError(f"patch whitening needs images of the model's shape ({cfg.in_channels}, {cfg.image_size}, "
+                         f"{cfg.image_size}), got {tuple(x.shape[1:])}")
+    x = to_numpy(x).astype(np.float64)
+    g = H // P
+    patches = x.reshape(B, C, g, P, g, P).transpose(0, 2, 4, 1, 3, 5).reshape(-1, C * P * P)  # (B N, n): as w's rows
+    if len(patches) < 2:
+        raise ValueError("patch whitening needs at least two patches to estimate their covariance")
+    mu = patches.mean(axis=0)                                  # (n,)
+    centred = patches - mu
+    sigma = centred.T @ centred / (len(patches) - 1)           # (n, n)
+    lam, v = np.linalg.eigh(sigma)                             # ascending
+    lam, v = lam[::-1], v[:, ::-1]                             # descending: the largest variance first
+    w = to_numpy(params["patch_embed.w"]).astype(np.float64).reshape(cfg.dim, -1).copy()   # (D, n)
+    k = min(cfg.dim // 2, v.shape[1])
+    filters = (v[:, :k] / np.sqrt(np.maximum(lam[:k], 0.0) + eps)).T   # (k, n)
+    w[:k], w[k:2 * k] = filters, -filters
+    b = to_numpy(params["patch_embed.b"]).astype(np.float64)
+    b[:2 * k] = -(w[:2 * k] @ mu)
+    out = dict(params)
+    xp, dtype = get_array_module(params["patch_embed.w"]), params["patch_embed.w"].dtype
+    out["patch_embed.w"] = xp.asarray(w.reshape(params["patch_embed.w"].shape), dtype=dtype)
+    out["patch_embed.b"] = xp.asarray(b, dtype=dtype)
+    return out

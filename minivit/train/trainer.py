@@ -24,10 +24,16 @@ from ..atomic_files import write_text_atomic
 from ..backend import backend_name, cpu_kernels, get_array_module
 from ..machine import machine
 from ..data.splits import Dataset, Split, hold_out
-from ..data.transforms import channel_stats
+from ..data.transforms import channel_stats, normalize
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..io.run_folder import RunLock
 from ..models.families import family_of
+from ..models.init import whiten_patch_embed
+
+
+# --patch-init whiten estimates the patches' covariance from the first of the training images: 10,000 CIFAR images
+# give 640,000 patches for a 48 x 48 covariance.
+WHITEN_IMAGES = 10_000
 
 
 class TrainingDiverged(RuntimeError):
@@ -71,6 +77,10 @@ class Trainer:
         self.out, self.ckpt_path = Path(out_dir), Path(out_dir) / "checkpoint.npz"
         self.progress, self.log, self.on_epoch_end, self.plots = progress, log, on_epoch_end, plots
         check_images_fit(cfg, dataset)
+        if tcfg.patch_init and (init is not None or not hasattr(cfg, "patch_size") or cfg.stem_channels):
+            raise ValueError(f"--patch-init {tcfg.patch_init} starts a new ViT's patch projection from the images; "
+                             + ("this run starts from given weights (fine-tuning)" if init is not None else
+                                "this model has no image patch projection (the CNN, or the hybrid's stem)"))
         self.objective.check_data(cfg, dataset)
         self.fingerprint = data_fingerprint(dataset)   # the data's identity: all of it, the held-out images included
         self.data, self.val = dataset, None
@@ -116,6 +126,10 @@ class Trainer:
         self.params = dict(init) if init is not None else family_of(self.cfg).init_params(self.cfg, seed=self.tcfg.seed)
         self.step, self.history, self.elapsed = 0, [], 0.0
         self.mean, self.std = channel_stats(self.data.train.images)
+        if self.tcfg.patch_init == "whiten":   # from the images the model trains on, as it sees them
+            sample = self.data.train.images[:WHITEN_IMAGES]
+            self.params = whiten_patch_embed(self.params, normalize(sample, self.mean, self.std, dtype="float64"),
+                                             self.cfg)
 
     def _share_state(self, opt_state):
         """Under MPI: rank 0's parameters, optimiser state and run position to every rank (run_state.py)."""
