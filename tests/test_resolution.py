@@ -28,8 +28,21 @@ def test_bicubic_is_torch_interpolate(g_old, g_new):
     np.testing.assert_allclose(resample_grid(grid, g_new, "bicubic"), ref[0].numpy().transpose(1, 2, 0), atol=1e-12)
 
 
+@pytest.mark.parametrize("n_in,n_out", [(8, 4), (8, 6), (8, 12), (5, 9), (3, 1), (1, 4)])
+def test_bilinear_with_centres_aligned_is_torch_interpolate(n_in, n_out):
+    """align_corners=False places the samples as the images' bicubic resize does (pixel centres)."""
+    torch = pytest.importorskip("torch")
+    grid = rng.standard_normal((n_in, n_in))
+    ref = torch.nn.functional.interpolate(torch.from_numpy(grid)[None, None], size=(n_out, n_out), mode="bilinear",
+                                          align_corners=False)[0, 0].numpy()
+    R = bilinear_matrix(n_out, n_in, align_corners=False)
+    np.testing.assert_allclose(R @ grid @ R.T, ref, atol=1e-12)
+    if n_in > 1:
+        assert not np.allclose(R, bilinear_matrix(n_out, n_in))  # the corners are not where the centres are
+
+
 def test_interpolation_matrices_keep_constants():
-    for m in (bilinear_matrix, bicubic_matrix):
+    for m in (bilinear_matrix, bicubic_matrix, lambda o, i: bilinear_matrix(o, i, align_corners=False)):
         for n_out, n_in in ((5, 8), (12, 8), (8, 8)):
             np.testing.assert_allclose(m(n_out, n_in).sum(axis=1), 1.0, atol=1e-12)  # rows are weights summing to 1
     np.testing.assert_allclose(bilinear_matrix(6, 6), np.eye(6), atol=1e-15)

@@ -19,13 +19,18 @@ from ..backend import get_array_module
 _A = -0.75  # the cubic kernel's free parameter, as PyTorch uses
 
 
-def bilinear_matrix(n_out, n_in):
-    """(n_out, n_in) matrix of linear interpolation with aligned corners."""
+def bilinear_matrix(n_out, n_in, align_corners=True):
+    """(n_out, n_in) matrix of linear interpolation with aligned corners; with align_corners=False, with
+    aligned pixel centres instead, x = (i + 0.5) n_in / n_out - 0.5 clamped to the border, as
+    torch's interpolate(mode="bilinear", align_corners=False) and resize_batch's bicubic place them."""
     R = np.zeros((n_out, n_in))
-    if n_in == 1 or n_out == 1:  # a single sample on either side: copy the first one
+    if n_in == 1 or (n_out == 1 and align_corners):  # one input sample, or one output at the first corner: copy it
         R[:, 0] = 1.0
         return R
-    x = np.arange(n_out) * (n_in - 1) / (n_out - 1)  # where each output sample lies on the input
+    if align_corners:
+        x = np.arange(n_out) * (n_in - 1) / (n_out - 1)  # where each output sample lies on the input
+    else:
+        x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
     lo = np.minimum(np.floor(x).astype(int), n_in - 2)
     t = x - lo                                        # in [0, 1]
     rows = np.arange(n_out)
