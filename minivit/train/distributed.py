@@ -22,12 +22,15 @@ Without mpi4py, or with one process, none of this runs: World() is a world of on
 """
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
 
 from ..backend import backend_name, to_numpy, xp as backend_xp
 
+# World.abort's pause between flushing a rank's last lines and MPI_Abort, for mpiexec to forward them.
+ABORT_GRACE_S = 0.2
 # What launchers set in each process: MPICH's and Intel MPI's Hydra (and Slurm's srun with PMI-2), Open MPI, MVAPICH.
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
@@ -153,9 +156,12 @@ class World:
             self.comm.Barrier()
 
     def abort(self, code=1):
-        """End every rank of the job now (mpiexec returns `code`)."""
+        """End every rank of the job now (mpiexec returns `code`). The lines just written reach mpiexec through
+        a pipe that its proxy reads in its own time; an abort at once could tear the job down before the proxy
+        forwarded them, leaving the user an exit status and no message. So: flush, and give it ABORT_GRACE_S."""
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
 
     def guard_exceptions(self):
