@@ -41,6 +41,8 @@ def run(side, a):
     cmd = [sys.executable, os.path.join(root, "benchmarks", "step_throughput.py"), "--impl", impl, "--json",
            "--preset", a.preset, "--batch-size", str(a.batch_size), "--threads", str(a.threads),
            "--steps", str(a.steps), "--warmup", str(a.warmup), "--mode", a.mode]
+    if a.image_size:
+        cmd += ["--image-size", str(a.image_size)]
     fused = "0" if side == "numpy" else a.fused
     env = dict(os.environ, MINIVIT_FUSED=fused, MINIVIT_BLAS="numpy" if side == "openblas" else a.blas,
                PYTHONPATH=os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
@@ -54,6 +56,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--threads", type=int, default=2, help="cores each framework may use")
     p.add_argument("--mode", choices=["train", "eval"], default="train")
+    p.add_argument("--image-size", type=int, default=None, help="the preset at another image size (step_throughput.py)")
     p.add_argument("--rounds", type=int, default=5, help="minivit/PyTorch pairs")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -97,7 +100,8 @@ def main():
               f"ratio {rows[-1][2]:.3f}; step memory {m['step_mb']:.0f} MB vs {t['step_mb']:.0f} MB", flush=True)
     ratios = [r[2] for r in rows]
     med = lambda key, i: statistics.median(r[i][key] for r in rows)
-    print(f"{a.preset} batch {a.batch_size} {a.mode}, {a.threads} threads each: minivit / {peer}, speed ratio "
+    size = f" at {a.image_size} px" if a.image_size else ""
+    print(f"{a.preset}{size} batch {a.batch_size} {a.mode}, {a.threads} threads each: minivit / {peer}, speed ratio "
           f"median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}, {a.rounds} rounds); "
           f"images/s median {med('images_per_s', 0):.1f} vs {med('images_per_s', 1):.1f}; "
           f"step memory median {med('step_mb', 0):.0f} MB vs {med('step_mb', 1):.0f} MB")

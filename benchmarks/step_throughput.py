@@ -20,6 +20,7 @@ import json
 import resource
 import statistics
 import time
+from dataclasses import replace
 
 import os
 import sys
@@ -92,11 +93,16 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--mode", choices=["train", "eval"], default="train")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="train or read the preset at this image size (a multiple of its patch), e.g. 16 for the "
+                        "first stage of --resize-schedule 16:0.25,24:0.5; default: the preset's")
     p.add_argument("--json", action="store_true", help="print one JSON line (for compare_step.py)")
     a = p.parse_args()
     if a.preset == "cnn" and a.impl != "minivit":
         p.error("--preset cnn is minivit's CNN baseline; the PyTorch peer is a ViT")
     cfg = mv.CNNConfig() if a.preset == "cnn" else mv.ViTConfig.preset(a.preset)
+    if a.image_size:
+        cfg = replace(cfg, image_size=a.image_size)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((a.batch_size, cfg.in_channels, cfg.image_size, cfg.image_size)).astype(np.float32)
     y = rng.integers(0, cfg.num_classes, a.batch_size)
@@ -117,12 +123,13 @@ def main():
     med = statistics.median(times)
     step_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss0
     if a.json:
-        print(json.dumps({"impl": a.impl, "mode": a.mode, "preset": a.preset, "batch": a.batch_size,
+        print(json.dumps({"impl": a.impl, "mode": a.mode, "preset": a.preset, "image_size": cfg.image_size,
+                          "batch": a.batch_size,
                           "threads": a.threads, "images_per_s": a.batch_size / med, "step_ms": med * 1e3,
                           "step_mb": step_mb, "torch": sys.modules["torch"].__version__ if "torch" in sys.modules else None,
                           "cpu_kernels": a.impl == "minivit" and mv.backend.cpu_kernels() is not None}))
         return
-    print(f"{a.impl} {a.mode} threads={a.threads} preset={a.preset} batch={a.batch_size}: median step {med * 1e3:.1f} ms, "
+    print(f"{a.impl} {a.mode} threads={a.threads} preset={a.preset} size={cfg.image_size} batch={a.batch_size}: median step {med * 1e3:.1f} ms, "
           f"{a.batch_size / med:.0f} images/s (min {a.batch_size / max(times):.0f}, max {a.batch_size / min(times):.0f}), "
           f"step memory {step_mb:.0f} MB")
 
