@@ -150,6 +150,41 @@ def restructure():
     return text
 
 
+# ---------------------------------------------------------------- a step's fixed and per-image costs (step_vs_batch.py)
+
+STEP_PARTS = ("batch", "resize", "forward+backward", "allreduce", "clip", "adamw")
+
+
+def step_vs_batch():
+    """benchmarks/step_vs_batch.py: step time against batch size at each size, and the per-step / per-image split."""
+    raw = load("step_vs_batch.json")
+    sizes = sorted({r["size"] for r in raw["rows"]})
+    batches = sorted({r["batch"] for r in raw["rows"]})
+    at = {(r["size"], r["batch"]): r for r in raw["rows"]}
+    out = ["| image size | " + " | ".join(f"batch {b}: ms (images/s)" for b in batches)
+           + " | per step (ms) | per image (us) | per-step share at batch 256 |",
+           "| --- |" + " --- |" * (len(batches) + 3)]
+    for s in sizes:
+        f = raw["fits"][str(s)]["step"]
+        share = f["per_step_ms"] / (f["per_step_ms"] + 256 * f["per_image_ms"])
+        out.append(f"| {s} px | " + " | ".join(f"{at[s, b]['ms']['step']:.1f} ({num(at[s, b]['images_per_s'])})" for b in batches)
+                   + f" | {f['per_step_ms']:.1f} | {1e3 * f['per_image_ms']:.0f} | {share:.0%} |")
+    out += ["", "The per-step cost of each part (the fitted line's intercept, ms; a negative one is zero within the "
+            "fit's noise):", "",
+            "| image size | " + " | ".join(STEP_PARTS) + " |", "| --- |" + " --- |" * len(STEP_PARTS)]
+    for s in sizes:
+        fits = raw["fits"][str(s)]
+        out.append(f"| {s} px | " + " | ".join(f"{fits[k]['per_step_ms']:.2f}" for k in STEP_PARTS) + " |")
+    out += ["", f"{raw['ranks']} MPI rank(s) x {raw['threads']} thread(s), medians of each (size, batch) on rank 0; "
+            f"{machine(raw['machine'])}; raw file [`step_vs_batch.json`](../benchmarks/results/step_vs_batch.json)."]
+    return "\n".join(out)
+
+
+def step_16px_torch():
+    return speed_table([("training, `cifar-tiny` at 16 px, 256", "cpu_step_cifar-tiny_train_16px.json")],
+                       "minivit against PyTorch on the first stage's step (`compare_step.py --image-size 16`):")
+
+
 # ---------------------------------------------------------------- the hour (metrics.jsonl of a --time-budget run)
 
 def first_row(rows, key, level):
@@ -207,6 +242,35 @@ def hour_table(metrics, config, train_images=45000, window=(43, 47)):
     ]
 
 
+def stage_table(metrics, config, train_images=45000):
+    """Each resize stage of a --time-budget run: its minutes, the images it trained on, the validation accuracy
+    (read at the full size) inside it, the training accuracy (at the stage's size) at its end, and the first
+    validation reading a minute or more into it."""
+    rows, cfg = load(metrics), load(config)
+    stages = resize_stages(cfg["train"]["resize_schedule"]) + [(cfg["model"]["image_size"], 1.0)]
+    budget = rows[-1]["elapsed_s"]
+    batch = train_images / (rows[0]["step"] / rows[0]["epoch"])
+    lines = ["| stage | minutes | images (million) | validation inside it (min - max) | training accuracy at its end "
+             "| validation a minute in |", "| --- | --- | --- | --- | --- | --- |"]
+    start, step0 = 0.0, 0
+    for size, until in stages:
+        inside = [r for r in rows if start * budget < r["elapsed_s"] <= until * budget + 1e-6]
+        in_a_minute = next((r for r in inside if r["elapsed_s"] >= start * budget + 60), None)
+        val = [r["val_acc"] for r in inside]
+        lines.append(f"| {size} px | {start * budget / 60:.1f} - {until * budget / 60:.1f} | "
+                     f"{(inside[-1]['step'] - step0) * batch / 1e6:.1f} | {pct(min(val), 1)} - {pct(max(val), 1)} | "
+                     f"{pct(inside[-1]['train_acc'], 1)} | "
+                     + (f"{pct(in_a_minute['val_acc'], 1)} at {in_a_minute['elapsed_s'] / 60:.1f} min" if in_a_minute else "-")
+                     + " |")
+        start, step0 = until, inside[-1]["step"]
+    return "\n".join(lines)
+
+
+def hour_fifth_stages():
+    return (stage_table("cifar10_hour_mpi_metrics.jsonl", "cifar10_hour_mpi_config.json") + "\n\n"
+            + machine(load("cifar10_hour_mpi_config.json")["machine"]) + "; raw file `cifar10_hour_mpi_metrics.jsonl`.")
+
+
 def hour_fifth():
     facts = hour_table("cifar10_hour_mpi_metrics.jsonl", "cifar10_hour_mpi_config.json")
     m = machine(load("cifar10_hour_mpi_config.json")["machine"])
@@ -225,6 +289,15 @@ def hour_peer():
     lines = ["| | minivit (2 MPI ranks x 1 thread) | PyTorch peer (1 process x 2 threads) |", "| --- | --- | --- |"]
     lines += [f"| {k} | {ours[k]} | {theirs[k]} |" for k in ours]
     lines.append(f"| machine | {m_ours} | {m_theirs} |")
+    a, b = load("cifar10_hour_mpi_metrics.jsonl"), load("torch_hour_budget_metrics.jsonl")
+    stages = resize_stages(load("cifar10_hour_mpi_config.json")["train"]["resize_schedule"]) + [(32, 1.0)]
+    speed = [x / y for (_, x), (_, y) in zip(stage_medians(a, stages, a[-1]["elapsed_s"]),
+                                            stage_medians(b, stages, b[-1]["elapsed_s"]))]
+    lines.append("")
+    lines.append(f"minivit ran {min(speed):.2f} to {max(speed):.2f} times the peer's images/s (the stages' medians); "
+                 f"it ends {100 * (a[-1]['test_acc'] - b[-1]['test_acc']):.2f} points above on test and "
+                 f"{100 * (a[-1]['val_acc'] - b[-1]['val_acc']):.2f} on validation. The test set's sampling error at "
+                 f"this accuracy is {100 * binomial_se(a[-1]['test_acc'], 10000):.2f} points (10,000 images).")
     return "\n".join(lines)
 
 
@@ -276,6 +349,32 @@ def half_hour_tta():
                  f"{100 * se:.2f} points; the readings of one run are of the same images and weights, so their "
                  f"differences are paired and vary less than that); {machine(raws[0]['machine'])}; raw files "
                  + ", ".join(f"`cifar10_half_hour_s{k}_tta.json`" for k in HALF_HOUR_SEEDS) + ".")
+    return "\n".join(lines)
+
+
+# The half-hour recipe with one lever changed, each run beside the recipe's own seeds: (lever, flags, file stem).
+HALF_HOUR_LEVERS = [("the recipe", "", "cifar10_half_hour_s0"), ("the recipe", "--seed 1", "cifar10_half_hour_s1"),
+                    ("global average pooling", "--pool gap", "cifar10_half_hour_gap_s0")]
+
+
+def half_hour_levers():
+    """Runs of `--recipe half-hour` with one change each: validation (the choice), then the test read once."""
+    lines = ["| lever | flags beside `--recipe half-hour` | validation at the end | validation, mean of the last 10 min "
+             "| images seen (million) | images/s per stage (16 / 24 / 32 px) | test (read once) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    machines = set()
+    for lever, flags, stem in HALF_HOUR_LEVERS:
+        rows, cfg = load(f"{stem}_metrics.jsonl"), load(f"{stem}_config.json")
+        stages = resize_stages(cfg["train"]["resize_schedule"]) + [(cfg["model"]["image_size"], 1.0)]
+        last, budget = rows[-1], rows[-1]["elapsed_s"]
+        tail = [r["val_acc"] for r in rows if r["elapsed_s"] >= budget - 600]
+        speeds = " / ".join(num(v) for _, v in stage_medians(rows, stages, budget))
+        lines.append(f"| {lever} | `{flags or '--seed 0'}` | {pct(last['val_acc'])} | {pct(statistics.mean(tail))} | "
+                     f"{images_seen(rows, 45000) / 1e6:.2f} | {speeds} | {pct(last['test_acc'])} |")
+        machines.add(machine(cfg["machine"]))
+    lines.append("")
+    lines.append(f"Machine: {'; '.join(sorted(machines))}. Raw files: "
+                 + ", ".join(f"`{stem}_metrics.jsonl`, `{stem}_config.json`" for _, _, stem in HALF_HOUR_LEVERS) + ".")
     return "\n".join(lines)
 
 
@@ -518,7 +617,8 @@ BLOCKS = {"headlines": headlines, "readme-results": readme_results, "mpi-scaling
           "cpu-step-final": cpu_step_final, "install-size": install_size, "readme-install": readme_install,
           "mkl-vs-openblas": mkl_vs_openblas,
           "hour-fifth": hour_fifth, "hour-peer": hour_peer, "restructure": restructure, "sweep-budget": sweep_budget,
-          "half-hour": half_hour, "half-hour-tta": half_hour_tta, "attempts-2-and-4": attempts_2_and_4,
+          "half-hour": half_hour, "half-hour-tta": half_hour_tta, "half-hour-levers": half_hour_levers,
+          "hour-fifth-stages": hour_fifth_stages, "step-vs-batch": step_vs_batch, "step-16px-torch": step_16px_torch, "attempts-2-and-4": attempts_2_and_4,
           "peer-second": peer_second,
           **{f"attempt-{n}": (lambda n=n: attempt_facts(n)) for n in FIRST_HOURS},
           **{f"attempt-{n}-reach": (lambda n=n: attempt_reach(n)) for n in FIRST_HOURS}}
