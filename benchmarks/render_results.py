@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from minivit.config import resize_stages  # noqa: E402  (the flag's own parser)
 RAW = ROOT / "benchmarks" / "results"
-PAGES = [ROOT / "docs" / "results.md", ROOT / "docs" / "cpu_kernels.md", ROOT / "docs" / "distributed.md", ROOT / "README.md"]
+PAGES = [ROOT / "docs" / "results.md", ROOT / "docs" / "cpu_kernels.md", ROOT / "docs" / "distributed.md", ROOT / "README.md",
+         ROOT / "docs" / "derivations" / "resample.md"]
 BLOCK = re.compile(r"(<!-- begin generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)", re.S)
 
 
@@ -152,7 +153,7 @@ def restructure():
 
 # ---------------------------------------------------------------- a step's fixed and per-image costs (step_vs_batch.py)
 
-STEP_PARTS = ("batch", "resize", "forward+backward", "allreduce", "clip", "adamw")
+STEP_PARTS = ("batch", "resize", "forward+backward", "wait", "allreduce", "clip", "adamw")
 
 
 def step_vs_batch():
@@ -301,31 +302,41 @@ def hour_peer():
     return "\n".join(lines)
 
 
-HALF_HOUR_SEEDS = (0, 1)
+# --recipe half-hour's runs: its first version (the hour's recipe on 30 minutes) and the recipe now (with global
+# average pooling and patch whitening), two seeds each; file stems in benchmarks/results/.
+HALF_HOUR_FIRST = ("cifar10_half_hour_s0", "cifar10_half_hour_s1")
+HALF_HOUR = ("cifar10_half_hour_gap_whiten_s0", "cifar10_half_hour_gap_whiten_s1")
 
 
-def half_hour_tests():
-    """The test accuracy each half-hour seed read once, at its end."""
-    return [load(f"cifar10_half_hour_s{k}_metrics.jsonl")[-1]["test_acc"] for k in HALF_HOUR_SEEDS]
+def half_hour_tests(stems=HALF_HOUR):
+    """The test accuracy each run read once, at its end."""
+    return [load(f"{stem}_metrics.jsonl")[-1]["test_acc"] for stem in stems]
 
 
-def half_hour():
-    """`--recipe half-hour`'s runs, a column per seed, and where the fifth hour's run stood at the same minute."""
-    facts = [dict(hour_table(f"cifar10_half_hour_s{k}_metrics.jsonl", f"cifar10_half_hour_s{k}_config.json", window=None))
-             for k in HALF_HOUR_SEEDS]
-    tests = half_hour_tests()
-    lines = ["| | " + " | ".join(f"seed {k}" for k in HALF_HOUR_SEEDS) + " |", "| --- |" + " --- |" * len(HALF_HOUR_SEEDS)]
+def seed_of(stem):
+    return load(f"{stem}_config.json")["train"]["seed"]
+
+
+def seeds_table(stems):
+    """Runs of one recipe, a column per seed, and the mean of their test readings."""
+    facts = [dict(hour_table(f"{stem}_metrics.jsonl", f"{stem}_config.json", window=None)) for stem in stems]
+    tests = half_hour_tests(stems)
+    lines = ["| | " + " | ".join(f"seed {seed_of(stem)}" for stem in stems) + " |", "| --- |" + " --- |" * len(stems)]
     lines += [f"| {key} | " + " | ".join(f[key] for f in facts) + " |" for key in facts[0]]
-    lines.append("| machine | " + " | ".join(machine(load(f"cifar10_half_hour_s{k}_config.json")["machine"])
-                                            for k in HALF_HOUR_SEEDS) + " |")
-    lines.append("| raw files | " + " | ".join(f"`cifar10_half_hour_s{k}_metrics.jsonl`, `cifar10_half_hour_s{k}_config.json`"
-                                              for k in HALF_HOUR_SEEDS) + " |")
+    lines.append("| machine | " + " | ".join(machine(load(f"{stem}_config.json")["machine"]) for stem in stems) + " |")
+    lines.append("| raw files | " + " | ".join(f"`{stem}_metrics.jsonl`, `{stem}_config.json`" for stem in stems) + " |")
     lines.append("")
     lines.append(f"Mean test accuracy of the {len(tests)} seeds: **{pct(statistics.mean(tests))}** (they differ by "
                  f"{100 * abs(tests[0] - tests[-1]):.2f} points).")
+    return lines
+
+
+def half_hour():
+    """The first version's runs, and where the fifth hour's run stood at the same minute."""
+    lines = seeds_table(HALF_HOUR_FIRST)
     hour, other = load("cifar10_hour_mpi_metrics.jsonl"), load("cifar10_hour_mpi_config.json")["machine"]
     at = max((r for r in hour if r["elapsed_s"] <= 30 * 60), key=lambda r: r["elapsed_s"])
-    mine = load("cifar10_half_hour_s0_config.json")["machine"]
+    mine = load(f"{HALF_HOUR_FIRST[0]}_config.json")["machine"]
     lines.append(f"For comparison, the fifth hour's run (above), on another machine ({other['cpu']}, "
                  f"{' '.join(other.get('isa', []))}; these runs: {mine['cpu']}, {' '.join(mine.get('isa', []))}), "
                  f"read {pct(at['val_acc'])} on validation after "
@@ -334,10 +345,14 @@ def half_hour():
     return "\n".join(lines)
 
 
-def half_hour_tta():
-    """benchmarks/tta_eval.py on each half-hour run's checkpoint: validation accuracy per test-time augmentation."""
-    raws = [load(f"cifar10_half_hour_s{k}_tta.json") for k in HALF_HOUR_SEEDS]
-    lines = ["| --tta | " + " | ".join(f"seed {k}: validation (change)" for k in HALF_HOUR_SEEDS)
+def half_hour_now():
+    return "\n".join(seeds_table(HALF_HOUR))
+
+
+def tta_table(stems):
+    """benchmarks/tta_eval.py on each run's checkpoint: validation accuracy per test-time augmentation."""
+    raws = [load(f"{stem}_tta.json") for stem in stems]
+    lines = ["| --tta | " + " | ".join(f"seed {seed_of(stem)}: validation (change)" for stem in stems)
              + " | seconds for the validation images |", "| --- |" + " --- |" * (len(raws) + 1)]
     for i, tta in enumerate(r["tta"] for r in raws[0]["readings"]):
         cells = [f"{pct(raw['readings'][i]['val_acc'])} ({100 * (raw['readings'][i]['val_acc'] - raw['readings'][0]['val_acc']):+.2f})"
@@ -348,18 +363,27 @@ def half_hour_tta():
     lines.append(f"{raws[0]['val_images']:,} validation images (the standard error of one accuracy on them is about "
                  f"{100 * se:.2f} points; the readings of one run are of the same images and weights, so their "
                  f"differences are paired and vary less than that); {machine(raws[0]['machine'])}; raw files "
-                 + ", ".join(f"`cifar10_half_hour_s{k}_tta.json`" for k in HALF_HOUR_SEEDS) + ".")
+                 + ", ".join(f"`{stem}_tta.json`" for stem in stems) + ".")
     return "\n".join(lines)
 
 
-# The half-hour recipe with one lever changed, each run beside the recipe's own seeds: (lever, flags, file stem).
-HALF_HOUR_LEVERS = [("the recipe", "", "cifar10_half_hour_s0"), ("the recipe", "--seed 1", "cifar10_half_hour_s1"),
-                    ("global average pooling", "--pool gap", "cifar10_half_hour_gap_s0")]
+def half_hour_tta():
+    return tta_table(HALF_HOUR_FIRST)
+
+
+def half_hour_now_tta():
+    return tta_table(HALF_HOUR)
+
+
+# The first version of the half-hour recipe with levers changed, beside its own seeds: (lever, flags, file stem).
+HALF_HOUR_LEVERS = [("the first version", "", "cifar10_half_hour_s0"), ("the first version", "--seed 1", "cifar10_half_hour_s1"),
+                    ("global average pooling", "--pool gap", "cifar10_half_hour_gap_s0"),
+                    ("and patch whitening", "--pool gap --patch-init whiten", "cifar10_half_hour_gap_whiten_s0")]
 
 
 def half_hour_levers():
     """Runs of `--recipe half-hour` with one change each: validation (the choice), then the test read once."""
-    lines = ["| lever | flags beside `--recipe half-hour` | validation at the end | validation, mean of the last 10 min "
+    lines = ["| lever | flags beside the first version | validation at the end | validation, mean of the last 10 min "
              "| images seen (million) | images/s per stage (16 / 24 / 32 px) | test (read once) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     machines = set()
@@ -376,6 +400,26 @@ def half_hour_levers():
     lines.append(f"Machine: {'; '.join(sorted(machines))}. Raw files: "
                  + ", ".join(f"`{stem}_metrics.jsonl`, `{stem}_config.json`" for _, _, stem in HALF_HOUR_LEVERS) + ".")
     return "\n".join(lines)
+
+
+def pos_align():
+    """benchmarks/pos_align_eval.py: checkpoints read at each stage's size with the table corner- or centre-aligned."""
+    raw = load("pos_align_eval.json")
+    sizes = [r["size"] for r in raw["runs"][0]["readings"]]
+    out = ["| checkpoint | " + " | ".join(f"{s} px: corners / centres (change)" for s in sizes) + " |",
+           "| --- |" + " --- |" * len(sizes)]
+    for run in raw["runs"]:
+        cells = [f"{pct(r['corners'])} / {pct(r['centres'])} ({100 * (r['centres'] - r['corners']):+.2f})"
+                 for r in run["readings"]]
+        out.append(f"| `{run['checkpoint']}` | " + " | ".join(cells) + " |")
+    changes = [100 * (r["centres"] - r["corners"]) for run in raw["runs"] for r in run["readings"]
+               if r["size"] != sizes[-1]]
+    out += ["", f"Validation accuracy on each run's {raw['runs'][0]['val_images']:,} held-out images. At the smaller "
+            f"sizes the centre-aligned table changes the reading by {min(changes):+.2f} to {max(changes):+.2f} points; "
+            f"the standard error of one reading there is about "
+            f"{100 * binomial_se(raw['runs'][0]['readings'][0]['corners'], raw['runs'][0]['val_images']):.2f}. "
+            f"{machine(raw['machine'])}; raw file `benchmarks/results/pos_align_eval.json`."]
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------- the first four hours (epochs, not a budget)
@@ -568,10 +612,11 @@ def headlines():
         ("CIFAR-10 in 60 minutes of training, 2 cores, one seed (the fifth attempt)",
          f"{hour['test accuracy (read once, after the last epoch)']} test", m_hour.get("cpu"),
          "`mpiexec -n 2 minivit train ... --time-budget 60` (below)", "`cifar10_hour_mpi_metrics.jsonl`"),
-        (f"CIFAR-10 in 30 minutes of training, 2 cores, mean of {len(HALF_HOUR_SEEDS)} seeds (`--recipe half-hour`)",
+        (f"CIFAR-10 in 30 minutes of training, 2 cores, mean of {len(HALF_HOUR)} seeds (`--recipe half-hour`)",
          f"**{pct(statistics.mean(half_hour_tests()))}** test",
-         load("cifar10_half_hour_s0_config.json")["machine"].get("cpu"),
-         "`mpiexec -n 2 minivit train --data ... --recipe half-hour` (below)", "`cifar10_half_hour_s*_metrics.jsonl`"),
+         load(f"{HALF_HOUR[0]}_config.json")["machine"].get("cpu"),
+         "`mpiexec -n 2 minivit train --data ... --recipe half-hour` (below)",
+         ", ".join(f"`{stem}_metrics.jsonl`" for stem in HALF_HOUR)),
         ("the PyTorch peer on the same recipe and machine", f"{peer['test accuracy (read once, after the last epoch)']} test",
          load("torch_hour_budget_machine.json").get("cpu"), "`benchmarks/train_torch.py ...` (below)",
          "`torch_hour_budget_metrics.jsonl`"),
@@ -596,14 +641,14 @@ def readme_results():
     rounds = [r["ratio"] for raw in finals for r in raw["rounds"]]
     cpu = load("cpu_step_cifar-tiny_train_mkl.json")["machine"]
     half = pct(statistics.mean(half_hour_tests()))
-    half_m = load("cifar10_half_hour_s0_config.json")["machine"]
+    half_m = load(f"{HALF_HOUR[0]}_config.json")["machine"]
     half_cpu = f"{half_m['cpu']} ({' '.join(half_m.get('isa', []))})"
     return (f"On an {m['cpu']} ({' '.join(m.get('isa', []))}), 2 cores: spending the hour on a time budget reaches "
             f"{hour['test accuracy (read once, after the last epoch)']} test accuracy in 60 minutes of training (one run, one "
             f"seed; validation {hour['validation accuracy at the end']} at the end, the last 10 minutes' mean "
             f"{hour['validation, mean (sd) over the last 10 minutes'].split(' ')[0]}), and the PyTorch peer on the same "
             f"recipe, weights and batches {peer['test accuracy (read once, after the last epoch)']}. Half an hour "
-            f"(`--recipe half-hour`) reached {half} test accuracy, the mean of {len(HALF_HOUR_SEEDS)} seeds, on an "
+            f"(`--recipe half-hour`) reached {half} test accuracy, the mean of {len(HALF_HOUR)} seeds, on an "
             f"{half_cpu}. On the same CPU as the hour, with "
             f"the numba kernels and MKL's products, minivit's step against PyTorch's has medians of "
             f"{min(train):.2f}–{max(train):.2f} in training and {min(infer):.2f}–{max(infer):.2f} in inference "
@@ -617,8 +662,9 @@ BLOCKS = {"headlines": headlines, "readme-results": readme_results, "mpi-scaling
           "cpu-step-final": cpu_step_final, "install-size": install_size, "readme-install": readme_install,
           "mkl-vs-openblas": mkl_vs_openblas,
           "hour-fifth": hour_fifth, "hour-peer": hour_peer, "restructure": restructure, "sweep-budget": sweep_budget,
-          "half-hour": half_hour, "half-hour-tta": half_hour_tta, "half-hour-levers": half_hour_levers,
-          "hour-fifth-stages": hour_fifth_stages, "step-vs-batch": step_vs_batch, "step-16px-torch": step_16px_torch, "attempts-2-and-4": attempts_2_and_4,
+          "half-hour": half_hour, "half-hour-tta": half_hour_tta, "half-hour-now": half_hour_now,
+          "half-hour-now-tta": half_hour_now_tta, "half-hour-levers": half_hour_levers,
+          "hour-fifth-stages": hour_fifth_stages, "step-vs-batch": step_vs_batch, "pos-align": pos_align, "step-16px-torch": step_16px_torch, "attempts-2-and-4": attempts_2_and_4,
           "peer-second": peer_second,
           **{f"attempt-{n}": (lambda n=n: attempt_facts(n)) for n in FIRST_HOURS},
           **{f"attempt-{n}-reach": (lambda n=n: attempt_reach(n)) for n in FIRST_HOURS}}

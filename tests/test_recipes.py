@@ -57,6 +57,28 @@ def test_the_hour_recipe_is_the_documented_command():
     assert asdict(train_config(recipe)) == {**asdict(train_config(documented)), "recipe": "hour", "threads": 2}
 
 
+def _recorded(stem):
+    """The model and training settings a finished run recorded in its config.json (benchmarks/results/)."""
+    return json.loads((ROOT / "benchmarks" / "results" / f"{stem}_config.json").read_text())
+
+
+@pytest.mark.parametrize("recipe, flags, stems", [
+    ("half-hour", [], ["cifar10_half_hour_gap_whiten_s0", "cifar10_half_hour_gap_whiten_s1"]),
+    ("hour", ["--time-budget", "30"], ["cifar10_half_hour_s0", "cifar10_half_hour_s1"]),   # the first version
+])
+def test_a_recipe_sets_what_its_documented_runs_trained_with(recipe, flags, stems):
+    """docs/results.md's half-hour figures come from runs whose config.json the recipe must reproduce: the same
+    model and the same training settings, but the run's own seed, threads and recorded recipe name."""
+    a = _parser().parse_args(["train", "--recipe", recipe, *flags])
+    preset, model_kw = model_choice(a)
+    own = ("seed", "threads", "recipe")
+    for stem in stems:
+        run = _recorded(stem)
+        assert ViTConfig.preset(preset, num_classes=10, **model_kw) == ViTConfig.from_dict(run["model"])
+        mine = {k: v for k, v in asdict(train_config(a)).items() if k not in own}
+        assert mine == {k: v for k, v in {**asdict(TrainConfig()), **run["train"]}.items() if k not in own}
+
+
 def test_flags_beside_a_recipe_override_single_settings():
     a = _parser().parse_args(["train", "--recipe", "hour", "--lr", "1e-3", "--batch-size", "128", "--no-augment",
                               "--preset", "cifar-small", "--drop-path", "0.2"])

@@ -130,6 +130,8 @@ class Trainer:
             sample = self.data.train.images[:WHITEN_IMAGES]
             self.params = whiten_patch_embed(self.params, normalize(sample, self.mean, self.std, dtype="float64"),
                                              self.cfg)
+            self.log(f"--patch-init whiten: the patch projection starts as a whitening of {len(sample):,} training "
+                     "images' patches")
 
     def _share_state(self, opt_state):
         """Under MPI: rank 0's parameters, optimiser state and run position to every rank (run_state.py)."""
