@@ -8,11 +8,13 @@ in memory as a loaded dataset is:
 - batch: make_batch, the crop, flip and normalisation of this rank's images (at 32 pixels);
 - resize: the bicubic resize of the batch to the stage's size (none at 32);
 - forward+backward: Engine.loss_and_grads at that size, the 8 x 8 position table resampled inside the step;
-- allreduce: World.sum_step, the ranks' one sum of the gradients (under mpiexec only);
+- wait: a barrier after the forward and backward, where the faster rank waits for the slower (under mpiexec);
+- allreduce: World.sum_step, the ranks' one sum of the gradients, once both are there (under mpiexec only);
 - clip and adamw: the global-norm clipping and the optimiser's update, which touch every parameter once a step
   whatever the batch.
 
-Each (size, batch) runs --warmup steps, then --steps timed ones; the figures are medians on rank 0. For each size
+Each size runs --warmup rounds, then --steps timed ones; a round is one step of each batch size in turn, so that
+the machine's drift over minutes reaches every batch size alike. The figures are medians on rank 0. For each size
 and part a straight line t = a + b B is fitted over the batches by least squares: a is the part's cost per step,
 b its cost per image. Run it as the recipe trains, two ranks of one thread each:
 
@@ -40,7 +42,7 @@ from minivit.train.batches import batch_positions, epoch_order, make_batch  # no
 from minivit.train.distributed import current_world  # noqa: E402
 from minivit.train.engine import Engine, blas_single_thread  # noqa: E402
 
-PARTS = ("batch", "resize", "forward+backward", "allreduce", "clip", "adamw")
+PARTS = ("batch", "resize", "forward+backward", "wait", "allreduce", "clip", "adamw")
 
 
 def fit(batches, ms):
@@ -72,13 +74,14 @@ def main():
     with blas_single_thread(a.threads, world.size):
         for size in a.sizes:
             small = None if size == cfg.image_size else replace(cfg, image_size=size)
-            for B in a.batches:
-                params = mv.init_params(cfg, seed=0)
-                opt = mv.AdamW(lr=1e-3, weight_decay=tcfg.weight_decay)
-                t_batch = replace(tcfg, batch_size=B)
-                keep, _, mine = batch_positions(B, world.rows(B))
-                times = {k: [] for k in PARTS}
-                for i in range(a.warmup + a.steps):
+            # One model and optimiser per batch size, and the batch sizes taken in turn, step after step: the
+            # machine's speed drifts over minutes, and interleaving lets every batch size see the same drift.
+            state = {B: (mv.init_params(cfg, seed=0), mv.AdamW(lr=1e-3, weight_decay=tcfg.weight_decay),
+                         replace(tcfg, batch_size=B), batch_positions(B, world.rows(B))) for B in a.batches}
+            times = {B: {k: [] for k in PARTS} for B in a.batches}
+            for i in range(a.warmup + a.steps):
+                for B in a.batches:
+                    params, opt, t_batch, (keep, _, mine) = state[B]
                     world.barrier()
                     t = [time.perf_counter()]
                     x, y = make_batch(split, t_batch, mean, std, 0, i % (n // B), i, order=order, keep=keep)
@@ -86,10 +89,11 @@ def main():
                     t.append(time.perf_counter())
                     x = x if small is None else resize_batch(x, size)
                     t.append(time.perf_counter())
-                    first = world.rows(B).start
-                    loss, correct, grads = engine.loss_and_grads(params, x, y, tcfg.label_smoothing, 0, i, first=first,
-                                                                 batch=B, cfg=small)
+                    loss, correct, grads = engine.loss_and_grads(params, x, y, tcfg.label_smoothing, 0, i,
+                                                                 first=world.rows(B).start, batch=B, cfg=small)
                     float(loss)
+                    t.append(time.perf_counter())
+                    world.barrier()                 # waiting for the slower rank, apart from the sum itself
                     t.append(time.perf_counter())
                     grads, loss, correct, _ = world.sum_step(grads, loss, correct)
                     t.append(time.perf_counter())
@@ -99,8 +103,9 @@ def main():
                     t.append(time.perf_counter())
                     if i >= a.warmup:
                         for k, t0, t1 in zip(PARTS, t[:-1], t[1:]):
-                            times[k].append((t1 - t0) * 1e3)
-                med = {k: statistics.median(v) for k, v in times.items()}
+                            times[B][k].append((t1 - t0) * 1e3)
+            for B in a.batches:
+                med = {k: statistics.median(v) for k, v in times[B].items()}
                 med["step"] = sum(med.values())
                 rows.append({"size": size, "batch": B, "ms": med, "images_per_s": B / med["step"] * 1e3})
                 if world.is_root:
