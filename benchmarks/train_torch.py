@@ -12,7 +12,9 @@ The budget techniques of `minivit train` too: --time-budget (the learning rate d
 time, as minivit's trainer does), --schedule linear, --patch-dropout (each image's kept patches drawn
 from minivit's per-image streams, so the same patches as minivit's), --resize-schedule (the batch
 resized by minivit's resize_batch, the position table by bilinear interpolation with aligned corners,
-as minivit's), --val-split (epochs scored on held-out images, the test set read once at the end).
+as minivit's), --val-split (epochs scored on held-out images, the test set read once at the end), --pool gap,
+--patch-init whiten (minivit's own whitening of the same training images, before the weights are converted), and
+--tta (the last validation reading and the test reading scored again on the views, as minivit's trainer does).
 
     python benchmarks/train_torch.py --data ../shared/datasets/cifar10-jpeg.tar.gz \\
         --preset cifar-tiny --epochs 40 --batch-size 256 --lr 2e-3 --warmup 2 --out runs/torch-tiny-40ep
@@ -36,6 +38,9 @@ import numpy as np  # noqa: E402
 from minivit.config import resize_stages, stage_at  # noqa: E402
 from minivit.machine import machine  # noqa: E402
 from minivit.data.splits import hold_out  # noqa: E402
+from minivit.data.transforms import tta_views  # noqa: E402
+from minivit.models.init import whiten_patch_embed  # noqa: E402
+from minivit.train.trainer import WHITEN_IMAGES  # noqa: E402
 from minivit.layers.resample import resize_batch  # noqa: E402
 from minivit.train.optim import budget_decay, decays, warmup_decay  # noqa: E402
 from minivit.train.random_streams import ImageStreams  # noqa: E402
@@ -66,24 +71,29 @@ def main():
     p.add_argument("--time-budget", type=float, default=0.0, help="minutes of training time; 0: --epochs")
     p.add_argument("--resize-schedule", default="", help="as minivit train's, e.g. 16:0.25,24:0.5")
     p.add_argument("--val-split", type=int, default=0)
+    p.add_argument("--pool", default=None, choices=["token", "gap"], help="as minivit's --pool")
+    p.add_argument("--patch-init", default="", choices=["", "whiten"], help="as minivit's --patch-init")
+    p.add_argument("--tta", default="", choices=["", "flip", "flip-shift"], help="as minivit's --tta")
     p.add_argument("--out", required=True)
     a = p.parse_args()
 
     torch.set_num_threads(a.threads)
     given = lambda names: {k: getattr(a, k) for k in names if getattr(a, k) is not None}
     cfg = mv.ViTConfig.preset(a.preset, **given(("dim", "depth", "heads", "mlp_dim", "drop_path", "layer_scale", "attn_init",
-                                                 "patch_dropout")))
+                                                 "patch_dropout", "pool")))
     t = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, min_lr=a.min_lr, warmup_epochs=a.warmup,
                     weight_decay=a.weight_decay, label_smoothing=a.label_smoothing, clip_norm=a.clip_norm, seed=a.seed,
                     schedule=a.schedule, time_budget=a.time_budget, resize_schedule=a.resize_schedule,
-                    val_split=a.val_split, **given(("randaugment", "randaugment_magnitude", "random_erasing")))
+                    val_split=a.val_split, patch_init=a.patch_init, tta=a.tta, **given(("randaugment", "randaugment_magnitude", "random_erasing")))
     stages = resize_stages(t.resize_schedule)
     budget = t.time_budget * 60
     generator = torch.Generator().manual_seed(a.seed)  # stochastic depth's masks
     data = load_dataset(a.data)
     train, val = (hold_out(data.train, t.val_split) if t.val_split else (data.train, None))
-    mean, std = channel_stats(data.train.images)   # of all the training images, as minivit's trainer
+    mean, std = channel_stats(train.images)   # of the images it trains on, as minivit's trainer
     init = mv.init_params(cfg, seed=t.seed)
+    if t.patch_init == "whiten":   # minivit's trainer's whitening, of the same images
+        init = whiten_patch_embed(init, normalize(train.images[:WHITEN_IMAGES], mean, std, dtype="float64"), cfg)
     names = {timm._timm_name(k): k for k in init}
     sd = {k: torch.tensor(v, requires_grad=True) for k, v in mv.to_timm(init, cfg).items()}
     groups = [{"params": [v for k, v in sd.items() if decays(names[k], init[names[k]])], "weight_decay": t.weight_decay},
@@ -96,11 +106,13 @@ def main():
     (out / "command.txt").write_text(" ".join(["python"] + sys.argv) + "\n")
     (out / "machine.json").write_text(json.dumps(machine(), indent=2) + "\n")   # torch's version included
     metrics = open(out / "metrics.jsonl", "w")
-    def scored(split):
-        """Plain cross-entropy and accuracy on a Split, in eval mode (as minivit's trainer reports them)."""
-        xs, ys = torch.from_numpy(normalize(split.images, mean, std)), torch.from_numpy(split.labels)
+    def scored(split, tta=""):
+        """Plain cross-entropy and accuracy on a Split, in eval mode (as minivit's trainer reports them); with
+        `tta`, of the views' weighted logits (minivit's tta_views)."""
+        x, ys = normalize(split.images, mean, std), torch.from_numpy(split.labels)
         with torch.no_grad():
-            logits = torch.cat([torch_vit(sd, xs[i:i + 500], cfg) for i in range(0, len(ys), 500)])
+            logits = sum(w * torch.cat([torch_vit(sd, torch.from_numpy(np.ascontiguousarray(v[i:i + 500])), cfg)
+                                        for i in range(0, len(ys), 500)]) for w, v in tta_views(x, tta))
         return F.cross_entropy(logits, ys).item(), (logits.argmax(1) == ys).double().mean().item()
 
     step, elapsed, warmup_end = 0, 0.0, None
@@ -149,8 +161,12 @@ def main():
         name = "val" if val is not None else "test"
         row[f"{name}_loss"], row[f"{name}_acc"] = scored(val if val is not None else data.test)
         last = step >= total or (budget and elapsed >= budget)
+        if last and t.tta:                                              # the last reading on the views too
+            row[f"{name}_tta_loss"], row[f"{name}_tta_acc"] = scored(val if val is not None else data.test, t.tta)
         if val is not None and last:                                    # the test set, read once
             row["test_loss"], row["test_acc"] = scored(data.test)
+            if t.tta:
+                row["test_tta_loss"], row["test_tta_acc"] = scored(data.test, t.tta)
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()
         print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | {name} loss "

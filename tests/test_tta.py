@@ -1,5 +1,5 @@
 """Test-time augmentation (--tta flip, flip-shift): the views, their weights, and the evaluation that averages
-their logits, in evaluate, predict and a training run's readings."""
+their logits, in evaluate, predict and a training run's last readings."""
 import json
 import os
 import subprocess
@@ -94,3 +94,31 @@ def test_the_commands_take_tta_and_a_run_records_it(tmp_path):
     assert r.returncode == 0 and r.stdout.startswith(str(image)), r.stderr
     with pytest.raises(ValueError, match="--tta must be one of"):
         TrainConfig(tta="rotate")
+
+
+def test_a_run_scores_only_its_last_readings_with_tta_beside_the_plain_ones(tmp_path):
+    """--tta in train: every epoch's validation reading stays plain; the last epoch adds val_tta_* and the test
+    reading test_tta_*, each what `evaluate --tta` computes from the checkpoint (the test set), or, for the
+    validation images, the views' loss differs from the plain one."""
+    from datagen import image_folder_files, write_folder
+    env = {**os.environ, "MINIVIT_CACHE": str(tmp_path / "cache")}
+    data = write_folder(tmp_path / "data", image_folder_files(classes=tuple("abcd"), size=8, per_class=(8, 3)))
+    out = tmp_path / "run"
+    cli = [sys.executable, "-m", "minivit"]
+    r = subprocess.run(cli + ["train", "--data", str(data), "--preset", "test", "--batch-size", "8", "--no-progress",
+                              "--out", str(out), "--tta", "flip-shift", "--epochs", "2", "--val-split", "8"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and "val_tta_acc" not in rows[0] and "test_acc" not in rows[0]
+    last = rows[-1]
+    assert {"val_acc", "val_tta_acc", "val_tta_loss", "test_acc", "test_tta_acc", "test_tta_loss"} <= set(last)
+    assert last["val_tta_loss"] != pytest.approx(last["val_loss"], rel=1e-6)
+    assert "--tta flip-shift" in r.stdout + r.stderr
+    for tta, key in (("flip-shift", "test_tta"), ("", "test")):
+        ev = subprocess.run(cli + ["evaluate", str(out / "checkpoint.npz"), "--json"] + (["--tta", tta] if tta else []),
+                            capture_output=True, text=True, env=env, timeout=300)
+        assert ev.returncode == 0, ev.stderr
+        result = json.loads(ev.stdout)
+        assert result["accuracy"] == pytest.approx(last[f"{key}_acc"], abs=1e-5)
+        assert result["loss"] == pytest.approx(last[f"{key}_loss"], rel=1e-4)

@@ -106,7 +106,8 @@ def _fit(trainer, out):
     if history:
         h = history[-1]
         plots = " and ".join(str(out / f) for f in ("curves.png", "confusion.png") if (out / f).exists())
-        print(f"done: {trainer.objective.METRIC} {h['test_acc']:.4f} after {h['epoch']} epochs, {h['elapsed_s']:.0f} s of training; "
+        tta = f" ({h['test_tta_acc']:.4f} with --tta {trainer.tcfg.tta})" if h.get("test_tta_acc") is not None else ""
+        print(f"done: {trainer.objective.METRIC} {h['test_acc']:.4f}{tta} after {h['epoch']} epochs, {h['elapsed_s']:.0f} s of training; "
               f"checkpoint {out / 'checkpoint.npz'}, metrics {out / 'metrics.jsonl'}" + (f", plots {plots}" if plots else ""))
     return 0
 

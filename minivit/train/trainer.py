@@ -342,22 +342,35 @@ class Trainer:
         # The test (and validation) loss is plain cross-entropy, as `minivit evaluate` reports it; the
         # train loss is the objective being minimised, with label smoothing. With --val-split every epoch
         # is scored on the held-out images and the test set is read once, after the last epoch.
+        # --tta scores the run's last readings a second time, on the views (recorded as {name}_tta_acc ...):
+        # every epoch's reading stays plain, so the curve is one kind of figure and evaluation stays cheap.
         split, name = (self.val, "val") if self.val is not None else (self.data.test, "test")
         row = {"epoch": epoch + 1, "step": self.step, "lr": self.opt.lr, "train_loss": meter.loss(),
                "train_acc": meter.accuracy()}
+        tta = self.tcfg.tta if self._finished() else ""
         ev, ev_ema = self._score(split, name, row)
+        if tta:
+            ev, ev_ema = self._score(split, f"{name}_tta", row, tta)
         row.update(images_per_s=meter.images_per_s(), elapsed_s=self.elapsed)
         final_test = self.val is not None and self._finished()
-        test_ev = self._score(self.data.test, "test", row)[0] if final_test else None   # the one reading, for the report
+        test_ev = None
+        if final_test:   # the one reading of the test set, for the report (with --tta, of its plain and its views' logits)
+            test_ev = self._score(self.data.test, "test", row)[0]
+            if tta:
+                test_ev = self._score(self.data.test, "test_tta", row, tta)[0]
         # JSON has no NaN or infinity: a non-finite figure (an overflowing test loss) is recorded as null
         row = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()}
         self.history.append(row)
         self.save()
         write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
-        scores = f"{name} loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}"
+        scores = f"{name} loss {row[name + '_loss']:.4f} acc {row[name + '_acc']:.4f}"
+        if tta:
+            scores += f" (--tta {tta}: acc {row[name + '_tta_acc']:.4f})"
         if self.val is not None:
-            scores += (f" | test loss {test_ev['loss']:.4f} acc {test_ev['accuracy']:.4f}" if final_test
+            scores += (f" | test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}" if final_test
                        else " | test set not read")
+            if final_test and tta:
+                scores += f" (--tta {tta}: acc {row['test_tta_acc']:.4f})"
         self.log(f"epoch {epoch + 1}: train loss {meter.loss():.4f} acc {meter.accuracy():.4f} | {scores}"
                  + (f" (EMA {ev_ema['accuracy']:.4f})" if self.ema else "")
                  + f" | {meter.images_per_s():.0f} img/s, {self.elapsed:.0f} s")
@@ -367,21 +380,21 @@ class Trainer:
         if self.on_epoch_end:
             self.on_epoch_end(self.history)
 
-    def _score(self, split, name, row):
-        """Evaluate the weights, and the EMA's, on `split`; record them in `row` as {name}_loss, {name}_acc
-        (ema_{name}_...). -> (the weights' evaluation, the EMA's or None)."""
-        ev = self._evaluate(self.params, split)
+    def _score(self, split, name, row, tta=""):
+        """Evaluate the weights, and the EMA's, on `split` (with test-time augmentation `tta`); record them in
+        `row` as {name}_loss, {name}_acc (ema_{name}_...). -> (the weights' evaluation, the EMA's or None)."""
+        ev = self._evaluate(self.params, split, tta)
         row.update({f"{name}_loss": ev["loss"], f"{name}_acc": ev["accuracy"]})
         ev_ema = None
         if self.ema:
-            ev_ema = self._evaluate(self.ema.params, split)
+            ev_ema = self._evaluate(self.ema.params, split, tta)
             row.update({f"ema_{name}_loss": ev_ema["loss"], f"ema_{name}_acc": ev_ema["accuracy"]})
         return ev, ev_ema
 
-    def _evaluate(self, params, split):
+    def _evaluate(self, params, split, tta=""):
         """The objective's loss and accuracy on a Split (the validation or the test images), in the trainer's threads."""
         return evaluate(params, self.cfg, split, self.mean, self.std, self.tcfg.eval_batch_size, engine=self.engine,
-                        world=self.world, tta=self.tcfg.tta)
+                        world=self.world, tta=tta)
 
     def _plot(self, epoch, ev, split, name):
         if not self.plots:
