@@ -227,8 +227,11 @@ def hour_table(metrics, config, train_images=45000, window=(43, 47)):
                        for x in (0.70, 0.75, 0.80))
     tail = [r["val_acc"] for r in rows if r["elapsed_s"] >= budget - 600]
     best = max(rows, key=lambda r: r["val_acc"])
+    tta = cfg["train"].get("tta") if "test_tta_acc" in last else ""   # --tta: the last readings on the views too
     return [
-        ("test accuracy (read once, after the last epoch)", f"**{pct(last['test_acc'])}**"),
+        ("test accuracy (read once, after the last epoch)", pct(last["test_acc"]) if tta else f"**{pct(last['test_acc'])}**"),
+        *([(f"test accuracy with `--tta {tta}` (the same reading, the views' logits)", f"**{pct(last['test_tta_acc'])}**"),
+           (f"validation accuracy at the end with `--tta {tta}`", pct(last["val_tta_acc"]))] if tta else []),
         ("validation accuracy at the end", pct(last["val_acc"])),
         ("validation, mean (sd) over the last 10 minutes", f"{pct(statistics.mean(tail))} ({100 * statistics.stdev(tail):.2f})"),
         ("best validation reading", f"{pct(best['val_acc'])} at {best['elapsed_s'] / 60:.1f} min (epoch {best['epoch']})"),
@@ -302,15 +305,19 @@ def hour_peer():
     return "\n".join(lines)
 
 
-# --recipe half-hour's runs: its first version (the hour's recipe on 30 minutes) and the recipe now (with global
-# average pooling and patch whitening), two seeds each; file stems in benchmarks/results/.
+# --recipe half-hour's runs: its first version (the hour's recipe on 30 minutes), the second (with global average
+# pooling and patch whitening) and the recipe now (the second with test-time flip-shift of the last readings), two
+# seeds each; file stems in benchmarks/results/.
 HALF_HOUR_FIRST = ("cifar10_half_hour_s0", "cifar10_half_hour_s1")
-HALF_HOUR = ("cifar10_half_hour_gap_whiten_s0", "cifar10_half_hour_gap_whiten_s1")
+HALF_HOUR_SECOND = ("cifar10_half_hour_gap_whiten_s0", "cifar10_half_hour_gap_whiten_s1")
+HALF_HOUR = ("cifar10_half_hour_tta_s2", "cifar10_half_hour_tta_s3")
 
 
-def half_hour_tests(stems=HALF_HOUR):
-    """The test accuracy each run read once, at its end."""
-    return [load(f"{stem}_metrics.jsonl")[-1]["test_acc"] for stem in stems]
+def half_hour_tests(stems=HALF_HOUR, plain=False):
+    """The test accuracy each run read once, at its end: its recipe's figure (with --tta, the views'), or the
+    plain logits' with `plain`."""
+    last = [load(f"{stem}_metrics.jsonl")[-1] for stem in stems]
+    return [r["test_acc"] if plain else r.get("test_tta_acc", r["test_acc"]) for r in last]
 
 
 def seed_of(stem):
@@ -326,8 +333,11 @@ def seeds_table(stems):
     lines.append("| machine | " + " | ".join(machine(load(f"{stem}_config.json")["machine"]) for stem in stems) + " |")
     lines.append("| raw files | " + " | ".join(f"`{stem}_metrics.jsonl`, `{stem}_config.json`" for stem in stems) + " |")
     lines.append("")
-    lines.append(f"Mean test accuracy of the {len(tests)} seeds: **{pct(statistics.mean(tests))}** (they differ by "
-                 f"{100 * abs(tests[0] - tests[-1]):.2f} points).")
+    plain = half_hour_tests(stems, plain=True)
+    tta = load(f"{stems[0]}_config.json")["train"].get("tta") if plain != tests else ""
+    lines.append(f"Mean test accuracy of the {len(tests)} seeds" + (f" with `--tta {tta}`" if tta else "")
+                 + f": **{pct(statistics.mean(tests))}** (they differ by {100 * abs(tests[0] - tests[-1]):.2f} points)"
+                 + (f"; the same readings' plain logits: {pct(statistics.mean(plain))}." if tta else "."))
     return lines
 
 
@@ -343,6 +353,10 @@ def half_hour():
                  f"{at['elapsed_s'] / 60:.1f} minutes of training, its learning rate then {at['lr']:.2g}, still on its "
                  "way down to the deadline at 60.")
     return "\n".join(lines)
+
+
+def half_hour_second():
+    return "\n".join(seeds_table(HALF_HOUR_SECOND))
 
 
 def half_hour_now():
@@ -371,8 +385,8 @@ def half_hour_tta():
     return tta_table(HALF_HOUR_FIRST)
 
 
-def half_hour_now_tta():
-    return tta_table(HALF_HOUR)
+def half_hour_second_tta():
+    return tta_table(HALF_HOUR_SECOND)
 
 
 # The first version of the half-hour recipe with levers changed, beside its own seeds: (lever, flags, file stem).
@@ -535,6 +549,132 @@ def sweep_budget():
     return "\n".join(out)
 
 
+def flags_of(changes):
+    """{'lr': 0.004, 'attn_init': 'mimetic'} -> '`--lr 0.004 --attn-init mimetic`' (the flags a setting is)."""
+    return "`" + " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
+                          for k, v in changes.items()) + "`"
+
+
+def sweep_epochs(name, base):
+    """A recipe_sweep.py file of 2-epoch runs scored on the test set (before --val-split existed): a row per recipe,
+    its settings' difference from the run named `base`, and each difference's size in standard errors."""
+    raw = load(name)
+    runs = sorted(raw["runs"], key=lambda r: -r["test_acc"])
+    ref = next(r for r in runs if r["recipe"] == base)
+    n = 10000   # the CIFAR-10 test set, which scored these runs
+    setting = lambda r: {**r["model"], **r["train"]}
+    out = [f"| recipe | changes from `{base}` | test accuracy | change (standard errors of a difference) | minutes | "
+           "images/s | points over chance per minute |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    se2 = math.sqrt(2) * binomial_se(ref["test_acc"], n)
+    for i, r in enumerate(runs):
+        diff = {k: v for k, v in setting(r).items() if setting(ref).get(k) != v}
+        acc = pct(r["test_acc"])
+        change = ("–" if r is ref else f"{100 * (r['test_acc'] - ref['test_acc']):+.2f} "
+                                       f"({(r['test_acc'] - ref['test_acc']) / se2:+.1f})")
+        out.append(f"| {r['recipe']} | {flags_of(diff) if diff else 'the base'} | {'**' + acc + '**' if i == 0 else acc} | "
+                   f"{change} | {r['minutes']:.2f} | {num(r['images_per_s'])} | {r['points_per_minute']:.1f} |")
+    out += ["", f"One run each, seed 0, {raw['epochs']} epochs, scored on the {n:,} test images: one reading's sampling "
+                f"error is about {100 * binomial_se(ref['test_acc'], n):.2f} points and a difference of two readings' "
+                f"about {100 * se2:.2f}; the spread between seeds was not measured and comes on top. "
+                f"{FIRST_HOURS_MACHINE}; raw file [`{name}`](../benchmarks/results/{name})."]
+    return "\n".join(out)
+
+
+def sweep_short():
+    return sweep_epochs("recipe_sweep_cpu.json", "tiny")
+
+
+def sweep_hour():
+    return sweep_epochs("recipe_sweep_hour_cpu.json", "hour")
+
+
+def peer_second_drift():
+    """How far the second attempt and its peer drift apart epoch by epoch, and compare_runs.py's table of it."""
+    a, b = epoch_rows(FIRST_HOURS[2]), load("torch_tiny_hour_metrics.jsonl")
+    d = [100 * (x["test_acc"] - y["test_acc"]) for x, y in zip(a, b)]
+    last = d[-10:]
+    speed = (statistics.median(r["images_per_s"] for r in a) / statistics.median(r["images_per_s"] for r in b))
+    lean = lambda v: f"minivit ahead by {v:.2f}" if v > 0 else f"PyTorch ahead by {-v:.2f}"
+    out = [f"They end {abs(d[-1]):.2f} points apart. Along the way single epochs differ by up to "
+           f"{max(map(abs, d)):.1f} points, {lean(statistics.mean(d))} on average over all {len(d)} epochs; over the last "
+           f"ten they are within {max(map(abs, last)):.2f} points, {lean(statistics.mean(last))} on average. minivit's "
+           f"median epoch ran at {speed:.2f} times PyTorch's images/s. From `python benchmarks/compare_runs.py "
+           "benchmarks/results/cifar10_tiny_hour_metrics.jsonl benchmarks/results/torch_tiny_hour_metrics.jsonl "
+           "--labels minivit PyTorch`:", "", "```", "epoch | minivit test acc PyTorch test acc  diff (points)"]
+    for e in sorted({1, 5, 10, 20, 30, 40, len(d)}):
+        x, y = a[e - 1]["test_acc"], b[e - 1]["test_acc"]
+        out.append(f"{e:5d} | {x:16.4f} {y:16.4f} {100 * (x - y):+14.2f}")
+    out += ["```", "", f"{FIRST_HOURS_MACHINE}; raw: `cifar10_tiny_hour_metrics.jsonl`, `torch_tiny_hour_metrics.jsonl`."]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- pre-training and data size (paper 4.6, 4.2)
+
+UNDATED_MACHINE = ("machine: the raw file names none; by date the AMD EPYC (AVX2) of the first "
+                   "four hours, 2 cores")
+
+
+def pretrain_arms():
+    """benchmarks/pretrain_experiment.py: the pre-training itself, then each label fraction's two arms."""
+    raw = load("pretrain_cifar10.json")
+    pre = raw["pretrain"]
+    h = pre["history"]
+    out = [f"Pre-training: {len(h)} epochs, {num(pre['images'])} images, {pre['seconds'] / 60:.1f} min of training; "
+           f"colour accuracy on corrupted test patches {pct(h[0]['test_acc'], 1)} after the first epoch, "
+           f"{pct(h[-1]['test_acc'], 1)} after the last (test loss {h[-1]['test_loss']:.2f} nats).", "",
+           "| labels | labelled images | pretrained: colour + fine-tuning | scratch, same images in total | difference |",
+           "| --- | --- | --- | --- | --- |"]
+    fractions = sorted({r["fraction"] for r in raw["runs"].values()})
+    for f in fractions:
+        arm = {r["arm"]: r for r in raw["runs"].values() if r["fraction"] == f}
+        p_, s_ = arm["pretrained"], arm["scratch"]
+        out.append(f"| {100 * f:g}% | {num(p_['labelled_images'])} | {pct(p_['test_acc'], 1)} (+ {num(p_['images'])} "
+                   f"images) | {pct(s_['test_acc'], 1)} ({num(s_['images'])} images) | "
+                   f"{100 * (p_['test_acc'] - s_['test_acc']):+.1f} |")
+    out += ["", f"{raw['test_images']:,} test images, one seed per run (one reading's sampling error about "
+                f"{100 * binomial_se(0.5, raw['test_images']):.1f} points). machine, as the raw file records it: "
+                f"{raw['machine']}. Raw file `pretrain_cifar10.json`."]
+    return "\n".join(out)
+
+
+def pretrain_features():
+    """The frozen features' few-shot and probe accuracy before and after pre-training, and the attention distances."""
+    raw = load("pretrain_cifar10.json")
+    shots = [k for k in raw["fewshot"]["token"]["init"] if k != "probe"]
+    out = ["| representation | " + " | ".join(f"{k}-shot" for k in shots) + " | linear probe |",
+           "| --- |" + " --- |" * (len(shots) + 1)]
+    for rep, name in (("token", "class token"), ("gap", "mean patch token")):
+        for when, label in (("init", "at initialisation"), ("pretrained", "pre-trained")):
+            v = raw["fewshot"][rep][when]
+            out.append(f"| {name}, {label} | " + " | ".join(pct(v[k], 1) for k in shots) + f" | {pct(v['probe'], 1)} |")
+    dist = raw["attention_distance"]
+    span = lambda keys: (f"{min(min(dist[k]) for k in keys):.1f}–{max(max(dist[k]) for k in keys):.1f}")
+    scratch = [k for k in dist if k.endswith("-scratch")]
+    tuned = [k for k in dist if k.endswith("-pretrained")]
+    out += ["", "Mean attention distance per block, in pixels: after pre-training "
+            + ", ".join(f"{d:.1f}" for d in dist["pretrained"]) + "; at initialisation "
+            + ", ".join(f"{d:.1f}" for d in dist["init"]) + f"; after supervised training from scratch {span(scratch)}; "
+            f"the fine-tuned models {span(tuned)}. Raw file `pretrain_cifar10.json` (the same machine)."]
+    return "\n".join(out)
+
+
+def data_size():
+    """benchmarks/data_size.py: the ViT and the CNN at each number of distinct training images, equal images seen."""
+    raw = load("data_size_cifar10.json")
+    by = {(r["model"], r["train_images"]): r for r in raw["runs"]}
+    sizes = sorted({n for _, n in by})
+    out = ["| training images | ViT test | CNN test | CNN − ViT | ViT train | CNN train | seconds, ViT / CNN |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for n in sizes:
+        v, c = by["vit", n], by["cnn", n]
+        out.append(f"| {num(n)} | {pct(v['test_acc'], 1)} | {pct(c['test_acc'], 1)} | "
+                   f"{100 * (c['test_acc'] - v['test_acc']):+.1f} | {pct(v['train_acc_last_epoch'], 1)} | "
+                   f"{pct(c['train_acc_last_epoch'], 1)} | {v['seconds']:.0f} / {c['seconds']:.0f} |")
+    out += ["", f"Every run saw {num(raw['images_seen'])} images; {raw['test_images']:,} test images, one seed each. "
+                f"{UNDATED_MACHINE}. Raw file `data_size_cifar10.json`."]
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------- MPI ranks against threads (mpi_scaling.py)
 
 MPI_ROW = re.compile(r"^(?P<preset>\S+)\s+(?P<batch>\d+)\s+(?P<setting>\d+ ranks? x \d+ threads?)\s+(?P<ips>\d+)\s+"
@@ -612,7 +752,8 @@ def headlines():
         ("CIFAR-10 in 60 minutes of training, 2 cores, one seed (the fifth attempt)",
          f"{hour['test accuracy (read once, after the last epoch)']} test", m_hour.get("cpu"),
          "`mpiexec -n 2 minivit train ... --time-budget 60` (below)", "`cifar10_hour_mpi_metrics.jsonl`"),
-        (f"CIFAR-10 in 30 minutes of training, 2 cores, mean of {len(HALF_HOUR)} seeds (`--recipe half-hour`)",
+        (f"CIFAR-10 in 30 minutes of training, 2 cores, mean of {len(HALF_HOUR)} seeds (`--recipe half-hour`: the test "
+         "reading with flip-shift)",
          f"**{pct(statistics.mean(half_hour_tests()))}** test",
          load(f"{HALF_HOUR[0]}_config.json")["machine"].get("cpu"),
          "`mpiexec -n 2 minivit train --data ... --recipe half-hour` (below)",
@@ -648,8 +789,9 @@ def readme_results():
             f"seed; validation {hour['validation accuracy at the end']} at the end, the last 10 minutes' mean "
             f"{hour['validation, mean (sd) over the last 10 minutes'].split(' ')[0]}), and the PyTorch peer on the same "
             f"recipe, weights and batches {peer['test accuracy (read once, after the last epoch)']}. Half an hour "
-            f"(`--recipe half-hour`) reached {half} test accuracy, the mean of {len(HALF_HOUR)} seeds, on an "
-            f"{half_cpu}. On the same CPU as the hour, with "
+            f"(`--recipe half-hour`) reached {half} test accuracy with its test-time flip-shift "
+            f"({pct(statistics.mean(half_hour_tests(plain=True)))} from the same readings' plain logits), the mean of "
+            f"{len(HALF_HOUR)} seeds, on an {half_cpu}. On the same CPU as the hour, with "
             f"the numba kernels and MKL's products, minivit's step against PyTorch's has medians of "
             f"{min(train):.2f}–{max(train):.2f} in training and {min(infer):.2f}–{max(infer):.2f} in inference "
             f"(`benchmarks/compare_step.py`, {cpu['cpu']}); in a recheck of the three thinnest cases "
@@ -663,9 +805,11 @@ BLOCKS = {"headlines": headlines, "readme-results": readme_results, "mpi-scaling
           "mkl-vs-openblas": mkl_vs_openblas,
           "hour-fifth": hour_fifth, "hour-peer": hour_peer, "restructure": restructure, "sweep-budget": sweep_budget,
           "half-hour": half_hour, "half-hour-tta": half_hour_tta, "half-hour-now": half_hour_now,
-          "half-hour-now-tta": half_hour_now_tta, "half-hour-levers": half_hour_levers,
+          "half-hour-second": half_hour_second, "half-hour-second-tta": half_hour_second_tta, "half-hour-levers": half_hour_levers,
           "hour-fifth-stages": hour_fifth_stages, "step-vs-batch": step_vs_batch, "pos-align": pos_align, "step-16px-torch": step_16px_torch, "attempts-2-and-4": attempts_2_and_4,
-          "peer-second": peer_second,
+          "peer-second": peer_second, "peer-second-drift": peer_second_drift, "sweep-short": sweep_short,
+          "sweep-hour": sweep_hour, "pretrain-arms": pretrain_arms, "pretrain-features": pretrain_features,
+          "data-size": data_size,
           **{f"attempt-{n}": (lambda n=n: attempt_facts(n)) for n in FIRST_HOURS},
           **{f"attempt-{n}-reach": (lambda n=n: attempt_reach(n)) for n in FIRST_HOURS}}
 

@@ -63,7 +63,8 @@ def _recorded(stem):
 
 
 @pytest.mark.parametrize("recipe, flags, stems", [
-    ("half-hour", [], ["cifar10_half_hour_gap_whiten_s0", "cifar10_half_hour_gap_whiten_s1"]),
+    ("half-hour", [], ["cifar10_half_hour_tta_s2", "cifar10_half_hour_tta_s3"]),
+    ("half-hour", ["--tta", ""], ["cifar10_half_hour_gap_whiten_s0", "cifar10_half_hour_gap_whiten_s1"]),  # the second version
     ("hour", ["--time-budget", "30"], ["cifar10_half_hour_s0", "cifar10_half_hour_s1"]),   # the first version
 ])
 def test_a_recipe_sets_what_its_documented_runs_trained_with(recipe, flags, stems):
