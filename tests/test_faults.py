@@ -798,3 +798,23 @@ def test_without_a_writable_numba_cache_the_kernels_compile_in_memory(tmp_path, 
     assert r.returncode == 0, r.stderr
     assert r.stderr.count("numba finds no writable folder for its cache") == 1, r.stderr
     assert "Traceback" not in r.stderr and "done:" in r.stdout
+
+
+@pytest.mark.parametrize("tta", ["", "flip"])
+def test_an_epoch_whose_readings_overflow_is_logged_and_recorded_as_null(tmp_path, tta):
+    """A non-finite validation or test loss (recorded as JSON null) must not break the epoch's log line, with or
+    without the last readings' --tta figures beside it."""
+    import minivit as mv
+    from minivit.train import Trainer, TrainConfig
+    from helpers import toy_dataset
+    lines = []
+    trainer = Trainer(mv.ViTConfig.preset("test"), TrainConfig(epochs=1, batch_size=8, val_split=5, tta=tta),
+                      toy_dataset(), tmp_path / "run", progress=False, log=lines.append, plots=False)
+    evaluate = trainer._evaluate
+    trainer._evaluate = lambda *a: {**evaluate(*a), "loss": float("inf")}
+    last = trainer.fit()[-1]
+    assert last["val_loss"] is None and last["test_loss"] is None
+    assert (last.get("test_tta_loss", None) is None) and (("test_tta_acc" in last) == bool(tta))
+    assert any("val loss inf" in line and "test loss inf" in line for line in lines), lines
+    saved = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert saved[-1]["test_loss"] is None

@@ -347,36 +347,33 @@ class Trainer:
         split, name = (self.val, "val") if self.val is not None else (self.data.test, "test")
         row = {"epoch": epoch + 1, "step": self.step, "lr": self.opt.lr, "train_loss": meter.loss(),
                "train_acc": meter.accuracy()}
-        tta = self.tcfg.tta if self._finished() else ""
+        finished = self._finished()
+        tta = self.tcfg.tta if finished else ""
         ev, ev_ema = self._score(split, name, row)
-        if tta:
-            ev, ev_ema = self._score(split, f"{name}_tta", row, tta)
+        views = self._score(split, f"{name}_tta", row, tta)[0] if tta else None
         row.update(images_per_s=meter.images_per_s(), elapsed_s=self.elapsed)
-        final_test = self.val is not None and self._finished()
-        test_ev = None
+        final_test = self.val is not None and finished
+        test_ev = test_views = None
         if final_test:   # the one reading of the test set, for the report (with --tta, of its plain and its views' logits)
             test_ev = self._score(self.data.test, "test", row)[0]
-            if tta:
-                test_ev = self._score(self.data.test, "test_tta", row, tta)[0]
+            test_views = self._score(self.data.test, "test_tta", row, tta)[0] if tta else None
         # JSON has no NaN or infinity: a non-finite figure (an overflowing test loss) is recorded as null
         row = {k: v if not isinstance(v, float) or math.isfinite(v) else None for k, v in row.items()}
         self.history.append(row)
         self.save()
         write_text_atomic(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
-        scores = f"{name} loss {row[name + '_loss']:.4f} acc {row[name + '_acc']:.4f}"
-        if tta:
-            scores += f" (--tta {tta}: acc {row[name + '_tta_acc']:.4f})"
+        on_views = lambda e: f" (--tta {tta}: acc {e['accuracy']:.4f})" if e is not None else ""
+        scores = f"{name} loss {ev['loss']:.4f} acc {ev['accuracy']:.4f}" + on_views(views)
         if self.val is not None:
-            scores += (f" | test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}" if final_test
-                       else " | test set not read")
-            if final_test and tta:
-                scores += f" (--tta {tta}: acc {row['test_tta_acc']:.4f})"
+            scores += (f" | test loss {test_ev['loss']:.4f} acc {test_ev['accuracy']:.4f}" + on_views(test_views)
+                       if final_test else " | test set not read")
         self.log(f"epoch {epoch + 1}: train loss {meter.loss():.4f} acc {meter.accuracy():.4f} | {scores}"
                  + (f" (EMA {ev_ema['accuracy']:.4f})" if self.ema else "")
                  + f" | {meter.images_per_s():.0f} img/s, {self.elapsed:.0f} s")
         if final_test:
-            ev, split, name = test_ev, self.data.test, "test"
-        self._plot(epoch, ev, split, "validation" if name == "val" else name)
+            ev, views, split, name = test_ev, test_views, self.data.test, "test"
+        shown = views if views is not None else ev   # the plots show the run's own figure: with --tta, the views'
+        self._plot(epoch, shown, split, "validation" if name == "val" else name)
         if self.on_epoch_end:
             self.on_epoch_end(self.history)
 
