@@ -16,6 +16,7 @@ fails when a page and this script disagree, so a rerun that changes a raw file c
 """
 import argparse
 import json
+from dataclasses import fields
 import math
 import re
 import statistics
@@ -24,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from minivit.config import resize_stages  # noqa: E402  (the flag's own parser)
+from minivit.config import TrainConfig, ViTConfig, flag_of, resize_stages  # noqa: E402  (the CLI's own names and parser)
 RAW = ROOT / "benchmarks" / "results"
 PAGES = [ROOT / "docs" / "results.md", ROOT / "docs" / "cpu_kernels.md", ROOT / "docs" / "distributed.md", ROOT / "README.md",
          ROOT / "docs" / "derivations" / "resample.md"]
@@ -216,6 +217,12 @@ def images_seen(rows, train_images):
     return rows[-1]["step"] * batch
 
 
+def views_of(last, cfg):
+    """The --tta of a run whose last readings were scored on the views too (its last metrics row holds
+    test_tta_acc), or ''."""
+    return cfg["train"].get("tta", "") if "test_tta_acc" in last else ""
+
+
 def hour_table(metrics, config, train_images=45000, window=(43, 47)):
     """The facts of a --time-budget run: its metrics.jsonl and the config.json of the run it followed; `window`:
     the minutes whose validation readings are listed (None: no such row)."""
@@ -227,7 +234,7 @@ def hour_table(metrics, config, train_images=45000, window=(43, 47)):
                        for x in (0.70, 0.75, 0.80))
     tail = [r["val_acc"] for r in rows if r["elapsed_s"] >= budget - 600]
     best = max(rows, key=lambda r: r["val_acc"])
-    tta = cfg["train"].get("tta") if "test_tta_acc" in last else ""   # --tta: the last readings on the views too
+    tta = views_of(last, cfg)
     return [
         ("test accuracy (read once, after the last epoch)", pct(last["test_acc"]) if tta else f"**{pct(last['test_acc'])}**"),
         *([(f"test accuracy with `--tta {tta}` (the same reading, the views' logits)", f"**{pct(last['test_tta_acc'])}**"),
@@ -334,7 +341,7 @@ def seeds_table(stems):
     lines.append("| raw files | " + " | ".join(f"`{stem}_metrics.jsonl`, `{stem}_config.json`" for stem in stems) + " |")
     lines.append("")
     plain = half_hour_tests(stems, plain=True)
-    tta = load(f"{stems[0]}_config.json")["train"].get("tta") if plain != tests else ""
+    tta = views_of(load(f"{stems[0]}_metrics.jsonl")[-1], load(f"{stems[0]}_config.json"))
     lines.append(f"Mean test accuracy of the {len(tests)} seeds" + (f" with `--tta {tta}`" if tta else "")
                  + f": **{pct(statistics.mean(tests))}** (they differ by {100 * abs(tests[0] - tests[-1]):.2f} points)"
                  + (f"; the same readings' plain logits: {pct(statistics.mean(plain))}." if tta else "."))
@@ -550,9 +557,10 @@ def sweep_budget():
 
 
 def flags_of(changes):
-    """{'lr': 0.004, 'attn_init': 'mimetic'} -> '`--lr 0.004 --attn-init mimetic`' (the flags a setting is)."""
-    return "`" + " ".join(f"--{k.replace('_', '-')} {v:g}" if isinstance(v, float) else f"--{k.replace('_', '-')} {v}"
-                          for k, v in changes.items()) + "`"
+    """{'lr': 0.004, 'attn_init': 'mimetic'} -> '`--lr 0.004 --attn-init mimetic`': the command-line flags of model
+    and training settings, named as the CLI names them (flag_of)."""
+    flag = lambda k: flag_of(TrainConfig if k in {f.name for f in fields(TrainConfig)} else ViTConfig, k)
+    return "`" + " ".join(f"{flag(k)} {v:g}" if isinstance(v, float) else f"{flag(k)} {v}" for k, v in changes.items()) + "`"
 
 
 def sweep_epochs(name, base):

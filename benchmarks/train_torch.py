@@ -158,11 +158,11 @@ def main():
         epoch += 1
         row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": loss_sum / max(seen, 1),
                "train_acc": correct / max(seen, 1), "images_per_s": seen / dt, "elapsed_s": elapsed}
-        name = "val" if val is not None else "test"
-        row[f"{name}_loss"], row[f"{name}_acc"] = scored(val if val is not None else data.test)
+        name, held = ("val", val) if val is not None else ("test", data.test)
+        row[f"{name}_loss"], row[f"{name}_acc"] = scored(held)
         last = step >= total or (budget and elapsed >= budget)
         if last and t.tta:                                              # the last reading on the views too
-            row[f"{name}_tta_loss"], row[f"{name}_tta_acc"] = scored(val if val is not None else data.test, t.tta)
+            row[f"{name}_tta_loss"], row[f"{name}_tta_acc"] = scored(held, t.tta)
         if val is not None and last:                                    # the test set, read once
             row["test_loss"], row["test_acc"] = scored(data.test)
             if t.tta:
