@@ -80,6 +80,7 @@ def test_cli_fewshot_on_the_trained_checkpoint(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["classes"] == 10 and set(out["fewshot"]) == {"1", "5"}
+    assert out["machine"]["cpu"] and out["checkpoint"] == str(ASSET)   # what a raw file needs to name its figures
     # a model trained on CIFAR-10 separates the classes from a handful of examples (chance: 10%)
     assert out["fewshot"]["5"]["accuracy"] > 0.4
 

@@ -280,7 +280,8 @@ def cmd_fewshot(a):
     if not a.no_probe:
         result["linear_probe"] = round(linear_probe(train, data.train.labels, test, data.test.labels, K)[0], 5)
     if a.json:
-        print(json.dumps(result))
+        from ..machine import machine
+        print(json.dumps({**result, "checkpoint": a.checkpoint, "seed": a.seed, "machine": machine()}))
         return 0
     print(f"{Path(a.checkpoint).name} on {spec}: {K} classes, {len(data.test.labels):,} test images, "
           f"representation: {'class token' if cfg.pool == 'token' else 'mean of the patch tokens'}")

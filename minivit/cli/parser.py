@@ -193,7 +193,8 @@ def _add_fewshot(sub):
     fs.add_argument("--no-probe", action="store_true", help="skip the logistic-regression probe on all training images")
     fs.add_argument("--seed", type=int, default=0, help="seeds the draws of the shots (default: 0)")
     _add_backend_flag(fs)
-    fs.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    fs.add_argument("--json", action="store_true",
+                    help="print one JSON object (the settings, the accuracies and this machine's record), nothing else")
 
 
 def _add_export(sub):
