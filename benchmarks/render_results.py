@@ -292,24 +292,61 @@ def hour_fifth():
     return "\n".join(lines)
 
 
-def hour_peer():
-    ours = dict(hour_table("cifar10_hour_mpi_metrics.jsonl", "cifar10_hour_mpi_config.json"))
-    theirs = dict(hour_table("torch_hour_budget_metrics.jsonl", "cifar10_hour_mpi_config.json"))
-    m_ours = machine(load("cifar10_hour_mpi_config.json")["machine"])
-    m_theirs = machine(load("torch_hour_budget_machine.json"))
-    lines = ["| | minivit (2 MPI ranks x 1 thread) | PyTorch peer (1 process x 2 threads) |", "| --- | --- | --- |"]
-    lines += [f"| {k} | {ours[k]} | {theirs[k]} |" for k in ours]
-    lines.append(f"| machine | {m_ours} | {m_theirs} |")
-    a, b = load("cifar10_hour_mpi_metrics.jsonl"), load("torch_hour_budget_metrics.jsonl")
-    stages = resize_stages(load("cifar10_hour_mpi_config.json")["train"]["resize_schedule"]) + [(32, 1.0)]
+HOUR_LEVERS = "cifar10_hour_gap_whiten_tta_s0"   # --recipe hour with the half hour's three changes, seed 0
+
+
+def hour_levers():
+    """The hour with the half hour's levers beside the fifth attempt (another CPU: both named)."""
+    ours = dict(hour_table(f"{HOUR_LEVERS}_metrics.jsonl", f"{HOUR_LEVERS}_config.json", window=None))
+    fifth = dict(hour_table("cifar10_hour_mpi_metrics.jsonl", "cifar10_hour_mpi_config.json", window=None))
+    lines = ["| | `--recipe hour --pool gap --patch-init whiten --tta flip-shift`, seed 0 | the fifth attempt "
+             "(`--recipe hour`), seed 0 |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {ours[k]} | {fifth.get(k, '–')} |" for k in ours]
+    lines.append(f"| machine | {machine(load(f'{HOUR_LEVERS}_config.json')['machine'])} | "
+                 f"{machine(load('cifar10_hour_mpi_config.json')['machine'])} |")
+    lines.append(f"| raw files | `{HOUR_LEVERS}_metrics.jsonl`, `{HOUR_LEVERS}_config.json` | "
+                 "`cifar10_hour_mpi_metrics.jsonl`, `cifar10_hour_mpi_config.json` |")
+    return "\n".join(lines)
+
+
+def hour_levers_stages():
+    return (stage_table(f"{HOUR_LEVERS}_metrics.jsonl", f"{HOUR_LEVERS}_config.json") + "\n\n"
+            + machine(load(f"{HOUR_LEVERS}_config.json")["machine"]) + f"; raw file `{HOUR_LEVERS}_metrics.jsonl`.")
+
+
+def peer_table(mine, theirs, mine_label, window):
+    """minivit's --time-budget run (file stem `mine`: _metrics.jsonl, _config.json) beside the PyTorch peer that
+    followed it (stem `theirs`: _metrics.jsonl, _machine.json): one table, and the speed and accuracy gaps."""
+    config = f"{mine}_config.json"
+    ours = dict(hour_table(f"{mine}_metrics.jsonl", config, window=window))
+    theirs_facts = dict(hour_table(f"{theirs}_metrics.jsonl", config, window=window))
+    lines = [f"| | minivit ({mine_label}) | PyTorch peer (1 process x 2 threads) |", "| --- | --- | --- |"]
+    lines += [f"| {k} | {ours[k]} | {theirs_facts[k]} |" for k in ours]
+    lines.append(f"| machine | {machine(load(config)['machine'])} | {machine(load(f'{theirs}_machine.json'))} |")
+    a, b = load(f"{mine}_metrics.jsonl"), load(f"{theirs}_metrics.jsonl")
+    stages = resize_stages(load(config)["train"]["resize_schedule"]) + [(load(config)["model"]["image_size"], 1.0)]
     speed = [x / y for (_, x), (_, y) in zip(stage_medians(a, stages, a[-1]["elapsed_s"]),
                                             stage_medians(b, stages, b[-1]["elapsed_s"]))]
+    tta = views_of(a[-1], load(config))
+    test = "test_tta_acc" if tta else "test_acc"
+
+    def gap(x):
+        return f"{abs(100 * x):.2f} points {'above' if x >= 0 else 'below'}"
     lines.append("")
     lines.append(f"minivit ran {min(speed):.2f} to {max(speed):.2f} times the peer's images/s (the stages' medians); "
-                 f"it ends {100 * (a[-1]['test_acc'] - b[-1]['test_acc']):.2f} points above on test and "
-                 f"{100 * (a[-1]['val_acc'] - b[-1]['val_acc']):.2f} on validation. The test set's sampling error at "
-                 f"this accuracy is {100 * binomial_se(a[-1]['test_acc'], 10000):.2f} points (10,000 images).")
+                 f"it ends {gap(a[-1][test] - b[-1][test])} on test"
+                 + (f" with `--tta {tta}` ({gap(a[-1]['test_acc'] - b[-1]['test_acc'])} with the plain logits)" if tta else "")
+                 + f" and {gap(a[-1]['val_acc'] - b[-1]['val_acc'])} on validation. The test set's sampling error at "
+                 f"this accuracy is {100 * binomial_se(a[-1][test], 10000):.2f} points (10,000 images).")
     return "\n".join(lines)
+
+
+def hour_peer():
+    return peer_table("cifar10_hour_mpi", "torch_hour_budget", "2 MPI ranks x 1 thread", (43, 47))
+
+
+def half_hour_peer():
+    return peer_table("cifar10_half_hour_tta_s2", "torch_half_hour_s2", "2 MPI ranks x 1 thread, seed 2", None)
 
 
 # --recipe half-hour's runs: its first version (the hour's recipe on 30 minutes), the second (with global average
@@ -685,6 +722,134 @@ def data_size():
 
 # ---------------------------------------------------------------- MPI ranks against threads (mpi_scaling.py)
 
+# ---------------------------------------------------------------- the shipped subset: paper features, few-shot, default run
+
+def paper_features_runs():
+    """benchmarks/paper_features.py --json: every run's last row, its median images/s, the machine."""
+    raw = load("paper_features_subset.json")
+    lines = ["| run | flags | epochs | test accuracy | training time (s) | images/s, median over epochs |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['name']} | `{r['flags']}` | {r['epochs']} | {pct(r['test_acc'], 1)} | {r['elapsed_s']:.0f} | "
+              f"{num(r['images_per_s_median'])} |" for r in raw["runs"]]
+    lines.append("")
+    lines.append(f"Each run: `minivit train {raw['common_flags'].replace(' --no-progress', '')}` plus its flags; the whole "
+                 f"script took {raw['wall_s'] / 60:.1f} minutes. {machine(raw['machine'])}; raw file "
+                 "`paper_features_subset.json`.")
+    return "\n".join(lines)
+
+
+# Table 8 of Dosovitskiy et al. (arXiv:2010.11929v2, Appendix D.4): ImageNet 5-shot linear accuracy of ViT-B/16,
+# written as percentages; keyed by minivit's run names (after the stem, in every layer).
+PAPER_TABLE_8 = [("none", "pos-none", "61.382%", "n/a", None),
+                 ("learned 1-D (`learned`)", "pos-learned", "64.206%", "64.292% shared, 63.964% per layer",
+                  "pos-learned-every-layer"),
+                 ("learned 2-D, D/2 per axis (`learned2d`)", "pos-learned2d", "64.001%",
+                  "64.022% shared, 64.046% per layer", "pos-learned2d-every-layer"),
+                 ("relative attention (`relative`)", "pos-relative", "64.032%", "n/a", None),
+                 ("fixed 2-D sine-cosine (`sincos`)", "pos-sincos", "not in Table 8", "not in Table 8", None)]
+
+
+def paper_runs():
+    return {r["name"]: r for r in load("paper_features_subset.json")["runs"]}
+
+
+def paper_source():
+    return f" (raw file `paper_features_subset.json`; machine: {load('paper_features_subset.json')['machine']['cpu']})"
+
+
+def paper_features_positions():
+    runs = paper_runs()
+    lines = ["| position information | paper, added after the stem | paper, added in every layer | minivit, after the stem "
+             "| minivit, in every layer |", "| --- | --- | --- | --- | --- |"]
+    for label, stem, p_stem, p_every, every in PAPER_TABLE_8:
+        mine_every = f"{pct(runs[every]['test_acc'], 1)} (per layer)" if every else ("n/a" if p_every == "n/a" else "not run")
+        lines.append(f"| {label} | {p_stem} | {p_every} | {pct(runs[stem]['test_acc'], 1)} | {mine_every} |")
+    lines.append("")
+    lines.append("minivit's columns" + paper_source() + ".")
+    return "\n".join(lines)
+
+
+def paper_features_positions_reading():
+    """The position runs against the noise of one reading on the subset's 1,000 test images."""
+    runs = paper_runs()
+    n = 1000
+    none, learned = runs["pos-none"]["test_acc"], runs["pos-learned"]["test_acc"]
+    with_pos = {k: r["test_acc"] for k, r in runs.items() if k.startswith("pos-") and k != "pos-none"}
+    se = binomial_se(learned, n)
+    order = sorted(with_pos, key=with_pos.get, reverse=True)
+    below = sum(v < none for v in with_pos.values())
+    clear = sum(v - none > 2 * se * math.sqrt(2) for v in with_pos.values())
+    return (f"On the subset, no positions reads {pct(none, 1)}, {abs(100 * (learned - none)):.1f} points "
+            f"{'below' if none < learned else 'above'} the learned 1-D table ({abs(learned - none) / (se * math.sqrt(2)):.1f} "
+            f"standard errors of a difference of two readings; one reading's is {100 * se:.1f} points at this accuracy, "
+            f"{n:,} test images). "
+            + (f"All {len(with_pos)} runs that carry position read above it" if not below else
+               f"{below} of the {len(with_pos)} runs that carry position read below it")
+            + f", {clear} of them by more than two standard errors of a difference; the {len(with_pos)} lie within "
+            f"{100 * (max(with_pos.values()) - min(with_pos.values())):.1f} points of each other, from {order[0]} "
+            f"({pct(with_pos[order[0]], 1)}) to {order[-1]} ({pct(with_pos[order[-1]], 1)}). Relative attention took "
+            f"{runs['pos-relative']['elapsed_s'] / runs['pos-learned']['elapsed_s']:.1f} times the learned table's "
+            "training time" + paper_source() + ".")
+
+
+def paper_features_hybrid():
+    runs = paper_runs()
+    pure = runs["pos-learned"]
+    hybrid = next(r for k, r in runs.items() if k.startswith("hybrid-") and k != "hybrid-1-epoch")
+    per_epoch_h, per_epoch_p = hybrid["elapsed_s"] / hybrid["epochs"], pure["elapsed_s"] / pure["epochs"]
+    return (f"`cifar-hybrid` (a conv stem of 32 and 64 channels before the same encoder) took {per_epoch_h:.1f} s an "
+            f"epoch against `cifar-tiny`'s {per_epoch_p:.1f} s in the same script run ({per_epoch_h / per_epoch_p:.1f} "
+            f"times as long; the medians of the epochs' images/s are {num(hybrid['images_per_s_median'])} and "
+            f"{num(pure['images_per_s_median'])}), so the pure model's {pure['elapsed_s']:.0f} s bought it "
+            f"{hybrid['epochs']} whole epochs (the script's one-epoch probe took {runs['hybrid-1-epoch']['elapsed_s']:.0f} s; "
+            f"the {hybrid['epochs']} took {hybrid['elapsed_s']:.0f} s). It reached {pct(hybrid['test_acc'], 1)} "
+            f"against the pure model's {pct(pure['test_acc'], 1)}" + paper_source() + ".")
+
+
+def paper_features_resolution():
+    raw = load("paper_features_subset.json")["resolution"]
+    return (f"The learned-position model above scores {pct(raw['eval_32'], 1)} on its 32×32 test images. On the same "
+            "images upsampled (bicubic) to 48×48 it has 145 tokens instead of 65, so its 65-row position table cannot "
+            "be used as it is. With the table resized bilinearly (12×12 grid from 8×8, `resize_pos_embed`, what "
+            f"`minivit evaluate` does on its own) it scores {pct(raw['eval_48_resized_pos'], 1)}. "
+            f"{raw['finetune_48_epochs']} epochs of fine-tuning at 48×48 (`minivit finetune`, SGD with momentum, the "
+            f"paper's recipe) bring it to {pct(raw['finetune_48_test_acc'], 1)}" + paper_source() + ".")
+
+
+def fewshot_table(name="fewshot_tiny_subset.json"):
+    raw = load(name)
+    shots = list(raw["fewshot"])
+    lines = ["| shots per class | " + " | ".join(shots) + " | linear probe, all training images |",
+             "| --- |" + " --- |" * (len(shots) + 1),
+             f"| accuracy ({raw['draws']} draws, ridge l2 = {raw['l2']:g}) | "
+             + " | ".join(f"{pct(raw['fewshot'][k]['accuracy'], 1)} ± {100 * raw['fewshot'][k]['std']:.1f}" for k in shots)
+             + f" | {pct(raw['linear_probe'], 1) if 'linear_probe' in raw else 'not run'} |"]
+    lines.append("")
+    lines.append(f"{machine(raw['machine'])}; raw file `{name}`.")
+    return "\n".join(lines)
+
+
+def fewshot():
+    return fewshot_table()
+
+
+def fewshot_l2():
+    raw = load("fewshot_tiny_subset_l2_1.json")
+    return (f"With `--l2 {raw['l2']:g}` the same run gives "
+            + ", ".join(f"{pct(v['accuracy'], 1)} at {k}" for k, v in raw["fewshot"].items())
+            + f" shots per class (raw file `fewshot_tiny_subset_l2_1.json`; machine: {raw['machine']['cpu']}).")
+
+
+def default_run():
+    rows, cfg, run = load("default_run_metrics.jsonl"), load("default_run_config.json"), load("default_run.json")
+    ips = [r["images_per_s"] for r in rows]
+    return (f"**{pct(rows[-1]['test_acc'], 1)} test accuracy** after {rows[-1]['epoch']} epochs (chance is 10%), in "
+            f"**{run['wall_s']:.0f} s** wall time ({rows[-1]['elapsed_s']:.0f} s in the training loop, {num(min(ips))}–"
+            f"{num(max(ips))} images/s over the epochs; peak resident memory {num(run['peak_rss_mb'])} MB). "
+            f"{machine(cfg['machine'])}; raw files `default_run_metrics.jsonl`, `default_run_config.json`, "
+            "`default_run.json` (`python benchmarks/default_run.py`).")
+
+
 MPI_ROW = re.compile(r"^(?P<preset>\S+)\s+(?P<batch>\d+)\s+(?P<setting>\d+ ranks? x \d+ threads?)\s+(?P<ips>\d+)\s+"
                      r"(?P<step>[\d.]+)\s+(?P<red>[\d.]+)\s+(?P<mb>[\d.]+)\s+\(images/s (?P<lo>\d+)-(?P<hi>\d+)\)")
 
@@ -753,6 +918,7 @@ def headlines():
     hour = dict(hour_table("cifar10_hour_mpi_metrics.jsonl", "cifar10_hour_mpi_config.json"))
     peer = dict(hour_table("torch_hour_budget_metrics.jsonl", "cifar10_hour_mpi_config.json"))
     m_hour = load("cifar10_hour_mpi_config.json")["machine"]
+    half_peer, half_mine = load("torch_half_hour_s2_metrics.jsonl")[-1], load(f"{HALF_HOUR[0]}_metrics.jsonl")[-1]
     cpu = {key: load(f"cpu_step_{key}_mkl.json") for _, key in CPU_CASES}
     ratios = [statistics.median(r["ratio"] for r in raw["rounds"]) for raw in cpu.values()]
     m_cpu = next(iter(cpu.values()))["machine"]
@@ -766,9 +932,13 @@ def headlines():
          load(f"{HALF_HOUR[0]}_config.json")["machine"].get("cpu"),
          "`mpiexec -n 2 minivit train --data ... --recipe half-hour` (below)",
          ", ".join(f"`{stem}_metrics.jsonl`" for stem in HALF_HOUR)),
-        ("the PyTorch peer on the same recipe and machine", f"{peer['test accuracy (read once, after the last epoch)']} test",
+        ("the PyTorch peer on the hour's recipe and machine", f"{peer['test accuracy (read once, after the last epoch)']} test",
          load("torch_hour_budget_machine.json").get("cpu"), "`benchmarks/train_torch.py ...` (below)",
          "`torch_hour_budget_metrics.jsonl`"),
+        ("the PyTorch peer on the half-hour recipe, seed 2, same machine (the test reading with flip-shift)",
+         f"{pct(half_peer['test_tta_acc'])} test (minivit's seed 2: {pct(half_mine['test_tta_acc'])})",
+         load("torch_half_hour_s2_machine.json").get("cpu"), "`benchmarks/train_torch.py ... --time-budget 30` (below)",
+         "`torch_half_hour_s2_metrics.jsonl`"),
         ("CPU step against PyTorch, six cases (kernels and MKL)",
          f"medians {min(ratios):.2f}–{max(ratios):.2f}", m_cpu.get("cpu"), "`benchmarks/compare_step.py` (below)",
          "`cpu_step_*_mkl.json`"),
@@ -790,6 +960,7 @@ def readme_results():
     rounds = [r["ratio"] for raw in finals for r in raw["rounds"]]
     cpu = load("cpu_step_cifar-tiny_train_mkl.json")["machine"]
     half = pct(statistics.mean(half_hour_tests()))
+    half_peer, half_mine = load("torch_half_hour_s2_metrics.jsonl")[-1], load(f"{HALF_HOUR[0]}_metrics.jsonl")[-1]
     half_m = load(f"{HALF_HOUR[0]}_config.json")["machine"]
     half_cpu = f"{half_m['cpu']} ({' '.join(half_m.get('isa', []))})"
     return (f"On an {m['cpu']} ({' '.join(m.get('isa', []))}), 2 cores: spending the hour on a time budget reaches "
@@ -799,7 +970,9 @@ def readme_results():
             f"recipe, weights and batches {peer['test accuracy (read once, after the last epoch)']}. Half an hour "
             f"(`--recipe half-hour`) reached {half} test accuracy with its test-time flip-shift "
             f"({pct(statistics.mean(half_hour_tests(plain=True)))} from the same readings' plain logits), the mean of "
-            f"{len(HALF_HOUR)} seeds, on an {half_cpu}. On the same CPU as the hour, with "
+            f"{len(HALF_HOUR)} seeds, on an {half_cpu}; its PyTorch peer, on seed 2's weights and batches, "
+            f"{pct(half_peer['test_tta_acc'])} (minivit's seed 2: {pct(half_mine['test_tta_acc'])}). "
+            "On the same CPU as the hour, with "
             f"the numba kernels and MKL's products, minivit's step against PyTorch's has medians of "
             f"{min(train):.2f}–{max(train):.2f} in training and {min(infer):.2f}–{max(infer):.2f} in inference "
             f"(`benchmarks/compare_step.py`, {cpu['cpu']}); in a recheck of the three thinnest cases "
@@ -811,7 +984,11 @@ BLOCKS = {"headlines": headlines, "readme-results": readme_results, "mpi-scaling
           "mpi-scaling-kernels": mpi_scaling_kernels, "cpu-step-variants": cpu_step_variants,
           "cpu-step-final": cpu_step_final, "install-size": install_size, "readme-install": readme_install,
           "mkl-vs-openblas": mkl_vs_openblas,
-          "hour-fifth": hour_fifth, "hour-peer": hour_peer, "restructure": restructure, "sweep-budget": sweep_budget,
+          "hour-fifth": hour_fifth, "hour-peer": hour_peer, "half-hour-peer": half_hour_peer, "paper-features-runs": paper_features_runs,
+          "paper-features-positions": paper_features_positions,
+          "paper-features-positions-reading": paper_features_positions_reading,
+          "paper-features-hybrid": paper_features_hybrid, "paper-features-resolution": paper_features_resolution,
+          "fewshot": fewshot, "fewshot-l2": fewshot_l2, "default-run": default_run, "restructure": restructure, "sweep-budget": sweep_budget,
           "half-hour": half_hour, "half-hour-tta": half_hour_tta, "half-hour-now": half_hour_now,
           "half-hour-second": half_hour_second, "half-hour-second-tta": half_hour_second_tta, "half-hour-levers": half_hour_levers,
           "hour-fifth-stages": hour_fifth_stages, "step-vs-batch": step_vs_batch, "pos-align": pos_align, "step-16px-torch": step_16px_torch, "attempts-2-and-4": attempts_2_and_4,
