@@ -31,13 +31,13 @@ def main():
         wall = time.perf_counter() - t0
         if r.returncode:
             sys.exit(f"minivit train failed:\n{r.stderr}")
-        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024   # Linux reports KiB
+        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024   # MiB: Linux reports KiB
         shutil.copy(Path(tmp) / "run" / "metrics.jsonl", out / "default_run_metrics.jsonl")
         shutil.copy(Path(tmp) / "run" / "config.json", out / "default_run_config.json")
     (out / "default_run.json").write_text(json.dumps(
-        {"command": "minivit train --no-progress", "wall_s": round(wall, 1), "peak_rss_mb": round(rss_mb, 1),
+        {"command": "minivit train --no-progress", "wall_s": round(wall, 1), "peak_rss_mib": round(rss_mb, 1),
          "stdout_tail": r.stdout.strip().splitlines()[-1:]}, indent=1) + "\n")
-    print(f"wall {wall:.1f} s, peak resident memory {rss_mb:.0f} MB; {r.stdout.strip().splitlines()[-1]}")
+    print(f"wall {wall:.1f} s, peak resident memory {rss_mb:.0f} MiB; {r.stdout.strip().splitlines()[-1]}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@
 Each run is its own `minivit train` / `finetune` / `evaluate` process; the script prints a
 Markdown table of test accuracy and training time per run and, with --json, writes the raw file that
 docs/results.md renders (every run's last row and median images/s, the resolution readings, the machine).
-A run whose folder already holds a checkpoint is read, not trained again.
+A run whose folder already holds a checkpoint is read, not trained again (its row says so: the machine
+record and wall time are this call's).
 """
 import argparse
 import json
@@ -55,14 +56,15 @@ def main():
 
     def train(name, *extra, epochs=a.epochs):
         folder = out / name
-        if not (folder / "checkpoint.npz").exists():
+        trained = not (folder / "checkpoint.npz").exists()
+        if trained:
             t0 = time.perf_counter()
             minivit("train", *common, "--epochs", str(epochs), "--out", str(folder), *extra)
             print(f"{name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         rows = rows_of(folder)
         row = rows[-1]
         table.append((name, " ".join(extra), row["epoch"], row["test_acc"], row["elapsed_s"],
-                      statistics.median(r["images_per_s"] for r in rows)))
+                      statistics.median(r["images_per_s"] for r in rows), trained))
         return row
 
     # 1. position embeddings
@@ -96,7 +98,7 @@ def main():
                 "--out", str(ft), "--no-progress")
     print("| run | flags | epochs | test accuracy | training time (s) |")
     print("| --- | --- | --- | --- | --- |")
-    for name, flags, ep, acc, secs, _ in table:
+    for name, flags, ep, acc, secs, _, _ in table:
         print(f"| {name} | `{flags}` | {ep} | {acc:.1%} | {secs:.0f} |")
     print(f"\nresolution: the 32x32 model on its 32x32 test images {ev32['accuracy']:.1%}; on the same images "
           f"upsampled to 48x48 with bilinearly resized position embeddings {ev48['accuracy']:.1%}; "
@@ -106,7 +108,8 @@ def main():
                "data": a.data, "common_flags": " ".join(common), "machine": machine(),
                "wall_s": round(time.perf_counter() - started, 1),
                "runs": [{"name": name, "flags": flags, "epochs": ep, "test_acc": acc, "elapsed_s": round(secs, 2),
-                         "images_per_s_median": round(ips, 1)} for name, flags, ep, acc, secs, ips in table],
+                         "images_per_s_median": round(ips, 1), "trained_by_this_call": trained}
+                        for name, flags, ep, acc, secs, ips, trained in table],
                "resolution": {"eval_32": ev32["accuracy"], "eval_48_resized_pos": ev48["accuracy"],
                               "finetune_48_epochs": 2, "finetune_48_test_acc": last(ft)["test_acc"]}}
         Path(a.json).write_text(json.dumps(raw, indent=1) + "\n")
