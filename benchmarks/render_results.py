@@ -277,9 +277,14 @@ def stage_table(metrics, config, train_images=45000):
     return "\n".join(lines)
 
 
+def stages_block(stem):
+    """A --time-budget run's stage table (file stem in benchmarks/results/), its machine and raw file."""
+    return (stage_table(f"{stem}_metrics.jsonl", f"{stem}_config.json") + "\n\n"
+            + machine(load(f"{stem}_config.json")["machine"]) + f"; raw file `{stem}_metrics.jsonl`.")
+
+
 def hour_fifth_stages():
-    return (stage_table("cifar10_hour_mpi_metrics.jsonl", "cifar10_hour_mpi_config.json") + "\n\n"
-            + machine(load("cifar10_hour_mpi_config.json")["machine"]) + "; raw file `cifar10_hour_mpi_metrics.jsonl`.")
+    return stages_block("cifar10_hour_mpi")
 
 
 def hour_fifth():
@@ -310,24 +315,24 @@ def hour_levers():
 
 
 def hour_levers_stages():
-    return (stage_table(f"{HOUR_LEVERS}_metrics.jsonl", f"{HOUR_LEVERS}_config.json") + "\n\n"
-            + machine(load(f"{HOUR_LEVERS}_config.json")["machine"]) + f"; raw file `{HOUR_LEVERS}_metrics.jsonl`.")
+    return stages_block(HOUR_LEVERS)
 
 
 def peer_table(mine, theirs, mine_label, window):
     """minivit's --time-budget run (file stem `mine`: _metrics.jsonl, _config.json) beside the PyTorch peer that
     followed it (stem `theirs`: _metrics.jsonl, _machine.json): one table, and the speed and accuracy gaps."""
     config = f"{mine}_config.json"
+    cfg = load(config)
     ours = dict(hour_table(f"{mine}_metrics.jsonl", config, window=window))
     theirs_facts = dict(hour_table(f"{theirs}_metrics.jsonl", config, window=window))
     lines = [f"| | minivit ({mine_label}) | PyTorch peer (1 process x 2 threads) |", "| --- | --- | --- |"]
     lines += [f"| {k} | {ours[k]} | {theirs_facts[k]} |" for k in ours]
-    lines.append(f"| machine | {machine(load(config)['machine'])} | {machine(load(f'{theirs}_machine.json'))} |")
+    lines.append(f"| machine | {machine(cfg['machine'])} | {machine(load(f'{theirs}_machine.json'))} |")
     a, b = load(f"{mine}_metrics.jsonl"), load(f"{theirs}_metrics.jsonl")
-    stages = resize_stages(load(config)["train"]["resize_schedule"]) + [(load(config)["model"]["image_size"], 1.0)]
+    stages = resize_stages(cfg["train"]["resize_schedule"]) + [(cfg["model"]["image_size"], 1.0)]
     speed = [x / y for (_, x), (_, y) in zip(stage_medians(a, stages, a[-1]["elapsed_s"]),
                                             stage_medians(b, stages, b[-1]["elapsed_s"]))]
-    tta = views_of(a[-1], load(config))
+    tta = views_of(a[-1], cfg)
     test = "test_tta_acc" if tta else "test_acc"
 
     def gap(x):
@@ -343,6 +348,14 @@ def peer_table(mine, theirs, mine_label, window):
 
 def hour_peer():
     return peer_table("cifar10_hour_mpi", "torch_hour_budget", "2 MPI ranks x 1 thread", (43, 47))
+
+
+def newer_readings():
+    """What the headline table and the README quote of the newer runs: the half-hour peer's seed, minivit's and the
+    peer's last rows, and the hour-with-levers run's last row and machine."""
+    mine, peer = (load(f"{stem}_metrics.jsonl")[-1] for stem in HALF_HOUR_PEER)
+    return (seed_of(HALF_HOUR_PEER[0]), mine, peer, load(f"{HOUR_LEVERS}_metrics.jsonl")[-1],
+            load(f"{HOUR_LEVERS}_config.json")["machine"])
 
 
 def half_hour_peer():
@@ -721,8 +734,6 @@ def data_size():
     return "\n".join(out)
 
 
-# ---------------------------------------------------------------- MPI ranks against threads (mpi_scaling.py)
-
 # ---------------------------------------------------------------- the shipped subset: paper features, few-shot, default run
 
 def paper_features_runs():
@@ -817,7 +828,8 @@ def paper_features_resolution():
             f"paper's recipe) bring it to {pct(raw['finetune_48_test_acc'], 1)}" + paper_source() + ".")
 
 
-def fewshot_table(name="fewshot_tiny_subset.json"):
+def fewshot():
+    name = "fewshot_tiny_subset.json"
     raw = load(name)
     shots = list(raw["fewshot"])
     lines = ["| shots per class | " + " | ".join(shots) + " | linear probe, all training images |",
@@ -828,10 +840,6 @@ def fewshot_table(name="fewshot_tiny_subset.json"):
     lines.append("")
     lines.append(f"{machine(raw['machine'])}; raw file `{name}`.")
     return "\n".join(lines)
-
-
-def fewshot():
-    return fewshot_table()
 
 
 def fewshot_l2():
@@ -850,6 +858,8 @@ def default_run():
             f"{machine(cfg['machine'])}; raw files `default_run_metrics.jsonl`, `default_run_config.json`, "
             "`default_run.json` (`python benchmarks/default_run.py`).")
 
+
+# ---------------------------------------------------------------- MPI ranks against threads (mpi_scaling.py)
 
 MPI_ROW = re.compile(r"^(?P<preset>\S+)\s+(?P<batch>\d+)\s+(?P<setting>\d+ ranks? x \d+ threads?)\s+(?P<ips>\d+)\s+"
                      r"(?P<step>[\d.]+)\s+(?P<red>[\d.]+)\s+(?P<mb>[\d.]+)\s+\(images/s (?P<lo>\d+)-(?P<hi>\d+)\)")
@@ -919,8 +929,7 @@ def headlines():
     hour = dict(hour_table("cifar10_hour_mpi_metrics.jsonl", "cifar10_hour_mpi_config.json"))
     peer = dict(hour_table("torch_hour_budget_metrics.jsonl", "cifar10_hour_mpi_config.json"))
     m_hour = load("cifar10_hour_mpi_config.json")["machine"]
-    half_mine, half_peer = (load(f"{stem}_metrics.jsonl")[-1] for stem in HALF_HOUR_PEER)
-    seed = seed_of(HALF_HOUR_PEER[0])
+    seed, half_mine, half_peer, levers, levers_machine = newer_readings()
     cpu = {key: load(f"cpu_step_{key}_mkl.json") for _, key in CPU_CASES}
     ratios = [statistics.median(r["ratio"] for r in raw["rounds"]) for raw in cpu.values()]
     m_cpu = next(iter(cpu.values()))["machine"]
@@ -929,8 +938,7 @@ def headlines():
          f"{hour['test accuracy (read once, after the last epoch)']} test", m_hour.get("cpu"),
          "`mpiexec -n 2 minivit train ... --time-budget 60` (below)", "`cifar10_hour_mpi_metrics.jsonl`"),
         ("CIFAR-10 in 60 minutes of training, 2 cores, one seed, the hour's recipe with the half hour's three changes "
-         "(the test reading with flip-shift)", f"{pct(load(f'{HOUR_LEVERS}_metrics.jsonl')[-1]['test_tta_acc'])} test",
-         load(f"{HOUR_LEVERS}_config.json")["machine"].get("cpu"),
+         "(the test reading with flip-shift)", f"{pct(levers['test_tta_acc'])} test", levers_machine.get("cpu"),
          "`mpiexec -n 2 minivit train ... --recipe hour --pool gap --patch-init whiten --tta flip-shift` (below)",
          f"`{HOUR_LEVERS}_metrics.jsonl`"),
         (f"CIFAR-10 in 30 minutes of training, 2 cores, mean of {len(HALF_HOUR)} seeds (`--recipe half-hour`: the test "
@@ -967,8 +975,7 @@ def readme_results():
     rounds = [r["ratio"] for raw in finals for r in raw["rounds"]]
     cpu = load("cpu_step_cifar-tiny_train_mkl.json")["machine"]
     half = pct(statistics.mean(half_hour_tests()))
-    half_mine, half_peer = (load(f"{stem}_metrics.jsonl")[-1] for stem in HALF_HOUR_PEER)
-    seed = seed_of(HALF_HOUR_PEER[0])
+    seed, half_mine, half_peer, levers, levers_machine = newer_readings()
     half_m = load(f"{HALF_HOUR[0]}_config.json")["machine"]
     half_cpu = f"{half_m['cpu']} ({' '.join(half_m.get('isa', []))})"
     return (f"On an {m['cpu']} ({' '.join(m.get('isa', []))}), 2 cores: spending the hour on a time budget reaches "
@@ -981,8 +988,8 @@ def readme_results():
             f"{len(HALF_HOUR)} seeds, on an {half_cpu}; its PyTorch peer, on seed {seed}'s weights and batches, "
             f"{pct(half_peer['test_tta_acc'])} (minivit's seed {seed}: {pct(half_mine['test_tta_acc'])}). "
             f"The hour's recipe with the half hour's three changes reached "
-            f"{pct(load(f'{HOUR_LEVERS}_metrics.jsonl')[-1]['test_tta_acc'])} with the views (one seed, on the "
-            f"{load(f'{HOUR_LEVERS}_config.json')['machine']['cpu']}), short of the 85% goal. "
+            f"{pct(levers['test_tta_acc'])} with the views (one seed, on the {levers_machine['cpu']}), short of the 85% "
+            "goal. "
             "On the same CPU as the hour, with "
             f"the numba kernels and MKL's products, minivit's step against PyTorch's has medians of "
             f"{min(train):.2f}–{max(train):.2f} in training and {min(infer):.2f}–{max(infer):.2f} in inference "
