@@ -4,6 +4,8 @@ runs, from their metrics.jsonl files.
     python benchmarks/plot_hour_runs.py docs/img/cifar10-hour-runs.png \\
         "cifar-tiny (142k), 46 epochs=benchmarks/results/cifar10_tiny_hour_metrics.jsonl" \\
         "dim 96 (312k), 33 epochs=benchmarks/results/cifar10_dim96_hour_metrics.jsonl"
+
+`--goal=85` draws the target accuracy at 85% instead of 80%.
 """
 import json
 import sys
@@ -15,7 +17,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main():
-    out, runs = sys.argv[1], sys.argv[2:]
+    goals = [a for a in sys.argv[1:] if a.startswith("--goal=")]
+    args = [a for a in sys.argv[1:] if a not in goals]
+    goal = float(goals[-1].split("=", 1)[1]) if goals else 80.0
+    out, runs = args[0], args[1:]
     fig, ax = plt.subplots(figsize=(7, 4.2))
     longest = 0.0
     for run in runs:
@@ -27,9 +32,9 @@ def main():
         ax.plot(minutes, [100 * r[held + "_acc"] for r in rows], marker=".", label=f"{label} {'validation' if held == 'val' else 'test'}")
         ax.plot(minutes, [100 * r["train_acc"] for r in rows], ls=":", color=ax.lines[-1].get_color(),
                 label=label + " train (augmented)")
-    ax.axhline(80, color="grey", lw=0.8, ls="--")
+    ax.axhline(goal, color="grey", lw=0.8, ls="--")
     ax.axvline(30 if longest <= 31 else 60, color="grey", lw=0.8, ls="--")   # the deadline: a half hour or an hour
-    ax.set(xlabel="minutes of training (2 CPU cores)", ylabel="accuracy (%)", ylim=(25, 85),
+    ax.set(xlabel="minutes of training (2 CPU cores)", ylabel="accuracy (%)", ylim=(25, max(85, goal + 3)),
            title="CIFAR-10 from scratch: the target is the top-left of the dashed lines")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
