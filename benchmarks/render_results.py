@@ -931,6 +931,7 @@ def headlines():
     peer = dict(hour_table("torch_hour_budget_metrics.jsonl", "cifar10_hour_mpi_config.json"))
     m_hour = load("cifar10_hour_mpi_config.json")["machine"]
     seed, half_mine, half_peer, levers, levers_machine = newer_readings()
+    hour_mine_last, hour_peer_last = (load(f"{stem}_metrics.jsonl")[-1] for stem in HOUR_PEER)
     cpu = {key: load(f"cpu_step_{key}_mkl.json") for _, key in CPU_CASES}
     ratios = [statistics.median(r["ratio"] for r in raw["rounds"]) for raw in cpu.values()]
     m_cpu = next(iter(cpu.values()))["machine"]
@@ -948,6 +949,10 @@ def headlines():
          load(f"{HALF_HOUR[0]}_config.json")["machine"].get("cpu"),
          "`mpiexec -n 2 minivit train --data ... --recipe half-hour` (below)",
          ", ".join(f"`{stem}_metrics.jsonl`" for stem in HALF_HOUR)),
+        (f"the PyTorch peer on `--recipe hour`, seed {seed_of(HOUR_PEER[0])}, same machine (the test reading with flip-shift)",
+         f"{pct(hour_peer_last['test_tta_acc'])} test (minivit's seed {seed_of(HOUR_PEER[0])}: {pct(hour_mine_last['test_tta_acc'])})",
+         load(f"{HOUR_PEER[1]}_machine.json").get("cpu"), "`benchmarks/train_torch.py ... --time-budget 60` (below)",
+         f"`{HOUR_PEER[1]}_metrics.jsonl`"),
         ("the PyTorch peer on the fifth attempt's recipe and machine", f"{peer['test accuracy (read once, after the last epoch)'].strip('*')} test",
          load("torch_hour_budget_machine.json").get("cpu"), "`benchmarks/train_torch.py ...` (below)",
          "`torch_hour_budget_metrics.jsonl`"),
@@ -979,10 +984,13 @@ def readme_results():
     seed, half_mine, half_peer, levers, levers_machine = newer_readings()
     half_m = load(f"{HALF_HOUR[0]}_config.json")["machine"]
     half_cpu = f"{half_m['cpu']} ({' '.join(half_m.get('isa', []))})"
+    hour_mine_last, hour_peer_last = (load(f"{stem}_metrics.jsonl")[-1] for stem in HOUR_PEER)
     levers_cpu = f"{levers_machine['cpu']} ({' '.join(levers_machine.get('isa', []))})"
     return (f"On an {levers_cpu}, 2 cores: `--recipe hour` reaches **{pct(levers)}** test accuracy in 60 minutes of "
             f"training with its test-time flip-shift ({pct(statistics.mean(half_hour_tests(HOUR_LEVERS, plain=True)))} "
-            f"from the same readings' plain logits), the mean of {len(HOUR_LEVERS)} seeds, short of the 85% goal. "
+            f"from the same readings' plain logits), the mean of {len(HOUR_LEVERS)} seeds, short of the 85% goal; its "
+            f"PyTorch peer, on seed {seed_of(HOUR_PEER[0])}'s weights and batches, {pct(hour_peer_last['test_tta_acc'])} "
+            f"(minivit's seed {seed_of(HOUR_PEER[0])}: {pct(hour_mine_last['test_tta_acc'])}). "
             f"Half an hour (`--recipe half-hour`) reached {half} test accuracy with its test-time flip-shift "
             f"({pct(statistics.mean(half_hour_tests(plain=True)))} from the same readings' plain logits), the mean of "
             f"{len(HALF_HOUR)} seeds, on " + ("the same CPU" if half_m["cpu"] == levers_machine["cpu"] else f"an {half_cpu}")
@@ -1005,6 +1013,7 @@ BLOCKS = {"headlines": headlines, "readme-results": readme_results, "mpi-scaling
           "cpu-step-final": cpu_step_final, "install-size": install_size, "readme-install": readme_install,
           "mkl-vs-openblas": mkl_vs_openblas,
           "hour-fifth": hour_fifth, "hour-peer": hour_peer, "half-hour-peer": half_hour_peer, "hour-levers": hour_levers,
+          "hour-levers-peer": hour_levers_peer,
           "hour-levers-stages": hour_levers_stages, "paper-features-runs": paper_features_runs,
           "paper-features-positions": paper_features_positions,
           "paper-features-positions-reading": paper_features_positions_reading,
