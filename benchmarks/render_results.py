@@ -344,10 +344,12 @@ def hour_peer():
 
 def newer_readings():
     """What the headline table and the README quote of the newer runs: the half-hour peer's seed, minivit's and the
-    peer's last rows, and the hour-with-levers runs' mean test reading with the views and their machine."""
+    peer's last rows, the hour-with-levers runs' mean test reading with the views and their machine, and the hour's
+    seed that the peer followed and that peer's last rows."""
     mine, peer = (load(f"{stem}_metrics.jsonl")[-1] for stem in HALF_HOUR_PEER)
+    hour_mine, hour_peer = (load(f"{stem}_metrics.jsonl")[-1] for stem in HOUR_PEER)
     return (seed_of(HALF_HOUR_PEER[0]), mine, peer, statistics.mean(half_hour_tests(HOUR_LEVERS)),
-            load(f"{HOUR_LEVERS[0]}_config.json")["machine"])
+            load(f"{HOUR_LEVERS[0]}_config.json")["machine"], hour_mine, hour_peer)
 
 
 HOUR_PEER = ("cifar10_hour_gap_whiten_tta_s0", "torch_hour_s0")   # --recipe hour's seed 0 and the peer that followed it
@@ -930,8 +932,7 @@ def headlines():
     hour = dict(hour_table("cifar10_hour_mpi_metrics.jsonl", "cifar10_hour_mpi_config.json"))
     peer = dict(hour_table("torch_hour_budget_metrics.jsonl", "cifar10_hour_mpi_config.json"))
     m_hour = load("cifar10_hour_mpi_config.json")["machine"]
-    seed, half_mine, half_peer, levers, levers_machine = newer_readings()
-    hour_mine_last, hour_peer_last = (load(f"{stem}_metrics.jsonl")[-1] for stem in HOUR_PEER)
+    seed, half_mine, half_peer, levers, levers_machine, hour_mine_last, hour_peer_last = newer_readings()
     cpu = {key: load(f"cpu_step_{key}_mkl.json") for _, key in CPU_CASES}
     ratios = [statistics.median(r["ratio"] for r in raw["rounds"]) for raw in cpu.values()]
     m_cpu = next(iter(cpu.values()))["machine"]
@@ -981,10 +982,9 @@ def readme_results():
     rounds = [r["ratio"] for raw in finals for r in raw["rounds"]]
     cpu = load("cpu_step_cifar-tiny_train_mkl.json")["machine"]
     half = pct(statistics.mean(half_hour_tests()))
-    seed, half_mine, half_peer, levers, levers_machine = newer_readings()
+    seed, half_mine, half_peer, levers, levers_machine, hour_mine_last, hour_peer_last = newer_readings()
     half_m = load(f"{HALF_HOUR[0]}_config.json")["machine"]
     half_cpu = f"{half_m['cpu']} ({' '.join(half_m.get('isa', []))})"
-    hour_mine_last, hour_peer_last = (load(f"{stem}_metrics.jsonl")[-1] for stem in HOUR_PEER)
     levers_cpu = f"{levers_machine['cpu']} ({' '.join(levers_machine.get('isa', []))})"
     return (f"On an {levers_cpu}, 2 cores: `--recipe hour` reaches **{pct(levers)}** test accuracy in 60 minutes of "
             f"training with its test-time flip-shift ({pct(statistics.mean(half_hour_tests(HOUR_LEVERS, plain=True)))} "
