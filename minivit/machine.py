@@ -10,16 +10,19 @@ from .backend import cpu_blas, cpu_kernels
 
 
 def machine():
-    """CPU model, cores, vector ISA, the BLAS kernel threadpoolctl reports, MKL where minivit's products use
-    it, numba where the CPU kernels are on, Python, NumPy (and PyTorch, CuPy where loaded) versions."""
+    """CPU model (on x86 also its family and model numbers), cores, vector ISA, the BLAS kernel threadpoolctl
+    reports, MKL where minivit's products use it, numba where the CPU kernels are on, Python, NumPy (and
+    PyTorch, CuPy where loaded) versions."""
     info = {"python": platform.python_version(), "numpy": np.__version__, "cores": os.cpu_count(),
             "cpu": platform.processor() or platform.machine()}
     try:
         with open("/proc/cpuinfo") as f:
-            text = f.read()
-        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
-        flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-        info["cpu"] = model or info["cpu"]
+            first = f.read().split("\n\n")[0]   # the first processor's fields; the others repeat them
+        fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first.splitlines())}
+        flags = set(fields.get("flags", "").split())
+        info["cpu"] = fields.get("model name") or info["cpu"]
+        if fields.get("cpu family") and fields.get("model"):   # x86: tells apart generations under one name ("AMD EPYC")
+            info["cpu_id"] = f"family {fields['cpu family']} model {fields['model']}"
         info["isa"] = [f for f in ("avx2", "avx512f", "amx_tile", "asimd", "sve") if f in flags]
     except OSError:
         pass

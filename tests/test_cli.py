@@ -131,6 +131,42 @@ def test_info_prints_the_machine_record_as_json():
     assert record["cores"] == os.cpu_count()
 
 
+X86 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx2 avx512f avx512bw
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx2 avx512f avx512bw
+"""
+ARM = """processor\t: 0
+BogoMIPS\t: 50.00
+Features\t: fp asimd evtstrm
+CPU implementer\t: 0x41
+"""
+
+
+@pytest.mark.parametrize("cpuinfo, cpu_id, isa", [(X86, "family 25 model 17", ["avx2", "avx512f"]), (ARM, None, [])])
+def test_the_machine_record_names_the_cpu_generation_where_x86_gives_it(monkeypatch, cpuinfo, cpu_id, isa):
+    """One model name ("AMD EPYC") covers CPU generations of different speed; x86's family and model numbers tell
+    them apart, so the record carries them where /proc/cpuinfo has them, and nothing where it does not."""
+    import io
+
+    from minivit import machine as m
+    monkeypatch.setattr(m, "open", lambda path, *a, **k: io.StringIO(cpuinfo), raising=False)
+    record = m.machine()
+    assert record.get("cpu_id") == cpu_id
+    assert record["isa"] == isa
+    if cpu_id:
+        assert record["cpu"] == "AMD EPYC"
+
+
 @pytest.mark.parametrize("value, on", [("0", False), ("off", False), ("False", False), ("no", False),
                                        ("1", True), ("ON", True), ("yes", True), ("true", True)])
 def test_the_kernel_switch_reads_the_usual_spellings(value, on):
