@@ -44,7 +44,7 @@ def machine(record, blas=True):
     """A raw `machine` record in words: CPU model, cores, ISA, BLAS (unless a table's columns name it), and the
     versions that matter."""
     isa = {"avx2": "AVX2", "avx512f": "AVX-512", "amx_tile": "AMX", "asimd": "NEON", "sve": "SVE"}
-    parts = [record.get("cpu", "unknown CPU") + f", {record.get('cores', '?')} cores"]
+    parts = [cpu_words(record) + f", {record.get('cores', '?')} cores"]
     if record.get("isa"):
         parts.append(" ".join(isa.get(f, f) for f in record["isa"]))
     if blas and record.get("blas"):
@@ -52,6 +52,11 @@ def machine(record, blas=True):
     versions = [f"{k} {record[k]}" for k in ("python", "numpy", "numba", "mkl", "torch") if record.get(k)
                 and (blas or k != "mkl")]
     return "; ".join(parts + [", ".join(versions)])
+
+
+def cpu_words(record):
+    """The CPU of a machine record, with x86's family and model numbers where the record has them."""
+    return record.get("cpu", "unknown CPU") + (f" ({record['cpu_id']})" if record.get("cpu_id") else "")
 
 
 def num(x, digits=0):
@@ -310,6 +315,47 @@ def hour_levers_stages():
     return "\n\n".join(f"Seed {seed_of(stem)}:\n\n" + stages_block(stem) for stem in HOUR_LEVERS)
 
 
+# --recipe hour and --recipe half-hour on the other CPU family, an AMD EPYC (file stems in benchmarks/results/)
+HOUR_AMD = ("cifar10_hour_amd_s0",)
+HALF_HOUR_AMD = ("cifar10_half_hour_amd_s2",)
+
+
+def other_family(amd_stems, xeon_stems):
+    """A recipe's runs on the AMD EPYC beside its seeds on the Xeon, each column with its machine, and how far
+    apart they end."""
+    cpu = lambda stem: load(f"{stem}_config.json")["machine"]["cpu"].split(" Processor")[0].replace("(R)", "")
+    columns = [(f"{cpu(stem)}, seed {seed_of(stem)}", stem) for stem in amd_stems + xeon_stems]
+    lines = runs_table(columns)
+    amd, xeon = test_readings(amd_stems), test_readings(xeon_stems)
+    amd_plain, xeon_plain = test_readings(amd_stems, plain=True), test_readings(xeon_stems, plain=True)
+    seen = lambda stems: statistics.mean(images_seen(load(f"{s}_metrics.jsonl"), 45000) for s in stems) / 1e6
+    gap = lambda stems: statistics.mean(100 * (r["train_acc"] - r["val_acc"])
+                                        for r in (load(f"{s}_metrics.jsonl")[-1] for s in stems))
+    runs = f"seed {seed_of(amd_stems[0])}" if len(amd_stems) == 1 else f"the mean of {len(amd_stems)} seeds"
+    lines += ["", f"On the {cpu(amd_stems[0])}, {runs}: **{pct(statistics.mean(amd))}** test with `--tta flip-shift` "
+              f"({pct(statistics.mean(amd_plain))} plain), against {pct(statistics.mean(xeon))} "
+              f"({pct(statistics.mean(xeon_plain))} plain), the mean of the {cpu(xeon_stems[0])}'s {len(xeon_stems)} "
+              f"seeds: {100 * (statistics.mean(amd) - statistics.mean(xeon)):+.2f} points, where one reading's sampling "
+              f"error is {100 * binomial_se(statistics.mean(amd), 10000):.2f} points (10,000 test images). It saw about "
+              f"{seen(amd_stems):.1f} million images against {seen(xeon_stems):.1f} "
+              f"({seen(amd_stems) / seen(xeon_stems):.2f} times), and its training accuracy (augmented batches) ends "
+              f"{gap(amd_stems):.1f} points above validation, against {gap(xeon_stems):.1f} on the "
+              f"{cpu(xeon_stems[0])} (the mean of its seeds)."]
+    return "\n".join(lines)
+
+
+def hour_amd():
+    return other_family(HOUR_AMD, HOUR_LEVERS)
+
+
+def half_hour_amd():
+    return other_family(HALF_HOUR_AMD, HALF_HOUR)
+
+
+def hour_amd_stages():
+    return "\n\n".join(f"Seed {seed_of(stem)}:\n\n" + stages_block(stem) for stem in HOUR_AMD)
+
+
 def peer_table(mine, theirs, mine_label, window):
     """minivit's --time-budget run (file stem `mine`: _metrics.jsonl, _config.json) beside the PyTorch peer that
     followed it (stem `theirs`: _metrics.jsonl, _machine.json): one table, and the speed and accuracy gaps."""
@@ -348,7 +394,7 @@ def newer_readings():
     seed that the peer followed and that peer's last rows."""
     mine, peer = (load(f"{stem}_metrics.jsonl")[-1] for stem in HALF_HOUR_PEER)
     hour_mine, hour_peer = (load(f"{stem}_metrics.jsonl")[-1] for stem in HOUR_PEER)
-    return (seed_of(HALF_HOUR_PEER[0]), mine, peer, statistics.mean(half_hour_tests(HOUR_LEVERS)),
+    return (seed_of(HALF_HOUR_PEER[0]), mine, peer, statistics.mean(test_readings(HOUR_LEVERS)),
             load(f"{HOUR_LEVERS[0]}_config.json")["machine"], hour_mine, hour_peer)
 
 
@@ -372,7 +418,7 @@ HALF_HOUR = ("cifar10_half_hour_tta_s2", "cifar10_half_hour_tta_s3")
 HALF_HOUR_PEER = ("cifar10_half_hour_tta_s2", "torch_half_hour_s2")   # minivit's run and the peer that followed it
 
 
-def half_hour_tests(stems=HALF_HOUR, plain=False):
+def test_readings(stems=HALF_HOUR, plain=False):
     """The test accuracy each run read once, at its end: its recipe's figure (with --tta, the views'), or the
     plain logits' with `plain`."""
     last = [load(f"{stem}_metrics.jsonl")[-1] for stem in stems]
@@ -383,18 +429,23 @@ def seed_of(stem):
     return load(f"{stem}_config.json")["train"]["seed"]
 
 
-def seeds_table(stems, beside=None):
-    """Runs of one recipe, a column per seed, and the mean of their test readings; `beside`: (label, stem) of one
-    more run drawn in a last column for comparison, outside the mean."""
-    columns = [(f"seed {seed_of(stem)}", stem) for stem in stems] + ([beside] if beside else [])
+def runs_table(columns):
+    """--time-budget runs side by side: a column per (label, file stem), hour_table's rows, machines, raw files."""
     facts = [dict(hour_table(f"{stem}_metrics.jsonl", f"{stem}_config.json", window=None)) for _, stem in columns]
-    tests = half_hour_tests(stems)
     lines = ["| | " + " | ".join(label for label, _ in columns) + " |", "| --- |" + " --- |" * len(columns)]
     lines += [f"| {key} | " + " | ".join(f.get(key, "–") for f in facts) + " |" for key in facts[0]]
     lines.append("| machine | " + " | ".join(machine(load(f"{stem}_config.json")["machine"]) for _, stem in columns) + " |")
     lines.append("| raw files | " + " | ".join(f"`{stem}_metrics.jsonl`, `{stem}_config.json`" for _, stem in columns) + " |")
+    return lines
+
+
+def seeds_table(stems, beside=None):
+    """Runs of one recipe, a column per seed, and the mean of their test readings; `beside`: (label, stem) of one
+    more run drawn in a last column for comparison, outside the mean."""
+    lines = runs_table([(f"seed {seed_of(stem)}", stem) for stem in stems] + ([beside] if beside else []))
+    tests = test_readings(stems)
     lines.append("")
-    plain = half_hour_tests(stems, plain=True)
+    plain = test_readings(stems, plain=True)
     tta = views_of(load(f"{stems[0]}_metrics.jsonl")[-1], load(f"{stems[0]}_config.json"))
     lines.append(f"Mean test accuracy of the {len(tests)} seeds" + (f" with `--tta {tta}`" if tta else "")
                  + f": **{pct(statistics.mean(tests))}** (they differ by {100 * abs(tests[0] - tests[-1]):.2f} points)"
@@ -919,6 +970,33 @@ def readme_install():
             "this machine has.")
 
 
+def cpu_step_amd():
+    """The six cases against PyTorch on the AMD EPYC, with what that CPU gets by default: the kernels and NumPy's
+    OpenBLAS (minivit/cpu/blas.py's vendor rule)."""
+    rows = [(case, f"cpu_step_{key}_amd.json") for case, key in CPU_CASES]
+    text = speed_table(rows, "minivit against PyTorch, each alone in its own process, in turn (`benchmarks/compare_step.py "
+                             "--blas numpy`: the kernels and NumPy's OpenBLAS, what minivit uses on an AMD CPU with or "
+                             "without the mkl extra); a ratio above 1 is minivit faster.")
+    r = [row["ratio"] for _, name in rows for row in load(name)["rounds"]]
+    return text + f"\n\n{sum(x < 1.0 for x in r)} of these {len(r)} rounds fell below 1.0 (the lowest {min(r):.3f})."
+
+
+def mkl_vs_openblas_amd():
+    rows = [(case, f"cpu_step_{key}_mkl_vs_openblas_amd.json") for case, key in CPU_CASES
+            if (RAW / f"cpu_step_{key}_mkl_vs_openblas_amd.json").exists()]
+    return speed_table(rows, "On the AMD EPYC: minivit with MKL's products (`MINIVIT_BLAS=mkl`) against minivit with "
+                             "NumPy's OpenBLAS, the kernels on in both (`compare_step.py --against openblas --blas mkl`); "
+                             "above 1 is MKL faster.")
+
+
+def kernels_amd():
+    rows = [(case, f"cpu_step_{key}_kernels_amd.json") for case, key in CPU_CASES
+            if (RAW / f"cpu_step_{key}_kernels_amd.json").exists()]
+    return speed_table(rows, "On the AMD EPYC: minivit with its numba kernels against minivit with the NumPy lines "
+                             "(`compare_step.py --against numpy --blas numpy`), NumPy's OpenBLAS for the products in "
+                             "both; above 1 is the kernels faster.")
+
+
 def mkl_vs_openblas():
     rows = [(case, f"cpu_step_{key}_mkl_vs_openblas.json") for case, key in CPU_CASES
             if (RAW / f"cpu_step_{key}_mkl_vs_openblas.json").exists()]
@@ -936,20 +1014,29 @@ def headlines():
     cpu = {key: load(f"cpu_step_{key}_mkl.json") for _, key in CPU_CASES}
     ratios = [statistics.median(r["ratio"] for r in raw["rounds"]) for raw in cpu.values()]
     m_cpu = next(iter(cpu.values()))["machine"]
+    amd = [load(f"cpu_step_{key}_amd.json") for _, key in CPU_CASES]
+    amd_ratios = [statistics.median(r["ratio"] for r in raw["rounds"]) for raw in amd]
+    m_amd = amd[0]["machine"]
     rows = [
         (f"CIFAR-10 in 60 minutes of training, 2 cores, mean of {len(HOUR_LEVERS)} seeds (`--recipe hour`: the test "
          "reading with flip-shift)", f"**{pct(levers)}** test", levers_machine.get("cpu"),
          "`mpiexec -n 2 minivit train --data ... --recipe hour` (below)",
          ", ".join(f"`{stem}_metrics.jsonl`" for stem in HOUR_LEVERS)),
+        (f"the same, `--recipe hour` on the other CPU family, seed {seed_of(HOUR_AMD[0])} (the test reading with flip-shift)",
+         f"{pct(statistics.mean(test_readings(HOUR_AMD)))} test", cpu_words(load(f"{HOUR_AMD[0]}_config.json")["machine"]),
+         "the same command", ", ".join(f"`{stem}_metrics.jsonl`" for stem in HOUR_AMD)),
         ("CIFAR-10 in 60 minutes of training, 2 cores, one seed: the fifth attempt, the hour's recipe before global "
          "average pooling, patch whitening and flip-shift", f"{hour['test accuracy (read once, after the last epoch)'].strip('*')} test",
          m_hour.get("cpu"), "`mpiexec -n 2 minivit train ... --time-budget 60` (below)", "`cifar10_hour_mpi_metrics.jsonl`"),
         (f"CIFAR-10 in 30 minutes of training, 2 cores, mean of {len(HALF_HOUR)} seeds (`--recipe half-hour`: the test "
          "reading with flip-shift)",
-         f"**{pct(statistics.mean(half_hour_tests()))}** test",
+         f"**{pct(statistics.mean(test_readings()))}** test",
          load(f"{HALF_HOUR[0]}_config.json")["machine"].get("cpu"),
          "`mpiexec -n 2 minivit train --data ... --recipe half-hour` (below)",
          ", ".join(f"`{stem}_metrics.jsonl`" for stem in HALF_HOUR)),
+        (f"the same, `--recipe half-hour` on the other CPU family, seed {seed_of(HALF_HOUR_AMD[0])} (the test reading with flip-shift)",
+         f"{pct(statistics.mean(test_readings(HALF_HOUR_AMD)))} test", cpu_words(load(f"{HALF_HOUR_AMD[0]}_config.json")["machine"]),
+         "the same command", ", ".join(f"`{stem}_metrics.jsonl`" for stem in HALF_HOUR_AMD)),
         (f"the PyTorch peer on `--recipe hour`, seed {seed_of(HOUR_PEER[0])}, same machine (the test reading with flip-shift)",
          f"{pct(hour_peer_last['test_tta_acc'])} test (minivit's seed {seed_of(HOUR_PEER[0])}: {pct(hour_mine_last['test_tta_acc'])})",
          load(f"{HOUR_PEER[1]}_machine.json").get("cpu"), "`benchmarks/train_torch.py ... --time-budget 60` (below)",
@@ -964,6 +1051,9 @@ def headlines():
         ("CPU step against PyTorch, six cases (kernels and MKL)",
          f"medians {min(ratios):.2f}–{max(ratios):.2f}", m_cpu.get("cpu"), "`benchmarks/compare_step.py` (below)",
          "`cpu_step_*_mkl.json`"),
+        ("CPU step against PyTorch, six cases, on the other CPU family (kernels and NumPy's OpenBLAS, its default)",
+         f"medians {min(amd_ratios):.2f}–{max(amd_ratios):.2f}", cpu_words(m_amd),
+         "`benchmarks/compare_step.py --blas numpy` (below)", "`cpu_step_*_amd.json`"),
     ]
     out = ["| headline | figure | machine | command | raw file |", "| --- | --- | --- | --- | --- |"]
     out += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
@@ -981,21 +1071,32 @@ def readme_results():
     finals = [load(f"cpu_step_{key}_mkl_final.json") for _, key in CPU_CASES if (RAW / f"cpu_step_{key}_mkl_final.json").exists()]
     rounds = [r["ratio"] for raw in finals for r in raw["rounds"]]
     cpu = load("cpu_step_cifar-tiny_train_mkl.json")["machine"]
-    half = pct(statistics.mean(half_hour_tests()))
+    amd_med = {key: statistics.median(r["ratio"] for r in load(f"cpu_step_{key}_amd.json")["rounds"]) for _, key in CPU_CASES}
+    amd_train = [v for k, v in amd_med.items() if k.endswith("train")]
+    amd_infer = [v for k, v in amd_med.items() if k.endswith("eval")]
+    amd_step = load("cpu_step_cifar-tiny_train_amd.json")["machine"]
+    half = pct(statistics.mean(test_readings()))
     seed, half_mine, half_peer, levers, levers_machine, hour_mine_last, hour_peer_last = newer_readings()
     half_m = load(f"{HALF_HOUR[0]}_config.json")["machine"]
     half_cpu = f"{half_m['cpu']} ({' '.join(half_m.get('isa', []))})"
     levers_cpu = f"{levers_machine['cpu']} ({' '.join(levers_machine.get('isa', []))})"
+    amd_m = load(f"{HOUR_AMD[0]}_config.json")["machine"]
+    amd_cpu = f"{amd_m['cpu']} ({' '.join(amd_m.get('isa', []))})"
     return (f"On an {levers_cpu}, 2 cores: `--recipe hour` reaches **{pct(levers)}** test accuracy in 60 minutes of "
-            f"training with its test-time flip-shift ({pct(statistics.mean(half_hour_tests(HOUR_LEVERS, plain=True)))} "
+            f"training with its test-time flip-shift ({pct(statistics.mean(test_readings(HOUR_LEVERS, plain=True)))} "
             f"from the same readings' plain logits), the mean of {len(HOUR_LEVERS)} seeds, short of the 85% goal; its "
             f"PyTorch peer, on seed {seed_of(HOUR_PEER[0])}'s weights and batches, {pct(hour_peer_last['test_tta_acc'])} "
             f"(minivit's seed {seed_of(HOUR_PEER[0])}: {pct(hour_mine_last['test_tta_acc'])}). "
+            f"On an {amd_cpu}, seed {seed_of(HOUR_AMD[0])} of the same command reached "
+            f"{pct(statistics.mean(test_readings(HOUR_AMD)))} ({pct(statistics.mean(test_readings(HOUR_AMD, plain=True)))} "
+            "plain). "
             f"Half an hour (`--recipe half-hour`) reached {half} test accuracy with its test-time flip-shift "
-            f"({pct(statistics.mean(half_hour_tests(plain=True)))} from the same readings' plain logits), the mean of "
+            f"({pct(statistics.mean(test_readings(plain=True)))} from the same readings' plain logits), the mean of "
             f"{len(HALF_HOUR)} seeds, on " + ("the same CPU" if half_m["cpu"] == levers_machine["cpu"] else f"an {half_cpu}")
             + f"; its PyTorch peer, on seed {seed}'s weights and batches, "
-            f"{pct(half_peer['test_tta_acc'])} (minivit's seed {seed}: {pct(half_mine['test_tta_acc'])}). "
+            f"{pct(half_peer['test_tta_acc'])} (minivit's seed {seed}: {pct(half_mine['test_tta_acc'])}); on the "
+            f"{amd_m['cpu']}, seed {seed_of(HALF_HOUR_AMD[0])} of it reached {pct(statistics.mean(test_readings(HALF_HOUR_AMD)))} "
+            f"({pct(statistics.mean(test_readings(HALF_HOUR_AMD, plain=True)))} plain). "
             f"Before its three changes (global average pooling, patch whitening, flip-shift), on an {m['cpu']} ({' '.join(m.get('isa', []))}), the hour's recipe reached "
             f"{hour['test accuracy (read once, after the last epoch)'].strip('*')} (the fifth attempt, one seed; validation "
             f"{hour['validation accuracy at the end']} at the end), and the PyTorch peer on the same recipe, weights and "
@@ -1004,14 +1105,18 @@ def readme_results():
             f"the numba kernels and MKL's products, minivit's step against PyTorch's has medians of "
             f"{min(train):.2f}–{max(train):.2f} in training and {min(infer):.2f}–{max(infer):.2f} in inference "
             f"(`benchmarks/compare_step.py`, {cpu['cpu']}); in a recheck of the three thinnest cases "
-            f"{sum(x < 1.0 for x in rounds)} of {len(rounds)} rounds fell below 1.0. Rendered from "
+            f"{sum(x < 1.0 for x in rounds)} of {len(rounds)} rounds fell below 1.0. On the {cpu_words(amd_step)}, with "
+            f"the kernels and NumPy's OpenBLAS, the medians are {min(amd_train):.2f}–{max(amd_train):.2f} in training "
+            f"and {min(amd_infer):.2f}–{max(amd_infer):.2f} in inference. Rendered from "
             "`benchmarks/results/` by `benchmarks/render_results.py`.")
 
 
 BLOCKS = {"headlines": headlines, "readme-results": readme_results, "mpi-scaling-old": mpi_scaling_old,
           "mpi-scaling-kernels": mpi_scaling_kernels, "cpu-step-variants": cpu_step_variants,
           "cpu-step-final": cpu_step_final, "install-size": install_size, "readme-install": readme_install,
-          "mkl-vs-openblas": mkl_vs_openblas,
+          "mkl-vs-openblas": mkl_vs_openblas, "mkl-vs-openblas-amd": mkl_vs_openblas_amd, "cpu-step-amd": cpu_step_amd,
+          "hour-amd": hour_amd, "hour-amd-stages": hour_amd_stages, "half-hour-amd": half_hour_amd,
+          "kernels-amd": kernels_amd,
           "hour-fifth": hour_fifth, "hour-peer": hour_peer, "half-hour-peer": half_hour_peer, "hour-levers": hour_levers,
           "hour-levers-peer": hour_levers_peer,
           "hour-levers-stages": hour_levers_stages, "paper-features-runs": paper_features_runs,

@@ -41,8 +41,8 @@ _INT_MAX = 2 ** 31 - 1                            # MKL_INT in the LP64 interfac
 #   (benchmarks/compare_step.py --against openblas).
 SMALL_PRODUCT = 1 << 20
 # Where MKL's products are used by default, by CPU vendor, as measured with `compare_step.py --against openblas`
-# (docs/cpu_kernels.md, "Which BLAS, by CPU"): on Intel's Xeons they ran the step faster; on an AMD EPYC
-# (Zen 3) slower on vit-ti16. MINIVIT_BLAS=mkl uses MKL on any CPU.
+# (docs/cpu_kernels.md, "Which BLAS, by CPU"): on Intel's Xeons they ran the step faster; on AMD EPYCs slower
+# (a Zen 3 on vit-ti16; a Zen 4 on every case where MKL takes products). MINIVIT_BLAS=mkl uses MKL on any CPU.
 MKL_VENDORS = ("GenuineIntel",)
 SMALL_SIDE = 128
 _lib = None
