@@ -981,27 +981,27 @@ def cpu_step_amd():
     return text + f"\n\n{sum(x < 1.0 for x in r)} of these {len(r)} rounds fell below 1.0 (the lowest {min(r):.3f})."
 
 
+def cases_table(suffix, caption):
+    """speed_table of the cases that have a raw file `cpu_step_<case><suffix>.json`."""
+    rows = [(case, f"cpu_step_{key}{suffix}.json") for case, key in CPU_CASES if (RAW / f"cpu_step_{key}{suffix}.json").exists()]
+    return speed_table(rows, caption)
+
+
 def mkl_vs_openblas_amd():
-    rows = [(case, f"cpu_step_{key}_mkl_vs_openblas_amd.json") for case, key in CPU_CASES
-            if (RAW / f"cpu_step_{key}_mkl_vs_openblas_amd.json").exists()]
-    return speed_table(rows, "On the AMD EPYC: minivit with MKL's products (`MINIVIT_BLAS=mkl`) against minivit with "
-                             "NumPy's OpenBLAS, the kernels on in both (`compare_step.py --against openblas --blas mkl`); "
-                             "above 1 is MKL faster.")
+    return cases_table("_mkl_vs_openblas_amd", "On the AMD EPYC: minivit with MKL's products (`MINIVIT_BLAS=mkl`) against "
+                       "minivit with NumPy's OpenBLAS, the kernels on in both (`compare_step.py --against openblas "
+                       "--blas mkl`); above 1 is MKL faster.")
 
 
 def kernels_amd():
-    rows = [(case, f"cpu_step_{key}_kernels_amd.json") for case, key in CPU_CASES
-            if (RAW / f"cpu_step_{key}_kernels_amd.json").exists()]
-    return speed_table(rows, "On the AMD EPYC: minivit with its numba kernels against minivit with the NumPy lines "
-                             "(`compare_step.py --against numpy --blas numpy`), NumPy's OpenBLAS for the products in "
-                             "both; above 1 is the kernels faster.")
+    return cases_table("_kernels_amd", "On the AMD EPYC: minivit with its numba kernels against minivit with the NumPy "
+                       "lines (`compare_step.py --against numpy --blas numpy`), NumPy's OpenBLAS for the products in "
+                       "both; above 1 is the kernels faster.")
 
 
 def mkl_vs_openblas():
-    rows = [(case, f"cpu_step_{key}_mkl_vs_openblas.json") for case, key in CPU_CASES
-            if (RAW / f"cpu_step_{key}_mkl_vs_openblas.json").exists()]
-    return speed_table(rows, "minivit with MKL's products against minivit with NumPy's OpenBLAS, the kernels on in both "
-                             "(`compare_step.py --against openblas`); above 1 is MKL faster.")
+    return cases_table("_mkl_vs_openblas", "minivit with MKL's products against minivit with NumPy's OpenBLAS, the "
+                       "kernels on in both (`compare_step.py --against openblas`); above 1 is MKL faster.")
 
 
 # ---------------------------------------------------------------- the headline table
