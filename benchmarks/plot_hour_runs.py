@@ -33,11 +33,11 @@ def main():
         rows = [json.loads(line) for line in open(path)]
         minutes = [r["elapsed_s"] / 60 for r in rows]
         longest = max(longest, minutes[-1])
-        highest = max([highest] + [100 * r["train_acc"] for r in rows])
         held = "val" if "val_acc" in rows[0] else "test"   # a run with --val-split reads the test set once, at the end
-        ax.plot(minutes, [100 * r[held + "_acc"] for r in rows], marker=".", label=f"{label} {'validation' if held == 'val' else 'test'}")
-        ax.plot(minutes, [100 * r["train_acc"] for r in rows], ls=":", color=ax.lines[-1].get_color(),
-                label=label + " train (augmented)")
+        held_acc, train_acc = ([100 * r[key] for r in rows] for key in (held + "_acc", "train_acc"))
+        highest = max([highest] + held_acc + train_acc)
+        ax.plot(minutes, held_acc, marker=".", label=f"{label} {'validation' if held == 'val' else 'test'}")
+        ax.plot(minutes, train_acc, ls=":", color=ax.lines[-1].get_color(), label=label + " train (augmented)")
     ax.axhline(goal, color="grey", lw=0.8, ls="--")
     ax.axvline(30 if longest <= 31 else 60, color="grey", lw=0.8, ls="--")   # the deadline: a half hour or an hour
     ax.set(xlabel="minutes of training (2 CPU cores)", ylabel="accuracy (%)", ylim=(25, max(85, goal + 3, highest + 2)),

@@ -59,6 +59,11 @@ def cpu_words(record):
     return record.get("cpu", "unknown CPU") + (f" ({record['cpu_id']})" if record.get("cpu_id") else "")
 
 
+def cpu_isa(record):
+    """The CPU of a machine record with its vector ISA in the raw spelling: 'AMD EPYC (avx2 avx512f)'."""
+    return f"{record['cpu']} ({' '.join(record.get('isa', []))})"
+
+
 def num(x, digits=0):
     return f"{x:,.{digits}f}"
 
@@ -109,6 +114,17 @@ CPU_CASES = [("training, `cifar-tiny`, 256", "cifar-tiny_train"), ("training, `c
              ("inference, `cifar-small`, 500", "cifar-small_eval"), ("inference, `vit-ti16`, 16", "vit-ti16_eval")]
 
 
+def case_medians(suffix):
+    """{case key: median pair ratio} of the six cases' files `cpu_step_<case><suffix>.json`."""
+    return {key: statistics.median(r["ratio"] for r in load(f"cpu_step_{key}{suffix}.json")["rounds"]) for _, key in CPU_CASES}
+
+
+def rounds_below(names):
+    """How many of these compare_step files' rounds fell below 1.0, and the lowest."""
+    r = [row["ratio"] for name in names for row in load(name)["rounds"]]
+    return f"{sum(x < 1.0 for x in r)} of these {len(r)} rounds fell below 1.0 (the lowest {min(r):.3f})."
+
+
 def cpu_step_variants():
     """One row per case, one column per build: the NumPy lines, the kernels with OpenBLAS, the kernels with MKL."""
     builds = [("NumPy lines", "lines"), ("kernels, OpenBLAS", "numba_openblas"), ("kernels and MKL", "mkl")]
@@ -135,8 +151,7 @@ def cpu_step_variants():
 def cpu_step_final():
     rows = [(case, f"cpu_step_{key}_mkl_final.json") for case, key in CPU_CASES if (RAW / f"cpu_step_{key}_mkl_final.json").exists()]
     text = speed_table(rows, "The final tree of that work, rechecked on its three thinnest cases.")
-    r = [row["ratio"] for _, name in rows for row in load(name)["rounds"]]
-    return text + f"\n\n{sum(x < 1.0 for x in r)} of these {len(r)} rounds fell below 1.0 (the lowest {min(r):.3f})."
+    return text + "\n\n" + rounds_below(name for _, name in rows)
 
 
 def restructure():
@@ -311,8 +326,13 @@ def hour_levers():
     return "\n".join(seeds_table(HOUR_LEVERS, beside=("the fifth attempt, seed 0", "cifar10_hour_mpi")))
 
 
+def seeds_stages(stems):
+    """stages_block of each run, headed by its seed."""
+    return "\n\n".join(f"Seed {seed_of(stem)}:\n\n" + stages_block(stem) for stem in stems)
+
+
 def hour_levers_stages():
-    return "\n\n".join(f"Seed {seed_of(stem)}:\n\n" + stages_block(stem) for stem in HOUR_LEVERS)
+    return seeds_stages(HOUR_LEVERS)
 
 
 # --recipe hour and --recipe half-hour on the other CPU family, an AMD EPYC (file stems in benchmarks/results/)
@@ -328,17 +348,18 @@ def other_family(amd_stems, xeon_stems):
     lines = runs_table(columns)
     amd, xeon = test_readings(amd_stems), test_readings(xeon_stems)
     amd_plain, xeon_plain = test_readings(amd_stems, plain=True), test_readings(xeon_stems, plain=True)
-    seen = lambda stems: statistics.mean(images_seen(load(f"{s}_metrics.jsonl"), 45000) for s in stems) / 1e6
+    seen_amd, seen_xeon = (statistics.mean(images_seen(load(f"{s}_metrics.jsonl"), 45000) for s in stems) / 1e6
+                           for stems in (amd_stems, xeon_stems))
+    tta = views_of(load(f"{amd_stems[0]}_metrics.jsonl")[-1], load(f"{amd_stems[0]}_config.json"))
     gap = lambda stems: statistics.mean(100 * (r["train_acc"] - r["val_acc"])
                                         for r in (load(f"{s}_metrics.jsonl")[-1] for s in stems))
     runs = f"seed {seed_of(amd_stems[0])}" if len(amd_stems) == 1 else f"the mean of {len(amd_stems)} seeds"
-    lines += ["", f"On the {cpu(amd_stems[0])}, {runs}: **{pct(statistics.mean(amd))}** test with `--tta flip-shift` "
+    lines += ["", f"On the {cpu(amd_stems[0])}, {runs}: **{pct(statistics.mean(amd))}** test with `--tta {tta}` "
               f"({pct(statistics.mean(amd_plain))} plain), against {pct(statistics.mean(xeon))} "
               f"({pct(statistics.mean(xeon_plain))} plain), the mean of the {cpu(xeon_stems[0])}'s {len(xeon_stems)} "
               f"seeds: {100 * (statistics.mean(amd) - statistics.mean(xeon)):+.2f} points, where one reading's sampling "
               f"error is {100 * binomial_se(statistics.mean(amd), 10000):.2f} points (10,000 test images). It saw about "
-              f"{seen(amd_stems):.1f} million images against {seen(xeon_stems):.1f} "
-              f"({seen(amd_stems) / seen(xeon_stems):.2f} times), and its training accuracy (augmented batches) ends "
+              f"{seen_amd:.1f} million images against {seen_xeon:.1f} ({seen_amd / seen_xeon:.2f} times), and its training accuracy (augmented batches) ends "
               f"{gap(amd_stems):.1f} points above validation, against {gap(xeon_stems):.1f} on the "
               f"{cpu(xeon_stems[0])} (the mean of its seeds)."]
     return "\n".join(lines)
@@ -353,7 +374,7 @@ def half_hour_amd():
 
 
 def hour_amd_stages():
-    return "\n\n".join(f"Seed {seed_of(stem)}:\n\n" + stages_block(stem) for stem in HOUR_AMD)
+    return seeds_stages(HOUR_AMD)
 
 
 def peer_table(mine, theirs, mine_label, window):
@@ -977,8 +998,7 @@ def cpu_step_amd():
     text = speed_table(rows, "minivit against PyTorch, each alone in its own process, in turn (`benchmarks/compare_step.py "
                              "--blas numpy`: the kernels and NumPy's OpenBLAS, what minivit uses on an AMD CPU with or "
                              "without the mkl extra); a ratio above 1 is minivit faster.")
-    r = [row["ratio"] for _, name in rows for row in load(name)["rounds"]]
-    return text + f"\n\n{sum(x < 1.0 for x in r)} of these {len(r)} rounds fell below 1.0 (the lowest {min(r):.3f})."
+    return text + "\n\n" + rounds_below(name for _, name in rows)
 
 
 def cases_table(suffix, caption):
@@ -1011,12 +1031,8 @@ def headlines():
     peer = dict(hour_table("torch_hour_budget_metrics.jsonl", "cifar10_hour_mpi_config.json"))
     m_hour = load("cifar10_hour_mpi_config.json")["machine"]
     seed, half_mine, half_peer, levers, levers_machine, hour_mine_last, hour_peer_last = newer_readings()
-    cpu = {key: load(f"cpu_step_{key}_mkl.json") for _, key in CPU_CASES}
-    ratios = [statistics.median(r["ratio"] for r in raw["rounds"]) for raw in cpu.values()]
-    m_cpu = next(iter(cpu.values()))["machine"]
-    amd = [load(f"cpu_step_{key}_amd.json") for _, key in CPU_CASES]
-    amd_ratios = [statistics.median(r["ratio"] for r in raw["rounds"]) for raw in amd]
-    m_amd = amd[0]["machine"]
+    ratios, amd_ratios = case_medians("_mkl").values(), case_medians("_amd").values()
+    m_cpu, m_amd = (load(f"cpu_step_{CPU_CASES[0][1]}{suffix}.json")["machine"] for suffix in ("_mkl", "_amd"))
     rows = [
         (f"CIFAR-10 in 60 minutes of training, 2 cores, mean of {len(HOUR_LEVERS)} seeds (`--recipe hour`: the test "
          "reading with flip-shift)", f"**{pct(levers)}** test", levers_machine.get("cpu"),
@@ -1065,23 +1081,22 @@ def readme_results():
     hour = dict(hour_table("cifar10_hour_mpi_metrics.jsonl", "cifar10_hour_mpi_config.json"))
     peer = dict(hour_table("torch_hour_budget_metrics.jsonl", "cifar10_hour_mpi_config.json"))
     m = load("cifar10_hour_mpi_config.json")["machine"]
-    med = {key: statistics.median(r["ratio"] for r in load(f"cpu_step_{key}_mkl.json")["rounds"]) for _, key in CPU_CASES}
+    med = case_medians("_mkl")
     train = [med[k] for k in med if k.endswith("train")]
     infer = [med[k] for k in med if k.endswith("eval")]
     finals = [load(f"cpu_step_{key}_mkl_final.json") for _, key in CPU_CASES if (RAW / f"cpu_step_{key}_mkl_final.json").exists()]
     rounds = [r["ratio"] for raw in finals for r in raw["rounds"]]
     cpu = load("cpu_step_cifar-tiny_train_mkl.json")["machine"]
-    amd_med = {key: statistics.median(r["ratio"] for r in load(f"cpu_step_{key}_amd.json")["rounds"]) for _, key in CPU_CASES}
+    amd_med = case_medians("_amd")
     amd_train = [v for k, v in amd_med.items() if k.endswith("train")]
     amd_infer = [v for k, v in amd_med.items() if k.endswith("eval")]
     amd_step = load("cpu_step_cifar-tiny_train_amd.json")["machine"]
     half = pct(statistics.mean(test_readings()))
     seed, half_mine, half_peer, levers, levers_machine, hour_mine_last, hour_peer_last = newer_readings()
     half_m = load(f"{HALF_HOUR[0]}_config.json")["machine"]
-    half_cpu = f"{half_m['cpu']} ({' '.join(half_m.get('isa', []))})"
-    levers_cpu = f"{levers_machine['cpu']} ({' '.join(levers_machine.get('isa', []))})"
+    half_cpu, levers_cpu = cpu_isa(half_m), cpu_isa(levers_machine)
     amd_m = load(f"{HOUR_AMD[0]}_config.json")["machine"]
-    amd_cpu = f"{amd_m['cpu']} ({' '.join(amd_m.get('isa', []))})"
+    amd_cpu = cpu_isa(amd_m)
     return (f"On an {levers_cpu}, 2 cores: `--recipe hour` reaches **{pct(levers)}** test accuracy in 60 minutes of "
             f"training with its test-time flip-shift ({pct(statistics.mean(test_readings(HOUR_LEVERS, plain=True)))} "
             f"from the same readings' plain logits), the mean of {len(HOUR_LEVERS)} seeds, short of the 85% goal; its "
@@ -1097,7 +1112,7 @@ def readme_results():
             f"{pct(half_peer['test_tta_acc'])} (minivit's seed {seed}: {pct(half_mine['test_tta_acc'])}); on the "
             f"{amd_m['cpu']}, seed {seed_of(HALF_HOUR_AMD[0])} of it reached {pct(statistics.mean(test_readings(HALF_HOUR_AMD)))} "
             f"({pct(statistics.mean(test_readings(HALF_HOUR_AMD, plain=True)))} plain). "
-            f"Before its three changes (global average pooling, patch whitening, flip-shift), on an {m['cpu']} ({' '.join(m.get('isa', []))}), the hour's recipe reached "
+            f"Before its three changes (global average pooling, patch whitening, flip-shift), on an {cpu_isa(m)}, the hour's recipe reached "
             f"{hour['test accuracy (read once, after the last epoch)'].strip('*')} (the fifth attempt, one seed; validation "
             f"{hour['validation accuracy at the end']} at the end), and the PyTorch peer on the same recipe, weights and "
             f"batches {peer['test accuracy (read once, after the last epoch)'].strip('*')}. "
