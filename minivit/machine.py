@@ -19,7 +19,7 @@ def machine():
         with open("/proc/cpuinfo") as f:
             first = f.read().split("\n\n")[0]   # the first processor's fields; the others repeat them
         fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first.splitlines())}
-        flags = set(fields.get("flags", "").split())
+        flags = set((fields.get("flags") or fields.get("Features", "")).split())   # x86 says flags, ARM Features
         info["cpu"] = fields.get("model name") or info["cpu"]
         if fields.get("cpu family") and fields.get("model"):   # x86: tells apart generations under one name ("AMD EPYC")
             info["cpu_id"] = f"family {fields['cpu family']} model {fields['model']}"

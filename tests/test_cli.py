@@ -152,10 +152,11 @@ CPU implementer\t: 0x41
 """
 
 
-@pytest.mark.parametrize("cpuinfo, cpu_id, isa", [(X86, "family 25 model 17", ["avx2", "avx512f"]), (ARM, None, [])])
+@pytest.mark.parametrize("cpuinfo, cpu_id, isa", [(X86, "family 25 model 17", ["avx2", "avx512f"]), (ARM, None, ["asimd"])])
 def test_the_machine_record_names_the_cpu_generation_where_x86_gives_it(monkeypatch, cpuinfo, cpu_id, isa):
     """One model name ("AMD EPYC") covers CPU generations of different speed; x86's family and model numbers tell
-    them apart, so the record carries them where /proc/cpuinfo has them, and nothing where it does not."""
+    them apart, so the record carries them where /proc/cpuinfo has them, and nothing where it does not; the vector
+    ISA comes from x86's flags and ARM's Features alike."""
     import io
 
     from minivit import machine as m
