@@ -177,9 +177,9 @@ def restructure():
 STEP_PARTS = ("batch", "resize", "forward+backward", "wait", "allreduce", "clip", "adamw")
 
 
-def step_vs_batch():
+def step_vs_batch(name="step_vs_batch.json"):
     """benchmarks/step_vs_batch.py: step time against batch size at each size, and the per-step / per-image split."""
-    raw = load("step_vs_batch.json")
+    raw = load(name)
     sizes = sorted({r["size"] for r in raw["rows"]})
     batches = sorted({r["batch"] for r in raw["rows"]})
     at = {(r["size"], r["batch"]): r for r in raw["rows"]}
@@ -198,12 +198,12 @@ def step_vs_batch():
         fits = raw["fits"][str(s)]
         out.append(f"| {s} px | " + " | ".join(f"{fits[k]['per_step_ms']:.2f}" for k in STEP_PARTS) + " |")
     out += ["", f"{raw['ranks']} MPI rank(s) x {raw['threads']} thread(s), medians of each (size, batch) on rank 0; "
-            f"{machine(raw['machine'])}; raw file [`step_vs_batch.json`](../benchmarks/results/step_vs_batch.json)."]
+            f"{machine(raw['machine'])}; raw file [`{name}`](../benchmarks/results/{name})."]
     return "\n".join(out)
 
 
-def step_16px_torch():
-    return speed_table([("training, `cifar-tiny` at 16 px, 256", "cpu_step_cifar-tiny_train_16px.json")],
+def step_16px_torch(suffix=""):
+    return speed_table([("training, `cifar-tiny` at 16 px, 256", f"cpu_step_cifar-tiny_train_16px{suffix}.json")],
                        "minivit against PyTorch on the first stage's step (`compare_step.py --image-size 16`):")
 
 
@@ -337,7 +337,13 @@ def hour_levers_stages():
 
 # --recipe hour and --recipe half-hour on the other CPU family, an AMD EPYC (file stems in benchmarks/results/)
 HOUR_AMD = ("cifar10_hour_amd_s0",)
-HALF_HOUR_AMD = ("cifar10_half_hour_amd_s2",)
+HALF_HOUR_AMD = ("cifar10_half_hour_amd_s2", "cifar10_half_hour_amd_s3")
+
+
+def seeds_words(stems):
+    """'seed 2' for one run, 'the mean of seeds 2 and 3' for several."""
+    seeds = [str(seed_of(stem)) for stem in stems]
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"the mean of seeds {', '.join(seeds[:-1])} and {seeds[-1]}"
 
 
 def other_family(amd_stems, xeon_stems):
@@ -353,7 +359,7 @@ def other_family(amd_stems, xeon_stems):
     tta = views_of(load(f"{amd_stems[0]}_metrics.jsonl")[-1], load(f"{amd_stems[0]}_config.json"))
     gap = lambda stems: statistics.mean(100 * (r["train_acc"] - r["val_acc"])
                                         for r in (load(f"{s}_metrics.jsonl")[-1] for s in stems))
-    runs = f"seed {seed_of(amd_stems[0])}" if len(amd_stems) == 1 else f"the mean of {len(amd_stems)} seeds"
+    runs = seeds_words(amd_stems)
     lines += ["", f"On the {cpu(amd_stems[0])}, {runs}: **{pct(statistics.mean(amd))}** test with `--tta {tta}` "
               f"({pct(statistics.mean(amd_plain))} plain), against {pct(statistics.mean(xeon))} "
               f"({pct(statistics.mean(xeon_plain))} plain), the mean of the {cpu(xeon_stems[0])}'s {len(xeon_stems)} "
@@ -375,6 +381,42 @@ def half_hour_amd():
 
 def hour_amd_stages():
     return seeds_stages(HOUR_AMD)
+
+
+# A lever on `--recipe hour` at the hour's length on the AMD EPYC, beside the recipe's run of the same seed:
+# (the flags beside --recipe hour, file stem)
+HOUR_RANDAUGMENT_AMD = (("", "cifar10_hour_amd_s0"), ("--randaugment 2 --randaugment-magnitude 9", "cifar10_hour_ra_amd_s0"))
+
+
+def lever_pair(base, lever):
+    """Two --time-budget runs of one seed, the recipe and the recipe with one lever ((flags, stem) each), side by
+    side; then their difference on validation (where a lever is chosen), with the noise of one reading, and on
+    the test set, read once by each."""
+    (base_flags, base_stem), (flags, stem) = base, lever
+    lines = runs_table([(f"`--recipe {load(f'{base_stem}_config.json')['train']['recipe']}"
+                         f"{' ' + base_flags if base_flags else ''}`", base_stem), (f"the same with `{flags}`", stem)])
+    (b, lb), (x, lx) = ((load(f"{s}_metrics.jsonl"), load(f"{s}_metrics.jsonl")[-1]) for s in (base_stem, stem))
+    tail = lambda rows: statistics.mean(r["val_acc"] for r in rows if r["elapsed_s"] >= rows[-1]["elapsed_s"] - 600)
+    tta = views_of(lx, load(f"{stem}_config.json"))
+    gap = lambda last: 100 * (last["train_acc"] - last["val_acc"])
+    lines += ["", f"With `{flags}`, seed {seed_of(stem)}, against the recipe's run of the same seed: validation "
+              f"{100 * (lx['val_acc'] - lb['val_acc']):+.2f} points at the end, "
+              + (f"{100 * (lx['val_tta_acc'] - lb['val_tta_acc']):+.2f} with `--tta {tta}`, " if tta else "")
+              + f"{100 * (tail(x) - tail(b)):+.2f} on the mean of the last 10 minutes' readings; one reading's sampling "
+              f"error on the 5,000 validation images is {100 * binomial_se(lb['val_acc'], 5000):.2f} points, and the "
+              "spread between seeds of the hour was not measured on this CPU. Training accuracy (augmented batches) "
+              f"minus validation at the end: {gap(lx):+.1f} points, against {gap(lb):+.1f}. The test set, read once by each: "
+              + (f"{100 * (lx['test_tta_acc'] - lb['test_tta_acc']):+.2f} points with the views, " if tta else "")
+              + f"{100 * (lx['test_acc'] - lb['test_acc']):+.2f} plain."]
+    return "\n".join(lines)
+
+
+def hour_randaugment_amd():
+    return lever_pair(*HOUR_RANDAUGMENT_AMD)
+
+
+def hour_randaugment_amd_stages():
+    return stages_block(HOUR_RANDAUGMENT_AMD[1][1])
 
 
 def peer_table(mine, theirs, mine_label, window):
@@ -972,10 +1014,12 @@ def mpi_scaling_kernels():
 
 # ---------------------------------------------------------------- dependencies (install_size.py) and the BLAS by CPU
 
-def install_size():
-    raw = load("install_size.json")
-    out = [f"Machine: {machine(raw['machine'])}. Raw file: [`install_size.json`](../benchmarks/results/install_size.json) "
-           "(`python benchmarks/install_size.py`; pip's cache was warm, so the seconds are this machine's with it).", "",
+def install_size(name="install_size.json"):
+    raw = load(name)
+    cache = ("`python benchmarks/install_size.py`; pip's cache was warm, so the seconds are this machine's with it"
+             if raw.get("pip_cache", True) else "`python benchmarks/install_size.py --no-cache`: pip's cache not used, "
+             "each package read again from the indexes and wheel folders pip is configured with")
+    out = [f"Machine: {machine(raw['machine'])}. Raw file: [`{name}`](../benchmarks/results/{name}) ({cache}).", "",
            "| step | adds | took | the environment then |", "| --- | --- | --- | --- |"]
     out += [f"| `{r['step']}` | {r['mb'] / 1024:.2f} GB | {r['seconds']:.0f} s | {r['total_mb'] / 1024:.2f} GB |" for r in raw["rows"]]
     return "\n".join(out)
@@ -1038,7 +1082,7 @@ def headlines():
          "reading with flip-shift)", f"**{pct(levers)}** test", levers_machine.get("cpu"),
          "`mpiexec -n 2 minivit train --data ... --recipe hour` (below)",
          ", ".join(f"`{stem}_metrics.jsonl`" for stem in HOUR_LEVERS)),
-        (f"the same, `--recipe hour` on the other CPU family, seed {seed_of(HOUR_AMD[0])} (the test reading with flip-shift)",
+        (f"the same, `--recipe hour` on the other CPU family, {seeds_words(HOUR_AMD)} (the test reading with flip-shift)",
          f"{pct(statistics.mean(test_readings(HOUR_AMD)))} test", cpu_words(load(f"{HOUR_AMD[0]}_config.json")["machine"]),
          "the same command", ", ".join(f"`{stem}_metrics.jsonl`" for stem in HOUR_AMD)),
         ("CIFAR-10 in 60 minutes of training, 2 cores, one seed: the fifth attempt, the hour's recipe before global "
@@ -1050,7 +1094,7 @@ def headlines():
          load(f"{HALF_HOUR[0]}_config.json")["machine"].get("cpu"),
          "`mpiexec -n 2 minivit train --data ... --recipe half-hour` (below)",
          ", ".join(f"`{stem}_metrics.jsonl`" for stem in HALF_HOUR)),
-        (f"the same, `--recipe half-hour` on the other CPU family, seed {seed_of(HALF_HOUR_AMD[0])} (the test reading with flip-shift)",
+        (f"the same, `--recipe half-hour` on the other CPU family, {seeds_words(HALF_HOUR_AMD)} (the test reading with flip-shift)",
          f"{pct(statistics.mean(test_readings(HALF_HOUR_AMD)))} test", cpu_words(load(f"{HALF_HOUR_AMD[0]}_config.json")["machine"]),
          "the same command", ", ".join(f"`{stem}_metrics.jsonl`" for stem in HALF_HOUR_AMD)),
         (f"the PyTorch peer on `--recipe hour`, seed {seed_of(HOUR_PEER[0])}, same machine (the test reading with flip-shift)",
@@ -1102,7 +1146,7 @@ def readme_results():
             f"from the same readings' plain logits), the mean of {len(HOUR_LEVERS)} seeds, short of the 85% goal; its "
             f"PyTorch peer, on seed {seed_of(HOUR_PEER[0])}'s weights and batches, {pct(hour_peer_last['test_tta_acc'])} "
             f"(minivit's seed {seed_of(HOUR_PEER[0])}: {pct(hour_mine_last['test_tta_acc'])}). "
-            f"On an {amd_cpu}, seed {seed_of(HOUR_AMD[0])} of the same command reached "
+            f"On an {amd_cpu}, {seeds_words(HOUR_AMD)} of the same command reached "
             f"{pct(statistics.mean(test_readings(HOUR_AMD)))} ({pct(statistics.mean(test_readings(HOUR_AMD, plain=True)))} "
             "plain). "
             f"Half an hour (`--recipe half-hour`) reached {half} test accuracy with its test-time flip-shift "
@@ -1110,7 +1154,7 @@ def readme_results():
             f"{len(HALF_HOUR)} seeds, on " + ("the same CPU" if half_m["cpu"] == levers_machine["cpu"] else f"an {half_cpu}")
             + f"; its PyTorch peer, on seed {seed}'s weights and batches, "
             f"{pct(half_peer['test_tta_acc'])} (minivit's seed {seed}: {pct(half_mine['test_tta_acc'])}); on the "
-            f"{amd_m['cpu']}, seed {seed_of(HALF_HOUR_AMD[0])} of it reached {pct(statistics.mean(test_readings(HALF_HOUR_AMD)))} "
+            f"{amd_m['cpu']}, {seeds_words(HALF_HOUR_AMD)} of it reached {pct(statistics.mean(test_readings(HALF_HOUR_AMD)))} "
             f"({pct(statistics.mean(test_readings(HALF_HOUR_AMD, plain=True)))} plain). "
             f"Before its three changes (global average pooling, patch whitening, flip-shift), on an {cpu_isa(m)}, the hour's recipe reached "
             f"{hour['test accuracy (read once, after the last epoch)'].strip('*')} (the fifth attempt, one seed; validation "
@@ -1128,9 +1172,12 @@ def readme_results():
 
 BLOCKS = {"headlines": headlines, "readme-results": readme_results, "mpi-scaling-old": mpi_scaling_old,
           "mpi-scaling-kernels": mpi_scaling_kernels, "cpu-step-variants": cpu_step_variants,
-          "cpu-step-final": cpu_step_final, "install-size": install_size, "readme-install": readme_install,
+          "cpu-step-final": cpu_step_final, "install-size": install_size,
+          "install-size-amd": lambda: install_size("install_size_amd.json"),
+          "install-size-amd-cold": lambda: install_size("install_size_amd_cold.json"), "readme-install": readme_install,
           "mkl-vs-openblas": mkl_vs_openblas, "mkl-vs-openblas-amd": mkl_vs_openblas_amd, "cpu-step-amd": cpu_step_amd,
           "hour-amd": hour_amd, "hour-amd-stages": hour_amd_stages, "half-hour-amd": half_hour_amd,
+          "hour-randaugment-amd": hour_randaugment_amd, "hour-randaugment-amd-stages": hour_randaugment_amd_stages,
           "kernels-amd": kernels_amd,
           "hour-fifth": hour_fifth, "hour-peer": hour_peer, "half-hour-peer": half_hour_peer, "hour-levers": hour_levers,
           "hour-levers-peer": hour_levers_peer,
@@ -1141,7 +1188,9 @@ BLOCKS = {"headlines": headlines, "readme-results": readme_results, "mpi-scaling
           "fewshot": fewshot, "fewshot-l2": fewshot_l2, "default-run": default_run, "restructure": restructure, "sweep-budget": sweep_budget,
           "half-hour": half_hour, "half-hour-tta": half_hour_tta, "half-hour-now": half_hour_now,
           "half-hour-second": half_hour_second, "half-hour-second-tta": half_hour_second_tta, "half-hour-levers": half_hour_levers,
-          "hour-fifth-stages": hour_fifth_stages, "step-vs-batch": step_vs_batch, "pos-align": pos_align, "step-16px-torch": step_16px_torch, "attempts-2-and-4": attempts_2_and_4,
+          "hour-fifth-stages": hour_fifth_stages, "step-vs-batch": step_vs_batch, "pos-align": pos_align, "step-16px-torch": step_16px_torch,
+          "step-vs-batch-amd": lambda: step_vs_batch("step_vs_batch_amd.json"),
+          "step-16px-torch-amd": lambda: step_16px_torch("_amd"), "attempts-2-and-4": attempts_2_and_4,
           "peer-second": peer_second, "peer-second-drift": peer_second_drift, "sweep-short": sweep_short,
           "sweep-hour": sweep_hour, "pretrain-arms": pretrain_arms, "pretrain-features": pretrain_features,
           "data-size": data_size,
