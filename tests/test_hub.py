@@ -2,7 +2,8 @@
 minivit/io/onnx_graph.py): timm's and
 transformers' .safetensors, the official .npz and ONNX, every file built here from random weights.
 
-safetensors, onnx and onnxruntime are small and CI installs them; transformers' parity runs where it is
+safetensors is in the default install; onnx and onnxruntime are the onnx extra, which CI installs (without it
+their tests skip, and fail in CI); transformers' parity runs where it is
 importable (CI installs it beside the CPU PyTorch)."""
 import json
 import subprocess
@@ -14,6 +15,7 @@ import pytest
 import minivit as mv
 from minivit.io import huggingface, pretrained, safetensors_file
 from minivit.io.checkpoint import CheckpointError
+from helpers import needs
 
 pytest.importorskip("safetensors", reason="pip install safetensors (CI installs it)")
 MEAN, STD = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
@@ -186,8 +188,8 @@ onnx_variants = [dict(), dict(pool="gap", gelu="tanh"), dict(pos_embed="learned2
 
 @pytest.mark.parametrize("kw", onnx_variants, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
 def test_the_onnx_graph_passes_the_checker_and_gives_minivits_logits(tmp_path, kw):
-    pytest.importorskip("onnx", reason="pip install onnx (CI installs it)")
-    ort = pytest.importorskip("onnxruntime", reason="pip install onnxruntime (CI installs it)")
+    needs("onnx", 'pip install -e ".[onnx]"')
+    ort = needs("onnxruntime", 'pip install -e ".[onnx]"')
     from minivit.io.onnx_graph import save_onnx
     cfg = mv.ViTConfig.preset("test", **kw)
     params = random_params(cfg)
@@ -202,7 +204,7 @@ def test_the_onnx_graph_passes_the_checker_and_gives_minivits_logits(tmp_path, k
 
 
 def test_onnx_refuses_what_it_cannot_express():
-    pytest.importorskip("onnx", reason="pip install onnx (CI installs it)")
+    needs("onnx", 'pip install -e ".[onnx]"')
     from minivit.io.onnx_graph import to_onnx
     for kw in (dict(pos_embed="relative"), dict(preset="cifar-hybrid")):
         cfg = mv.ViTConfig.preset(kw.pop("preset", "test"), **kw)
@@ -220,7 +222,7 @@ def test_cli_export_every_format_and_finetune_from_a_safetensors(tmp_path, monke
             "--out", str(tmp_path / "run"), "--no-progress")
     assert r.returncode == 0, r.stderr
     ckpt = str(tmp_path / "run" / "checkpoint.npz")
-    for fmt, out in (("timm", "m.safetensors"), ("hf", "hf"), ("npz", "m.npz"), ("onnx", "m.onnx")):
+    for fmt, out in (("timm", "m.safetensors"), ("hf", "hf"), ("npz", "m.npz")):
         r = run("export", ckpt, "--format", fmt, "--out", str(tmp_path / out))
         assert r.returncode == 0 and (tmp_path / out).exists(), r.stderr
     r = run("evaluate", str(tmp_path / "hf"), "--data", str(data), "--json")
@@ -231,6 +233,9 @@ def test_cli_export_every_format_and_finetune_from_a_safetensors(tmp_path, monke
             "--image-size", "16", "--out", str(tmp_path / "ft"), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert mv.load_checkpoint(tmp_path / "ft" / "checkpoint.npz")[1].image_size == 16
+    needs("onnx", 'pip install -e ".[onnx]"')   # the last format, ONNX, is an extra: without it, the rest has run
+    r = run("export", ckpt, "--format", "onnx", "--out", str(tmp_path / "m.onnx"))
+    assert r.returncode == 0 and (tmp_path / "m.onnx").exists(), r.stderr
 
 
 def test_the_official_npz_refuses_layer_scale_instead_of_dropping_it(tmp_path):
