@@ -4,7 +4,7 @@ Every product minivit hands to MKL is compared with the same product by NumPy: f
 relative, float64 to 1e-13, on odd shapes, transposed views, strided views of a qkv array, stacks
 of one and two leading axes on both sides of SMALL_PRODUCT, and the cases left to NumPy. Then the
 whole model's loss and gradients with MKL on and off, and the switches. Without the mkl wheel the
-module skips; in CI (which installs it, requirements.txt) it fails instead.
+module skips; in CI (which installs the mkl extra, .ci/run) it fails instead.
 """
 import os
 import subprocess
