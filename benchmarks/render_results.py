@@ -243,6 +243,11 @@ def views_of(last, cfg):
     return cfg["train"].get("tta", "") if "test_tta_acc" in last else ""
 
 
+def last_minutes(rows, minutes=10):
+    """The validation readings of a --time-budget run's last `minutes` of training."""
+    return [r["val_acc"] for r in rows if r["elapsed_s"] >= rows[-1]["elapsed_s"] - 60 * minutes]
+
+
 def hour_table(metrics, config, train_images=45000, window=(43, 47)):
     """The facts of a --time-budget run: its metrics.jsonl and the config.json of the run it followed; `window`:
     the minutes whose validation readings are listed (None: no such row)."""
@@ -252,7 +257,7 @@ def hour_table(metrics, config, train_images=45000, window=(43, 47)):
     budget = last["elapsed_s"]
     reach = " / ".join(f"{first_reaching(rows, 'val_acc', x):.1f}" if first_reaching(rows, 'val_acc', x) else "never"
                        for x in (0.70, 0.75, 0.80))
-    tail = [r["val_acc"] for r in rows if r["elapsed_s"] >= budget - 600]
+    tail = last_minutes(rows)
     best = max(rows, key=lambda r: r["val_acc"])
     tta = views_of(last, cfg)
     return [
@@ -395,15 +400,17 @@ def lever_pair(base, lever):
     (base_flags, base_stem), (flags, stem) = base, lever
     lines = runs_table([(f"`--recipe {load(f'{base_stem}_config.json')['train']['recipe']}"
                          f"{' ' + base_flags if base_flags else ''}`", base_stem), (f"the same with `{flags}`", stem)])
-    (b, lb), (x, lx) = ((load(f"{s}_metrics.jsonl"), load(f"{s}_metrics.jsonl")[-1]) for s in (base_stem, stem))
-    tail = lambda rows: statistics.mean(r["val_acc"] for r in rows if r["elapsed_s"] >= rows[-1]["elapsed_s"] - 600)
+    b, x = (load(f"{s}_metrics.jsonl") for s in (base_stem, stem))
+    lb, lx = b[-1], x[-1]
+    tail = lambda rows: statistics.mean(last_minutes(rows))
+    val_images = load(f"{base_stem}_config.json")["train"]["val_split"]
     tta = views_of(lx, load(f"{stem}_config.json"))
     gap = lambda last: 100 * (last["train_acc"] - last["val_acc"])
     lines += ["", f"With `{flags}`, seed {seed_of(stem)}, against the recipe's run of the same seed: validation "
               f"{100 * (lx['val_acc'] - lb['val_acc']):+.2f} points at the end, "
               + (f"{100 * (lx['val_tta_acc'] - lb['val_tta_acc']):+.2f} with `--tta {tta}`, " if tta else "")
               + f"{100 * (tail(x) - tail(b)):+.2f} on the mean of the last 10 minutes' readings; one reading's sampling "
-              f"error on the 5,000 validation images is {100 * binomial_se(lb['val_acc'], 5000):.2f} points, and the "
+              f"error on the {val_images:,} validation images is {100 * binomial_se(lb['val_acc'], val_images):.2f} points, and the "
               "spread between seeds of the hour was not measured on this CPU. Training accuracy (augmented batches) "
               f"minus validation at the end: {gap(lx):+.1f} points, against {gap(lb):+.1f}. The test set, read once by each: "
               + (f"{100 * (lx['test_tta_acc'] - lb['test_tta_acc']):+.2f} points with the views, " if tta else "")
@@ -580,7 +587,7 @@ def half_hour_levers():
         rows, cfg = load(f"{stem}_metrics.jsonl"), load(f"{stem}_config.json")
         stages = resize_stages(cfg["train"]["resize_schedule"]) + [(cfg["model"]["image_size"], 1.0)]
         last, budget = rows[-1], rows[-1]["elapsed_s"]
-        tail = [r["val_acc"] for r in rows if r["elapsed_s"] >= budget - 600]
+        tail = last_minutes(rows)
         speeds = " / ".join(num(v) for _, v in stage_medians(rows, stages, budget))
         lines.append(f"| {lever} | `{flags or '--seed 0'}` | {pct(last['val_acc'])} | {pct(statistics.mean(tail))} | "
                      f"{images_seen(rows, 45000) / 1e6:.2f} | {speeds} | {pct(last['test_acc'])} |")
